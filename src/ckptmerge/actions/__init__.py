@@ -1,0 +1,2 @@
+"""The actions ``src/main.py`` dispatches to: search, merge, pilot, compare, promote."""
+from __future__ import annotations

@@ -1,0 +1,75 @@
+"""What every action needs first: the checkpoints and the tasks, resolved and checked.
+
+Everything here is cheap next to a search, and runs before the resident model is built, so bad input
+fails in seconds with one line.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ckptmerge.checkpoints import CheckpointSet
+from ckptmerge.config import Config, ModelConfig
+from ckptmerge.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# Our own lm-eval YAML tasks that ship with the package (e.g. a wikitext task on its validation split).
+PACKAGE_TASKS = Path(__file__).resolve().parent.parent / "evaluation" / "tasks"
+
+
+@dataclass
+class Sources:
+    """Resolved checkpoints plus what the embedded trajectory contributes (tasks, max length)."""
+
+    cset: CheckpointSet
+    dev_tasks: tuple[str, ...]
+    test_tasks: tuple[str, ...]
+    include_paths: list[str] = field(default_factory=list)
+    max_length: int | None = None
+    trajectory_root: Path | None = None
+
+
+def _embedded_checkpoints(model: ModelConfig, progress: bool) -> tuple[list[str], object]:
+    from ckptmerge.trajectory import TrajectorySpec, build_trajectory, default_cache_dir
+
+    t = model.trajectory
+    base = TrajectorySpec.default() if t.preset == "default" else TrajectorySpec.tiny()
+    spec = base if base.seed == t.seed else type(base)(**{**base.__dict__, "seed": t.seed})
+    cache = Path(t.cache_dir).expanduser() if t.cache_dir else default_cache_dir()
+    traj = build_trajectory(spec, cache, progress=progress)
+    n = len(traj.checkpoints)
+    picked = []
+    for i in model.select:
+        if not -n <= i < n:
+            raise ConfigError(f"model.select index {i} is out of range: the embedded trajectory has {n} checkpoints")
+        picked.append(str(traj.checkpoints[i]))
+    order = sorted(range(len(picked)), key=lambda j: model.select[j] % n)
+    return [picked[j] for j in order], traj
+
+
+def resolve_sources(cfg: Config, progress: bool = True) -> Sources:
+    """Checkpoints (embedded, local or hub) checked to be mergeable, and the dev/test task lists."""
+    model = cfg.model
+    include = [str(Path(cfg.eval.include_path).expanduser().resolve())] if cfg.eval.include_path else []
+    if cfg.eval.include_path and not Path(include[0]).exists():
+        raise ConfigError(f"eval.include_path does not exist: {cfg.eval.include_path}")
+    if model.source == "embedded":
+        refs, traj = _embedded_checkpoints(model, progress)
+        cset = CheckpointSet.from_refs(refs, trust_remote_code=False)
+        return Sources(
+            cset=cset,
+            dev_tasks=cfg.eval.tasks or traj.dev_tasks,  # type: ignore[attr-defined]
+            test_tasks=cfg.eval.test_tasks or (() if cfg.eval.tasks else traj.test_tasks),  # type: ignore[attr-defined]
+            include_paths=[str(traj.tasks_dir)] + include + [str(PACKAGE_TASKS)],  # type: ignore[attr-defined]
+            max_length=cfg.eval.max_length or traj.max_length,  # type: ignore[attr-defined]
+            trajectory_root=traj.root,  # type: ignore[attr-defined]
+        )
+    dev_tasks = cfg.eval.tasks or model.dev_tasks
+    if not dev_tasks and cfg.action != "merge":
+        raise ConfigError("eval.tasks is empty: name the lm-eval dev tasks that form the objective, e.g. 'eval.tasks=[ckptmerge_wikitext_dev]'")
+    cset = CheckpointSet.from_refs(list(model.checkpoints), trust_remote_code=model.trust_remote_code)
+    test_tasks = cfg.eval.test_tasks or (() if cfg.eval.tasks else model.test_tasks)
+    return Sources(cset=cset, dev_tasks=dev_tasks, test_tasks=test_tasks,
+                   include_paths=include + [str(PACKAGE_TASKS)], max_length=cfg.eval.max_length)

@@ -1,0 +1,137 @@
+"""The resident model of a search: built once, its parameters overwritten in place by every trial.
+
+The checkpoint tensors are read from disk once, when the resident model is built; a trial only
+runs the merge math into the existing parameter storage.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import torch
+
+from ckptmerge.checkpoints.checkpoint_set import CheckpointSet
+from ckptmerge.errors import CheckpointError
+from ckptmerge.merge.linear import linear_merge_into
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise CheckpointError("runtime.device=cuda but no CUDA device is available")
+    return device
+
+
+def resolve_dtype(name: str, cset: CheckpointSet, device: str) -> torch.dtype:
+    """``auto`` keeps the checkpoints' floating dtype (fp32 for half precision on a CPU, where it is slow)."""
+    if name != "auto":
+        return _DTYPES[name]
+    floats = [m.dtype for m in cset.meta().values() if m.dtype.is_floating_point]
+    dtype = floats[0] if floats else torch.float32
+    if device == "cpu" and dtype in (torch.float16, torch.bfloat16):
+        return torch.float32
+    return dtype
+
+
+class ResidentModel:
+    """One model in memory whose parameters become ``Σ wᵢ·θᵢ`` on :meth:`apply`."""
+
+    def __init__(self, cset: CheckpointSet, device: str = "cpu", dtype: str = "auto") -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.cset = cset
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, cset, self.device)
+        newest = cset.newest
+        log.info("Building the resident model from %s (%s, %s)", newest.name, self.device, self.dtype)
+        try:
+            self.model = AutoModelForCausalLM.from_pretrained(
+                newest.folder, dtype=self.dtype, trust_remote_code=cset.trust_remote_code
+            )
+            self.tokenizer = AutoTokenizer.from_pretrained(newest.folder, trust_remote_code=cset.trust_remote_code)
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"cannot load checkpoint {newest.ref.text}: {str(e).splitlines()[0]}") from None
+        self.model.to(self.device).eval()
+        self.weights: tuple[float, ...] = tuple(0.0 for _ in cset.checkpoints[:-1]) + (1.0,)
+        self._targets = self._read_sources()
+
+    def _map_keys(self) -> dict[str, str]:
+        """Checkpoint tensor name → model state name.
+
+        Usually the same name; transformers may rename on load (GPT-NeoX's ``embed_out`` is ``lm_head``
+        in transformers 5). Rather than depend on its private conversion tables, a file tensor whose
+        name is not in the model is paired with the model tensor that holds exactly its values (the
+        resident model was just loaded from the newest checkpoint), name similarity breaking ties.
+        """
+        import difflib
+
+        state = self.model.state_dict()
+        newest = self.cset.newest.reader
+        mapping: dict[str, str] = {}
+        unmatched = []
+        for key in self.cset.meta():
+            if key in state:
+                mapping[key] = key
+            else:
+                unmatched.append(key)
+        free = [k for k in state if k not in mapping.values()]
+        for key in unmatched:
+            t = newest.get(key)
+            same = [k for k in free if tuple(state[k].shape) == tuple(t.shape)
+                    and torch.equal(state[k].cpu(), t.to(state[k].dtype))]
+            if same:
+                best = max(same, key=lambda k: difflib.SequenceMatcher(None, k, key).ratio())
+                mapping[key] = best
+                free.remove(best)
+                log.info("Checkpoint tensor %s is model tensor %s", key, best)
+        return mapping
+
+    def _read_sources(self) -> list[tuple[str, torch.Tensor, list[torch.Tensor]]]:
+        """Pair each model tensor with that tensor of every checkpoint, read once."""
+        mapping = self._map_keys()
+        state = self.model.state_dict(keep_vars=True)
+        meta = self.cset.meta()
+        targets = []
+        covered: set[int] = set()
+        skipped = [k for k in meta if k not in mapping]
+        for key, model_key in mapping.items():
+            dest = state[model_key]
+            dest = dest.data if isinstance(dest, torch.nn.Parameter) else dest
+            if dest.data_ptr() in covered:  # tied weights: merge the shared storage once
+                continue
+            if tuple(dest.shape) != meta[key].shape:
+                raise CheckpointError(f"model tensor {model_key} has shape {list(dest.shape)}, checkpoint has {list(meta[key].shape)}")
+            covered.add(dest.data_ptr())
+            srcs = [c.reader.get(key) for c in self.cset.checkpoints]
+            if self.device != "cpu":
+                srcs = [s.to(self.device) for s in srcs]
+            targets.append((model_key, dest, srcs))
+        if skipped:
+            log.info("%d checkpoint tensors are not model state and are left as loaded: %s", len(skipped), skipped[:3])
+        # Every floating parameter must come from the checkpoints, or a trial would not be the merge it claims.
+        for name, p in self.model.named_parameters():
+            if p.data_ptr() not in covered:
+                raise CheckpointError(f"model parameter {name} has no tensor in the checkpoints; cannot merge it")
+        if not targets:
+            raise CheckpointError("no checkpoint tensor matches the model's parameters")
+        return targets
+
+    @torch.no_grad()
+    def apply(self, weights: Sequence[float]) -> None:
+        """Overwrite the parameters with the merge ``Σ wᵢ·θᵢ`` (fp32 arithmetic, cast back)."""
+        if len(weights) != len(self.cset):
+            raise ValueError(f"{len(weights)} weights for {len(self.cset)} checkpoints")
+        for _, dest, srcs in self._targets:
+            linear_merge_into(dest, srcs, weights)
+        self.weights = tuple(float(w) for w in weights)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.model.state_dict()
+
+    def nbytes_sources(self) -> int:
+        return sum(s.numel() * s.element_size() for _, _, srcs in self._targets for s in srcs)

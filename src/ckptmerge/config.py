@@ -1,0 +1,352 @@
+"""Typed, frozen configuration objects, validated on construction.
+
+Hydra stays in ``src/main.py``; it turns the composed config into a :class:`Config` with
+:func:`config_from_dict`. Every error names the config key that is wrong, e.g.
+``search.alpha must be in [0, 1), got 1.5``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from ckptmerge.errors import ConfigError
+
+ACTIONS = ("search", "merge", "pilot", "compare", "promote")
+SEARCH_KINDS = ("bo", "grid", "random")
+MODEL_SOURCES = ("embedded", "local", "hub")
+DEVICES = ("cpu", "cuda", "auto")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+TRAJECTORY_PRESETS = ("default", "tiny")
+
+
+def did_you_mean(name: str, options: Any) -> str:
+    """`` (did you mean 'x'?)`` when a close option exists, else a list of the options."""
+    options = sorted(str(o) for o in options)
+    close = difflib.get_close_matches(str(name), options, n=1)
+    if close:
+        return f" (did you mean '{close[0]}'?)"
+    shown = ", ".join(options[:12]) + (", ..." if len(options) > 12 else "")
+    return f" (choose from: {shown})"
+
+
+def _choice(key: str, value: Any, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise ConfigError(f"{key}={value!r} is not valid{did_you_mean(value, options)}")
+
+
+@dataclass(frozen=True)
+class TrajectoryConfig:
+    """Which embedded trajectory to build (see :mod:`ckptmerge.trajectory`)."""
+
+    preset: str = "default"
+    seed: int = 0
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        _choice("model.trajectory.preset", self.preset, TRAJECTORY_PRESETS)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Where the checkpoints come from. ``checkpoints`` are ordered oldest to newest; each entry is a
+    local folder or ``repo@revision`` for a hub repo. For the embedded trajectory, ``select`` picks
+    checkpoints by index (default: the last two)."""
+
+    name: str = "embedded"
+    source: str = "embedded"
+    checkpoints: tuple[str, ...] = ()
+    select: tuple[int, ...] = (-2, -1)
+    trust_remote_code: bool = False
+    trajectory: TrajectoryConfig = field(default_factory=TrajectoryConfig)
+    # Suggested lm-eval tasks for this model, used when eval.tasks / eval.test_tasks are empty.
+    dev_tasks: tuple[str, ...] = ()
+    test_tasks: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _choice("model.source", self.source, MODEL_SOURCES)
+        if self.source != "embedded":
+            if len(self.checkpoints) < 2:
+                raise ConfigError(
+                    f"model.checkpoints needs at least 2 checkpoints to merge, got {len(self.checkpoints)}"
+                )
+            for i, c in enumerate(self.checkpoints):
+                if not isinstance(c, str) or not c.strip():
+                    raise ConfigError(f"model.checkpoints[{i}] must be a path or repo@revision, got {c!r}")
+            if len(set(self.checkpoints)) != len(self.checkpoints):
+                raise ConfigError("model.checkpoints lists the same checkpoint twice")
+        else:
+            if len(self.select) < 2:
+                raise ConfigError(f"model.select needs at least 2 checkpoint indices, got {list(self.select)}")
+            if len(set(self.select)) != len(self.select):
+                raise ConfigError(f"model.select repeats an index: {list(self.select)}")
+
+
+@dataclass(frozen=True)
+class MergeConfig:
+    """How checkpoints are combined; ``weights`` and ``output_dir`` serve ``action=merge``."""
+
+    method: str = "linear"
+    weights: tuple[float, ...] | None = None
+    output_dir: str | None = None
+    overwrite: bool = False
+    shard_size: str = "2GB"
+    dtype: str = "auto"
+
+    def __post_init__(self) -> None:
+        _choice("merge.dtype", self.dtype, DTYPES)
+        parse_size(self.shard_size, "merge.shard_size")
+        if self.weights is not None:
+            check_weights(self.weights, "merge.weights")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """The search over λ ∈ [alpha, 1]: ``budget`` counts every evaluation, initial points included."""
+
+    kind: str = "bo"
+    budget: int = 10
+    alpha: float = 0.0
+    seed: int = 0
+    acq_func: str = "gp_hedge"
+    # Two λ closer than this count as the same point; the search never evaluates a point twice.
+    min_distance: float = 1e-3
+
+    def __post_init__(self) -> None:
+        _choice("search.kind", self.kind, SEARCH_KINDS)
+        if not isinstance(self.budget, int) or isinstance(self.budget, bool) or self.budget < 2:
+            raise ConfigError(f"search.budget must be an integer >= 2 (λ=alpha and λ=1 come first), got {self.budget!r}")
+        if not _is_number(self.alpha) or not 0.0 <= float(self.alpha) < 1.0:
+            raise ConfigError(f"search.alpha must be in [0, 1), got {self.alpha!r}")
+        _choice("search.acq_func", self.acq_func, ("gp_hedge", "EI", "PI", "LCB"))
+        if not _is_number(self.min_distance) or not 0 < self.min_distance < 0.5:
+            raise ConfigError(f"search.min_distance must be in (0, 0.5), got {self.min_distance!r}")
+        max_points = int(math.floor((1.0 - float(self.alpha)) / self.min_distance)) + 1
+        if self.budget > max_points:
+            raise ConfigError(
+                f"search.budget={self.budget} exceeds the {max_points} distinct λ that fit in "
+                f"[{self.alpha}, 1] at search.min_distance={self.min_distance}"
+            )
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """lm-eval tasks: ``tasks`` form the objective (dev), ``test_tasks`` are reported only.
+
+    ``metrics`` maps a task to the metric that enters the objective (default: the task's first
+    metric); ``weights`` maps a task to its weight in the objective (default 1).
+    """
+
+    tasks: tuple[str, ...] = ()
+    test_tasks: tuple[str, ...] = ()
+    include_path: str | None = None
+    limit: int | None = None
+    metrics: Mapping[str, str] = field(default_factory=dict)
+    weights: Mapping[str, float] = field(default_factory=dict)
+    batch_size: int = 16
+    max_length: int | None = None
+    allow_test_split: bool = False
+
+    def __post_init__(self) -> None:
+        for key, tasks in (("eval.tasks", self.tasks), ("eval.test_tasks", self.test_tasks)):
+            for i, t in enumerate(tasks):
+                if not isinstance(t, str) or not t.strip():
+                    raise ConfigError(f"{key}[{i}] must be a task name, got {t!r}")
+            if len(set(tasks)) != len(tasks):
+                raise ConfigError(f"{key} lists a task twice: {list(tasks)}")
+        if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
+            raise ConfigError(f"eval.limit must be a positive integer or null, got {self.limit!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"eval.batch_size must be a positive integer, got {self.batch_size!r}")
+        if self.max_length is not None and (not isinstance(self.max_length, int) or self.max_length < 8):
+            raise ConfigError(f"eval.max_length must be an integer >= 8 or null, got {self.max_length!r}")
+        for task in list(self.metrics) + list(self.weights):
+            if self.tasks and task not in self.tasks:
+                raise ConfigError(
+                    f"eval.metrics/eval.weights name task '{task}' which is not in eval.tasks"
+                    f"{did_you_mean(task, self.tasks)}"
+                )
+        for task, w in self.weights.items():
+            if not _is_number(w) or not math.isfinite(float(w)) or float(w) <= 0:
+                raise ConfigError(f"eval.weights.{task} must be a positive number, got {w!r}")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """MLflow tracking. ``uri`` None means a sqlite file ``mlflow.db`` in the working directory."""
+
+    uri: str | None = None
+    experiment: str = "ckptmerge"
+    artifact_location: str | None = None
+    log_plots: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.experiment or not str(self.experiment).strip():
+            raise ConfigError("tracking.experiment must be a non-empty name")
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    """MLflow model registry: the best merge becomes a new version of ``name`` with ``alias``."""
+
+    name: str = "ckptmerge-embedded"
+    enabled: bool = True
+    alias: str = "candidate"
+    # The written merge is reloaded and re-scored; it must match the search's objective within this
+    # relative tolerance (fp32 math is bitwise identical; a half-precision output dtype rounds).
+    rescore_tolerance: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if self.enabled:
+            check_registry_name(self.name)
+        if not _is_number(self.rescore_tolerance) or not 0 <= self.rescore_tolerance < 1:
+            raise ConfigError(f"registry.rescore_tolerance must be in [0, 1), got {self.rescore_tolerance!r}")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Where the resident model lives and in which dtype."""
+
+    name: str = "cpu"
+    device: str = "cpu"
+    dtype: str = "auto"
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        _choice("runtime.device", self.device, DEVICES)
+        _choice("runtime.dtype", self.dtype, DTYPES)
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ConfigError(f"runtime.threads must be a positive integer or null, got {self.threads!r}")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole run: one action over one set of checkpoints."""
+
+    action: str = "search"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    merge: MergeConfig = field(default_factory=MergeConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def __post_init__(self) -> None:
+        _choice("action", self.action, ACTIONS)
+        if self.action == "merge":
+            if self.merge.weights is None:
+                raise ConfigError("action=merge needs merge.weights=[w1,...,wk]")
+            if not self.merge.output_dir:
+                raise ConfigError("action=merge needs merge.output_dir=DIR")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (tuples as lists), e.g. for logging the resolved config."""
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def check_weights(weights: Any, key: str, allow_negative: bool = False) -> None:
+    """Merge weights: at least two finite numbers summing to 1 (non-negative unless allowed)."""
+    if len(weights) < 2:
+        raise ConfigError(f"{key} needs at least 2 weights, got {list(weights)}")
+    for i, w in enumerate(weights):
+        if not _is_number(w) or not math.isfinite(float(w)):
+            raise ConfigError(f"{key}[{i}] must be a finite number, got {w!r}")
+        if w < 0 and not allow_negative:
+            raise ConfigError(f"{key}[{i}] is negative ({w}); weights must be >= 0")
+    if abs(sum(float(w) for w in weights) - 1.0) > 1e-6:
+        raise ConfigError(f"{key} must sum to 1, got {sum(float(w) for w in weights):g}")
+
+
+def check_registry_name(name: Any) -> None:
+    """Names MLflow accepts and that are safe in a ``models:/NAME@alias`` URI."""
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError("registry.name must be a non-empty string")
+    bad = set(name) & set("/:@%?#\\\n\t")
+    if bad or name != name.strip():
+        raise ConfigError(f"registry.name={name!r} contains characters MLflow model URIs reject: {sorted(bad) or 'spaces'}")
+
+
+_SIZE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def parse_size(text: Any, key: str) -> int:
+    """``"2GB"``, ``"500MiB"`` or a number of bytes."""
+    if _is_number(text) and text > 0:
+        return int(text)
+    s = str(text).strip().upper().replace(" ", "")
+    for unit in sorted(_SIZE_UNITS, key=len, reverse=True):
+        if s.endswith(unit):
+            num = s[: -len(unit)]
+            try:
+                value = float(num)
+            except ValueError:
+                break
+            if value > 0:
+                return int(value * _SIZE_UNITS[unit])
+            break
+    raise ConfigError(f"{key}={text!r} is not a size such as '2GB' or '500MiB'")
+
+
+_SECTIONS = {
+    "model": ModelConfig,
+    "merge": MergeConfig,
+    "search": SearchConfig,
+    "eval": EvalConfig,
+    "tracking": TrackingConfig,
+    "registry": RegistryConfig,
+    "runtime": RuntimeConfig,
+}
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    """Construct dataclass ``cls`` from ``data``: unknown keys are errors, lists become tuples."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix} must be a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise ConfigError(f"unknown config key {prefix}.{key}{did_you_mean(key, fields)}")
+        if key == "trajectory" and cls is ModelConfig:
+            value = _build(TrajectoryConfig, value or {}, f"{prefix}.trajectory")
+        elif isinstance(value, list):
+            value = tuple(value)
+        elif isinstance(value, Mapping):
+            value = dict(value)
+        elif value is None and key in ("metrics", "weights") and cls is EvalConfig:
+            value = {}
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # a wrongly typed value that a check compared or iterated
+        raise ConfigError(f"{prefix}: {e}") from None
+
+
+def config_from_dict(data: Mapping[str, Any]) -> Config:
+    """Validate a plain nested dict (as Hydra composes it) into a :class:`Config`."""
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in _SECTIONS:
+            kwargs[key] = _build(_SECTIONS[key], value or {}, key)
+        elif key == "action":
+            kwargs[key] = value
+        elif key in ("hydra",):
+            continue
+        else:
+            raise ConfigError(f"unknown config key {key}{did_you_mean(key, list(_SECTIONS) + ['action'])}")
+    return Config(**kwargs)

@@ -1,0 +1,150 @@
+"""Thin adapter over lm-evaluation-harness: a live model in, flat ``TASK/METRIC`` floats out.
+
+Tasks are indexed and built once (datasets loaded once); each call runs ``lm_eval.evaluator.evaluate``
+on the model as it is in memory, so a trial never writes the model to disk.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Sequence
+
+from ckptmerge.config import did_you_mean
+from ckptmerge.errors import ConfigError, EvaluationError
+
+log = logging.getLogger(__name__)
+
+_MIN_LM_EVAL = (0, 4, 8)
+
+
+def _check_version() -> None:
+    version = metadata.version("lm_eval")
+    parts = tuple(int(p) for p in version.split(".")[:3] if p.isdigit())
+    if parts < _MIN_LM_EVAL:
+        raise EvaluationError(f"lm-eval {version} is too old; ckptmerge needs >= {'.'.join(map(str, _MIN_LM_EVAL))}")
+
+
+def metric_name(task: str, key: str) -> str | None:
+    """``('wikitext', 'bits_per_byte,none')`` → ``'wikitext/bits_per_byte'``; stderr and aliases → None.
+
+    MLflow metric names may not contain commas; a filter other than ``none`` is kept after a dot.
+    """
+    if "," not in key or "_stderr" in key:
+        return None
+    metric, _, flt = key.partition(",")
+    return f"{task}/{metric}" if flt in ("none", "") else f"{task}/{metric}.{flt}"
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """What the objective needs to know about one task."""
+
+    name: str
+    metrics: tuple[str, ...]              # metric names the task reports, e.g. ("acc", "acc_norm")
+    higher_is_better: dict[str, bool]     # per metric, from the task's own config
+    split: str                            # the split the task evaluates: "test", "validation", ...
+
+
+def _quiet_lm_eval() -> None:
+    # lm-eval logs every request batch at INFO; a search runs hundreds of them.
+    for name in ("lm_eval", "lm-eval", "lm_eval.evaluator", "lm_eval.api.task", "lm_eval.models.huggingface"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+class TaskSuite:
+    """A set of lm-eval tasks, indexed and built once, evaluated many times on live models."""
+
+    def __init__(
+        self,
+        tasks: Sequence[str],
+        include_paths: Sequence[str | Path] = (),
+        limit: int | None = None,
+        config_key: str = "eval.tasks",
+    ) -> None:
+        _check_version()
+        _quiet_lm_eval()
+        self.names = list(tasks)
+        self.limit = limit
+        self.config_key = config_key
+        for p in include_paths:
+            if not Path(p).exists():
+                raise ConfigError(f"eval.include_path does not exist: {p}")
+        manager = self._manager([str(p) for p in include_paths])
+        try:
+            self._task_dict = manager.load(self.names)
+        except Exception as e:  # lm-eval raises KeyError/ValueError/dataset errors; keep the first line
+            raise EvaluationError(f"{config_key}: cannot load tasks {self.names}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        self.info = {name: self._info(name) for name in self.names}
+
+    def _manager(self, include_paths: list[str]) -> Any:
+        from lm_eval.tasks import TaskManager
+
+        # Indexing lm-eval's own ~15k task configs takes seconds; skip it when our paths hold every task.
+        if include_paths:
+            local = TaskManager(include_path=include_paths, include_defaults=False)
+            if all(t in local.all_tasks for t in self.names):
+                return local
+        manager = TaskManager(include_path=include_paths or None)
+        for t in self.names:
+            if t not in manager.all_tasks:
+                raise EvaluationError(f"{self.config_key}: unknown lm-eval task '{t}'{did_you_mean(t, manager.all_tasks)}")
+        return manager
+
+    def _info(self, name: str) -> TaskInfo:
+        tasks = self._task_dict["tasks"]
+        if name in tasks:
+            task = tasks[name]
+            hib = dict(task.higher_is_better())
+            metrics = tuple(m["metric"] for m in (task.config.metric_list or []) if isinstance(m.get("metric"), str))
+            metrics = metrics or tuple(hib)
+            split = "test" if task.has_test_docs() else ("validation" if task.has_validation_docs() else "train")
+            return TaskInfo(name=name, metrics=metrics, higher_is_better=hib, split=split)
+        # A group or tag: the objective uses its aggregate; splits are those of its children.
+        children = [t for t in tasks.values()]
+        hib: dict[str, bool] = {}
+        for t in children:
+            hib.update(t.higher_is_better())
+        split = "test" if any(t.has_test_docs() for t in children) else "validation"
+        return TaskInfo(name=name, metrics=tuple(hib), higher_is_better=hib, split=split)
+
+    def task_objects(self) -> dict[str, Any]:
+        return dict(self._task_dict["tasks"])
+
+    def evaluate(self, lm: Any) -> dict[str, float]:
+        """Run every task on ``lm`` (an lm-eval ``LM``); flat ``{TASK/METRIC: value}``."""
+        from lm_eval.evaluator import evaluate
+
+        try:
+            results = evaluate(lm=lm, task_dict=self._task_dict, limit=self.limit, bootstrap_iters=0, log_samples=False)
+        except Exception as e:
+            raise EvaluationError(f"evaluation of {self.names} failed: {describe_exception(e)}") from e
+        flat: dict[str, float] = {}
+        for task, metrics in (results or {}).get("results", {}).items():
+            for key, value in metrics.items():
+                name = metric_name(task, key)
+                if name is None or not isinstance(value, (int, float)) or isinstance(value, bool):
+                    continue
+                flat[name] = float(value)
+        return flat
+
+
+def make_lm(model: Any, tokenizer: Any, batch_size: int, max_length: int | None, device: str) -> Any:
+    """An lm-eval ``HFLM`` wrapping the live model object (no copy, no disk round trip)."""
+    from lm_eval.models.huggingface import HFLM
+
+    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length, device=device)
+
+
+def describe_exception(e: BaseException) -> str:
+    """``Type: first line`` plus where it was raised, so a bare ``AssertionError`` still says something."""
+    import traceback
+
+    text = str(e).splitlines()[0] if str(e) else ""
+    frames = traceback.extract_tb(e.__traceback__)
+    where = ""
+    if frames:
+        f = frames[-1]
+        where = f" at {Path(f.filename).parent.name}/{Path(f.filename).name}:{f.lineno} ({(f.line or '').strip()[:120]})"
+    return f"{type(e).__name__}{': ' + text if text else ''}{where}"

@@ -1,0 +1,45 @@
+"""Terminal summaries (rich tables) of what an action did."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _fmt(x: Any) -> str:
+    return f"{x:.5f}" if isinstance(x, float) else ("-" if x is None else str(x))
+
+
+def mlflow_ui_command(tracking_uri: str) -> str:
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"open {tracking_uri}"
+    return f"mlflow ui --backend-store-uri {tracking_uri}"
+
+
+def print_search_summary(result: dict[str, Any], run_dir: Path, console: Console | None = None) -> None:
+    """Best λ, dev objective against the newest checkpoint alone, test metrics, MLflow and registry."""
+    console = console or Console()
+    base, best = result.get("baseline_objective"), result["objective"]
+    gain = f" ({best - base:+.5f} vs newest alone: {_fmt(base)})" if base is not None else ""
+    console.print(f"[bold]best λ[/bold] = {result['lambda']:.4f}   weights {result['weights']}")
+    console.print(f"[bold]dev objective[/bold] = {_fmt(best)}{gain}   [{result.get('objective_definition', '')}]")
+    tests = {"best merge": result.get("test_metrics", {}), **result.get("test_metrics_by_checkpoint", {})}
+    keys = sorted({k for m in tests.values() for k in m})
+    if keys:
+        table = Table(title="test metrics")
+        table.add_column("metric")
+        for who in tests:
+            table.add_column(who, justify="right")
+        for k in keys:
+            table.add_row(k, *[_fmt(tests[w].get(k)) for w in tests])
+        console.print(table)
+    ml = result["mlflow"]
+    console.print(f"MLflow run {ml['run_id']} (experiment {ml['experiment_id']})")
+    reg = result.get("registered_model")
+    if reg:
+        console.print(f"registered model [bold]{reg['name']}[/bold] version {reg['version']} (alias {reg.get('alias', '')})")
+    console.print(f"merged checkpoint: {result['output_dir']}")
+    console.print(f"result: {Path(run_dir) / 'result.json'}")
+    console.print(f"see it: {mlflow_ui_command(ml['tracking_uri'])}")

@@ -1,0 +1,181 @@
+"""MLflow tracking of a search: one parent run, one nested child run per trial.
+
+Uses ``MlflowClient`` with explicit run ids (no global active run), so nothing depends on which run
+happens to be active. When ``MLFLOW_RUN_ID`` is set (``mlflow run`` sets it), that run becomes the
+parent instead of a second top-level run.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+from urllib.parse import urlparse
+
+from ckptmerge.config import TrackingConfig
+from ckptmerge.errors import TrackingError
+from ckptmerge.tracking import names
+
+log = logging.getLogger(__name__)
+
+
+def default_tracking_uri(cwd: Path) -> str:
+    """A sqlite file in the working directory, which ``mlflow ui`` opens with no server."""
+    return f"sqlite:///{(Path(cwd) / 'mlflow.db').resolve()}"
+
+
+def default_artifact_location(cwd: Path) -> str:
+    return (Path(cwd) / "mlartifacts").resolve().as_uri()
+
+
+@contextlib.contextmanager
+def _fast_fail_http() -> Iterator[None]:
+    """For the reachability probe only: no retries, short timeout (MLflow's defaults retry for minutes)."""
+    keys = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    old = {k: os.environ.get(k) for k in keys}
+    os.environ.update(keys)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def check_tracking_uri(uri: str) -> None:
+    """Fail fast, with one line, when the tracking store cannot be used."""
+    from mlflow.tracking import MlflowClient
+
+    parsed = urlparse(uri)
+    if parsed.scheme == "sqlite":
+        path = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+        if path is not None and not path.parent.is_dir():
+            raise TrackingError(f"tracking.uri={uri}: folder {path.parent} does not exist")
+    if parsed.scheme in ("", "file"):
+        path = Path(parsed.path if parsed.scheme else uri)
+        if not path.parent.exists():
+            raise TrackingError(f"tracking.uri={uri}: folder {path.parent} does not exist")
+    try:
+        with _fast_fail_http():
+            MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as e:  # connection refused, bad scheme, bad database: one line says which
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise TrackingError(f"tracking.uri={uri} is unreachable or unusable: {msg[:300]}") from None
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": "1"}`` for MLflow params (values cut to MLflow's limit)."""
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[names.safe_key(key)] = json.dumps(v) if isinstance(v, (list, tuple, dict)) else str(v)
+    return {k: v[:6000] for k, v in out.items()}
+
+
+class SearchTracker:
+    """The MLflow side of one search (or one comparison): parent run, child runs, artifacts."""
+
+    def __init__(self, cfg: TrackingConfig, cwd: Path) -> None:
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        self.uri = cfg.uri or default_tracking_uri(cwd)
+        check_tracking_uri(self.uri)
+        mlflow.set_tracking_uri(self.uri)
+        self.client = MlflowClient(self.uri)
+        self.log_plots = cfg.log_plots
+        env_run = os.environ.get("MLFLOW_RUN_ID")
+        if env_run:  # launched by `mlflow run`: that run is our parent, in its experiment
+            self.experiment_id = self.client.get_run(env_run).info.experiment_id
+        else:
+            exp = self.client.get_experiment_by_name(cfg.experiment)
+            if exp is None:
+                location = cfg.artifact_location
+                if location is None and urlparse(self.uri).scheme in ("sqlite", "", "file"):
+                    location = default_artifact_location(cwd)
+                self.experiment_id = self.client.create_experiment(cfg.experiment, artifact_location=location)
+            else:
+                self.experiment_id = exp.experiment_id
+        self.run_id: str | None = None
+        self._env_run = env_run
+
+    # -- parent ------------------------------------------------------------------------------
+    def start(self, run_name: str, config: Mapping[str, Any], config_yaml: str, checkpoints: list[dict[str, str]],
+              tags: Mapping[str, str] | None = None) -> str:
+        """Open the parent run and log the resolved config and the checkpoints' identities."""
+        from mlflow.entities import Param, RunTag
+
+        all_tags = {names.TAG_KIND: "search", **(tags or {})}
+        if self._env_run:
+            self.run_id = self._env_run
+            self.client.set_tag(self.run_id, "mlflow.runName", run_name)
+        else:
+            self.run_id = self.client.create_run(self.experiment_id, run_name=run_name).info.run_id
+        params = flatten(config)
+        for i, c in enumerate(checkpoints):
+            params[f"checkpoint.{i}.name"] = c["name"]
+            params[f"checkpoint.{i}.source"] = c["source"][:6000]
+        items = [Param(k, v) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i:i + 100])
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in all_tags.items()])
+        self.log_text(self.run_id, config_yaml, names.ARTIFACT_CONFIG)
+        self.log_text(self.run_id, json.dumps(checkpoints, indent=2), names.ARTIFACT_CHECKPOINTS)
+        return self.run_id
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0, run_id: str | None = None) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        items = [Metric(names.safe_key(k), float(v), ts, step) for k, v in metrics.items()]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(run_id or self.run_id, metrics=items[i:i + 1000])
+
+    def set_tags(self, tags: Mapping[str, Any], run_id: str | None = None) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(run_id or self.run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+
+    def log_text(self, run_id: str | None, text: str, artifact_file: str) -> None:
+        self.client.log_text(run_id or self.run_id, text, artifact_file)
+
+    def log_figure(self, run_id: str | None, figure: Any, artifact_file: str) -> None:
+        import matplotlib.pyplot as plt
+
+        try:
+            self.client.log_figure(run_id or self.run_id, figure, artifact_file)
+        finally:
+            plt.close(figure)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        if self.run_id and not self._env_run:  # `mlflow run` ends its own run
+            self.client.set_terminated(self.run_id, status=status)
+
+    # -- children ----------------------------------------------------------------------------
+    def start_trial(self, index: int, params: Mapping[str, Any]) -> str:
+        """A nested child run for trial ``index`` (0-based)."""
+        from mlflow.entities import Param
+
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"trial-{index:03d}",
+            tags={"mlflow.parentRunId": self.run_id, names.TAG_KIND: "trial"},
+        )
+        items = [Param(names.safe_key(k), str(v)) for k, v in params.items()]
+        self.client.log_batch(run.info.run_id, params=items)
+        return run.info.run_id
+
+    def end_trial(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def artifact_dir(self) -> Path:
+        return Path(tempfile.mkdtemp(prefix="ckptmerge-artifacts-"))

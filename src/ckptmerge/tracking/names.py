@@ -1,0 +1,41 @@
+"""Every MLflow param, metric and tag name the product writes, in one place (others script against them)."""
+from __future__ import annotations
+
+import re
+
+# Child run (one per trial)
+PARAM_LAMBDA = "lambda"                 # weight of the newest checkpoint, for a pair
+PARAM_WEIGHT_PREFIX = "weight."         # weight.<checkpoint name>, for every checkpoint
+PARAM_TRIAL = "trial"
+PARAM_PROPOSED_BY = "proposed_by"       # initial | EI | LCB | PI | grid | random | gap
+METRIC_OBJECTIVE = "objective"          # oriented so that higher is better
+TAG_NEXT_ACQUISITION = "gp.next_acquisition"
+TAG_TRIAL_STATUS = "ckptmerge.trial_status"
+
+# Parent run (one per search)
+METRIC_BEST_OBJECTIVE = "best_objective"   # logged with step = trial index
+METRIC_BEST_LAMBDA = "best_lambda"
+METRIC_BASELINE_OBJECTIVE = "baseline_objective"   # the newest checkpoint alone (λ=1)
+METRIC_GAIN = "gain_over_newest"
+METRIC_RESCORED_OBJECTIVE = "rescored_objective"   # the written merge, reloaded from disk
+PREFIX_BEST = "best."                      # best.<TASK/METRIC>: dev metrics of the best merge
+PREFIX_TEST = "test."                      # test.<model>.<TASK/METRIC>, model = "best" or a checkpoint name
+TAG_KIND = "ckptmerge.kind"                # search | trial
+TAG_OBJECTIVE = "ckptmerge.objective"
+TAG_CHECKPOINTS = "ckptmerge.checkpoints"
+ARTIFACT_CONFIG = "config.yaml"
+ARTIFACT_CHECKPOINTS = "checkpoints.json"
+ARTIFACT_RESULT = "result.json"
+ARTIFACT_PLOT = "gp_posterior.png"
+MODEL_ARTIFACT = "model"
+
+_BAD = re.compile(r"[^A-Za-z0-9_\-. /]")
+
+
+def safe_key(name: str) -> str:
+    """A name MLflow accepts for params and metrics (letters, digits, ``_-. /``)."""
+    return _BAD.sub("_", name)
+
+
+def weight_param(checkpoint: str) -> str:
+    return safe_key(PARAM_WEIGHT_PREFIX + checkpoint)

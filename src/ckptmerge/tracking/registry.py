@@ -1,0 +1,91 @@
+"""Log a merged model as an MLflow model (transformers flavor) and register it.
+
+The model object is the one reloaded from the written folder and re-scored, so what is registered is
+what was verified. (MLflow's local-checkpoint-path logging breaks on transformers 5 task metadata, so
+the loaded components are logged.) Registration is the last step of a search; if any part of it fails, the version created is
+deleted so that nothing half done stays in the registry.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from ckptmerge.errors import TrackingError
+from ckptmerge.tracking import names
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    name: str
+    version: str
+    alias: str
+    model_uri: str
+
+
+def pip_requirements() -> list[str]:
+    """What a served model needs, pinned to what is installed (avoids MLflow's slow inference)."""
+    from importlib import metadata
+
+    reqs = []
+    for pkg in ("torch", "transformers", "tokenizers", "safetensors", "accelerate"):
+        try:
+            version = metadata.version(pkg).split("+")[0]
+            reqs.append(f"{pkg}=={version}")
+        except metadata.PackageNotFoundError:
+            continue
+    return reqs
+
+
+def _model_card(text: str) -> Any:
+    from huggingface_hub import ModelCard
+
+    return ModelCard(f"---\nlicense: other\nlibrary_name: transformers\ntags: [ckptmerge, merge]\n---\n{text}\n")
+
+
+def log_and_register(
+    run_id: str,
+    model: Any,
+    tokenizer: Any,
+    registry_name: str,
+    alias: str,
+    tags: Mapping[str, str],
+    description: str,
+    tracking_uri: str,
+) -> RegisteredVersion:
+    """Log ``model`` under ``run_id`` as model artifact ``model`` and register it as a new version."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    version = None
+    try:
+        info = mlflow.transformers.log_model(
+            transformers_model={"model": model, "tokenizer": tokenizer},
+            name=names.MODEL_ARTIFACT,
+            task="text-generation",
+            pip_requirements=pip_requirements(),
+            model_card=_model_card(description),
+            run_id=run_id,
+        )
+        try:
+            client.get_registered_model(registry_name)
+        except Exception:
+            client.create_registered_model(registry_name, description="Merged checkpoints registered by ckptmerge")
+        mv = client.create_model_version(
+            registry_name, info.model_uri, run_id=run_id, tags={k: str(v) for k, v in tags.items()},
+            description=description,
+        )
+        version = mv.version
+        client.set_registered_model_alias(registry_name, alias, version)
+        return RegisteredVersion(name=registry_name, version=str(version), alias=alias, model_uri=info.model_uri)
+    except Exception as e:
+        if version is not None:
+            try:
+                client.delete_model_version(registry_name, version)
+            except Exception:  # the registry itself is failing; report the original error
+                pass
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise TrackingError(f"registering the merge as '{registry_name}' failed: {msg[:300]}") from e

@@ -1,0 +1,88 @@
+"""ckptmerge entry point: the only module that touches Hydra.
+
+    python src/main.py                                   # search λ on the embedded trajectory
+    python src/main.py model=local 'model.checkpoints=[A,B]' 'eval.tasks=[T]' eval.include_path=DIR
+    python src/main.py action=merge 'merge.weights=[0.3,0.7]' merge.output_dir=DIR
+
+Hydra composes ``conf/``; the result becomes a validated :class:`ckptmerge.config.Config`; the action
+runs; ``result.json`` lands in the Hydra run directory. A problem the user can fix ends the run with
+one line on stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+# Keep third-party start-up quiet and offline-safe before they are imported.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run from a checkout without installing
+
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+log = logging.getLogger("ckptmerge")
+EXIT_USER_ERROR = 2
+
+
+def _run(cfg_dict: dict, run_dir: Path, cwd: Path, config_yaml: str) -> dict:
+    from ckptmerge.config import config_from_dict
+
+    cfg = config_from_dict(cfg_dict)
+    if cfg.action == "search":
+        from ckptmerge.actions.search import SearchRun
+
+        result = SearchRun(cfg, run_dir, cwd, config_yaml).run()
+        from ckptmerge.report import print_search_summary
+
+        (run_dir / "result.json").write_text(json.dumps(result, indent=2))
+        print_search_summary(result, run_dir)
+        return result
+    if cfg.action == "merge":
+        from ckptmerge.actions.merge import run_merge
+
+        return run_merge(cfg)
+    from ckptmerge.errors import ConfigError
+
+    raise ConfigError(f"action={cfg.action} is not available in this version yet")
+
+
+def _to_dict(cfg: DictConfig) -> dict:
+    """Resolve interpolations; a missing mandatory value (``???``) becomes a one-line ConfigError."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    from ckptmerge.errors import ConfigError
+
+    try:
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore[return-value]
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None)
+        first = str(e).splitlines()[0]
+        raise ConfigError(f"{key} must be set ({first})" if key else first) from None
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    from ckptmerge.errors import CkptMergeError
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
+    cwd = Path(hydra.utils.get_original_cwd())
+    try:
+        cfg_dict = _to_dict(cfg)
+        _run(cfg_dict, run_dir, cwd, OmegaConf.to_yaml(cfg, resolve=True))  # type: ignore[arg-type]
+    except CkptMergeError as e:
+        msg = " ".join(str(e).split())
+        log.debug("user error", exc_info=True)
+        print(f"error: {msg}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
