@@ -1,0 +1,117 @@
+"""`python src/main.py` end to end on a tiny real trajectory, checked against what MLflow holds."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import run_main
+
+pytestmark = pytest.mark.slow
+
+BUDGET = 4
+
+
+@pytest.fixture(scope="module")
+def search_run(tmp_path_factory, traj_cache, tiny_trajectory):
+    work = tmp_path_factory.mktemp("e2e")
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    proc = run_main([
+        "model.trajectory.preset=tiny", f"model.trajectory.cache_dir={traj_cache}",
+        f"search.budget={BUDGET}", f"tracking.uri={uri}", "tracking.experiment=e2e",
+        "registry.name=tiny-merge", f"hydra.run.dir={work / 'run'}",
+    ], cwd=work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((work / "run" / "result.json").read_text())
+    return work, uri, proc, result
+
+
+def test_summary_is_printed(search_run):
+    _, _, proc, result = search_run
+    out = proc.stdout
+    assert f"best λ = {result['lambda']:.4f}" in out
+    assert "vs newest alone" in out
+    assert result["mlflow"]["run_id"] in out
+    assert "registered model tiny-merge version 1" in out
+    assert "mlflow ui --backend-store-uri sqlite:///" in out
+
+
+def test_one_child_run_per_trial_with_lambda_objective_and_gp_state(search_run):
+    _, uri, _, result = search_run
+    client = MlflowClient(uri)
+    parent = result["mlflow"]["run_id"]
+    children = client.search_runs([result["mlflow"]["experiment_id"]], f"tags.mlflow.parentRunId = '{parent}'")
+    assert len(children) == BUDGET == len(result["trials"])
+    by_lambda = {float(c.data.params["lambda"]): c for c in children}
+    assert len(by_lambda) == BUDGET  # never the same λ twice
+    for t in result["trials"]:
+        child = by_lambda[t["lambda"]]
+        assert child.data.metrics["objective"] == pytest.approx(t["objective"], abs=1e-9)
+        assert set(child.data.params) >= {"lambda", "weight.step00040", "weight.step00060"}
+        assert any(k.startswith("ckptmerge_dev_bpb/") for k in child.data.metrics)
+        assert any(k.startswith("ckptmerge_dev_mc/") for k in child.data.metrics)
+    lams = [t["lambda"] for t in result["trials"]]
+    assert lams[0] == 0.0 and lams[1] == 1.0
+    gp_child = by_lambda[lams[-1]]  # after three observations the GP state is logged
+    assert "gp.mean_at_lambda" in gp_child.data.metrics and "gp.std_at_lambda" in gp_child.data.metrics
+    assert any(k.startswith("gp.kernel.") for k in gp_child.data.metrics)
+    assert gp_child.data.tags.get("gp.next_acquisition") in ("EI", "LCB", "PI")
+    arts = [a.path for a in client.list_artifacts(gp_child.info.run_id)]
+    assert "gp_posterior.png" in arts
+
+
+def test_result_json_agrees_with_mlflow_and_registry(search_run):
+    work, uri, _, result = search_run
+    client = MlflowClient(uri)
+    parent = client.get_run(result["mlflow"]["run_id"])
+    assert parent.info.status == "FINISHED"
+    history = client.get_metric_history(parent.info.run_id, "best_objective")
+    assert len(history) == BUDGET
+    assert max(h.value for h in history) == pytest.approx(result["objective"])
+    assert result["objective"] == max(t["objective"] for t in result["trials"])
+    assert parent.data.metrics["best_lambda"] == pytest.approx(result["lambda"])
+    assert result["weights"] == {"step00040": pytest.approx(1 - result["lambda"]), "step00060": pytest.approx(result["lambda"])}
+    assert result["rescored_objective"] == pytest.approx(result["objective"], abs=1e-6)
+    assert set(result["test_metrics"]) >= {"ckptmerge_test_bpb/bits_per_byte", "ckptmerge_test_mc/acc"}
+    assert set(result["test_metrics_by_checkpoint"]) == {"step00040", "step00060"}
+    assert parent.data.params["search.budget"] == str(BUDGET)
+    arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"config.yaml", "checkpoints.json", "result.json"} <= arts
+    reg = result["registered_model"]
+    assert reg == {"name": "tiny-merge", "version": "1", "alias": "candidate"}
+    mv = client.get_model_version_by_alias("tiny-merge", "candidate")
+    assert mv.version == "1" and mv.run_id == parent.info.run_id
+    assert float(mv.tags["lambda"]) == pytest.approx(result["lambda"], abs=1e-6)
+    assert mv.tags["search_run_id"] == parent.info.run_id
+    assert "step00060" in mv.tags["sources"]
+    out = work / "run" / "merged"
+    assert out.is_dir() and (out / "config.json").is_file() and str(out) == result["output_dir"]
+
+
+def test_registered_model_loads_and_generates(search_run):
+    import mlflow
+
+    _, uri, _, _ = search_run
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model("models:/tiny-merge@candidate")
+    out = model.predict(["Return the"])
+    assert isinstance(out[0], str) and out[0].startswith("Return the")
+
+
+def test_local_checkpoints_with_own_tasks(tmp_path, tiny_trajectory):
+    """Contract: model=local with folders and our own lm-eval YAML tasks; grid search for comparison."""
+    a, b = tiny_trajectory.checkpoints[0], tiny_trajectory.checkpoints[1]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = run_main([
+        "model=local", f"model.checkpoints=[{a},{b}]", "eval.tasks=[ckptmerge_dev_bpb]",
+        f"eval.include_path={tiny_trajectory.tasks_dir}", "search=grid", "search.budget=3", f"tracking.uri={uri}",
+        "registry.enabled=false", f"hydra.run.dir={tmp_path / 'run'}",
+    ], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert [t["lambda"] for t in result["trials"]] == [0.0, 1.0, 0.5]
+    assert set(result["weights"]) == {a.name, b.name}
+    assert result["registered_model"] is None
+    assert result["objective_definition"] == "-1·ckptmerge_dev_bpb/bits_per_byte"
+    assert result["objective"] == pytest.approx(-result["metrics"]["ckptmerge_dev_bpb/bits_per_byte"])
