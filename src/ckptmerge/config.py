@@ -61,9 +61,11 @@ class ModelConfig:
     select: tuple[int, ...] = (-2, -1)
     trust_remote_code: bool = False
     trajectory: TrajectoryConfig = field(default_factory=TrajectoryConfig)
-    # Suggested lm-eval tasks for this model, used when eval.tasks / eval.test_tasks are empty.
+    # Suggested lm-eval tasks for this model, used when eval.tasks / eval.test_tasks are empty, and
+    # their weights in the objective (used when eval.weights is empty too; 0 = tracked, not optimised).
     dev_tasks: tuple[str, ...] = ()
     test_tasks: tuple[str, ...] = ()
+    dev_weights: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _choice("model.source", self.source, MODEL_SOURCES)
@@ -162,15 +164,13 @@ class EvalConfig:
             raise ConfigError(f"eval.batch_size must be a positive integer, got {self.batch_size!r}")
         if self.max_length is not None and (not isinstance(self.max_length, int) or self.max_length < 8):
             raise ConfigError(f"eval.max_length must be an integer >= 8 or null, got {self.max_length!r}")
-        for task in list(self.metrics) + list(self.weights):
-            if self.tasks and task not in self.tasks:
-                raise ConfigError(
-                    f"eval.metrics/eval.weights name task '{task}' which is not in eval.tasks"
-                    f"{did_you_mean(task, self.tasks)}"
-                )
+        # Which tasks metrics/weights may name is checked against the effective dev tasks when the
+        # objective is built (the model may supply them).
         for task, w in self.weights.items():
-            if not _is_number(w) or not math.isfinite(float(w)) or float(w) <= 0:
-                raise ConfigError(f"eval.weights.{task} must be a positive number, got {w!r}")
+            if not _is_number(w) or not math.isfinite(float(w)) or float(w) < 0:
+                raise ConfigError(f"eval.weights.{task} must be a number >= 0 (0: tracked, not optimised), got {w!r}")
+        if self.weights and not any(float(w) > 0 for w in self.weights.values()) and set(self.weights) >= set(self.tasks):
+            raise ConfigError("eval.weights gives every dev task weight 0; nothing would be optimised")
 
 
 @dataclass(frozen=True)
@@ -328,7 +328,7 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
             value = tuple(value)
         elif isinstance(value, Mapping):
             value = dict(value)
-        elif value is None and key in ("metrics", "weights") and cls is EvalConfig:
+        elif value is None and cls in (EvalConfig, ModelConfig) and key in ("metrics", "weights", "dev_weights"):
             value = {}
         kwargs[key] = value
     try:

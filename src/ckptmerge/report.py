@@ -1,6 +1,7 @@
 """Terminal summaries (rich tables) of what an action did."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,9 @@ from rich.table import Table
 
 
 def _fmt(x: Any) -> str:
-    return f"{x:.5f}" if isinstance(x, float) else ("-" if x is None else str(x))
+    if isinstance(x, float):
+        return f"{x:.5f}" if abs(x) < 1e4 else f"{x:.4g}"
+    return "-" if x is None else str(x)
 
 
 def mlflow_ui_command(tracking_uri: str) -> str:
@@ -20,7 +23,7 @@ def mlflow_ui_command(tracking_uri: str) -> str:
 
 def print_search_summary(result: dict[str, Any], run_dir: Path, console: Console | None = None) -> None:
     """Best λ, dev objective against the newest checkpoint alone, test metrics, MLflow and registry."""
-    console = console or Console()
+    console = console or Console(width=None if sys.stdout.isatty() else 160)
     base, best = result.get("baseline_objective"), result["objective"]
     gain = f" ({best - base:+.5f} vs newest alone: {_fmt(base)})" if base is not None else ""
     console.print(f"[bold]best λ[/bold] = {result['lambda']:.4f}   weights {result['weights']}")

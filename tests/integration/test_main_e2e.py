@@ -37,8 +37,9 @@ def test_summary_is_printed(search_run):
     assert "mlflow ui --backend-store-uri sqlite:///" in out
 
 
-def test_one_child_run_per_trial_with_lambda_objective_and_gp_state(search_run):
+def test_one_child_run_per_trial_with_lambda_objective_and_gp_state(search_run, tiny_trajectory):
     _, uri, _, result = search_run
+    old, new = (p.name for p in tiny_trajectory.checkpoints[-2:])
     client = MlflowClient(uri)
     parent = result["mlflow"]["run_id"]
     children = client.search_runs([result["mlflow"]["experiment_id"]], f"tags.mlflow.parentRunId = '{parent}'")
@@ -48,7 +49,8 @@ def test_one_child_run_per_trial_with_lambda_objective_and_gp_state(search_run):
     for t in result["trials"]:
         child = by_lambda[t["lambda"]]
         assert child.data.metrics["objective"] == pytest.approx(t["objective"], abs=1e-9)
-        assert set(child.data.params) >= {"lambda", "weight.step00040", "weight.step00060"}
+        assert set(child.data.params) >= {"lambda", f"weight.{old}", f"weight.{new}", "proposed_by"}
+        assert float(child.data.params[f"weight.{old}"]) == pytest.approx(1 - t["lambda"])
         assert any(k.startswith("ckptmerge_dev_bpb/") for k in child.data.metrics)
         assert any(k.startswith("ckptmerge_dev_mc/") for k in child.data.metrics)
     lams = [t["lambda"] for t in result["trials"]]
@@ -61,8 +63,9 @@ def test_one_child_run_per_trial_with_lambda_objective_and_gp_state(search_run):
     assert "gp_posterior.png" in arts
 
 
-def test_result_json_agrees_with_mlflow_and_registry(search_run):
+def test_result_json_agrees_with_mlflow_and_registry(search_run, tiny_trajectory):
     work, uri, _, result = search_run
+    old, new = (p.name for p in tiny_trajectory.checkpoints[-2:])
     client = MlflowClient(uri)
     parent = client.get_run(result["mlflow"]["run_id"])
     assert parent.info.status == "FINISHED"
@@ -71,20 +74,20 @@ def test_result_json_agrees_with_mlflow_and_registry(search_run):
     assert max(h.value for h in history) == pytest.approx(result["objective"])
     assert result["objective"] == max(t["objective"] for t in result["trials"])
     assert parent.data.metrics["best_lambda"] == pytest.approx(result["lambda"])
-    assert result["weights"] == {"step00040": pytest.approx(1 - result["lambda"]), "step00060": pytest.approx(result["lambda"])}
+    assert result["weights"] == {old: pytest.approx(1 - result["lambda"]), new: pytest.approx(result["lambda"])}
     assert result["rescored_objective"] == pytest.approx(result["objective"], abs=1e-6)
     assert set(result["test_metrics"]) >= {"ckptmerge_test_bpb/bits_per_byte", "ckptmerge_test_mc/acc"}
-    assert set(result["test_metrics_by_checkpoint"]) == {"step00040", "step00060"}
+    assert set(result["test_metrics_by_checkpoint"]) == {old, new}
     assert parent.data.params["search.budget"] == str(BUDGET)
     arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"config.yaml", "checkpoints.json", "result.json"} <= arts
     reg = result["registered_model"]
     assert reg == {"name": "tiny-merge", "version": "1", "alias": "candidate"}
     mv = client.get_model_version_by_alias("tiny-merge", "candidate")
-    assert mv.version == "1" and mv.run_id == parent.info.run_id
+    assert str(mv.version) == "1" and mv.run_id == parent.info.run_id
     assert float(mv.tags["lambda"]) == pytest.approx(result["lambda"], abs=1e-6)
     assert mv.tags["search_run_id"] == parent.info.run_id
-    assert "step00060" in mv.tags["sources"]
+    assert str(tiny_trajectory.checkpoints[-1]) in mv.tags["sources"]
     out = work / "run" / "merged"
     assert out.is_dir() and (out / "config.json").is_file() and str(out) == result["output_dir"]
 

@@ -26,7 +26,7 @@ def test_defaults_are_valid():
         ("eval", {"limit": 0}, "eval.limit"),
         ("eval", {"tasks": ["a", "a"]}, "eval.tasks"),
         ("eval", {"tasks": ["a"], "weights": {"a": -1}}, "eval.weights.a"),
-        ("eval", {"tasks": ["a"], "metrics": {"b": "acc"}}, "eval.metrics"),
+        ("eval", {"tasks": ["a"], "weights": {"a": 0}}, "eval.weights"),
         ("merge", {"weights": [0.5, 0.6]}, "merge.weights"),
         ("merge", {"weights": [1.5, -0.5]}, "merge.weights[1]"),
         ("merge", {"shard_size": "lots"}, "merge.shard_size"),

@@ -24,7 +24,7 @@ class EvalSession:
         self.sources = sources
         e = cfg.eval
         self.dev = TaskSuite(sources.dev_tasks, sources.include_paths, e.limit, "eval.tasks")
-        self.objective = build_objective(self.dev.info, e.metrics, e.weights, e.allow_test_split)
+        self.objective = build_objective(self.dev.info, e.metrics, sources.dev_weights, e.allow_test_split)
         self.test = TaskSuite(sources.test_tasks, sources.include_paths, e.limit, "eval.test_tasks") if sources.test_tasks else None
         self._lm: Any = None
         self._resident: ResidentModel | None = None

@@ -28,6 +28,7 @@ class Sources:
     test_tasks: tuple[str, ...]
     include_paths: list[str] = field(default_factory=list)
     max_length: int | None = None
+    dev_weights: dict[str, float] = field(default_factory=dict)
     trajectory_root: Path | None = None
 
 
@@ -60,8 +61,9 @@ def resolve_sources(cfg: Config, progress: bool = True) -> Sources:
         cset = CheckpointSet.from_refs(refs, trust_remote_code=False)
         return Sources(
             cset=cset,
-            dev_tasks=cfg.eval.tasks or traj.dev_tasks,  # type: ignore[attr-defined]
-            test_tasks=cfg.eval.test_tasks or (() if cfg.eval.tasks else traj.test_tasks),  # type: ignore[attr-defined]
+            dev_tasks=cfg.eval.tasks or model.dev_tasks or traj.dev_tasks,  # type: ignore[attr-defined]
+            test_tasks=cfg.eval.test_tasks or (() if cfg.eval.tasks else (model.test_tasks or traj.test_tasks)),  # type: ignore[attr-defined]
+            dev_weights=_weights(cfg),
             include_paths=[str(traj.tasks_dir)] + include + [str(PACKAGE_TASKS)],  # type: ignore[attr-defined]
             max_length=cfg.eval.max_length or traj.max_length,  # type: ignore[attr-defined]
             trajectory_root=traj.root,  # type: ignore[attr-defined]
@@ -71,5 +73,12 @@ def resolve_sources(cfg: Config, progress: bool = True) -> Sources:
         raise ConfigError("eval.tasks is empty: name the lm-eval dev tasks that form the objective, e.g. 'eval.tasks=[ckptmerge_wikitext_dev]'")
     cset = CheckpointSet.from_refs(list(model.checkpoints), trust_remote_code=model.trust_remote_code)
     test_tasks = cfg.eval.test_tasks or (() if cfg.eval.tasks else model.test_tasks)
-    return Sources(cset=cset, dev_tasks=dev_tasks, test_tasks=test_tasks,
+    return Sources(cset=cset, dev_tasks=dev_tasks, test_tasks=test_tasks, dev_weights=_weights(cfg),
                    include_paths=include + [str(PACKAGE_TASKS)], max_length=cfg.eval.max_length)
+
+
+def _weights(cfg: Config) -> dict[str, float]:
+    """eval.weights; the model's suggested weights apply only to the model's suggested tasks."""
+    if cfg.eval.weights or cfg.eval.tasks:
+        return dict(cfg.eval.weights)
+    return dict(cfg.model.dev_weights)

@@ -39,13 +39,15 @@ class Objective:
     def __call__(self, metrics: Mapping[str, float]) -> float:
         total = 0.0
         for t in self.terms:
+            if t.weight == 0:
+                continue
             if t.key not in metrics:
                 raise EvaluationError(f"evaluation did not report {t.key} (got {sorted(metrics)})")
             total += t.weight * t.sign * float(metrics[t.key])
         return total if math.isfinite(total) else float("nan")
 
     def describe(self) -> str:
-        parts = [f"{'+' if t.higher_is_better else '-'}{t.weight:g}·{t.key}" for t in self.terms]
+        parts = [f"{'+' if t.higher_is_better else '-'}{t.weight:g}·{t.key}" for t in self.terms if t.weight != 0]
         return " ".join(parts)
 
 
@@ -56,6 +58,12 @@ def build_objective(
     allow_test_split: bool = False,
 ) -> Objective:
     """One term per dev task; refuses a dev task that evaluates a test split unless allowed."""
+    for key, given in (("eval.metrics", metrics), ("eval.weights", weights)):
+        for task in given:
+            if task not in infos:
+                raise ConfigError(f"{key}.{task}: '{task}' is not a dev task{did_you_mean(task, infos)}")
+    if not any(float(weights.get(name, 1.0)) > 0 for name in infos):
+        raise ConfigError("eval.weights gives every dev task weight 0; nothing would be optimised")
     terms = []
     for name, info in infos.items():
         if info.split == "test" and not allow_test_split:
