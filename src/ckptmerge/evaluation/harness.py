@@ -48,9 +48,12 @@ class TaskInfo:
 
 
 def _quiet_lm_eval() -> None:
-    # lm-eval logs every request batch at INFO; a search runs hundreds of them.
-    for name in ("lm_eval", "lm-eval", "lm_eval.evaluator", "lm_eval.api.task", "lm_eval.models.huggingface"):
+    # lm-eval logs every request batch at INFO; a search runs hundreds of them. Its HF wrapper also
+    # warns on every call that it was handed a live model (which is the point) and on each context it
+    # left-truncates to max_length (expected for long documents).
+    for name in ("lm_eval", "lm-eval", "lm_eval.evaluator", "lm_eval.api.task"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("lm_eval.models.huggingface").setLevel(logging.ERROR)
 
 
 class TaskSuite:
