@@ -26,7 +26,11 @@ def print_search_summary(result: dict[str, Any], run_dir: Path, console: Console
     console = console or Console(width=None if sys.stdout.isatty() else 160)
     base, best = result.get("baseline_objective"), result["objective"]
     gain = f" ({best - base:+.5f} vs newest alone: {_fmt(base)})" if base is not None else ""
-    console.print(f"[bold]best λ[/bold] = {result['lambda']:.4f}   weights {result['weights']}")
+    weights = ", ".join(f"{n}: {w:.4f}" for n, w in result["weights"].items())
+    if result.get("lambda") is not None:
+        console.print(f"[bold]best λ[/bold] = {result['lambda']:.4f}   weights {{{weights}}}")
+    else:
+        console.print(f"[bold]best weights[/bold] {{{weights}}}")
     console.print(f"[bold]dev objective[/bold] = {_fmt(best)}{gain}   [{result.get('objective_definition', '')}]")
     tests = {"best merge": result.get("test_metrics", {}), **result.get("test_metrics_by_checkpoint", {})}
     keys = sorted({k for m in tests.values() for k in m})

@@ -18,7 +18,7 @@ def drive(kind: str, budget: int = 8, alpha: float = 0.1, seed: int = 0, f=bumpy
     for _ in range(budget):
         p = s.ask()
         props.append(p)
-        s.tell(p.lam, f(p.lam))
+        s.tell(p.x, f(p.lam))
     return s, props
 
 
@@ -77,6 +77,34 @@ def test_repeated_proposals_fall_back_to_the_widest_gap():
 def test_failed_points_are_not_proposed_again():
     s = BayesSearcher(SearchConfig(budget=6, alpha=0.0))
     p = s.ask()
-    s.mark_failed(p.lam)
-    assert not s.is_new(p.lam)
+    s.mark_failed(p.x)
+    assert not s.is_new(p.x)
     assert s.ask().lam == 1.0
+
+
+def test_simplex_space_maps_onto_weights():
+    from ckptmerge.search.space import WeightSpace
+
+    sp = WeightSpace(4, alpha=0.2)
+    shared, alone = sp.initial()
+    assert sp.weights(alone) == pytest.approx([0, 0, 0, 1])
+    assert sp.weights(shared) == pytest.approx([0.8 / 3, 0.8 / 3, 0.8 / 3, 0.2])
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        u = [rng.uniform(0.2, 1)] + list(rng.uniform(0, 1, 2))
+        w = sp.weights(u)
+        assert sum(w) == pytest.approx(1) and min(w) >= 0 and w[-1] >= 0.2
+    assert WeightSpace(2, 0.3).weights([0.7]) == pytest.approx([0.3, 0.7])  # a pair: u is λ
+
+
+def test_bo_on_the_simplex_improves_on_the_initial_points():
+    from ckptmerge.search.space import WeightSpace
+
+    target = np.array([0.1, 0.3, 0.6])
+    sp = WeightSpace(3, alpha=0.0)
+    s = make_searcher(SearchConfig(kind="bo", budget=10, seed=0), sp)
+    for _ in range(10):
+        p = s.ask()
+        s.tell(p.x, -float(np.abs(np.array(sp.weights(p.x)) - target).sum()))
+    assert max(s.ys) > max(s.ys[:2]) + 0.3
+    assert "gp.mean_at_point" in s.state()

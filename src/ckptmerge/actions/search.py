@@ -22,10 +22,11 @@ from ckptmerge.actions.setup import Sources, resolve_sources
 from ckptmerge.checkpoints.resident import ResidentModel
 from ckptmerge.checkpoints.writer import check_target, write_merged
 from ckptmerge.config import Config, parse_size
-from ckptmerge.errors import CkptMergeError, EvaluationError
+from ckptmerge.errors import EvaluationError
 from ckptmerge.merge import get_method
 from ckptmerge.runtime import seed_everything
 from ckptmerge.search.searchers import Proposal, Searcher, make_searcher
+from ckptmerge.search.space import WeightSpace
 from ckptmerge.tracking import names
 from ckptmerge.tracking.mlflow_run import SearchTracker
 
@@ -35,8 +36,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class Trial:
     index: int
-    lam: float
-    weights: dict[str, float]
+    x: tuple[float, ...]            # the searched point; for a pair, (λ,)
+    weights: dict[str, float]       # checkpoint name -> weight, oldest first
     source: str
     objective: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
@@ -44,17 +45,17 @@ class Trial:
     error: str | None = None
     seconds: float = 0.0
 
+    @property
+    def lam(self) -> float | None:
+        """λ, the weight of the newest checkpoint, when the search is over a pair."""
+        return self.x[0] if len(self.weights) == 2 else None
+
     def as_json(self) -> dict[str, Any]:
         out = {"lambda": self.lam, "weights": self.weights, "objective": self.objective, "proposed_by": self.source,
                "metrics": self.metrics, "run_id": self.run_id, "seconds": round(self.seconds, 3)}
         if self.error:
             out["error"] = self.error
         return out
-
-
-def pair_weights(lam: float, n: int) -> list[float]:
-    """λ is the weight of the newest checkpoint, 1-λ of the one before; older ones (if any) get 0."""
-    return [0.0] * (n - 2) + [1.0 - lam, lam]
 
 
 class SearchRun:
@@ -79,14 +80,13 @@ class SearchRun:
         tracker = SearchTracker(cfg.tracking, self.cwd)  # unreachable tracking fails here, in seconds
         sources = resolve_sources(cfg)
         cset = sources.cset
-        if len(cset) != 2:
-            raise CkptMergeError(f"action=search merges a pair; got {len(cset)} checkpoints (pick two with model.checkpoints or model.select)")
+        self.space = WeightSpace(len(cset), float(cfg.search.alpha))
+        searcher = make_searcher(cfg.search, self.space)  # e.g. grid over k > 2 is refused here
         session = EvalSession(cfg, sources)  # unknown tasks/metrics and test-split dev tasks fail here
         resident = ResidentModel(cset, device=cfg.runtime.device, dtype=cfg.runtime.dtype)
         session.bind(resident)
-        searcher = make_searcher(cfg.search)
         run_id = tracker.start(
-            run_name=f"search-{cset.names[0]}-{cset.names[1]}",
+            run_name=f"search-{'-'.join(cset.names)}",
             config=cfg.to_dict(),
             config_yaml=self.config_yaml,
             checkpoints=[{"name": c.name, **c.identity()} for c in cset.checkpoints],
@@ -108,10 +108,14 @@ class SearchRun:
     def _trial(self, tracker: SearchTracker, session: EvalSession, resident: ResidentModel,
                searcher: Searcher, index: int, prop: Proposal) -> Trial:
         cset = resident.cset
-        weights = pair_weights(prop.lam, len(cset))
+        weights = self.space.weights(prop.x)
         named = dict(zip(cset.names, weights))
-        trial = Trial(index=index, lam=prop.lam, weights=named, source=prop.source)
-        params = {names.PARAM_LAMBDA: prop.lam, names.PARAM_TRIAL: index, names.PARAM_PROPOSED_BY: prop.source}
+        trial = Trial(index=index, x=prop.x, weights=named, source=prop.source)
+        params: dict[str, Any] = {names.PARAM_TRIAL: index, names.PARAM_PROPOSED_BY: prop.source}
+        if self.space.is_pair:
+            params[names.PARAM_LAMBDA] = prop.lam
+        else:
+            params.update({f"{names.PARAM_POINT_PREFIX}{i + 1}": v for i, v in enumerate(prop.x)})
         params.update({names.weight_param(n): w for n, w in named.items()})
         trial.run_id = tracker.start_trial(index, params)
         t0 = time.perf_counter()
@@ -120,18 +124,18 @@ class SearchRun:
             trial.metrics = session.evaluate_dev()
             objective = session.objective(trial.metrics)
             if not math.isfinite(objective):
-                raise EvaluationError(f"objective is not finite ({objective}) at λ={prop.lam:.4f}")
+                raise EvaluationError(f"objective is not finite ({objective}) at weights {named}")
         except EvaluationError as e:
             trial.error = str(e)
             trial.seconds = time.perf_counter() - t0
-            searcher.mark_failed(prop.lam)
+            searcher.mark_failed(prop.x)
             tracker.set_tags({names.TAG_TRIAL_STATUS: "failed", "ckptmerge.error": trial.error[:4000]}, trial.run_id)
             tracker.end_trial(trial.run_id, "FAILED")
-            log.warning("Trial %d at λ=%.4f failed: %s", index, prop.lam, trial.error, exc_info=e.__cause__ is not None)
+            log.warning("Trial %d at %s failed: %s", index, named, trial.error, exc_info=e.__cause__ is not None)
             return trial
         trial.objective = objective
         trial.seconds = time.perf_counter() - t0
-        searcher.tell(prop.lam, objective)
+        searcher.tell(prop.x, objective)
         state = searcher.state()
         metrics = {names.METRIC_OBJECTIVE: objective, **trial.metrics, "trial_seconds": trial.seconds}
         metrics.update({k: v for k, v in state.items() if isinstance(v, float)})
@@ -149,11 +153,14 @@ class SearchRun:
 
         post = searcher.posterior()
         title = f"trial {index}: {len(searcher.xs)} evaluations"
+        if not self.space.is_pair:
+            return  # no 1-D picture of a k-dimensional GP; its state is in the metrics
+        xs = [x[0] for x in searcher.xs]
         if post is not None:
-            nxt = searcher.opt._next_x[0] if hasattr(searcher, "opt") and hasattr(searcher.opt, "_next_x") else None
-            fig = posterior_figure(post, searcher.xs, searcher.ys, searcher.alpha, next_lambda=nxt, title=title)
+            nxt = searcher.next_point()
+            fig = posterior_figure(post, xs, searcher.ys, searcher.alpha, next_lambda=nxt[0] if nxt else None, title=title)
         else:
-            fig = trials_figure(searcher.xs, searcher.ys, searcher.alpha, title=title)
+            fig = trials_figure(xs, searcher.ys, searcher.alpha, title=title)
         tracker.log_figure(run_id, fig, names.ARTIFACT_PLOT)
 
     def _search_and_register(self, tracker: SearchTracker, sources: Sources, session: EvalSession,
@@ -170,22 +177,22 @@ class SearchRun:
                 best = trial
             if best is not None:
                 tracker.log_metrics({names.METRIC_BEST_OBJECTIVE: best.objective}, step=index)
-                bar.set_postfix(best_lambda=f"{best.lam:.3f}", best=f"{best.objective:.4f}")
+                bar.set_postfix(best_newest_weight=f"{list(best.weights.values())[-1]:.3f}", best=f"{best.objective:.4f}")
             bar.update(1)
         bar.close()
         if best is None:
             raise EvaluationError(f"every trial failed, nothing to merge; the first failure: {self.trials[0].error}")
         if tracker.log_plots and searcher.posterior() is not None:
             self._log_plot(tracker, searcher, tracker.run_id, cfg.search.budget)  # type: ignore[arg-type]
-        newest = next((t for t in self.trials if t.objective is not None and t.lam == 1.0), None)
+        newest = next((t for t in self.trials if t.objective is not None and list(t.weights.values())[-1] == 1.0), None)
         baseline = newest.objective if newest else None
 
         # The best merge: written from the checkpoint tensors, verified, reloaded and re-scored.
-        weights = pair_weights(best.lam, len(cset))
+        weights = list(best.weights.values())
         out_dtype = None if cfg.merge.dtype == "auto" else getattr(__import__("torch"), cfg.merge.dtype)
         write_merged([c.reader for c in cset.checkpoints], cset.newest.folder, weights, self.output_dir,
                      get_method(cfg.merge.method), shard_bytes, out_dtype=out_dtype, overwrite=cfg.merge.overwrite,
-                     extra_files={"ckptmerge.json": json.dumps({"weights": best.weights, "lambda": best.lam}, indent=2)},
+                     extra_files={"ckptmerge.json": json.dumps({"weights": best.weights, "lambda": best.lam, "point": best.x}, indent=2)},
                      progress=True)
         self._written = True
         merged_model, merged_tok, reloaded = session.reload(self.output_dir)
@@ -198,8 +205,9 @@ class SearchRun:
             )
         test = session.test_report(reloaded, resident)
         summary = {
-            names.METRIC_BEST_LAMBDA: best.lam,
+            names.METRIC_BEST_LAMBDA: list(best.weights.values())[-1],
             names.METRIC_RESCORED_OBJECTIVE: rescored,
+            **{names.weight_param(n): w for n, w in best.weights.items()},
             **{names.PREFIX_BEST + k: v for k, v in best.metrics.items()},
             **{f"{names.PREFIX_TEST}{who}.{k}": v for who, ms in test.items() for k, v in ms.items()},
         }
@@ -211,6 +219,7 @@ class SearchRun:
         result: dict[str, Any] = {
             "lambda": best.lam,
             "weights": best.weights,
+            "point": list(best.x),
             "objective": best.objective,
             "baseline_objective": baseline,
             "rescored_objective": rescored,
@@ -227,10 +236,11 @@ class SearchRun:
         if cfg.registry.enabled:
             from ckptmerge.tracking.registry import log_and_register
 
-            tags = {"lambda": f"{best.lam:.6f}", "sources": ",".join(c.ref.text for c in cset.checkpoints),
+            tags = {"lambda": f"{list(best.weights.values())[-1]:.6f}",
+                    "weights": json.dumps({n: round(w, 6) for n, w in best.weights.items()}), "sources": ",".join(c.ref.text for c in cset.checkpoints),
                     "objective": f"{best.objective:.6f}", "search_run_id": tracker.run_id,
                     "objective_definition": session.objective.describe()}
-            description = (f"Merge λ·{cset.names[1]} + (1-λ)·{cset.names[0]} with λ={best.lam:.4f}, "
+            description = (f"Merge {' + '.join(f'{w:.4f}·{n}' for n, w in best.weights.items())}, "
                            f"found by ckptmerge ({cfg.search.kind}, {cfg.search.budget} evaluations); "
                            f"dev objective {best.objective:.5f} ({session.objective.describe()}).")
             reg = log_and_register(tracker.run_id, merged_model, merged_tok, cfg.registry.name, cfg.registry.alias,  # type: ignore[arg-type]

@@ -1,8 +1,11 @@
-"""Searchers over the merging weight λ ∈ [α, 1], registered by name.
+"""Searchers over merge weights, registered by name.
 
-All searchers evaluate λ=α and λ=1 first (as in the paper) and never propose a λ within
-``min_distance`` of one already evaluated. ``bo`` is scikit-optimize's Gaussian process with
-``acq_func="gp_hedge"`` (a hedge over EI, LCB and PI); ``grid`` and ``random`` exist for comparison.
+A searcher proposes points ``u`` of a :class:`~ckptmerge.search.space.WeightSpace` box; for a pair the
+one coordinate is λ ∈ [α, 1], the weight of the newest checkpoint. All searchers evaluate the space's
+initial points first (λ=α and λ=1 for a pair, as in the paper) and never propose a point within
+``min_distance`` (max-norm) of one already evaluated or failed. ``bo`` is scikit-optimize's Gaussian
+process with ``acq_func="gp_hedge"`` (a hedge over EI, LCB and PI); ``grid`` and ``random`` exist for
+comparison.
 """
 from __future__ import annotations
 
@@ -15,21 +18,29 @@ import numpy as np
 
 from ckptmerge.config import SearchConfig, did_you_mean
 from ckptmerge.errors import ConfigError
+from ckptmerge.search.space import WeightSpace
 
 log = logging.getLogger(__name__)
+
+Point = tuple[float, ...]
 
 
 @dataclass(frozen=True)
 class Proposal:
-    """A λ to evaluate and what proposed it (``initial``, ``grid``, ``random``, ``EI``/``LCB``/``PI``, ``gap``)."""
+    """A point to evaluate and what proposed it (``initial``, ``grid``, ``random``, ``EI``/``LCB``/``PI``, ``gap``)."""
 
-    lam: float
+    x: Point
     source: str
+
+    @property
+    def lam(self) -> float:
+        """For a pair, λ: the weight of the newest checkpoint."""
+        return self.x[0]
 
 
 @dataclass
 class Posterior:
-    """The GP posterior over a grid of λ, in objective units (higher is better)."""
+    """The GP posterior over a grid of λ (pairs only), in objective units (higher is better)."""
 
     grid: np.ndarray
     mean: np.ndarray
@@ -42,36 +53,53 @@ class Searcher:
 
     name = "base"
 
-    def __init__(self, cfg: SearchConfig) -> None:
+    def __init__(self, cfg: SearchConfig, space: WeightSpace | None = None) -> None:
+        self.space = space or WeightSpace(2, float(cfg.alpha))
         self.alpha = float(cfg.alpha)
+        self.bounds = self.space.bounds()
         self.budget = int(cfg.budget)
         self.min_distance = float(cfg.min_distance)
         self.seed = int(cfg.seed)
-        self.xs: list[float] = []
+        self.xs: list[Point] = []
         self.ys: list[float] = []
-        self.failed: list[float] = []  # λ whose evaluation failed: never proposed again, never told to a model
-        self._initial = [self.alpha, 1.0]
+        self.failed: list[Point] = []  # points whose evaluation failed: never proposed again, never told to a model
+        self._initial = list(self.space.initial())
+        self._rng = np.random.default_rng(self.seed)
 
-    def is_new(self, lam: float) -> bool:
-        return all(abs(lam - x) >= self.min_distance for x in self.xs + self.failed)
+    def is_new(self, x: Point) -> bool:
+        return all(max(abs(a - b) for a, b in zip(x, y)) >= self.min_distance for y in self.xs + self.failed)
 
-    def mark_failed(self, lam: float) -> None:
-        """A trial at ``lam`` produced no objective: remember it so it is not proposed again."""
-        self.failed.append(float(lam))
+    def mark_failed(self, x: Point) -> None:
+        """A trial at ``x`` produced no objective: remember it so it is not proposed again."""
+        self.failed.append(tuple(float(v) for v in x))
 
     def _initial_proposal(self) -> Proposal | None:
         while self._initial:
-            lam = self._initial.pop(0)
-            if self.is_new(lam):
-                return Proposal(lam, "initial")
+            x = self._initial.pop(0)
+            if self.is_new(x):
+                return Proposal(x, "initial")
         return None
 
-    def largest_gap(self) -> float:
-        """Midpoint of the widest unexplored interval of [α, 1]: the fallback when a proposal repeats."""
-        pts = sorted(set(self.xs) | set(self.failed) | {self.alpha, 1.0})
-        gaps = [(b - a, (a + b) / 2) for a, b in zip(pts, pts[1:])]
-        width, mid = max(gaps) if gaps else (1.0 - self.alpha, (1.0 + self.alpha) / 2)
-        return float(mid)
+    def _clip(self, x: Any) -> Point:
+        return tuple(float(min(max(v, lo), hi)) for v, (lo, hi) in zip(x, self.bounds))
+
+    def largest_gap(self) -> Point:
+        """The least explored point: the fallback when every proposal repeats an evaluated one.
+
+        For a pair, the midpoint of the widest unexplored interval of [α, 1]; otherwise the random
+        candidate (of 2000) farthest from every evaluated point.
+        """
+        seen = self.xs + self.failed
+        if self.space.dims == 1:
+            pts = sorted({x[0] for x in seen} | {self.alpha, 1.0})
+            gaps = [(b - a, (a + b) / 2) for a, b in zip(pts, pts[1:])]
+            return (float(max(gaps)[1]),) if gaps else ((1.0 + self.alpha) / 2,)
+        lo, hi = np.array(self.bounds).T
+        cands = self._rng.uniform(lo, hi, size=(2000, len(lo)))
+        if not seen:
+            return self._clip(cands[0])
+        d = np.abs(cands[:, None, :] - np.array(seen)[None, :, :]).max(axis=2).min(axis=1)
+        return self._clip(cands[int(np.argmax(d))])
 
     def ask(self) -> Proposal:
         return self._initial_proposal() or self._next()
@@ -79,9 +107,9 @@ class Searcher:
     def _next(self) -> Proposal:
         raise NotImplementedError
 
-    def tell(self, lam: float, objective: float) -> None:
+    def tell(self, x: Point, objective: float) -> None:
         """Record an evaluation (objective oriented so that higher is better)."""
-        self.xs.append(float(lam))
+        self.xs.append(tuple(float(v) for v in x))
         self.ys.append(float(objective))
 
     def state(self) -> dict[str, Any]:
@@ -91,79 +119,83 @@ class Searcher:
     def posterior(self, n: int = 200) -> Posterior | None:
         return None
 
+    def next_point(self) -> Point | None:
+        """The point the model would propose next (for plots), if it has one."""
+        return None
+
 
 class GridSearcher(Searcher):
-    """``budget`` evenly spaced λ over [α, 1], ends first."""
+    """``budget`` evenly spaced λ over [α, 1], ends first (pairs only)."""
 
     name = "grid"
 
-    def __init__(self, cfg: SearchConfig) -> None:
-        super().__init__(cfg)
+    def __init__(self, cfg: SearchConfig, space: WeightSpace | None = None) -> None:
+        super().__init__(cfg, space)
+        if self.space.dims != 1:
+            raise ConfigError(f"search.kind=grid searches a pair; with {self.space.k} checkpoints use bo or random")
         grid = np.linspace(self.alpha, 1.0, self.budget)
-        self._queue = [float(x) for x in grid[1:-1]]
+        self._queue = [(float(x),) for x in grid[1:-1]]
 
     def _next(self) -> Proposal:
         while self._queue:
-            lam = self._queue.pop(0)
-            if self.is_new(lam):
-                return Proposal(lam, "grid")
+            x = self._queue.pop(0)
+            if self.is_new(x):
+                return Proposal(x, "grid")
         return Proposal(self.largest_gap(), "gap")
 
 
 class RandomSearcher(Searcher):
-    """Uniform random λ (seeded), ends first."""
+    """Uniform random points of the box (seeded), initial points first."""
 
     name = "random"
 
-    def __init__(self, cfg: SearchConfig) -> None:
-        super().__init__(cfg)
-        self._rng = np.random.default_rng(self.seed)
-
     def _next(self) -> Proposal:
+        lo, hi = np.array(self.bounds).T
         for _ in range(1000):
-            lam = float(self._rng.uniform(self.alpha, 1.0))
-            if self.is_new(lam):
-                return Proposal(lam, "random")
+            x = tuple(float(v) for v in self._rng.uniform(lo, hi))
+            if self.is_new(x):
+                return Proposal(x, "random")
         return Proposal(self.largest_gap(), "gap")
 
 
 class BayesSearcher(Searcher):
-    """scikit-optimize ``Optimizer`` (GP base estimator, ``gp_hedge`` acquisition) on [α, 1]."""
+    """scikit-optimize ``Optimizer`` (GP base estimator, ``gp_hedge`` acquisition) on the box."""
 
     name = "bo"
 
-    def __init__(self, cfg: SearchConfig) -> None:
-        super().__init__(cfg)
+    def __init__(self, cfg: SearchConfig, space: WeightSpace | None = None) -> None:
+        super().__init__(cfg, space)
         from skopt import Optimizer
         from skopt.space import Real
 
         self.acq_func = cfg.acq_func
-        # The two initial points are told by hand (λ=α, λ=1), so the GP takes over from the third trial.
+        names = ["lambda"] if self.space.dims == 1 else [f"u{i + 1}" for i in range(self.space.dims)]
+        # The initial points are told by hand (λ=α, λ=1), so the GP takes over from the third trial.
         self.opt = Optimizer(
-            dimensions=[Real(self.alpha, 1.0, name="lambda")],
+            dimensions=[Real(lo, hi, name=n) for (lo, hi), n in zip(self.bounds, names)],
             base_estimator="GP",
             acq_func=cfg.acq_func,
-            n_initial_points=2,
+            n_initial_points=len(self.space.initial()),
             random_state=self.seed,
         )
 
-    def tell(self, lam: float, objective: float) -> None:
-        super().tell(lam, objective)
+    def tell(self, x: Point, objective: float) -> None:
+        super().tell(x, objective)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # sklearn's convergence chatter on 2-3 points
-            self.opt.tell([float(lam)], -float(objective))  # skopt minimises
+            self.opt.tell([float(v) for v in x], -float(objective))  # skopt minimises
 
     def _candidates(self) -> list[Proposal]:
         """The hedge's chosen point first, then the other acquisitions' proposals."""
         opt = self.opt
-        chosen = float(opt._next_x[0]) if hasattr(opt, "_next_x") else None
+        chosen = tuple(float(v) for v in opt._next_x) if hasattr(opt, "_next_x") else None
         names = list(getattr(opt, "cand_acq_funcs_", [self.acq_func]))
         props = []
         for name, x in zip(names, getattr(opt, "next_xs_", [])):
-            lam = float(opt.space.inverse_transform(np.asarray(x).reshape(1, -1))[0][0])
-            props.append(Proposal(lam, name))
+            point = tuple(float(v) for v in opt.space.inverse_transform(np.asarray(x).reshape(1, -1))[0])
+            props.append(Proposal(point, name))
         if chosen is not None:
-            first = next((p for p in props if abs(p.lam - chosen) < 1e-12), Proposal(chosen, self.acq_func))
+            first = next((p for p in props if np.allclose(p.x, chosen, atol=1e-12)), Proposal(chosen, self.acq_func))
             props = [first] + [p for p in props if p is not first]
         return props
 
@@ -171,11 +203,15 @@ class BayesSearcher(Searcher):
         if not self.opt.models:
             return Proposal(self.largest_gap(), "gap")
         for p in self._candidates():
-            lam = min(max(p.lam, self.alpha), 1.0)
-            if self.is_new(lam):
-                return Proposal(lam, p.source)
-        log.info("Every acquisition proposed an evaluated λ; exploring the widest gap instead")
+            x = self._clip(p.x)
+            if self.is_new(x):
+                return Proposal(x, p.source)
+        log.info("Every acquisition proposed an evaluated point; exploring the least explored one instead")
         return Proposal(self.largest_gap(), "gap")
+
+    def next_point(self) -> Point | None:
+        c = self._candidates() if self.opt.models else []
+        return c[0].x if c else None
 
     def chosen_acquisition(self) -> str | None:
         """Which acquisition the hedge picked for the next point (after the last tell)."""
@@ -190,11 +226,13 @@ class BayesSearcher(Searcher):
         for k, v in gp.kernel_.get_params().items():
             if isinstance(v, (int, float, np.floating)) and not isinstance(v, bool) and "bounds" not in k:
                 out[f"gp.kernel.{k}"] = float(v)
+            elif isinstance(v, np.ndarray) and v.ndim == 1 and "bounds" not in k:  # anisotropic length scales
+                for i, e in enumerate(v):
+                    out[f"gp.kernel.{k}.{i}"] = float(e)
         out["gp.log_marginal_likelihood"] = float(gp.log_marginal_likelihood_value_)
-        lam = self.xs[-1]
-        mean, std = gp.predict(self.opt.space.transform([[lam]]), return_std=True)
-        out["gp.mean_at_lambda"] = float(-mean[0])
-        out["gp.std_at_lambda"] = float(std[0])
+        mean, std = gp.predict(self.opt.space.transform([list(self.xs[-1])]), return_std=True)
+        out["gp.mean_at_lambda" if self.space.dims == 1 else "gp.mean_at_point"] = float(-mean[0])
+        out["gp.std_at_lambda" if self.space.dims == 1 else "gp.std_at_point"] = float(std[0])
         gains = getattr(self.opt, "gains_", None)
         if gains is not None:
             for name, g in zip(self.opt.cand_acq_funcs_, gains):
@@ -205,7 +243,7 @@ class BayesSearcher(Searcher):
         return out
 
     def posterior(self, n: int = 200) -> Posterior | None:
-        if not self.opt.models:
+        if not self.opt.models or self.space.dims != 1:
             return None
         from skopt.acquisition import _gaussian_acquisition
 
@@ -223,16 +261,17 @@ class BayesSearcher(Searcher):
         return Posterior(grid=grid, mean=-mean, std=std, acquisitions=acqs)
 
 
-SEARCHERS: dict[str, Callable[[SearchConfig], Searcher]] = {
+SEARCHERS: dict[str, Callable[..., Searcher]] = {
     "bo": BayesSearcher,
     "grid": GridSearcher,
     "random": RandomSearcher,
 }
 
 
-def make_searcher(cfg: SearchConfig) -> Searcher:
-    """The searcher ``cfg.kind`` names."""
+def make_searcher(cfg: SearchConfig, space: WeightSpace | None = None) -> Searcher:
+    """The searcher ``cfg.kind`` names, over ``space`` (default: a pair with λ ∈ [α, 1])."""
     try:
-        return SEARCHERS[cfg.kind](cfg)
+        cls = SEARCHERS[cfg.kind]
     except KeyError:
         raise ConfigError(f"search.kind={cfg.kind!r} is not a known searcher{did_you_mean(cfg.kind, SEARCHERS)}") from None
+    return cls(cfg, space)

@@ -7,6 +7,7 @@ import re
 PARAM_LAMBDA = "lambda"                 # weight of the newest checkpoint, for a pair
 PARAM_WEIGHT_PREFIX = "weight."         # weight.<checkpoint name>, for every checkpoint
 PARAM_TRIAL = "trial"
+PARAM_POINT_PREFIX = "u"                # u1..u{k-1}: the searched point for k > 2 (see search/space.py)
 PARAM_PROPOSED_BY = "proposed_by"       # initial | EI | LCB | PI | grid | random | gap
 METRIC_OBJECTIVE = "objective"          # oriented so that higher is better
 TAG_NEXT_ACQUISITION = "gp.next_acquisition"
@@ -14,7 +15,7 @@ TAG_TRIAL_STATUS = "ckptmerge.trial_status"
 
 # Parent run (one per search)
 METRIC_BEST_OBJECTIVE = "best_objective"   # logged with step = trial index
-METRIC_BEST_LAMBDA = "best_lambda"
+METRIC_BEST_LAMBDA = "best_lambda"         # weight of the newest checkpoint in the best merge
 METRIC_BASELINE_OBJECTIVE = "baseline_objective"   # the newest checkpoint alone (λ=1)
 METRIC_GAIN = "gain_over_newest"
 METRIC_RESCORED_OBJECTIVE = "rescored_objective"   # the written merge, reloaded from disk
