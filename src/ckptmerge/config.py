@@ -221,6 +221,56 @@ class RuntimeConfig:
             raise ConfigError(f"runtime.threads must be a positive integer or null, got {self.threads!r}")
 
 
+COMPARE_METHODS = ("newest", "uniform", "lawa", "ema", "greedy", "fisher", "regmean", "bo", "bo_simplex", "grid", "random")
+
+
+@dataclass(frozen=True)
+class PilotConfig:
+    """``action=pilot``: every checkpoint alone and every pair merged at ``lambda``."""
+
+    # float annotation: Hydra gives 0.5 as float but a user may write 1
+    lam: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not _is_number(self.lam) or not 0.0 <= float(self.lam) <= 1.0:
+            raise ConfigError(f"pilot.lam must be in [0, 1], got {self.lam!r}")
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """``action=compare``: merge methods run on the same checkpoints, dev objective and budget."""
+
+    methods: tuple[str, ...] = COMPARE_METHODS
+    last: int = 4                      # multi-checkpoint methods use the last N checkpoints of the trajectory
+    lawa_k: int = 3
+    ema_beta: float = 0.5
+    fisher_tokens: int = 8192
+    fisher_floor: float = 1e-8
+    regmean_alpha: float = 0.9
+    gram_tokens: int = 8192
+    calibration_path: str | None = None   # JSONL with "text"; the embedded trajectory brings its own
+    register: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.methods:
+            raise ConfigError("compare.methods is empty")
+        for m in self.methods:
+            if m not in COMPARE_METHODS:
+                raise ConfigError(f"compare.methods: unknown method {m!r}{did_you_mean(m, COMPARE_METHODS)}")
+        for key in ("last", "lawa_k", "fisher_tokens", "gram_tokens"):
+            v = getattr(self, key)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ConfigError(f"compare.{key} must be a positive integer, got {v!r}")
+        if self.last < 2:
+            raise ConfigError(f"compare.last must be >= 2, got {self.last}")
+        if not _is_number(self.ema_beta) or not 0.0 <= self.ema_beta < 1.0:
+            raise ConfigError(f"compare.ema_beta must be in [0, 1), got {self.ema_beta!r}")
+        if not _is_number(self.regmean_alpha) or not 0.0 <= self.regmean_alpha <= 1.0:
+            raise ConfigError(f"compare.regmean_alpha must be in [0, 1], got {self.regmean_alpha!r}")
+        if not _is_number(self.fisher_floor) or self.fisher_floor <= 0:
+            raise ConfigError(f"compare.fisher_floor must be > 0, got {self.fisher_floor!r}")
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole run: one action over one set of checkpoints."""
@@ -233,6 +283,8 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    pilot: PilotConfig = field(default_factory=PilotConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
 
     def __post_init__(self) -> None:
         _choice("action", self.action, ACTIONS)
@@ -310,6 +362,8 @@ _SECTIONS = {
     "tracking": TrackingConfig,
     "registry": RegistryConfig,
     "runtime": RuntimeConfig,
+    "pilot": PilotConfig,
+    "compare": CompareConfig,
 }
 
 

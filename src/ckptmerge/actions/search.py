@@ -12,12 +12,11 @@ import json
 import logging
 import math
 import shutil
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ckptmerge.actions.evaluation import EvalSession
+from ckptmerge.actions.trials import Trial, TrialLoop
 from ckptmerge.actions.setup import Sources, resolve_sources
 from ckptmerge.checkpoints.resident import ResidentModel
 from ckptmerge.checkpoints.writer import check_target, write_merged
@@ -25,37 +24,12 @@ from ckptmerge.config import Config, parse_size
 from ckptmerge.errors import EvaluationError
 from ckptmerge.merge import get_method
 from ckptmerge.runtime import seed_everything
-from ckptmerge.search.searchers import Proposal, Searcher, make_searcher
+from ckptmerge.search.searchers import Searcher, make_searcher
 from ckptmerge.search.space import WeightSpace
 from ckptmerge.tracking import names
 from ckptmerge.tracking.mlflow_run import SearchTracker
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Trial:
-    index: int
-    x: tuple[float, ...]            # the searched point; for a pair, (λ,)
-    weights: dict[str, float]       # checkpoint name -> weight, oldest first
-    source: str
-    objective: float | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-    run_id: str | None = None
-    error: str | None = None
-    seconds: float = 0.0
-
-    @property
-    def lam(self) -> float | None:
-        """λ, the weight of the newest checkpoint, when the search is over a pair."""
-        return self.x[0] if len(self.weights) == 2 else None
-
-    def as_json(self) -> dict[str, Any]:
-        out = {"lambda": self.lam, "weights": self.weights, "objective": self.objective, "proposed_by": self.source,
-               "metrics": self.metrics, "run_id": self.run_id, "seconds": round(self.seconds, 3)}
-        if self.error:
-            out["error"] = self.error
-        return out
 
 
 class SearchRun:
@@ -104,86 +78,16 @@ class SearchRun:
         tracker.finish("FINISHED")
         return result
 
-    # -- trials ------------------------------------------------------------------------------
-    def _trial(self, tracker: SearchTracker, session: EvalSession, resident: ResidentModel,
-               searcher: Searcher, index: int, prop: Proposal) -> Trial:
-        cset = resident.cset
-        weights = self.space.weights(prop.x)
-        named = dict(zip(cset.names, weights))
-        trial = Trial(index=index, x=prop.x, weights=named, source=prop.source)
-        params: dict[str, Any] = {names.PARAM_TRIAL: index, names.PARAM_PROPOSED_BY: prop.source}
-        if self.space.is_pair:
-            params[names.PARAM_LAMBDA] = prop.lam
-        else:
-            params.update({f"{names.PARAM_POINT_PREFIX}{i + 1}": v for i, v in enumerate(prop.x)})
-        params.update({names.weight_param(n): w for n, w in named.items()})
-        trial.run_id = tracker.start_trial(index, params)
-        t0 = time.perf_counter()
-        try:
-            resident.apply(weights)
-            trial.metrics = session.evaluate_dev()
-            objective = session.objective(trial.metrics)
-            if not math.isfinite(objective):
-                raise EvaluationError(f"objective is not finite ({objective}) at weights {named}")
-        except EvaluationError as e:
-            trial.error = str(e)
-            trial.seconds = time.perf_counter() - t0
-            searcher.mark_failed(prop.x)
-            tracker.set_tags({names.TAG_TRIAL_STATUS: "failed", "ckptmerge.error": trial.error[:4000]}, trial.run_id)
-            tracker.end_trial(trial.run_id, "FAILED")
-            log.warning("Trial %d at %s failed: %s", index, named, trial.error, exc_info=e.__cause__ is not None)
-            return trial
-        trial.objective = objective
-        trial.seconds = time.perf_counter() - t0
-        searcher.tell(prop.x, objective)
-        state = searcher.state()
-        metrics = {names.METRIC_OBJECTIVE: objective, **trial.metrics, "trial_seconds": trial.seconds}
-        metrics.update({k: v for k, v in state.items() if isinstance(v, float)})
-        tracker.log_metrics(metrics, step=index, run_id=trial.run_id)
-        tags = {k: v for k, v in state.items() if isinstance(v, str)}
-        tracker.set_tags({names.TAG_TRIAL_STATUS: "ok", **tags}, trial.run_id)
-        self._log_plot(tracker, searcher, trial.run_id, index)
-        tracker.end_trial(trial.run_id)
-        return trial
-
-    def _log_plot(self, tracker: SearchTracker, searcher: Searcher, run_id: str, index: int) -> None:
-        if not tracker.log_plots:
-            return
-        from ckptmerge.tracking.plots import posterior_figure, trials_figure
-
-        post = searcher.posterior()
-        title = f"trial {index}: {len(searcher.xs)} evaluations"
-        if not self.space.is_pair:
-            return  # no 1-D picture of a k-dimensional GP; its state is in the metrics
-        xs = [x[0] for x in searcher.xs]
-        if post is not None:
-            nxt = searcher.next_point()
-            fig = posterior_figure(post, xs, searcher.ys, searcher.alpha, next_lambda=nxt[0] if nxt else None, title=title)
-        else:
-            fig = trials_figure(xs, searcher.ys, searcher.alpha, title=title)
-        tracker.log_figure(run_id, fig, names.ARTIFACT_PLOT)
-
     def _search_and_register(self, tracker: SearchTracker, sources: Sources, session: EvalSession,
                              resident: ResidentModel, searcher: Searcher, shard_bytes: int) -> dict[str, Any]:
-        from tqdm.auto import tqdm
-
         cfg, cset = self.cfg, sources.cset
-        best: Trial | None = None
-        bar = tqdm(total=cfg.search.budget, desc=f"search λ ({cfg.search.kind})", unit="trial")
-        for index in range(cfg.search.budget):
-            trial = self._trial(tracker, session, resident, searcher, index, searcher.ask())
-            self.trials.append(trial)
-            if trial.objective is not None and (best is None or trial.objective > best.objective):  # type: ignore[operator]
-                best = trial
-            if best is not None:
-                tracker.log_metrics({names.METRIC_BEST_OBJECTIVE: best.objective}, step=index)
-                bar.set_postfix(best_newest_weight=f"{list(best.weights.values())[-1]:.3f}", best=f"{best.objective:.4f}")
-            bar.update(1)
-        bar.close()
+        loop = TrialLoop(resident, session, tracker, searcher, self.space, parent_run_id=tracker.run_id)
+        self.trials = loop.run(cfg.search.budget, desc=f"search ({cfg.search.kind})")
+        best = loop.best
         if best is None:
             raise EvaluationError(f"every trial failed, nothing to merge; the first failure: {self.trials[0].error}")
         if tracker.log_plots and searcher.posterior() is not None:
-            self._log_plot(tracker, searcher, tracker.run_id, cfg.search.budget)  # type: ignore[arg-type]
+            loop.log_plot(tracker.run_id, cfg.search.budget)  # type: ignore[arg-type]
         newest = next((t for t in self.trials if t.objective is not None and list(t.weights.values())[-1] == 1.0), None)
         baseline = newest.objective if newest else None
 

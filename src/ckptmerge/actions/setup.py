@@ -29,10 +29,11 @@ class Sources:
     include_paths: list[str] = field(default_factory=list)
     max_length: int | None = None
     dev_weights: dict[str, float] = field(default_factory=dict)
+    calib_path: Path | None = None
     trajectory_root: Path | None = None
 
 
-def _embedded_checkpoints(model: ModelConfig, progress: bool) -> tuple[list[str], object]:
+def _embedded_checkpoints(model: ModelConfig, progress: bool, all_checkpoints: bool = False) -> tuple[list[str], object]:
     from ckptmerge.trajectory import TrajectorySpec, build_trajectory, default_cache_dir
 
     t = model.trajectory
@@ -41,6 +42,8 @@ def _embedded_checkpoints(model: ModelConfig, progress: bool) -> tuple[list[str]
     cache = Path(t.cache_dir).expanduser() if t.cache_dir else default_cache_dir()
     traj = build_trajectory(spec, cache, progress=progress)
     n = len(traj.checkpoints)
+    if all_checkpoints:
+        return [str(c) for c in traj.checkpoints], traj
     picked = []
     for i in model.select:
         if not -n <= i < n:
@@ -50,14 +53,17 @@ def _embedded_checkpoints(model: ModelConfig, progress: bool) -> tuple[list[str]
     return [picked[j] for j in order], traj
 
 
-def resolve_sources(cfg: Config, progress: bool = True) -> Sources:
-    """Checkpoints (embedded, local or hub) checked to be mergeable, and the dev/test task lists."""
+def resolve_sources(cfg: Config, progress: bool = True, all_checkpoints: bool = False) -> Sources:
+    """Checkpoints (embedded, local or hub) checked to be mergeable, and the dev/test task lists.
+
+    ``all_checkpoints``: the whole embedded trajectory instead of ``model.select`` (pilot, compare).
+    """
     model = cfg.model
     include = [str(Path(cfg.eval.include_path).expanduser().resolve())] if cfg.eval.include_path else []
     if cfg.eval.include_path and not Path(include[0]).exists():
         raise ConfigError(f"eval.include_path does not exist: {cfg.eval.include_path}")
     if model.source == "embedded":
-        refs, traj = _embedded_checkpoints(model, progress)
+        refs, traj = _embedded_checkpoints(model, progress, all_checkpoints)
         cset = CheckpointSet.from_refs(refs, trust_remote_code=False)
         return Sources(
             cset=cset,
@@ -67,6 +73,7 @@ def resolve_sources(cfg: Config, progress: bool = True) -> Sources:
             include_paths=[str(traj.tasks_dir)] + include + [str(PACKAGE_TASKS)],  # type: ignore[attr-defined]
             max_length=cfg.eval.max_length or traj.max_length,  # type: ignore[attr-defined]
             trajectory_root=traj.root,  # type: ignore[attr-defined]
+            calib_path=traj.calib_path,  # type: ignore[attr-defined]
         )
     dev_tasks = cfg.eval.tasks or model.dev_tasks
     if not dev_tasks and cfg.action != "merge":

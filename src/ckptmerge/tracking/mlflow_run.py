@@ -1,8 +1,10 @@
 """MLflow tracking of a search: one parent run, one nested child run per trial.
 
 Uses ``MlflowClient`` with explicit run ids (no global active run), so nothing depends on which run
-happens to be active. When ``MLFLOW_RUN_ID`` is set (``mlflow run`` sets it), that run becomes the
-parent instead of a second top-level run.
+happens to be active. When ``MLFLOW_RUN_ID`` is set (``mlflow run`` sets it, together with
+``MLFLOW_TRACKING_URI``), that run becomes the parent instead of a second top-level run, in its own
+experiment; ``mlflow run`` ends it with the process's exit status. ``tracking.uri`` null means
+``MLFLOW_TRACKING_URI`` when set, else a sqlite file in the working directory.
 """
 from __future__ import annotations
 
@@ -88,25 +90,48 @@ class SearchTracker:
         import mlflow
         from mlflow.tracking import MlflowClient
 
-        self.uri = cfg.uri or default_tracking_uri(cwd)
+        self.uri = cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(cwd)
         check_tracking_uri(self.uri)
         mlflow.set_tracking_uri(self.uri)
         self.client = MlflowClient(self.uri)
         self.log_plots = cfg.log_plots
         env_run = os.environ.get("MLFLOW_RUN_ID")
         if env_run:  # launched by `mlflow run`: that run is our parent, in its experiment
-            self.experiment_id = self.client.get_run(env_run).info.experiment_id
+            self.experiment_id = self._env_run_experiment(env_run)
         else:
-            exp = self.client.get_experiment_by_name(cfg.experiment)
-            if exp is None:
-                location = cfg.artifact_location
-                if location is None and urlparse(self.uri).scheme in ("sqlite", "", "file"):
-                    location = default_artifact_location(cwd)
-                self.experiment_id = self.client.create_experiment(cfg.experiment, artifact_location=location)
-            else:
-                self.experiment_id = exp.experiment_id
+            self.experiment_id = self._experiment(cfg, cwd)
         self.run_id: str | None = None
         self._env_run = env_run
+
+    def _env_run_experiment(self, run_id: str) -> str:
+        """The experiment of the run ``mlflow run`` opened; it must be in this store and still running."""
+        try:
+            run = self.client.get_run(run_id)
+        except Exception as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise TrackingError(
+                f"MLFLOW_RUN_ID={run_id} is not a run in {self.uri} ({msg[:200]}); `mlflow run` sets it with "
+                "MLFLOW_TRACKING_URI, so leave tracking.uri unset there, or unset a stale MLFLOW_RUN_ID"
+            ) from None
+        if run.info.status != "RUNNING":
+            raise TrackingError(f"MLFLOW_RUN_ID={run_id} names a {run.info.status} run; unset the stale MLFLOW_RUN_ID")
+        return run.info.experiment_id
+
+    def _experiment(self, cfg: TrackingConfig, cwd: Path) -> str:
+        """``tracking.experiment``, created on first use. Parallel sweep jobs may race to create it."""
+        exp = self.client.get_experiment_by_name(cfg.experiment)
+        if exp is not None:
+            return exp.experiment_id
+        location = cfg.artifact_location
+        if location is None and urlparse(self.uri).scheme in ("sqlite", "", "file"):
+            location = default_artifact_location(cwd)
+        try:
+            return self.client.create_experiment(cfg.experiment, artifact_location=location)
+        except Exception:
+            exp = self.client.get_experiment_by_name(cfg.experiment)  # another job created it first
+            if exp is None:
+                raise
+            return exp.experiment_id
 
     # -- parent ------------------------------------------------------------------------------
     def start(self, run_name: str, config: Mapping[str, Any], config_yaml: str, checkpoints: list[dict[str, str]],
@@ -161,14 +186,15 @@ class SearchTracker:
             self.client.set_terminated(self.run_id, status=status)
 
     # -- children ----------------------------------------------------------------------------
-    def start_trial(self, index: int, params: Mapping[str, Any]) -> str:
-        """A nested child run for trial ``index`` (0-based)."""
+    def start_trial(self, index: int, params: Mapping[str, Any], parent_run_id: str | None = None,
+                    run_name: str | None = None, kind: str = "trial") -> str:
+        """A nested child run for trial ``index`` (0-based) under ``parent_run_id`` (default: the search run)."""
         from mlflow.entities import Param
 
         run = self.client.create_run(
             self.experiment_id,
-            run_name=f"trial-{index:03d}",
-            tags={"mlflow.parentRunId": self.run_id, names.TAG_KIND: "trial"},
+            run_name=run_name or f"trial-{index:03d}",
+            tags={"mlflow.parentRunId": parent_run_id or self.run_id, names.TAG_KIND: kind},
         )
         items = [Param(names.safe_key(k), str(v)) for k, v in params.items()]
         self.client.log_batch(run.info.run_id, params=items)

@@ -1,0 +1,146 @@
+"""The trial loop shared by search and compare: propose, merge in place, evaluate, tell, log a child run."""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ckptmerge.actions.evaluation import EvalSession
+from ckptmerge.checkpoints.resident import ResidentModel
+from ckptmerge.errors import EvaluationError
+from ckptmerge.search.searchers import Proposal, Searcher
+from ckptmerge.search.space import WeightSpace
+from ckptmerge.tracking import names
+from ckptmerge.tracking.mlflow_run import SearchTracker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Trial:
+    index: int
+    x: tuple[float, ...]            # the searched point; for a pair, (λ,)
+    weights: dict[str, float]       # checkpoint name -> weight, oldest first
+    source: str
+    objective: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    run_id: str | None = None
+    error: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def lam(self) -> float | None:
+        """λ, the weight of the newest checkpoint, when the search is over a pair."""
+        return self.x[0] if len(self.weights) == 2 else None
+
+    def as_json(self) -> dict[str, Any]:
+        out = {"lambda": self.lam, "weights": self.weights, "objective": self.objective, "proposed_by": self.source,
+               "metrics": self.metrics, "run_id": self.run_id, "seconds": round(self.seconds, 3)}
+        if self.error:
+            out["error"] = self.error
+        return out
+
+
+class TrialLoop:
+    """Runs a searcher's trials on the resident model; each trial is a child run of ``parent_run_id``.
+
+    The space may cover only the newest ``space.k`` checkpoints of the resident model (a pair within a
+    longer trajectory): older checkpoints then get weight 0.
+    """
+
+    def __init__(self, resident: ResidentModel, session: EvalSession, tracker: SearchTracker, searcher: Searcher,
+                 space: WeightSpace, parent_run_id: str | None = None, best_metric_run_id: str | None = None) -> None:
+        self.resident, self.session, self.tracker, self.searcher, self.space = resident, session, tracker, searcher, space
+        self.parent_run_id = parent_run_id or tracker.run_id
+        self.best_metric_run_id = best_metric_run_id or self.parent_run_id
+        self.trials: list[Trial] = []
+        self.best: Trial | None = None
+        n = len(resident.cset)
+        if space.k > n:
+            raise ValueError(f"space over {space.k} checkpoints, resident model has {n}")
+        self._names = resident.cset.names[n - space.k:]
+        self._pad = n - space.k
+
+    def full_weights(self, trial: Trial) -> list[float]:
+        """The trial's weights over every checkpoint of the resident model (oldest first)."""
+        return [0.0] * self._pad + list(trial.weights.values())
+
+    def run(self, budget: int, desc: str = "search") -> list[Trial]:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=budget, desc=desc, unit="trial")
+        for index in range(budget):
+            trial = self._trial(index, self.searcher.ask())
+            self.trials.append(trial)
+            if trial.objective is not None and (self.best is None or trial.objective > self.best.objective):  # type: ignore[operator]
+                self.best = trial
+            if self.best is not None:
+                self.tracker.log_metrics({names.METRIC_BEST_OBJECTIVE: self.best.objective}, step=index,
+                                         run_id=self.best_metric_run_id)
+                bar.set_postfix(best_newest_weight=f"{list(self.best.weights.values())[-1]:.3f}",
+                                best=f"{self.best.objective:.4f}")
+            bar.update(1)
+        bar.close()
+        return self.trials
+
+    def _trial(self, index: int, prop: Proposal) -> Trial:
+        tracker, session, resident, searcher = self.tracker, self.session, self.resident, self.searcher
+        weights = self.space.weights(prop.x)
+        named = dict(zip(self._names, weights))
+        trial = Trial(index=index, x=prop.x, weights=named, source=prop.source)
+        params: dict[str, Any] = {names.PARAM_TRIAL: index, names.PARAM_PROPOSED_BY: prop.source}
+        if self.space.is_pair:
+            params[names.PARAM_LAMBDA] = prop.lam
+        else:
+            params.update({f"{names.PARAM_POINT_PREFIX}{i + 1}": v for i, v in enumerate(prop.x)})
+        params.update({names.weight_param(n): w for n, w in named.items()})
+        trial.run_id = tracker.start_trial(index, params, parent_run_id=self.parent_run_id)
+        t0 = time.perf_counter()
+        try:
+            resident.apply([0.0] * self._pad + weights)
+            trial.metrics = session.evaluate_dev()
+            objective = session.objective(trial.metrics)
+            if not math.isfinite(objective):
+                raise EvaluationError(f"objective is not finite ({objective}) at weights {named}")
+        except EvaluationError as e:
+            trial.error = str(e)
+            trial.seconds = time.perf_counter() - t0
+            searcher.mark_failed(prop.x)
+            tracker.set_tags({names.TAG_TRIAL_STATUS: "failed", "ckptmerge.error": trial.error[:4000]}, trial.run_id)
+            tracker.end_trial(trial.run_id, "FAILED")
+            log.warning("Trial %d at %s failed: %s", index, named, trial.error, exc_info=e.__cause__ is not None)
+            return trial
+        trial.objective = objective
+        trial.seconds = time.perf_counter() - t0
+        searcher.tell(prop.x, objective)
+        state = searcher.state()
+        metrics = {names.METRIC_OBJECTIVE: objective, **trial.metrics, "trial_seconds": trial.seconds}
+        metrics.update({k: v for k, v in state.items() if isinstance(v, float)})
+        tracker.log_metrics(metrics, step=index, run_id=trial.run_id)
+        tags = {k: v for k, v in state.items() if isinstance(v, str)}
+        tracker.set_tags({names.TAG_TRIAL_STATUS: "ok", **tags}, trial.run_id)
+        self.log_plot(trial.run_id, index)
+        tracker.end_trial(trial.run_id)
+        return trial
+
+    def log_plot(self, run_id: str, index: int) -> None:
+        """The GP posterior over λ (pairs) or the objective over λ, as ``gp_posterior.png`` on ``run_id``."""
+        tracker, searcher = self.tracker, self.searcher
+        if not tracker.log_plots:
+            return
+        from ckptmerge.tracking.plots import posterior_figure, trials_figure
+
+        post = searcher.posterior()
+        title = f"trial {index}: {len(searcher.xs)} evaluations"
+        if not self.space.is_pair:
+            return  # no 1-D picture of a k-dimensional GP; its state is in the metrics
+        xs = [x[0] for x in searcher.xs]
+        if post is not None:
+            nxt = searcher.next_point()
+            fig = posterior_figure(post, xs, searcher.ys, searcher.alpha, next_lambda=nxt[0] if nxt else None, title=title)
+        else:
+            fig = trials_figure(xs, searcher.ys, searcher.alpha, title=title)
+        tracker.log_figure(run_id, fig, names.ARTIFACT_PLOT)
+
