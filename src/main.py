@@ -46,6 +46,18 @@ def _run(cfg_dict: dict, run_dir: Path, cwd: Path, config_yaml: str) -> dict:
         from ckptmerge.actions.merge import run_merge
 
         return run_merge(cfg)
+    if cfg.action == "pilot":
+        from ckptmerge.actions.pilot import run_pilot
+
+        return run_pilot(cfg, run_dir, cwd, config_yaml)
+    if cfg.action == "compare":
+        from ckptmerge.actions.compare import run_compare
+
+        return run_compare(cfg, run_dir, cwd, config_yaml)
+    if cfg.action == "promote":
+        from ckptmerge.actions.promote import run_promote
+
+        return run_promote(cfg, run_dir, cwd, config_yaml)
     from ckptmerge.errors import ConfigError
 
     raise ConfigError(f"action={cfg.action} is not available in this version yet")

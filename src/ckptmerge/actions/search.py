@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 from pathlib import Path
 from typing import Any
 
 from ckptmerge.actions.evaluation import EvalSession
+from ckptmerge.actions.register import register, write_and_verify
 from ckptmerge.actions.trials import Trial, TrialLoop
 from ckptmerge.actions.setup import Sources, resolve_sources
 from ckptmerge.checkpoints.resident import ResidentModel
-from ckptmerge.checkpoints.writer import check_target, write_merged
+from ckptmerge.checkpoints.writer import check_target
 from ckptmerge.config import Config, parse_size
 from ckptmerge.errors import EvaluationError
 from ckptmerge.merge import get_method
@@ -49,7 +49,7 @@ class SearchRun:
         cfg = self.cfg
         seed_everything(cfg.search.seed, cfg.runtime.threads)
         get_method(cfg.merge.method)  # unknown names fail before anything expensive
-        shard_bytes = parse_size(cfg.merge.shard_size, "merge.shard_size")
+        parse_size(cfg.merge.shard_size, "merge.shard_size")
         check_target(self.output_dir, cfg.merge.overwrite)
         tracker = SearchTracker(cfg.tracking, self.cwd)  # unreachable tracking fails here, in seconds
         sources = resolve_sources(cfg)
@@ -68,7 +68,7 @@ class SearchRun:
         )
         log.info("MLflow parent run %s; objective %s", run_id, session.objective.describe())
         try:
-            result = self._search_and_register(tracker, sources, session, resident, searcher, shard_bytes)
+            result = self._search_and_register(tracker, sources, session, resident, searcher)
         except BaseException as e:
             tracker.set_tags({"ckptmerge.error": str(e).splitlines()[0] if str(e) else type(e).__name__})
             tracker.finish("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
@@ -79,7 +79,7 @@ class SearchRun:
         return result
 
     def _search_and_register(self, tracker: SearchTracker, sources: Sources, session: EvalSession,
-                             resident: ResidentModel, searcher: Searcher, shard_bytes: int) -> dict[str, Any]:
+                             resident: ResidentModel, searcher: Searcher) -> dict[str, Any]:
         cfg, cset = self.cfg, sources.cset
         loop = TrialLoop(resident, session, tracker, searcher, self.space, parent_run_id=tracker.run_id)
         self.trials = loop.run(cfg.search.budget, desc=f"search ({cfg.search.kind})")
@@ -92,21 +92,10 @@ class SearchRun:
         baseline = newest.objective if newest else None
 
         # The best merge: written from the checkpoint tensors, verified, reloaded and re-scored.
-        weights = list(best.weights.values())
-        out_dtype = None if cfg.merge.dtype == "auto" else getattr(__import__("torch"), cfg.merge.dtype)
-        write_merged([c.reader for c in cset.checkpoints], cset.newest.folder, weights, self.output_dir,
-                     get_method(cfg.merge.method), shard_bytes, out_dtype=out_dtype, overwrite=cfg.merge.overwrite,
-                     extra_files={"ckptmerge.json": json.dumps({"weights": best.weights, "lambda": best.lam, "point": best.x}, indent=2)},
-                     progress=True)
-        self._written = True
-        merged_model, merged_tok, reloaded = session.reload(self.output_dir)
-        rescored = session.objective(session.evaluate_dev(reloaded))
-        tol = cfg.registry.rescore_tolerance * max(1.0, abs(best.objective))  # type: ignore[arg-type]
-        if not math.isfinite(rescored) or abs(rescored - best.objective) > tol:  # type: ignore[operator]
-            raise EvaluationError(
-                f"the written merge scores {rescored:.6f} but the search saw {best.objective:.6f} "
-                f"(tolerance {tol:.2g}); not registering it"
-            )
+        self._written = True  # from here on a failure removes the output folder
+        merged_model, merged_tok, reloaded, rescored = write_and_verify(
+            cfg, session, resident, best.weights, best.objective, self.output_dir,  # type: ignore[arg-type]
+            {"weights": best.weights, "lambda": best.lam, "point": best.x})
         test = session.test_report(reloaded, resident)
         summary = {
             names.METRIC_BEST_LAMBDA: list(best.weights.values())[-1],
@@ -138,18 +127,11 @@ class SearchRun:
             "output_dir": str(self.output_dir),
         }
         if cfg.registry.enabled:
-            from ckptmerge.tracking.registry import log_and_register
-
-            tags = {"lambda": f"{list(best.weights.values())[-1]:.6f}",
-                    "weights": json.dumps({n: round(w, 6) for n, w in best.weights.items()}), "sources": ",".join(c.ref.text for c in cset.checkpoints),
-                    "objective": f"{best.objective:.6f}", "search_run_id": tracker.run_id,
-                    "objective_definition": session.objective.describe()}
             description = (f"Merge {' + '.join(f'{w:.4f}·{n}' for n, w in best.weights.items())}, "
                            f"found by ckptmerge ({cfg.search.kind}, {cfg.search.budget} evaluations); "
                            f"dev objective {best.objective:.5f} ({session.objective.describe()}).")
-            reg = log_and_register(tracker.run_id, merged_model, merged_tok, cfg.registry.name, cfg.registry.alias,  # type: ignore[arg-type]
-                                   tags, description, tracker.uri)
-            result["registered_model"] = {"name": reg.name, "version": reg.version, "alias": reg.alias}
-            tracker.set_tags({"ckptmerge.registered_model": f"{reg.name}/{reg.version}"})
+            result["registered_model"] = register(
+                cfg, tracker, merged_model, merged_tok, best.weights, best.objective, session, description,  # type: ignore[arg-type]
+                {"sources": ",".join(c.ref.text for c in cset.checkpoints)})
         tracker.log_text(None, json.dumps(result, indent=2), names.ARTIFACT_RESULT)
         return result

@@ -1,0 +1,308 @@
+"""``action=compare``: the paper's baselines against BO on the same checkpoints and dev objective.
+
+Multi-checkpoint methods use the last ``compare.last`` checkpoints; pair methods (``bo``, ``grid``,
+``random``) the last two. Searched methods get the same evaluation budget (``search.budget``). One
+parent run holds a child run per method (searched methods nest their trials under it); the table
+(dev objective, every test metric, evaluations used, wall time) is written as markdown and CSV with a
+bar chart, logged, and printed. ``compare.register=true`` registers the best merge like a search's.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ckptmerge.actions.evaluation import EvalSession
+from ckptmerge.actions.setup import resolve_sources
+from ckptmerge.actions.trials import TrialLoop
+from ckptmerge.calibration import diagonal_fisher, linear_input_grams, read_texts
+from ckptmerge.checkpoints import CheckpointSet
+from ckptmerge.checkpoints.resident import ResidentModel
+from ckptmerge.config import Config, ConfigError
+from ckptmerge.errors import EvaluationError
+from ckptmerge.merge import linear_merge
+from ckptmerge.merge.fisher import fisher_merge
+from ckptmerge.merge.regmean import regmean_merge
+from ckptmerge.merge.soups import ema_weights, lawa_weights, uniform_weights
+from ckptmerge.runtime import seed_everything
+from ckptmerge.search.searchers import make_searcher
+from ckptmerge.search.space import WeightSpace
+from ckptmerge.tracking import names
+from ckptmerge.tracking.mlflow_run import SearchTracker
+
+log = logging.getLogger(__name__)
+
+SEARCHED = {"bo": "bo", "bo_simplex": "bo", "grid": "grid", "random": "random"}
+
+
+@dataclass
+class MethodResult:
+    method: str
+    objective: float
+    evaluations: int
+    seconds: float
+    weights: dict[str, float] | None          # None for merges that are not linear (Fisher, RegMean)
+    dev_metrics: dict[str, float] = field(default_factory=dict)
+    test_metrics: dict[str, float] = field(default_factory=dict)
+    run_id: str = ""
+
+
+class Comparison:
+    """Runs each method into the resident model, scores it, and keeps the table."""
+
+    def __init__(self, cfg: Config, tracker: SearchTracker, session: EvalSession, resident: ResidentModel,
+                 calib_path: Path | None) -> None:
+        self.cfg, self.tracker, self.session, self.resident = cfg, tracker, session, resident
+        self.names = resident.cset.names
+        self.k = len(self.names)
+        self.calib_path = calib_path
+        self._texts: list[str] | None = None
+        self.evaluations = 0
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _score(self) -> tuple[float, dict[str, float]]:
+        metrics = self.session.evaluate_dev()
+        self.evaluations += 1
+        return self.session.objective(metrics), metrics
+
+    def _linear(self, weights: list[float]) -> tuple[float, dict[str, float]]:
+        self.resident.apply(weights)
+        return self._score()
+
+    def _onehot(self, i: int) -> list[float]:
+        return [1.0 if j == i else 0.0 for j in range(self.k)]
+
+    def _calibration(self) -> list[str]:
+        if self._texts is None:
+            path = self.cfg.compare.calibration_path or self.calib_path
+            if path is None:
+                raise ConfigError("compare.calibration_path is needed for fisher/regmean (a JSONL file with a 'text' "
+                                  "field, never dev or test text)")
+            self._texts = read_texts(Path(path))
+        return self._texts
+
+    def _max_length(self) -> int:
+        return int(self.session.sources.max_length or getattr(self.resident.model.config, "max_position_embeddings", 512))
+
+    # -- methods -------------------------------------------------------------------------------
+    def newest(self) -> tuple[list[float] | None, float, dict]:
+        w = self._onehot(self.k - 1)
+        return (w, *self._linear(w))
+
+    def uniform(self) -> tuple[list[float] | None, float, dict]:
+        w = uniform_weights(self.k)
+        return (w, *self._linear(w))
+
+    def lawa(self) -> tuple[list[float] | None, float, dict]:
+        w = lawa_weights(self.k, self.cfg.compare.lawa_k)
+        return (w, *self._linear(w))
+
+    def ema(self) -> tuple[list[float] | None, float, dict]:
+        w = ema_weights(self.k, self.cfg.compare.ema_beta)
+        return (w, *self._linear(w))
+
+    def greedy(self) -> tuple[list[float] | None, float, dict]:
+        """Greedy soup: checkpoints by dev objective, each kept only if the uniform soup improves."""
+        singles = [self._linear(self._onehot(i)) for i in range(self.k)]
+        order = sorted(range(self.k), key=lambda i: singles[i][0], reverse=True)
+        soup = [order[0]]
+        best, best_metrics = singles[order[0]]
+        for i in order[1:]:
+            cand = soup + [i]
+            obj, metrics = self._linear([1.0 / len(cand) if j in cand else 0.0 for j in range(self.k)])
+            if obj > best:
+                soup, best, best_metrics = cand, obj, metrics
+        w = [1.0 / len(soup) if j in soup else 0.0 for j in range(self.k)]
+        self.resident.apply(w)
+        return w, best, best_metrics
+
+    def fisher(self) -> tuple[list[float] | None, float, dict]:
+        texts, c = self._calibration(), self.cfg.compare
+        fishers = []
+        for i in range(self.k):
+            self.resident.apply(self._onehot(i))
+            fishers.append(diagonal_fisher(self.resident.model, self.resident.tokenizer, texts, c.fisher_tokens,
+                                           self._max_length()))
+        uniform = uniform_weights(self.k)
+
+        def merge(key: str, srcs: list[torch.Tensor]) -> torch.Tensor:
+            if key in fishers[0]:
+                return fisher_merge(srcs, [f[key] for f in fishers], c.fisher_floor, out_dtype=srcs[0].dtype)
+            return linear_merge(srcs, uniform)
+
+        self.resident.apply_fn(merge)
+        return (None, *self._score())
+
+    def regmean(self) -> tuple[list[float] | None, float, dict]:
+        texts, c = self._calibration(), self.cfg.compare
+        grams = []
+        for i in range(self.k):
+            self.resident.apply(self._onehot(i))
+            grams.append(linear_input_grams(self.resident.model, self.resident.tokenizer, texts, c.gram_tokens,
+                                            self._max_length()))
+        uniform = uniform_weights(self.k)
+
+        def merge(key: str, srcs: list[torch.Tensor]) -> torch.Tensor:
+            module = key[: -len(".weight")] if key.endswith(".weight") else None
+            if module is not None and module in grams[0] and srcs[0].dim() == 2:
+                return regmean_merge(srcs, [g[module] for g in grams], c.regmean_alpha, out_dtype=srcs[0].dtype)
+            return linear_merge(srcs, uniform)
+
+        self.resident.apply_fn(merge)
+        return (None, *self._score())
+
+    def searched(self, method: str, run_id: str) -> tuple[list[float] | None, float, dict]:
+        pair = method != "bo_simplex"
+        space = WeightSpace(2 if pair else self.k, float(self.cfg.search.alpha))
+        search_cfg = type(self.cfg.search)(**{**self.cfg.search.__dict__, "kind": SEARCHED[method]})
+        loop = TrialLoop(self.resident, self.session, self.tracker, make_searcher(search_cfg, space), space,
+                         parent_run_id=run_id, best_metric_run_id=run_id)
+        loop.run(search_cfg.budget, desc=f"compare {method}")
+        self.evaluations += len(loop.trials)
+        if loop.best is None:
+            raise EvaluationError(f"{method}: every trial failed; the first failure: {loop.trials[0].error}")
+        w = loop.full_weights(loop.best)
+        self.resident.apply(w)
+        return w, loop.best.objective, loop.best.metrics  # type: ignore[return-value]
+
+    def run(self, method: str) -> MethodResult:
+        run_id = self.tracker.start_trial(0, {"method": method}, run_name=method, kind="method")
+        self.evaluations, t0 = 0, time.perf_counter()
+        fn: Callable[[], tuple] = getattr(self, method) if method not in SEARCHED else (lambda: self.searched(method, run_id))
+        try:
+            weights, objective, dev = fn()
+        except Exception:
+            self.tracker.end_trial(run_id, "FAILED")
+            raise
+        seconds = time.perf_counter() - t0
+        test = self.session.test.evaluate(self.session._lm) if self.session.test else {}
+        res = MethodResult(method, objective, self.evaluations, seconds,
+                           dict(zip(self.names, weights)) if weights is not None else None, dev, test, run_id)
+        metrics = {names.METRIC_OBJECTIVE: objective, "evaluations": self.evaluations, "seconds": seconds,
+                   **dev, **{names.PREFIX_TEST + k: v for k, v in test.items()}}
+        if weights is not None:
+            metrics.update({names.weight_param(n): w for n, w in zip(self.names, weights)})
+        self.tracker.log_metrics(metrics, run_id=run_id)
+        self.tracker.end_trial(run_id)
+        log.info("%s: objective %.5f, %d evaluations, %.1fs", method, objective, self.evaluations, seconds)
+        return res
+
+
+def _tables(results: list[MethodResult], baseline: float | None, objective: str) -> tuple[str, str, list[str]]:
+    test_keys = sorted({k for r in results for k in r.test_metrics})
+    header = ["method", "dev objective", "gain vs newest", *test_keys, "evaluations", "seconds"]
+    rows = []
+    for r in results:
+        gain = r.objective - baseline if baseline is not None else float("nan")
+        rows.append([r.method, f"{r.objective:.5f}", f"{gain:+.5f}",
+                     *[f"{r.test_metrics.get(k, float('nan')):.5g}" for k in test_keys], str(r.evaluations), f"{r.seconds:.1f}"])
+    md = [f"Dev objective: `{objective}` (higher is better).", "", "| " + " | ".join(header) + " |",
+          "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(row) + " |" for row in rows]
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(header)
+    w.writerows(rows)
+    return "\n".join(md) + "\n", buf.getvalue(), header
+
+
+def _bar_chart(results: list[MethodResult], baseline: float | None) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.0 * len(results) + 3, 4))
+    vals = [r.objective - (baseline or 0.0) for r in results]
+    ax.bar([r.method for r in results], vals, color=["C2" if v > 0 else "C3" for v in vals])
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_ylabel("dev objective gain over the newest checkpoint" if baseline is not None else "dev objective")
+    ax.set_title("compare: merge methods on the same checkpoints")
+    plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
+    fig.tight_layout()
+    return fig
+
+
+def run_compare(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") -> dict[str, Any]:
+    """Run ``compare.methods``; write ``compare.{md,csv,png,json}`` into ``run_dir``."""
+    from rich.console import Console
+    from rich.table import Table
+
+    seed_everything(cfg.search.seed, cfg.runtime.threads)
+    tracker = SearchTracker(cfg.tracking, cwd)
+    sources = resolve_sources(cfg, all_checkpoints=True)
+    last = min(cfg.compare.last, len(sources.cset))
+    cset = CheckpointSet(sources.cset.checkpoints[-last:], trust_remote_code=sources.cset.trust_remote_code)
+    sources.cset = cset
+    session = EvalSession(cfg, sources)
+    resident = ResidentModel(cset, device=cfg.runtime.device, dtype=cfg.runtime.dtype)
+    session.bind(resident)
+    parent = tracker.start(run_name=f"compare-{cset.names[0]}-{cset.names[-1]}", config=cfg.to_dict(),
+                           config_yaml=config_yaml, checkpoints=[{"name": c.name, **c.identity()} for c in cset.checkpoints],
+                           tags={names.TAG_KIND: "compare", names.TAG_OBJECTIVE: session.objective.describe()})
+    comp = Comparison(cfg, tracker, session, resident, sources.calib_path)
+    results: list[MethodResult] = []
+    snapshot: dict[str, torch.Tensor] | None = None  # the best non-linear merge's parameters, to register it
+    try:
+        for method in cfg.compare.methods:
+            seed_everything(cfg.search.seed, cfg.runtime.threads)  # each method starts from the same seed
+            results.append(comp.run(method))
+            r = results[-1]
+            if cfg.compare.register and r.weights is None and r.objective >= max(x.objective for x in results):
+                snapshot = {k: v.detach().clone() for k, v in resident.model.state_dict().items()}
+        baseline = next((r.objective for r in results if r.method == "newest"), None)
+        md, csv_text, header = _tables(results, baseline, session.objective.describe())
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "compare.md").write_text(md)
+        (run_dir / "compare.csv").write_text(csv_text)
+        fig = _bar_chart(results, baseline)
+        fig.savefig(run_dir / "compare.png", dpi=120)
+        tracker.log_figure(parent, fig, "compare.png")
+        tracker.log_text(parent, md, "compare.md")
+        tracker.log_text(parent, csv_text, "compare.csv")
+        best = max(results, key=lambda r: r.objective if math.isfinite(r.objective) else -math.inf)
+        tracker.log_metrics({names.METRIC_BEST_OBJECTIVE: best.objective})
+        tracker.set_tags({"ckptmerge.best_method": best.method})
+        out: dict[str, Any] = {
+            "objective_definition": session.objective.describe(), "checkpoints": cset.names,
+            "best_method": best.method, "baseline_objective": baseline,
+            "methods": [r.__dict__ for r in results],
+            "mlflow": {"tracking_uri": tracker.uri, "experiment_id": tracker.experiment_id, "run_id": parent},
+            "registered_model": None,
+        }
+        if cfg.compare.register:
+            from ckptmerge.actions.register import register_merge
+
+            if best.weights is not None:
+                resident.apply(list(best.weights.values()))
+            else:
+                assert snapshot is not None
+                resident.model.load_state_dict(snapshot)
+            reg = register_merge(cfg, tracker, session, resident, best.weights, best.objective, run_dir / "merged",
+                                 description=f"Best of ckptmerge compare: {best.method}", tags={"method": best.method})
+            out["registered_model"] = reg
+            out["output_dir"] = str(run_dir / "merged")
+        (run_dir / "compare.json").write_text(json.dumps(out, indent=2, default=str))
+        tracker.log_text(parent, json.dumps(out, indent=2, default=str), "compare.json")
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    tracker.finish("FINISHED")
+
+    console = Console(width=200)
+    table = Table(title=f"compare on {', '.join(cset.names)} — {session.objective.describe()} (higher is better)")
+    for h in header:
+        table.add_column(h, justify="left" if h == "method" else "right")
+    for line in csv_text.strip().splitlines()[1:]:
+        table.add_row(*next(csv.reader([line])))
+    console.print(table)
+    console.print(f"tables and chart: {run_dir}/compare.{{md,csv,png}}; MLflow run {parent}")
+    return out

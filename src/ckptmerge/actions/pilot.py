@@ -1,0 +1,137 @@
+"""``action=pilot``: the paper's pilot study for your own trajectory.
+
+Every checkpoint alone and every pair (older i, newer j) merged at λ=``pilot.lam`` are evaluated on the
+dev tasks; the gain of each pair over its newer checkpoint goes into a heatmap, a markdown table and
+a CSV, logged to one MLflow run and printed, so a user sees which pairs are worth a search (adjacent
+pairs, in the paper).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ckptmerge.actions.evaluation import EvalSession
+from ckptmerge.actions.setup import resolve_sources
+from ckptmerge.checkpoints.resident import ResidentModel
+from ckptmerge.config import Config
+from ckptmerge.runtime import seed_everything
+from ckptmerge.tracking import names
+from ckptmerge.tracking.mlflow_run import SearchTracker
+
+log = logging.getLogger(__name__)
+
+
+def heatmap_figure(labels: list[str], gains: np.ndarray, lam: float) -> Any:
+    """Gain of each merged pair over its newer checkpoint; rows older, columns newer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 2, 1.0 * len(labels) + 1.5))
+    finite = gains[np.isfinite(gains)]
+    span = float(np.abs(finite).max()) if finite.size else 1.0
+    im = ax.imshow(gains, cmap="RdYlGn", vmin=-span, vmax=span)
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("newer checkpoint")
+    ax.set_ylabel("older checkpoint")
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            if np.isfinite(gains[i, j]):
+                ax.text(j, i, f"{gains[i, j]:+.4f}", ha="center", va="center", fontsize=8)
+    fig.colorbar(im, ax=ax, label="objective gain over the newer checkpoint")
+    ax.set_title(f"pilot: pairs merged at λ={lam:g} (higher is better)")
+    fig.tight_layout()
+    return fig
+
+
+def run_pilot(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") -> dict[str, Any]:
+    """Evaluate singles and λ-merged pairs; write ``pilot.md``/``pilot.csv``/``pilot.png`` into ``run_dir``."""
+    from rich.console import Console
+    from rich.table import Table
+    from tqdm.auto import tqdm
+
+    seed_everything(cfg.search.seed, cfg.runtime.threads)
+    tracker = SearchTracker(cfg.tracking, cwd)
+    sources = resolve_sources(cfg, all_checkpoints=True)
+    cset = sources.cset
+    session = EvalSession(cfg, sources)
+    resident = ResidentModel(cset, device=cfg.runtime.device, dtype=cfg.runtime.dtype)
+    session.bind(resident)
+    run_id = tracker.start(run_name=f"pilot-{cset.names[0]}-{cset.names[-1]}", config=cfg.to_dict(),
+                           config_yaml=config_yaml,
+                           checkpoints=[{"name": c.name, **c.identity()} for c in cset.checkpoints],
+                           tags={names.TAG_KIND: "pilot", names.TAG_OBJECTIVE: session.objective.describe()})
+    lam, n = float(cfg.pilot.lam), len(cset)
+    try:
+        total = n + n * (n - 1) // 2
+        bar = tqdm(total=total, desc="pilot", unit="eval")
+        singles: list[float] = []
+        for i in range(n):
+            resident.apply([1.0 if j == i else 0.0 for j in range(n)])
+            singles.append(session.objective(session.evaluate_dev()))
+            tracker.log_metrics({f"single.{cset.names[i]}.objective": singles[-1]})
+            bar.update(1)
+        gains = np.full((n, n), np.nan)
+        rows = []
+        for j in range(n):
+            for i in range(j):
+                w = [0.0] * n
+                w[i], w[j] = 1.0 - lam, lam
+                resident.apply(w)
+                obj = session.objective(session.evaluate_dev())
+                gains[i, j] = obj - singles[j]
+                rows.append({"older": cset.names[i], "newer": cset.names[j], "adjacent": j == i + 1,
+                             "objective": obj, "newer_objective": singles[j], "gain": gains[i, j]})
+                tracker.log_metrics({f"pair.{cset.names[i]}.{cset.names[j]}.objective": obj,
+                                     f"pair.{cset.names[i]}.{cset.names[j]}.gain": gains[i, j]})
+                bar.update(1)
+        bar.close()
+        md = _markdown(cset.names, singles, rows, lam, session.objective.describe())
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "pilot.md").write_text(md)
+        (run_dir / "pilot.csv").write_text(buf.getvalue())
+        fig = heatmap_figure(cset.names, gains, lam)
+        fig.savefig(run_dir / "pilot.png", dpi=120)
+        tracker.log_figure(run_id, fig, "pilot_heatmap.png")
+        tracker.log_text(run_id, md, "pilot.md")
+        tracker.log_text(run_id, buf.getvalue(), "pilot.csv")
+        adjacent = [r["gain"] for r in rows if r["adjacent"]]
+        tracker.log_metrics({"mean_gain_adjacent": float(np.mean(adjacent)),
+                             "mean_gain_all_pairs": float(np.mean([r["gain"] for r in rows]))})
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    tracker.finish("FINISHED")
+
+    console = Console(width=160)
+    table = Table(title=f"pilot: pairs merged at λ={lam:g}; gain over the newer checkpoint ({session.objective.describe()})")
+    for col in ("older", "newer", "adjacent", "objective", "newer alone", "gain"):
+        table.add_column(col, justify="right" if col not in ("older", "newer") else "left")
+    for r in rows:
+        table.add_row(r["older"], r["newer"], "yes" if r["adjacent"] else "", f"{r['objective']:.5f}",
+                      f"{r['newer_objective']:.5f}", f"{r['gain']:+.5f}")
+    console.print(table)
+    console.print(f"tables and heatmap: {run_dir}/pilot.{{md,csv,png}}; MLflow run {run_id}")
+    return {"singles": dict(zip(cset.names, singles)), "pairs": rows, "lambda": lam,
+            "mlflow": {"tracking_uri": tracker.uri, "experiment_id": tracker.experiment_id, "run_id": run_id}}
+
+
+def _markdown(labels: list[str], singles: list[float], rows: list[dict], lam: float, objective: str) -> str:
+    out = [f"Objective: `{objective}` (higher is better); pairs merged at λ={lam:g}.", "",
+           "| checkpoint | objective alone |", "|---|---|"]
+    out += [f"| {n} | {s:.5f} |" for n, s in zip(labels, singles)]
+    out += ["", "| older | newer | adjacent | merged | newer alone | gain |", "|---|---|---|---|---|---|"]
+    out += [f"| {r['older']} | {r['newer']} | {'yes' if r['adjacent'] else ''} | {r['objective']:.5f} | "
+            f"{r['newer_objective']:.5f} | {r['gain']:+.5f} |" for r in rows]
+    return "\n".join(out) + "\n"

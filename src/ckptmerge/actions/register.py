@@ -1,0 +1,92 @@
+"""Writing a chosen merge to disk, verifying it, and registering it: shared by search and compare.
+
+The merge is written atomically (linear merges stream from the checkpoint tensors in their own
+dtype; other merges save the resident model), reloaded from disk and re-scored; only a merge that
+reproduces the objective the caller saw is returned for registration.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from ckptmerge.actions.evaluation import EvalSession
+from ckptmerge.checkpoints.resident import ResidentModel
+from ckptmerge.checkpoints.writer import atomic_folder, write_merged
+from ckptmerge.config import Config, parse_size
+from ckptmerge.errors import EvaluationError
+from ckptmerge.merge import get_method
+from ckptmerge.tracking.mlflow_run import SearchTracker
+
+log = logging.getLogger(__name__)
+
+
+def write_and_verify(cfg: Config, session: EvalSession, resident: ResidentModel, weights: Mapping[str, float] | None,
+                     objective: float, target: Path, info: Mapping[str, Any]) -> tuple[Any, Any, Any, float]:
+    """Write the merge to ``target``; return ``(model, tokenizer, lm, rescored_objective)`` of the reloaded copy.
+
+    ``weights`` None means the merge is not linear: the resident model's parameters are saved as they are.
+    Raises (and leaves no folder) when the reloaded merge does not reproduce ``objective``.
+    """
+    cset = resident.cset
+    extra = {"ckptmerge.json": json.dumps(dict(info), indent=2, default=str)}
+    if weights is not None:
+        out_dtype = None if cfg.merge.dtype == "auto" else getattr(torch, cfg.merge.dtype)
+        write_merged([c.reader for c in cset.checkpoints], cset.newest.folder, list(weights.values()), target,
+                     get_method(cfg.merge.method), parse_size(cfg.merge.shard_size, "merge.shard_size"),
+                     out_dtype=out_dtype, overwrite=cfg.merge.overwrite, extra_files=extra, progress=True)
+    else:
+        with atomic_folder(target, overwrite=cfg.merge.overwrite) as tmp:  # resident's own dtype
+            resident.model.save_pretrained(tmp, max_shard_size=cfg.merge.shard_size)
+            resident.tokenizer.save_pretrained(tmp)
+            for name, text in extra.items():
+                (tmp / name).write_text(text)
+    try:
+        model, tok, lm = session.reload(target)
+        rescored = session.objective(session.evaluate_dev(lm))
+        tol = cfg.registry.rescore_tolerance * max(1.0, abs(objective))
+        if not math.isfinite(rescored) or abs(rescored - objective) > tol:
+            raise EvaluationError(f"the written merge scores {rescored:.6f} but the search saw {objective:.6f} "
+                                  f"(tolerance {tol:.2g}); not registering it")
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(target, ignore_errors=True)
+        raise
+    return model, tok, lm, rescored
+
+
+def register(cfg: Config, tracker: SearchTracker, model: Any, tokenizer: Any, weights: Mapping[str, float] | None,
+             objective: float, session: EvalSession, description: str, tags: Mapping[str, str]) -> dict[str, str]:
+    """Log the verified merge as an MLflow model and register a new version of ``registry.name``."""
+    from ckptmerge.tracking.registry import log_and_register
+
+    cset_sources = tags.get("sources", "")
+    all_tags = {"objective": f"{objective:.6f}", "search_run_id": tracker.run_id or "",
+                "objective_definition": session.objective.describe(), "sources": cset_sources, **tags}
+    if weights is not None:
+        all_tags["weights"] = json.dumps({n: round(w, 6) for n, w in weights.items()})
+        all_tags.setdefault("lambda", f"{list(weights.values())[-1]:.6f}")
+    reg = log_and_register(tracker.run_id, model, tokenizer, cfg.registry.name, cfg.registry.alias,  # type: ignore[arg-type]
+                           all_tags, description, tracker.uri)
+    tracker.set_tags({"ckptmerge.registered_model": f"{reg.name}/{reg.version}"})
+    return {"name": reg.name, "version": reg.version, "alias": reg.alias}
+
+
+def register_merge(cfg: Config, tracker: SearchTracker, session: EvalSession, resident: ResidentModel,
+                   weights: Mapping[str, float] | None, objective: float, target: Path, description: str,
+                   tags: Mapping[str, str]) -> dict[str, str]:
+    """:func:`write_and_verify` then :func:`register` (compare's best merge)."""
+    model, tok, _, _ = write_and_verify(cfg, session, resident, weights, objective, target, {"weights": weights, **tags})
+    sources = ",".join(c.ref.text for c in resident.cset.checkpoints)
+    try:
+        return register(cfg, tracker, model, tok, weights, objective, session, description, {"sources": sources, **tags})
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(target, ignore_errors=True)
+        raise

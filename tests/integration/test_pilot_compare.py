@@ -1,0 +1,75 @@
+"""`action=pilot` and `action=compare` end to end on the tiny trajectory."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import run_main
+
+pytestmark = pytest.mark.slow
+
+
+def test_pilot_evaluates_singles_and_pairs(tmp_path, traj_cache, tiny_trajectory):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = run_main(["action=pilot", "model.trajectory.preset=tiny", f"model.trajectory.cache_dir={traj_cache}",
+                     f"tracking.uri={uri}", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    n = len(tiny_trajectory.checkpoints)
+    rows = list(csv.DictReader((tmp_path / "run" / "pilot.csv").open()))
+    assert len(rows) == n * (n - 1) // 2
+    assert sum(r["adjacent"] == "True" for r in rows) == n - 1
+    for r in rows:
+        assert float(r["gain"]) == pytest.approx(float(r["objective"]) - float(r["newer_objective"]))
+    assert (tmp_path / "run" / "pilot.png").stat().st_size > 1000
+    client = MlflowClient(uri)
+    run = client.search_runs([client.get_experiment_by_name("ckptmerge").experiment_id])[0]
+    assert run.data.tags["ckptmerge.kind"] == "pilot"
+    assert len([k for k in run.data.metrics if k.startswith("single.")]) == n
+    assert {"pilot_heatmap.png", "pilot.md", "pilot.csv"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert "gain" in proc.stdout and "adjacent" in proc.stdout
+
+
+def test_compare_runs_every_method_on_the_same_budget_and_registers_the_best(tmp_path, traj_cache, tiny_trajectory):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    methods = ["newest", "uniform", "lawa", "ema", "greedy", "fisher", "regmean", "bo", "bo_simplex", "random"]
+    budget = 3
+    proc = run_main(["action=compare", "model.trajectory.preset=tiny", f"model.trajectory.cache_dir={traj_cache}",
+                     f"compare.methods=[{','.join(methods)}]", f"search.budget={budget}", "compare.fisher_tokens=512",
+                     "compare.gram_tokens=512", "compare.lawa_k=2", "compare.register=true", "registry.name=cmp",
+                     "eval.limit=10", f"tracking.uri={uri}", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads((tmp_path / "run" / "compare.json").read_text())
+    by = {m["method"]: m for m in out["methods"]}
+    assert list(by) == methods
+    k = len(tiny_trajectory.checkpoints)  # compare.last=4 > 3 checkpoints: all of them
+    assert by["greedy"]["evaluations"] == k + (k - 1)
+    for m in ("bo", "bo_simplex", "random"):
+        assert by[m]["evaluations"] == budget
+    for m in ("newest", "uniform", "lawa", "ema", "fisher", "regmean"):
+        assert by[m]["evaluations"] == 1
+    assert by["uniform"]["weights"] == pytest.approx({n: 1 / k for n in out["checkpoints"]})
+    assert by["lawa"]["weights"][out["checkpoints"][0]] == 0
+    assert by["fisher"]["weights"] is None and by["regmean"]["weights"] is None
+    # the searched methods start from the newest alone, so they are never worse than it
+    for m in ("bo", "bo_simplex", "random"):
+        assert by[m]["objective"] >= by["newest"]["objective"] - 1e-12
+    assert all(set(m["test_metrics"]) >= {"ckptmerge_test_bpb/bits_per_byte"} for m in out["methods"])
+    rows = list(csv.DictReader((tmp_path / "run" / "compare.csv").open()))
+    assert [r["method"] for r in rows] == methods
+    client = MlflowClient(uri)
+    parent = out["mlflow"]["run_id"]
+    exp = out["mlflow"]["experiment_id"]
+    children = client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent}'")
+    assert sorted(c.info.run_name for c in children) == sorted(methods)
+    bo_run = next(c for c in children if c.info.run_name == "bo")
+    assert len(client.search_runs([exp], f"tags.mlflow.parentRunId = '{bo_run.info.run_id}'")) == budget
+    best = max(out["methods"], key=lambda m: m["objective"])
+    assert out["best_method"] == best["method"]
+    reg = out["registered_model"]
+    mv = client.get_model_version_by_alias("cmp", "candidate")
+    assert str(mv.version) == reg["version"] and mv.tags["method"] == best["method"]
+    table = proc.stdout[proc.stdout.index("compare on "):]
+    assert all(m in table for m in methods) and "gain" in table
