@@ -242,9 +242,7 @@ def run_compare(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") ->
     last = min(cfg.compare.last, len(sources.cset))
     cset = CheckpointSet(sources.cset.checkpoints[-last:], trust_remote_code=sources.cset.trust_remote_code)
     sources.cset = cset
-    session = EvalSession(cfg, sources)
-    resident = ResidentModel(cset, device=cfg.runtime.device, dtype=cfg.runtime.dtype)
-    session.bind(resident)
+    session, resident = EvalSession.with_resident(cfg, sources)
     parent = tracker.start(run_name=f"compare-{cset.names[0]}-{cset.names[-1]}", config=cfg.to_dict(),
                            config_yaml=config_yaml, checkpoints=[{"name": c.name, **c.identity()} for c in cset.checkpoints],
                            tags={names.TAG_KIND: "compare", names.TAG_OBJECTIVE: session.objective.describe()})

@@ -29,6 +29,14 @@ class EvalSession:
         self._lm: Any = None
         self._resident: ResidentModel | None = None
 
+    @classmethod
+    def with_resident(cls, cfg: Config, sources: Sources) -> tuple["EvalSession", ResidentModel]:
+        """Tasks first (bad task names fail before the model is built), then the resident model, bound."""
+        session = cls(cfg, sources)
+        resident = ResidentModel(sources.cset, device=cfg.runtime.device, dtype=cfg.runtime.dtype)
+        session.bind(resident)
+        return session, resident
+
     def _make_lm(self, model: Any, tokenizer: Any, device: str) -> Any:
         return make_lm(model, tokenizer, self.cfg.eval.batch_size, self.sources.max_length, device)
 

@@ -17,7 +17,6 @@ import numpy as np
 
 from ckptmerge.actions.evaluation import EvalSession
 from ckptmerge.actions.setup import resolve_sources
-from ckptmerge.checkpoints.resident import ResidentModel
 from ckptmerge.config import Config
 from ckptmerge.runtime import seed_everything
 from ckptmerge.tracking import names
@@ -61,9 +60,7 @@ def run_pilot(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") -> d
     tracker = SearchTracker(cfg.tracking, cwd)
     sources = resolve_sources(cfg, all_checkpoints=True)
     cset = sources.cset
-    session = EvalSession(cfg, sources)
-    resident = ResidentModel(cset, device=cfg.runtime.device, dtype=cfg.runtime.dtype)
-    session.bind(resident)
+    session, resident = EvalSession.with_resident(cfg, sources)
     run_id = tracker.start(run_name=f"pilot-{cset.names[0]}-{cset.names[-1]}", config=cfg.to_dict(),
                            config_yaml=config_yaml,
                            checkpoints=[{"name": c.name, **c.identity()} for c in cset.checkpoints],

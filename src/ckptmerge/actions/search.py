@@ -56,9 +56,8 @@ class SearchRun:
         cset = sources.cset
         self.space = WeightSpace(len(cset), float(cfg.search.alpha))
         searcher = make_searcher(cfg.search, self.space)  # e.g. grid over k > 2 is refused here
-        session = EvalSession(cfg, sources)  # unknown tasks/metrics and test-split dev tasks fail here
-        resident = ResidentModel(cset, device=cfg.runtime.device, dtype=cfg.runtime.dtype)
-        session.bind(resident)
+        # unknown tasks/metrics and test-split dev tasks fail before the model is built
+        session, resident = EvalSession.with_resident(cfg, sources)
         run_id = tracker.start(
             run_name=f"search-{'-'.join(cset.names)}",
             config=cfg.to_dict(),

@@ -47,7 +47,8 @@ def _embedded_checkpoints(model: ModelConfig, progress: bool, all_checkpoints: b
     picked = []
     for i in model.select:
         if not -n <= i < n:
-            raise ConfigError(f"model.select index {i} is out of range: the embedded trajectory has {n} checkpoints")
+            what = f"model.pair={model.pair}" if model.pair is not None else f"model.select index {i}"
+            raise ConfigError(f"{what} is out of range: the embedded trajectory has {n} checkpoints")
         picked.append(str(traj.checkpoints[i]))
     order = sorted(range(len(picked)), key=lambda j: model.select[j] % n)
     return [picked[j] for j in order], traj

@@ -1,0 +1,335 @@
+"""``action=promote``: move the registry's ``champion`` alias to the ``candidate`` when it earns it.
+
+Both versions are loaded from the registry (the MLflow model artifact is downloaded and loaded with
+transformers) and evaluated afresh on the same test tasks: those of the candidate's source run (the
+search's parent run logged its resolved config) unless ``eval.test_tasks`` names others. The score is
+the objective over those tasks (each task's first metric unless ``eval.metrics`` says otherwise, weight 1
+unless ``eval.weights`` does; minimised metrics enter with a minus sign, so higher is better). The
+candidate becomes champion when ``score(candidate) - score(champion) >= registry.promote_margin``, or
+when there is no champion yet. The decision, both scores and the margin are tagged on the candidate
+version and logged in a promotion run (the run ``mlflow run`` opened, when launched by it).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ckptmerge.actions.setup import PACKAGE_TASKS
+from ckptmerge.config import Config, check_registry_name, config_from_dict
+from ckptmerge.errors import CheckpointError, ConfigError, CkptMergeError, TrackingError
+from ckptmerge.tracking import names
+from ckptmerge.tracking.mlflow_run import SearchTracker
+
+log = logging.getLogger(__name__)
+
+TAG_PREFIX = "promotion."
+FIRST, PROMOTED, KEPT, UNCHANGED = "first", "promoted", "kept", "already-champion"
+
+
+@dataclass
+class Contender:
+    """One registered version under evaluation."""
+
+    alias: str
+    version: str
+    run_id: str | None
+    metrics: dict[str, float] = field(default_factory=dict)
+    score: float | None = None
+
+
+@dataclass(frozen=True)
+class PromotionTasks:
+    """What the candidate was reported on: task names, where lm-eval finds them, how it runs them."""
+
+    names: tuple[str, ...]
+    include_paths: tuple[str, ...]
+    limit: int | None
+    max_length: int | None
+    trust_remote_code: bool = False
+
+
+# -- the registry side ---------------------------------------------------------------------------
+def _version_by_alias(client: Any, name: str, alias: str, required: bool) -> Contender | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = client.get_model_version_by_alias(name, alias)
+    except MlflowException as e:
+        if not required:
+            return None
+        raise TrackingError(f"registry.name={name} has no version with alias '{alias}' "
+                            f"({str(e).splitlines()[0][:200]}); run a search that registers one first") from None
+    return Contender(alias=alias, version=str(mv.version), run_id=mv.run_id)
+
+
+def _check_registered(client: Any, name: str, uri: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        raise TrackingError(f"registry.name={name}: no such registered model in {uri}") from None
+
+
+def _source_config(tracking_uri: str, run_id: str | None) -> tuple[Config | None, dict[str, Any]]:
+    """The resolved config and ``result.json`` the version's search run logged (either may be missing)."""
+    import mlflow
+    import yaml
+
+    if not run_id:
+        return None, {}
+    texts: dict[str, str] = {}
+    for artifact in (names.ARTIFACT_CONFIG, names.ARTIFACT_RESULT):
+        try:
+            with tempfile.TemporaryDirectory(prefix="ckptmerge-promote-") as tmp:
+                local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=tmp,
+                                                            tracking_uri=tracking_uri)
+                texts[artifact] = Path(local).read_text(encoding="utf-8")
+        except Exception as e:  # an artifact that was never logged (e.g. a hand-registered version)
+            log.info("run %s has no %s (%s)", run_id, artifact, str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
+    result = json.loads(texts[names.ARTIFACT_RESULT]) if names.ARTIFACT_RESULT in texts else {}
+    if names.ARTIFACT_CONFIG not in texts:
+        return None, result
+    raw = yaml.safe_load(texts[names.ARTIFACT_CONFIG]) or {}
+    try:
+        return config_from_dict(raw), result
+    except CkptMergeError as e:
+        raise ConfigError(f"the config logged by run {run_id} no longer validates ({e}); "
+                          "name the tasks with eval.test_tasks and eval.include_path") from None
+
+
+def promotion_tasks(cfg: Config, source: Config | None, result: dict[str, Any]) -> PromotionTasks:
+    """``eval.test_tasks`` if given, else the test tasks of the candidate's search, with their task folders."""
+    include: list[str] = []
+    if cfg.eval.include_path:
+        path = Path(cfg.eval.include_path).expanduser().resolve()
+        if not path.exists():
+            raise ConfigError(f"eval.include_path does not exist: {cfg.eval.include_path}")
+        include.append(str(path))
+    traj_tasks: tuple[str, ...] = ()
+    traj_max_length = None
+    if source is not None:
+        if source.eval.include_path and Path(source.eval.include_path).expanduser().exists():
+            include.append(str(Path(source.eval.include_path).expanduser().resolve()))
+        if source.model.source == "embedded":  # its tasks live in the trajectory's cache (rebuilt if absent)
+            traj = _trajectory(source)
+            include.insert(0, str(traj.tasks_dir))
+            traj_tasks, traj_max_length = tuple(traj.test_tasks), traj.max_length
+    include.append(str(PACKAGE_TASKS))
+    tasks: tuple[str, ...] = tuple(cfg.eval.test_tasks)
+    if not tasks and source is not None:
+        tasks = source.eval.test_tasks or (() if source.eval.tasks else (source.model.test_tasks or traj_tasks))
+    if not tasks:  # what the search reported, as a last resort
+        tasks = tuple(dict.fromkeys(k.split("/")[0] for k in (result.get("test_metrics") or {})))
+    if not tasks:
+        raise ConfigError("action=promote found no test tasks for the candidate (its run logged none); "
+                          "name them with eval.test_tasks")
+    limit = cfg.eval.limit if cfg.eval.limit is not None else (source.eval.limit if source else None)
+    max_length = cfg.eval.max_length or (source.eval.max_length if source else None) or traj_max_length
+    trust = bool(source and source.model.trust_remote_code)
+    return PromotionTasks(names=tasks, include_paths=tuple(dict.fromkeys(include)), limit=limit, max_length=max_length,
+                     trust_remote_code=trust)
+
+
+def _trajectory(source: Config) -> Any:
+    from ckptmerge.trajectory import TrajectorySpec, build_trajectory, default_cache_dir
+
+    t = source.model.trajectory
+    base = TrajectorySpec.default() if t.preset == "default" else TrajectorySpec.tiny()
+    spec = base if base.seed == t.seed else type(base)(**{**base.__dict__, "seed": t.seed})
+    cache = Path(t.cache_dir).expanduser() if t.cache_dir else default_cache_dir()
+    return build_trajectory(spec, cache, progress=False)
+
+
+# -- loading and scoring ---------------------------------------------------------------------------
+def load_registered(name: str, version: str, tracking_uri: str, device: str, dtype: str,
+                    trust_remote_code: bool = False) -> tuple[Any, Any]:
+    """Download ``models:/NAME/VERSION`` and load its transformers model and tokenizer."""
+    import mlflow
+    import torch
+    import yaml
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with tempfile.TemporaryDirectory(prefix="ckptmerge-promote-") as tmp:
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=tmp,
+                                                             tracking_uri=tracking_uri))
+        except Exception as e:
+            raise TrackingError(f"cannot download models:/{name}/{version}: {str(e).splitlines()[0][:300]}") from None
+        meta = yaml.safe_load((local / "MLmodel").read_text()) if (local / "MLmodel").is_file() else {}
+        flavor = (meta.get("flavors") or {}).get("transformers")
+        if not flavor:
+            raise CheckpointError(f"models:/{name}/{version} is not a transformers model (flavors: {sorted(meta.get('flavors') or {})})")
+        model_dir = local / flavor.get("model_binary", "model")
+        tok_dir = local / "components" / "tokenizer"
+        if "tokenizer" not in (flavor.get("components") or []) or not tok_dir.is_dir():
+            tok_dir = model_dir
+        torch_dtype: Any = "auto" if dtype == "auto" else getattr(torch, dtype)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+            tok = AutoTokenizer.from_pretrained(tok_dir, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"models:/{name}/{version} does not load: {str(e).splitlines()[0][:300]}") from None
+    if device == "cpu" and dtype == "auto" and model.dtype in (torch.float16, torch.bfloat16):
+        model = model.float()  # half precision is slow and lossy on a CPU
+    return model.to(device).eval(), tok
+
+
+def _device(name: str) -> str:
+    from ckptmerge.checkpoints.resident import resolve_device
+
+    return resolve_device(name)
+
+
+class Judge:
+    """The test suite and the score, built once; evaluates registered versions."""
+
+    def __init__(self, cfg: Config, tasks: PromotionTasks, registry_name: str, tracking_uri: str) -> None:
+        from ckptmerge.evaluation import TaskSuite, build_objective
+
+        self.cfg, self.tasks, self.name, self.uri = cfg, tasks, registry_name, tracking_uri
+        self.suite = TaskSuite(tasks.names, tasks.include_paths, tasks.limit, "eval.test_tasks")
+        try:
+            self.score = build_objective(self.suite.info, cfg.eval.metrics, cfg.eval.weights, allow_test_split=True)
+        except ConfigError as e:
+            raise ConfigError(f"{e} (action=promote scores the test tasks {list(tasks.names)})") from None
+        self.device = _device(cfg.runtime.device)
+
+    def evaluate(self, who: Contender) -> None:
+        import torch
+
+        from ckptmerge.evaluation import make_lm
+
+        model, tok = load_registered(self.name, who.version, self.uri, self.device, self.cfg.runtime.dtype,
+                                     self.tasks.trust_remote_code)
+        lm = make_lm(model, tok, self.cfg.eval.batch_size, self.tasks.max_length, self.device)
+        with torch.no_grad():
+            who.metrics = self.suite.evaluate(lm)
+        who.score = self.score(who.metrics)
+        if not math.isfinite(who.score):
+            raise CkptMergeError(f"the {who.alias} version {who.version} scores {who.score} on {list(self.tasks.names)}")
+        log.info("%s v%s: score %.6f (%s)", who.alias, who.version, who.score, self.score.describe())
+        del model, lm
+
+
+# -- the action ----------------------------------------------------------------------------------
+def run_promote(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") -> dict[str, Any]:
+    """Evaluate candidate and champion, move the champion alias if the candidate wins; ``result.json``."""
+    reg = cfg.registry
+    name = reg.name
+    check_registry_name(name)
+    tracker = SearchTracker(cfg.tracking, cwd)  # an unreachable store fails here, in seconds
+    client = tracker.client
+    _check_registered(client, name, tracker.uri)
+    candidate = _version_by_alias(client, name, reg.alias, required=True)
+    champion = _version_by_alias(client, name, reg.champion_alias, required=False)
+    assert candidate is not None
+    source, result = _source_config(tracker.uri, candidate.run_id)
+    tasks = promotion_tasks(cfg, source, result)
+    already = champion is not None and champion.version == candidate.version
+    judge = None if already else Judge(cfg, tasks, name, tracker.uri)  # unknown tasks fail before the run opens
+
+    models = [{"name": reg.alias, "source": f"models:/{name}/{candidate.version}"}]
+    if champion is not None:
+        models.append({"name": reg.champion_alias, "source": f"models:/{name}/{champion.version}"})
+    run_id = tracker.start(
+        run_name=f"promote-{name}-v{candidate.version}", config=cfg.to_dict(), config_yaml=config_yaml,
+        checkpoints=models, tags={names.TAG_KIND: "promotion", "ckptmerge.registered_model": name},
+    )
+    try:
+        decision = _decide(cfg, judge, candidate, champion) if judge else UNCHANGED
+        outcome = _record(cfg, tracker, judge, candidate, champion, decision, tasks)
+    except BaseException as e:
+        tracker.set_tags({"ckptmerge.error": str(e).splitlines()[0] if str(e) else type(e).__name__})
+        tracker.finish("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        raise
+    tracker.finish("FINISHED")
+    outcome["mlflow"] = {"tracking_uri": tracker.uri, "experiment_id": tracker.experiment_id, "run_id": run_id}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "result.json").write_text(json.dumps(outcome, indent=2))
+    _print_summary(outcome)
+    return outcome
+
+
+def _decide(cfg: Config, judge: Judge, candidate: Contender, champion: Contender | None) -> str:
+    judge.evaluate(candidate)
+    if champion is None:
+        return FIRST
+    judge.evaluate(champion)
+    gain = candidate.score - champion.score  # type: ignore[operator]
+    return PROMOTED if gain >= cfg.registry.promote_margin else KEPT
+
+
+def _record(cfg: Config, tracker: SearchTracker, judge: Judge | None, candidate: Contender,
+            champion: Contender | None, decision: str, tasks: PromotionTasks) -> dict[str, Any]:
+    """Move the alias if decided, tag the candidate version (and a replaced champion), log the run."""
+    reg, client, name = cfg.registry, tracker.client, cfg.registry.name
+    margin = float(reg.promote_margin)
+    new_champion = candidate.version if decision in (FIRST, PROMOTED, UNCHANGED) else champion.version  # type: ignore[union-attr]
+    if decision in (FIRST, PROMOTED):
+        client.set_registered_model_alias(name, reg.champion_alias, candidate.version)
+    definition = judge.score.describe() if judge else ""
+    tags = {
+        "decision": decision,
+        "candidate_score": "" if candidate.score is None else f"{candidate.score:.6f}",
+        "champion_score": "" if champion is None or champion.score is None else f"{champion.score:.6f}",
+        "champion_version": "" if champion is None else champion.version,
+        "margin": f"{margin:g}",
+        "score_definition": definition,
+        "test_tasks": ",".join(tasks.names),
+        "run_id": tracker.run_id or "",
+    }
+    for k, v in tags.items():
+        client.set_model_version_tag(name, candidate.version, TAG_PREFIX + k, v)
+    if decision == PROMOTED:
+        client.set_model_version_tag(name, champion.version, TAG_PREFIX + "replaced_by", candidate.version)  # type: ignore[union-attr]
+    metrics: dict[str, float] = {"promote_margin": margin}
+    for who in (candidate, champion):
+        if who is None or who.score is None:
+            continue
+        metrics[f"{who.alias}_score"] = who.score
+        metrics.update({f"{who.alias}.{k}": v for k, v in who.metrics.items()})
+    if candidate.score is not None and champion is not None and champion.score is not None:
+        metrics["score_gain"] = candidate.score - champion.score
+    tracker.log_metrics(metrics)
+    tracker.set_tags({"promotion.decision": decision, "promotion.candidate_version": candidate.version,
+                      "promotion.champion_version": "" if champion is None else champion.version,
+                      "promotion.new_champion": new_champion, "promotion.score_definition": definition})
+    outcome = {
+        "registered_model": name,
+        "decision": decision,
+        "margin": margin,
+        "score_definition": definition,
+        "test_tasks": list(tasks.names),
+        "limit": tasks.limit,
+        "candidate": {"alias": reg.alias, "version": candidate.version, "score": candidate.score, "metrics": candidate.metrics},
+        "champion": None if champion is None else
+        {"alias": reg.champion_alias, "version": champion.version, "score": champion.score, "metrics": champion.metrics},
+        "new_champion": {"alias": reg.champion_alias, "version": new_champion,
+                         "model_uri": f"models:/{name}@{reg.champion_alias}"},
+    }
+    tracker.log_text(None, json.dumps(outcome, indent=2), "promotion.json")
+    return outcome
+
+
+def _print_summary(o: dict[str, Any]) -> None:
+    cand, champ, name = o["candidate"], o["champion"], o["registered_model"]
+
+    def fmt(x: dict[str, Any] | None) -> str:
+        if x is None:
+            return "none"
+        return f"v{x['version']}" + ("" if x["score"] is None else f" (score {x['score']:.5f})")
+
+    print(f"promotion of {name}: {cand['alias']} {fmt(cand)} vs {o['new_champion']['alias']} {fmt(champ)}, "
+          f"margin {o['margin']:g}")
+    if o["score_definition"]:
+        print(f"score = {o['score_definition']}  on {', '.join(o['test_tasks'])}")
+    verdict = {FIRST: "first candidate becomes champion", PROMOTED: "candidate promoted",
+               KEPT: "champion kept", UNCHANGED: "candidate is already champion"}[o["decision"]]
+    print(f"decision: {o['decision']} ({verdict}); {o['new_champion']['model_uri']} = v{o['new_champion']['version']}")
+    print(f"MLflow run {o['mlflow']['run_id']} (experiment {o['mlflow']['experiment_id']})")
