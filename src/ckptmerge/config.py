@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -53,7 +54,8 @@ class TrajectoryConfig:
 class ModelConfig:
     """Where the checkpoints come from. ``checkpoints`` are ordered oldest to newest; each entry is a
     local folder or ``repo@revision`` for a hub repo. For the embedded trajectory, ``select`` picks
-    checkpoints by index (default: the last two)."""
+    checkpoints by index (default: the last two). ``pair=i`` picks the adjacent pair i, i+1 (of the
+    embedded trajectory, or of ``checkpoints``) instead, so a sweep ``model.pair=0,1,2`` covers a trajectory."""
 
     name: str = "embedded"
     source: str = "embedded"
@@ -66,9 +68,12 @@ class ModelConfig:
     dev_tasks: tuple[str, ...] = ()
     test_tasks: tuple[str, ...] = ()
     dev_weights: Mapping[str, float] = field(default_factory=dict)
+    pair: int | None = None
 
     def __post_init__(self) -> None:
         _choice("model.source", self.source, MODEL_SOURCES)
+        if self.pair is not None:
+            self._pick_pair()
         if self.source != "embedded":
             if len(self.checkpoints) < 2:
                 raise ConfigError(
@@ -84,6 +89,21 @@ class ModelConfig:
                 raise ConfigError(f"model.select needs at least 2 checkpoint indices, got {list(self.select)}")
             if len(set(self.select)) != len(self.select):
                 raise ConfigError(f"model.select repeats an index: {list(self.select)}")
+
+    def _pick_pair(self) -> None:
+        """``pair=i`` overrides ``select`` (embedded) or narrows ``checkpoints`` (local, hub) to i, i+1."""
+        i = self.pair
+        if not isinstance(i, int) or isinstance(i, bool) or i < 0:
+            raise ConfigError(f"model.pair must be an integer >= 0 (checkpoints i and i+1, oldest first) or null, got {i!r}")
+        if self.source == "embedded":
+            object.__setattr__(self, "select", (i, i + 1))
+            return
+        if i + 1 >= len(self.checkpoints):
+            raise ConfigError(
+                f"model.pair={i} needs checkpoints {i} and {i + 1}, but model.checkpoints has {len(self.checkpoints)} "
+                f"(pairs 0..{max(len(self.checkpoints) - 2, 0)})"
+            )
+        object.__setattr__(self, "checkpoints", tuple(self.checkpoints[i:i + 2]))
 
 
 @dataclass(frozen=True)
@@ -115,6 +135,9 @@ class SearchConfig:
     acq_func: str = "gp_hedge"
     # Two λ closer than this count as the same point; the search never evaluates a point twice.
     min_distance: float = 1e-3
+    # auto: continue the newest unfinished search with the same resume key (same command again);
+    # never: always start afresh; or an MLflow run id to continue that search.
+    resume: str = "auto"
 
     def __post_init__(self) -> None:
         _choice("search.kind", self.kind, SEARCH_KINDS)
@@ -123,6 +146,8 @@ class SearchConfig:
         if not _is_number(self.alpha) or not 0.0 <= float(self.alpha) < 1.0:
             raise ConfigError(f"search.alpha must be in [0, 1), got {self.alpha!r}")
         _choice("search.acq_func", self.acq_func, ("gp_hedge", "EI", "PI", "LCB"))
+        if not isinstance(self.resume, str) or not self.resume.strip():
+            raise ConfigError(f"search.resume must be auto, never or an MLflow run id, got {self.resume!r}")
         if not _is_number(self.min_distance) or not 0 < self.min_distance < 0.5:
             raise ConfigError(f"search.min_distance must be in (0, 0.5), got {self.min_distance!r}")
         max_points = int(math.floor((1.0 - float(self.alpha)) / self.min_distance)) + 1
@@ -197,12 +222,23 @@ class RegistryConfig:
     # The written merge is reloaded and re-scored; it must match the search's objective within this
     # relative tolerance (fp32 math is bitwise identical; a half-precision output dtype rounds).
     rescore_tolerance: float = 1e-3
+    # action=promote: `champion_alias` moves to the `alias` version only when its test score (the
+    # objective over the test tasks, higher is better) beats the champion's by at least `promote_margin`.
+    champion_alias: str = "champion"
+    promote_margin: float = 0.0
 
     def __post_init__(self) -> None:
         if self.enabled:
             check_registry_name(self.name)
         if not _is_number(self.rescore_tolerance) or not 0 <= self.rescore_tolerance < 1:
             raise ConfigError(f"registry.rescore_tolerance must be in [0, 1), got {self.rescore_tolerance!r}")
+        for key, alias in (("registry.alias", self.alias), ("registry.champion_alias", self.champion_alias)):
+            if not isinstance(alias, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", alias):
+                raise ConfigError(f"{key} must be a name of letters, digits, '_' and '-', got {alias!r}")
+        if self.alias == self.champion_alias:
+            raise ConfigError(f"registry.champion_alias must differ from registry.alias (both {self.alias!r})")
+        if not _is_number(self.promote_margin) or not math.isfinite(float(self.promote_margin)) or self.promote_margin < 0:
+            raise ConfigError(f"registry.promote_margin must be a number >= 0, got {self.promote_margin!r}")
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from ckptmerge.merge import get_method
 from ckptmerge.runtime import seed_everything
 from ckptmerge.search.searchers import Searcher, make_searcher
 from ckptmerge.search.space import WeightSpace
-from ckptmerge.tracking import names
+from ckptmerge.tracking import names, resume
 from ckptmerge.tracking.mlflow_run import SearchTracker
 
 log = logging.getLogger(__name__)
@@ -58,16 +59,26 @@ class SearchRun:
         searcher = make_searcher(cfg.search, self.space)  # e.g. grid over k > 2 is refused here
         # unknown tasks/metrics and test-split dev tasks fail before the model is built
         session, resident = EvalSession.with_resident(cfg, sources)
+        key = self._resume_key(sources, session, resident)
+        resume_id = self._resumable(tracker, key)
         run_id = tracker.start(
             run_name=f"search-{'-'.join(cset.names)}",
             config=cfg.to_dict(),
             config_yaml=self.config_yaml,
             checkpoints=[{"name": c.name, **c.identity()} for c in cset.checkpoints],
-            tags={names.TAG_OBJECTIVE: session.objective.describe(), names.TAG_CHECKPOINTS: ",".join(cset.names)},
+            tags={names.TAG_OBJECTIVE: session.objective.describe(), names.TAG_CHECKPOINTS: ",".join(cset.names),
+                  resume.TAG_RESUME_HASH: resume.key_hash(key), resume.TAG_OWNER: resume.owner()},
+            resume_run_id=resume_id,
         )
+        past = []
+        if resume_id:
+            past = resume.read_trials(tracker.client, tracker.experiment_id, run_id, self.space.dims)
+            log.info("Resuming search %s: %d trials done", run_id, len(past))
+        else:
+            tracker.log_text(run_id, json.dumps(key, indent=2, sort_keys=True, default=str), resume.ARTIFACT_RESUME_KEY)
         log.info("MLflow parent run %s; objective %s", run_id, session.objective.describe())
         try:
-            result = self._search_and_register(tracker, sources, session, resident, searcher)
+            result = self._search_and_register(tracker, sources, session, resident, searcher, past)
         except BaseException as e:
             tracker.set_tags({"ckptmerge.error": str(e).splitlines()[0] if str(e) else type(e).__name__})
             tracker.finish("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
@@ -77,10 +88,34 @@ class SearchRun:
         tracker.finish("FINISHED")
         return result
 
+    def _resume_key(self, sources: Sources, session: EvalSession, resident: ResidentModel) -> dict[str, Any]:
+        """Everything that changes the objective or the proposed points (not the budget)."""
+        c = self.cfg
+        return {
+            "checkpoints": [c_.identity()["fingerprint"] for c_ in sources.cset.checkpoints],
+            "objective": session.objective.describe(),
+            "dev_tasks": list(sources.dev_tasks),
+            "eval": {"limit": c.eval.limit, "max_length": sources.max_length, "batch_size": c.eval.batch_size},
+            "search": {"kind": c.search.kind, "alpha": c.search.alpha, "seed": c.search.seed,
+                       "acq_func": c.search.acq_func, "min_distance": c.search.min_distance},
+            "merge": {"method": c.merge.method},
+            "runtime": {"dtype": str(resident.dtype), "device": resident.device},
+        }
+
+    def _resumable(self, tracker: SearchTracker, key: dict[str, Any]) -> str | None:
+        choice = self.cfg.search.resume
+        if choice == "never" or os.environ.get("MLFLOW_RUN_ID"):
+            return None
+        if choice == "auto":
+            return resume.find_resumable(tracker.client, tracker.experiment_id, key)
+        resume.check_resume(tracker.client, choice, key)
+        return choice
+
     def _search_and_register(self, tracker: SearchTracker, sources: Sources, session: EvalSession,
-                             resident: ResidentModel, searcher: Searcher) -> dict[str, Any]:
+                             resident: ResidentModel, searcher: Searcher, past: list) -> dict[str, Any]:
         cfg, cset = self.cfg, sources.cset
         loop = TrialLoop(resident, session, tracker, searcher, self.space, parent_run_id=tracker.run_id)
+        loop.replay(past)
         self.trials = loop.run(cfg.search.budget, desc=f"search ({cfg.search.kind})")
         best = loop.best
         if best is None:

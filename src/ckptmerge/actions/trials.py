@@ -67,15 +67,40 @@ class TrialLoop:
         """The trial's weights over every checkpoint of the resident model (oldest first)."""
         return [0.0] * self._pad + list(trial.weights.values())
 
+    def _record(self, trial: Trial) -> None:
+        self.trials.append(trial)
+        if trial.objective is not None and (self.best is None or trial.objective > self.best.objective):  # type: ignore[operator]
+            self.best = trial
+
+    def replay(self, past: list[Any]) -> None:
+        """Tell the searcher what a resumed search already evaluated, in order, without evaluating it again.
+
+        The searcher is asked as in the original run, so its random state and proposals follow the
+        same path; the recorded point is what is told (a mismatch is logged: it means the runs differ).
+        """
+        for p in past:
+            prop = self.searcher.ask()
+            if max(abs(a - b) for a, b in zip(prop.x, p.x)) > 1e-9:
+                log.warning("Resumed trial %d: the searcher proposes %s, the run recorded %s; using the record",
+                            p.index, prop.x, p.x)
+            weights = dict(zip(self._names, self.space.weights(p.x)))
+            trial = Trial(index=p.index, x=p.x, weights=weights, source=prop.source, objective=p.objective,
+                          metrics=p.metrics, run_id=p.run_id, error=p.error)
+            if p.objective is None:
+                self.searcher.mark_failed(p.x)
+            else:
+                self.searcher.tell(p.x, p.objective)
+            self._record(trial)
+        if past:
+            log.info("Resumed: %d trials read back from MLflow, not evaluated again", len(past))
+
     def run(self, budget: int, desc: str = "search") -> list[Trial]:
+        """Evaluate trials until ``budget`` (replayed trials count)."""
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=budget, desc=desc, unit="trial")
-        for index in range(budget):
-            trial = self._trial(index, self.searcher.ask())
-            self.trials.append(trial)
-            if trial.objective is not None and (self.best is None or trial.objective > self.best.objective):  # type: ignore[operator]
-                self.best = trial
+        bar = tqdm(total=budget, initial=min(len(self.trials), budget), desc=desc, unit="trial")
+        for index in range(len(self.trials), budget):
+            self._record(self._trial(index, self.searcher.ask()))
             if self.best is not None:
                 self.tracker.log_metrics({names.METRIC_BEST_OBJECTIVE: self.best.objective}, step=index,
                                          run_id=self.best_metric_run_id)

@@ -71,6 +71,37 @@ def check_tracking_uri(uri: str) -> None:
         raise TrackingError(f"tracking.uri={uri} is unreachable or unusable: {msg[:300]}") from None
 
 
+@contextlib.contextmanager
+def _sqlite_init_lock(uri: str) -> Iterator[None]:
+    """Serialise the creation and migration of a sqlite store across processes (parallel sweep jobs).
+
+    MLflow creates and migrates a sqlite store on first use; two processes doing it at once break it
+    ("table ... already exists", half-applied migrations). An advisory ``flock`` on the database file
+    (sqlite's own locks are fcntl locks, independent of it) lets the first job initialise the store
+    while the others wait.
+    """
+    path = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        fcntl = None  # type: ignore[assignment]
+    if path is None or fcntl is None or not path.parent.is_dir():
+        yield
+        return
+    with open(path, "ab") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _check_store(uri: str) -> None:
+    """:func:`check_tracking_uri`, holding the sqlite init lock (the store is created on first use)."""
+    with _sqlite_init_lock(uri):
+        check_tracking_uri(uri)
+
+
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """``{"a": {"b": 1}}`` → ``{"a.b": "1"}`` for MLflow params (values cut to MLflow's limit)."""
     out: dict[str, str] = {}
@@ -91,7 +122,7 @@ class SearchTracker:
         from mlflow.tracking import MlflowClient
 
         self.uri = cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(cwd)
-        check_tracking_uri(self.uri)
+        _check_store(self.uri)
         mlflow.set_tracking_uri(self.uri)
         self.client = MlflowClient(self.uri)
         self.log_plots = cfg.log_plots
@@ -135,11 +166,19 @@ class SearchTracker:
 
     # -- parent ------------------------------------------------------------------------------
     def start(self, run_name: str, config: Mapping[str, Any], config_yaml: str, checkpoints: list[dict[str, str]],
-              tags: Mapping[str, str] | None = None) -> str:
-        """Open the parent run and log the resolved config and the checkpoints' identities."""
+              tags: Mapping[str, str] | None = None, resume_run_id: str | None = None) -> str:
+        """Open the parent run and log the resolved config and the checkpoints' identities.
+
+        ``resume_run_id``: continue that (unfinished) run instead; it already holds config and identities.
+        """
         from mlflow.entities import Param, RunTag
 
         all_tags = {names.TAG_KIND: "search", **(tags or {})}
+        if resume_run_id:
+            self.run_id = resume_run_id
+            self.client.update_run(resume_run_id, status="RUNNING")
+            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in all_tags.items()])
+            return self.run_id
         if self._env_run:
             self.run_id = self._env_run
             self.client.set_tag(self.run_id, "mlflow.runName", run_name)

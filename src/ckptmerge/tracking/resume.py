@@ -1,0 +1,142 @@
+"""Resuming a search from what MLflow holds.
+
+A search's parent run carries a *resume key*: everything that changes the objective or the proposed
+points (checkpoint fingerprints, dev tasks and objective, eval limit and length, search kind, α,
+seed, acquisition, merge method, dtype), as the artifact ``resume_key.json`` and its hash as the tag
+``ckptmerge.resume_hash``. Running the same command again finds the newest unfinished search with the
+same hash (one whose process is gone) and continues it; ``search.resume=RUN_ID`` names one, and a key
+that differs is refused with the first difference named. The budget is not part of the key: a
+resumed search may be given more evaluations.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from ckptmerge.errors import ConfigError
+from ckptmerge.tracking import names
+
+log = logging.getLogger(__name__)
+
+TAG_RESUME_HASH = "ckptmerge.resume_hash"
+TAG_OWNER = "ckptmerge.owner"          # host:pid of the process running the search
+ARTIFACT_RESUME_KEY = "resume_key.json"
+
+
+def key_hash(key: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _owner_alive(tag: str | None) -> bool:
+    """Whether the process that ran a search is still running on this host (then it is not ours to resume)."""
+    if not tag or ":" not in tag:
+        return False
+    host, _, pid = tag.rpartition(":")
+    if host != socket.gethostname():
+        return False  # another machine's search; it may be alive, but a dead node is the usual reason to resume
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _first_difference(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> str | None:
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, Mapping) and isinstance(vb, Mapping):
+            d = _first_difference(va, vb, f"{prefix}{k}.")
+            if d:
+                return d
+        elif va != vb:
+            return f"{prefix}{k} was {va!r}, now {vb!r}"
+    return None
+
+
+def find_resumable(client: Any, experiment_id: str, key: Mapping[str, Any]) -> str | None:
+    """The newest unfinished search run with this resume key whose process is gone, if any."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{TAG_RESUME_HASH}` = '{key_hash(key)}' and tags.`{names.TAG_KIND}` = 'search'",
+        order_by=["attributes.start_time DESC"],
+        max_results=20,
+    )
+    for run in runs:
+        if run.info.status == "FINISHED":
+            return None  # the newest such search completed: the same command starts a new one
+        if not _owner_alive(run.data.tags.get(TAG_OWNER)):
+            return run.info.run_id
+    return None
+
+
+def check_resume(client: Any, run_id: str, key: Mapping[str, Any]) -> None:
+    """Refuse ``search.resume=RUN_ID`` when that run's resume key differs from this config's."""
+    try:
+        run = client.get_run(run_id)
+    except Exception:
+        raise ConfigError(f"search.resume={run_id}: no such MLflow run") from None
+    if run.data.tags.get(names.TAG_KIND) != "search":
+        raise ConfigError(f"search.resume={run_id} is not a ckptmerge search run")
+    if run.info.status == "FINISHED":
+        raise ConfigError(f"search.resume={run_id} has already finished")
+    try:
+        stored = json.loads(Path(client.download_artifacts(run_id, ARTIFACT_RESUME_KEY)).read_text())
+    except Exception:
+        raise ConfigError(f"search.resume={run_id} has no {ARTIFACT_RESUME_KEY}; it cannot be resumed") from None
+    diff = _first_difference(stored, json.loads(json.dumps(key, default=str)))
+    if diff:
+        raise ConfigError(f"search.resume={run_id} cannot continue with this config: {diff}")
+
+
+@dataclass
+class PastTrial:
+    index: int
+    x: tuple[float, ...]
+    objective: float | None
+    metrics: dict[str, float]
+    error: str | None
+    run_id: str
+
+
+def read_trials(client: Any, experiment_id: str, parent_id: str, dims: int) -> list[PastTrial]:
+    """Finished and failed trials of a search, by index; interrupted ones are marked FAILED and dropped."""
+    runs = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
+                              max_results=10000)
+    done: dict[int, PastTrial] = {}
+    for run in runs:
+        p, tags = run.data.params, run.data.tags
+        if names.PARAM_TRIAL not in p:
+            continue
+        index = int(p[names.PARAM_TRIAL])
+        status = tags.get(names.TAG_TRIAL_STATUS)
+        if run.info.status == "RUNNING" or status not in ("ok", "failed"):
+            client.set_tag(run.info.run_id, names.TAG_TRIAL_STATUS, "interrupted")
+            client.set_terminated(run.info.run_id, status="FAILED")
+            log.info("Trial %d (run %s) was interrupted; it will be evaluated again", index, run.info.run_id)
+            continue
+        if dims == 1:
+            x = (float(p[names.PARAM_LAMBDA]),)
+        else:
+            x = tuple(float(p[f"{names.PARAM_POINT_PREFIX}{i + 1}"]) for i in range(dims))
+        metrics = {k: v for k, v in run.data.metrics.items()
+                   if "/" in k and not k.startswith("gp.")}
+        objective = run.data.metrics.get(names.METRIC_OBJECTIVE) if status == "ok" else None
+        done[index] = PastTrial(index, x, objective, metrics, tags.get("ckptmerge.error"), run.info.run_id)
+    indices = sorted(done)
+    if indices != list(range(len(indices))):
+        # a gap means a trial in the middle never finished: keep the contiguous prefix, redo the rest
+        n = next(i for i, j in enumerate(indices) if i != j)
+        indices = indices[:n]
+    return [done[i] for i in indices]
