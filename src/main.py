@@ -96,5 +96,25 @@ def main(cfg: DictConfig) -> None:
         sys.exit(130)
 
 
+def _check_group_choices(argv: list[str]) -> None:
+    """``model=pythia-7b`` (no such file in conf/model/) as one line with a suggestion, before Hydra's
+    multi-line report: the command line is checked against the config folders first."""
+    import difflib
+
+    conf = Path(__file__).resolve().parent.parent / "conf"
+    for arg in argv:
+        key, eq, value = arg.lstrip("+~").partition("=")
+        if not eq or "." in key or key.startswith("hydra") or not (conf / key).is_dir():
+            continue
+        options = sorted(p.stem for p in (conf / key).glob("*.yaml"))
+        for choice in value.split(","):  # a multirun sweep lists several
+            if choice and choice not in options:
+                close = difflib.get_close_matches(choice, options, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else f" (choose from: {', '.join(options)})"
+                print(f"error: {key}={choice} is not a config in conf/{key}/{hint}", file=sys.stderr)
+                sys.exit(EXIT_USER_ERROR)
+
+
 if __name__ == "__main__":
+    _check_group_choices(sys.argv[1:])
     main()
