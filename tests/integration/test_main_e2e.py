@@ -11,6 +11,7 @@ from tests.conftest import run_main
 pytestmark = pytest.mark.slow
 
 BUDGET = 4
+SECRETS = {"HF_TOKEN": "hf_e2eSecretToken123", "AWS_SECRET_ACCESS_KEY": "e2eAwsSecretKey/987"}
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +22,7 @@ def search_run(tmp_path_factory, traj_cache, tiny_trajectory):
         "model.trajectory.preset=tiny", f"model.trajectory.cache_dir={traj_cache}",
         f"search.budget={BUDGET}", f"tracking.uri={uri}", "tracking.experiment=e2e",
         "registry.name=tiny-merge", f"hydra.run.dir={work / 'run'}",
-    ], cwd=work)
+    ], cwd=work, env_extra=SECRETS)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((work / "run" / "result.json").read_text())
     return work, uri, proc, result
@@ -118,3 +119,13 @@ def test_local_checkpoints_with_own_tasks(tmp_path, tiny_trajectory):
     assert result["registered_model"] is None
     assert result["objective_definition"] == "-1·ckptmerge_dev_bpb/bits_per_byte"
     assert result["objective"] == pytest.approx(-result["metrics"]["ckptmerge_dev_bpb/bits_per_byte"])
+
+
+def test_no_secret_reaches_the_store_or_artifacts(search_run):
+    work, _, _, _ = search_run
+    files = [work / "mlflow.db", *[p for p in (work / "mlartifacts").rglob("*") if p.is_file()]]
+    assert len(files) > 10
+    for f in files:
+        data = f.read_bytes()
+        for secret in SECRETS.values():
+            assert secret.encode() not in data, f"{secret} found in {f}"

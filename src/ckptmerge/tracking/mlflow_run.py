@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 from ckptmerge.config import TrackingConfig
 from ckptmerge.errors import TrackingError
 from ckptmerge.tracking import names
+from ckptmerge.tracking.secrets import redact
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
             out.update(flatten(v, key + "."))
         else:
             out[names.safe_key(key)] = json.dumps(v) if isinstance(v, (list, tuple, dict)) else str(v)
-    return {k: v[:6000] for k, v in out.items()}
+    return {k: redact(v)[:6000] for k, v in out.items()}
 
 
 class SearchTracker:
@@ -177,7 +178,7 @@ class SearchTracker:
         if resume_run_id:
             self.run_id = resume_run_id
             self.client.update_run(resume_run_id, status="RUNNING")
-            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in all_tags.items()])
+            self.client.log_batch(self.run_id, tags=[RunTag(k, redact(str(v))) for k, v in all_tags.items()])
             return self.run_id
         if self._env_run:
             self.run_id = self._env_run
@@ -187,11 +188,11 @@ class SearchTracker:
         params = flatten(config)
         for i, c in enumerate(checkpoints):
             params[f"checkpoint.{i}.name"] = c["name"]
-            params[f"checkpoint.{i}.source"] = c["source"][:6000]
+            params[f"checkpoint.{i}.source"] = redact(c["source"])[:6000]
         items = [Param(k, v) for k, v in params.items()]
         for i in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[i:i + 100])
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in all_tags.items()])
+        self.client.log_batch(self.run_id, tags=[RunTag(k, redact(str(v))) for k, v in all_tags.items()])
         self.log_text(self.run_id, config_yaml, names.ARTIFACT_CONFIG)
         self.log_text(self.run_id, json.dumps(checkpoints, indent=2), names.ARTIFACT_CHECKPOINTS)
         return self.run_id
@@ -207,10 +208,10 @@ class SearchTracker:
     def set_tags(self, tags: Mapping[str, Any], run_id: str | None = None) -> None:
         from mlflow.entities import RunTag
 
-        self.client.log_batch(run_id or self.run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+        self.client.log_batch(run_id or self.run_id, tags=[RunTag(k, redact(str(v))[:5000]) for k, v in tags.items()])
 
     def log_text(self, run_id: str | None, text: str, artifact_file: str) -> None:
-        self.client.log_text(run_id or self.run_id, text, artifact_file)
+        self.client.log_text(run_id or self.run_id, redact(text), artifact_file)
 
     def log_figure(self, run_id: str | None, figure: Any, artifact_file: str) -> None:
         import matplotlib.pyplot as plt
@@ -235,7 +236,7 @@ class SearchTracker:
             run_name=run_name or f"trial-{index:03d}",
             tags={"mlflow.parentRunId": parent_run_id or self.run_id, names.TAG_KIND: kind},
         )
-        items = [Param(names.safe_key(k), str(v)) for k, v in params.items()]
+        items = [Param(names.safe_key(k), redact(str(v))) for k, v in params.items()]
         self.client.log_batch(run.info.run_id, params=items)
         return run.info.run_id
 

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 from ckptmerge.errors import TrackingError
 from ckptmerge.tracking import names
+from ckptmerge.tracking.secrets import redact
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +63,15 @@ def log_and_register(
     client = MlflowClient(tracking_uri)
     version = None
     try:
+        # The logged model belongs to the search's experiment (MLflow 3 otherwise files it under the
+        # active experiment, i.e. Default, and its artifact root).
+        mlflow.set_experiment(experiment_id=client.get_run(run_id).info.experiment_id)
         info = mlflow.transformers.log_model(
             transformers_model={"model": model, "tokenizer": tokenizer},
             name=names.MODEL_ARTIFACT,
             task="text-generation",
             pip_requirements=pip_requirements(),
-            model_card=_model_card(description),
+            model_card=_model_card(redact(description)),
             run_id=run_id,
         )
         try:
@@ -75,8 +79,8 @@ def log_and_register(
         except Exception:
             client.create_registered_model(registry_name, description="Merged checkpoints registered by ckptmerge")
         mv = client.create_model_version(
-            registry_name, info.model_uri, run_id=run_id, tags={k: str(v) for k, v in tags.items()},
-            description=description,
+            registry_name, info.model_uri, run_id=run_id, tags={k: redact(str(v)) for k, v in tags.items()},
+            description=redact(description), model_id=info.model_id,  # a tracking server requires it for models:/m-... sources
         )
         version = mv.version
         client.set_registered_model_alias(registry_name, alias, version)
