@@ -79,6 +79,7 @@ def main() -> None:
     ap.add_argument("--grid", type=int, default=41, help="dense grid size over [alpha, 1]")
     ap.add_argument("--budget", type=int, default=8)
     ap.add_argument("--pairs", type=int, default=2, help="how many of the last adjacent pairs")
+    ap.add_argument("--first-pair", type=int, default=0, help="skip this many of the last pairs")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--work", type=Path, default=None)
     a = ap.parse_args()
@@ -93,7 +94,7 @@ def main() -> None:
     tasks = make_task(traj, work / "tasks")
     ckpts = traj.checkpoints
     rows = []
-    for p in range(a.pairs):
+    for p in range(a.first_pair, a.first_pair + a.pairs):
         old, new = ckpts[-2 - p], ckpts[-1 - p]
         common = ["model=local", f"model.checkpoints=[{old},{new}]", "eval.tasks=[bench_unseen_bpb]",
                   f"eval.include_path={tasks}", f"eval.max_length={traj.max_length}", "registry.enabled=false",

@@ -17,7 +17,16 @@ MASK = "***"
 
 def secret_values() -> list[str]:
     """Values of secret-looking environment variables (long enough not to mask ordinary words)."""
-    vals = {v for k, v in os.environ.items() if _SECRET_NAME.search(k) and v and len(v) >= 6}
+    for _ in range(5):
+        try:
+            # Other threads (MLflow's telemetry) may change os.environ while it is read; copy it first.
+            env = dict(os.environ.copy())
+            break
+        except (KeyError, RuntimeError):
+            continue
+    else:
+        env = {}
+    vals = {v for k, v in env.items() if _SECRET_NAME.search(k) and v and len(v) >= 6}
     return sorted(vals, key=len, reverse=True)
 
 
