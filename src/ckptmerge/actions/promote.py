@@ -229,10 +229,13 @@ def run_promote(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") ->
     candidate = _version_by_alias(client, name, reg.alias, required=True)
     champion = _version_by_alias(client, name, reg.champion_alias, required=False)
     assert candidate is not None
-    source, result = _source_config(tracker.uri, candidate.run_id)
-    tasks = promotion_tasks(cfg, source, result)
     already = champion is not None and champion.version == candidate.version
-    judge = None if already else Judge(cfg, tasks, name, tracker.uri)  # unknown tasks fail before the run opens
+    if already:  # nothing to compare
+        tasks, judge = PromotionTasks(names=(), include_paths=(), limit=None, max_length=None), None
+    else:
+        source, result = _source_config(tracker.uri, candidate.run_id)
+        tasks = promotion_tasks(cfg, source, result)
+        judge = Judge(cfg, tasks, name, tracker.uri)  # unknown tasks fail before the promotion run opens
 
     models = [{"name": reg.alias, "source": f"models:/{name}/{candidate.version}"}]
     if champion is not None:
@@ -284,16 +287,17 @@ def _record(cfg: Config, tracker: SearchTracker, judge: Judge | None, candidate:
         "test_tasks": ",".join(tasks.names),
         "run_id": tracker.run_id or "",
     }
-    for k, v in tags.items():
-        client.set_model_version_tag(name, candidate.version, TAG_PREFIX + k, v)
+    if decision != UNCHANGED:  # a re-run on the champion itself keeps the tags of the decision that made it
+        for k, v in tags.items():
+            client.set_model_version_tag(name, candidate.version, TAG_PREFIX + k, v)
     if decision == PROMOTED:
         client.set_model_version_tag(name, champion.version, TAG_PREFIX + "replaced_by", candidate.version)  # type: ignore[union-attr]
     metrics: dict[str, float] = {"promote_margin": margin}
-    for who in (candidate, champion):
+    for role, who in (("candidate", candidate), ("champion", champion)):  # by role, whatever the aliases
         if who is None or who.score is None:
             continue
-        metrics[f"{who.alias}_score"] = who.score
-        metrics.update({f"{who.alias}.{k}": v for k, v in who.metrics.items()})
+        metrics[f"{role}_score"] = who.score
+        metrics.update({f"{role}.{k}": v for k, v in who.metrics.items()})
     if candidate.score is not None and champion is not None and champion.score is not None:
         metrics["score_gain"] = candidate.score - champion.score
     tracker.log_metrics(metrics)
