@@ -109,14 +109,15 @@ def _healthy(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def mlflow_server(backend_uri: str, artifacts: Path, log_path: Path) -> Iterator[str]:
-    """``mlflow server`` on a free loopback port, artifacts proxied to a local folder; yields its URL."""
-    port = free_port()
+def mlflow_server(backend_uri: str, artifacts: Path, log_path: Path, port: int | None = None) -> Iterator[str]:
+    """``mlflow server`` on a loopback port (a free one by default), artifacts proxied to a local folder;
+    yields its URL."""
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
            "--artifacts-destination", str(artifacts), "--serve-artifacts",
            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    log = open(log_path, "wb")
+    log = open(log_path, "ab")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True)  # its own process group: the workers go with it
     try:
