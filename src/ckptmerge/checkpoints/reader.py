@@ -1,21 +1,27 @@
-"""Lazy, tensor-by-tensor reads of a transformers checkpoint folder.
+"""Lazy, zero-copy, tensor-by-tensor reads of a transformers checkpoint folder.
 
-Safetensors (single file or sharded with an index) are opened with ``safe_open`` and read one
-tensor at a time; ``.bin`` checkpoints are loaded with ``weights_only=True`` and ``mmap=True``, so no
-pickle code runs and no shard is copied into memory before a tensor is asked for.
+Safetensors (single file or sharded with an index) are parsed from their headers alone; a tensor is a
+view of a memory map of its file (``torch.frombuffer`` at the header's offsets), so asking for it
+reads nothing until its bytes are used, and then straight from the page cache, without a copy. The
+maps are private (copy-on-write): writing into a view can never change the file. ``.bin`` checkpoints
+are loaded with ``weights_only=True`` and ``mmap=True``: no pickle code runs and no tensor data is
+copied into memory. Metadata (names, shapes, dtypes) never touches tensor data.
 """
 from __future__ import annotations
 
 import json
 import logging
+import mmap
 import pickle
 import struct
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import torch
 
+from ckptmerge.checkpoints import pages
 from ckptmerge.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -30,6 +36,8 @@ _ST_DTYPES = {
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool, "F8_E4M3": getattr(torch, "float8_e4m3fn", None), "F8_E5M2": getattr(torch, "float8_e5m2", None),
 }
+# torch dtype -> safetensors name, for the writer's headers.
+ST_NAMES = {v: k for k, v in _ST_DTYPES.items() if v is not None}
 
 
 @dataclass(frozen=True)
@@ -38,15 +46,19 @@ class TensorMeta:
     dtype: torch.dtype
 
     @property
-    def nbytes(self) -> int:
+    def numel(self) -> int:
         n = 1
         for d in self.shape:
             n *= d
-        return n * torch.empty((), dtype=self.dtype).element_size()
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * torch.empty((), dtype=self.dtype).element_size()
 
 
-def _read_safetensors_header(path: Path) -> dict:
-    """Header of a safetensors file, checked against the file size so truncation is caught early."""
+def _read_safetensors_layout(path: Path) -> tuple[dict, int]:
+    """Header of a safetensors file and where its data starts, checked against the file size."""
     try:
         with open(path, "rb") as f:
             raw = f.read(8)
@@ -56,37 +68,71 @@ def _read_safetensors_header(path: Path) -> dict:
             if n > 100_000_000:
                 raise ValueError("header length is implausible")
             header = json.loads(f.read(n))
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
     except (OSError, ValueError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from None
     size = path.stat().st_size
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    try:
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (KeyError, TypeError, IndexError, ValueError):
+        raise CheckpointError(f"{path} is not a readable safetensors file (malformed tensor entry)") from None
     if 8 + n + end > size:
         raise CheckpointError(f"{path} is truncated: header promises {8 + n + end} bytes, file has {size}")
-    return header
+    return header, 8 + n
+
+
+def _read_safetensors_header(path: Path) -> dict:
+    """Header of a safetensors file, checked against the file size so truncation is caught early."""
+    return _read_safetensors_layout(path)[0]
+
+
+@dataclass(frozen=True)
+class _Loc:
+    """Where a safetensors tensor's bytes are: its file and absolute [start, end)."""
+
+    file: Path
+    start: int
+    end: int
 
 
 class CheckpointReader:
-    """Names, shapes and dtypes of a checkpoint's tensors, and the tensors themselves on demand."""
+    """Names, shapes and dtypes of a checkpoint's tensors, and zero-copy views of the tensors on demand."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
         self.format, self._key_to_file = self._discover()
         self._meta: dict[str, TensorMeta] = {}
+        self._loc: dict[str, _Loc] = {}
         self._open: dict[Path, object] = {}
+        # Maps this reader holds open, registered with ``pages`` for as long as it holds them (so pages
+        # are only ever dropped from live file mappings); a forgotten reader unregisters when collected.
+        self._ranges: list[int] = []
+        self._finalizer = weakref.finalize(self, pages.unregister_file_ranges, self._ranges)
         if self.format == "safetensors":
             for file in self._files():
-                header = _read_safetensors_header(file)
+                header, data_start = _read_safetensors_layout(file)
                 for key, info in header.items():
                     if key == "__metadata__":
                         continue
-                    dtype = _ST_DTYPES.get(info["dtype"])
-                    if dtype is None:
-                        raise CheckpointError(f"{file}: tensor {key} has unsupported dtype {info['dtype']}")
-                    self._meta[key] = TensorMeta(tuple(info["shape"]), dtype)
-                    self._key_to_file.setdefault(key, file)
+                    if self._key_to_file.get(key, file) != file:
+                        continue  # the index assigns this name to another shard
+                    self._add_safetensors_entry(file, key, info, data_start)
             missing = [k for k in self._key_to_file if k not in self._meta]
             if missing:
                 raise CheckpointError(f"{self.folder}: index names tensor {missing[0]} that no shard holds")
+
+    def _add_safetensors_entry(self, file: Path, key: str, info: dict, data_start: int) -> None:
+        dtype = _ST_DTYPES.get(info.get("dtype"))
+        if dtype is None:
+            raise CheckpointError(f"{file}: tensor {key} has unsupported dtype {info.get('dtype')}")
+        meta = TensorMeta(tuple(int(d) for d in info["shape"]), dtype)
+        start, end = (int(x) for x in info["data_offsets"])
+        if end - start != meta.nbytes:
+            raise CheckpointError(f"{file}: tensor {key} spans {end - start} bytes, its shape and dtype need {meta.nbytes}")
+        self._meta[key] = meta
+        self._loc[key] = _Loc(file, data_start + start, data_start + end)
+        self._key_to_file.setdefault(key, file)
 
     # -- discovery -----------------------------------------------------------------------------
     def _discover(self) -> tuple[str, dict[str, Path]]:
@@ -109,7 +155,7 @@ class CheckpointReader:
     def _from_index(self, index: Path) -> dict[str, Path]:
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
-        except (OSError, ValueError, KeyError) as e:
+        except (OSError, ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"{index} is not a valid weight index ({e})") from None
         out = {}
         for key, name in weight_map.items():
@@ -142,6 +188,11 @@ class CheckpointReader:
                 raise CheckpointError(f"{file} is not a readable torch checkpoint ({str(e).splitlines()[0]})") from None
             if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
                 raise CheckpointError(f"{file} does not hold a flat dict of tensors")
+            spans = [(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()) for t in state.values()]
+            if spans:  # every storage is a slice of torch's one private map of the file
+                lo, hi = min(a for a, _ in spans), max(a + n for a, n in spans)
+                pages.register_file_range(lo, hi - lo)
+                self._ranges.append(lo)
             self._open[file] = state
         return state  # type: ignore[return-value]
 
@@ -153,6 +204,23 @@ class CheckpointReader:
                 self._meta[key] = TensorMeta(tuple(t.shape), t.dtype)
                 self._key_to_file.setdefault(key, file)
 
+    # -- safetensors maps ----------------------------------------------------------------------
+    def _map(self, file: Path) -> mmap.mmap:
+        mm = self._open.get(file)
+        if mm is None:
+            try:
+                with open(file, "rb") as f:
+                    # ACCESS_COPY: a private map, writable in memory (torch.frombuffer wants that) but
+                    # never written back; reading costs no copy.
+                    mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+            except (OSError, ValueError) as e:
+                raise CheckpointError(f"{file} cannot be memory-mapped ({e})") from None
+            start = torch.frombuffer(mm, dtype=torch.uint8).data_ptr()
+            pages.register_file_range(start, len(mm))
+            self._ranges.append(start)
+            self._open[file] = mm
+        return mm  # type: ignore[return-value]
+
     # -- public --------------------------------------------------------------------------------
     def keys(self) -> list[str]:
         self._ensure_bin_meta()
@@ -163,26 +231,25 @@ class CheckpointReader:
         return dict(self._meta)
 
     def get(self, key: str) -> torch.Tensor:
-        """One tensor (CPU). Safetensors reads only that tensor's bytes; ``.bin`` is memory-mapped."""
+        """One tensor (CPU), a zero-copy view of the memory-mapped file; nothing is read until it is used."""
         self._ensure_bin_meta()
-        file = self._key_to_file.get(key) or (self._files()[0] if len(self._files()) == 1 else None)
-        if key not in self._meta or file is None:
+        if key not in self._meta:
             raise CheckpointError(f"{self.folder} has no tensor named {key}")
         if self.format == "bin":
-            return self._bin_state(file)[key]
-        handle = self._open.get(file)
-        if handle is None:
-            from safetensors import safe_open
-
-            try:
-                handle = safe_open(str(file), framework="pt", device="cpu")
-            except Exception as e:  # safetensors raises its own error types
-                raise CheckpointError(f"{file} is not a readable safetensors file ({e})") from None
-            self._open[file] = handle
+            return self._bin_state(self._key_to_file[key])[key]
+        loc, m = self._loc[key], self._meta[key]
+        if m.numel == 0:
+            return torch.empty(m.shape, dtype=m.dtype)
         try:
-            return handle.get_tensor(key)  # type: ignore[attr-defined]
-        except Exception as e:
-            raise CheckpointError(f"{file}: tensor {key} cannot be read ({e})") from None
+            flat = torch.frombuffer(self._map(loc.file), dtype=m.dtype, count=m.numel, offset=loc.start)
+        except (ValueError, RuntimeError) as e:
+            raise CheckpointError(f"{loc.file}: tensor {key} cannot be read ({e})") from None
+        return flat.view(m.shape)
+
+    def byte_range(self, key: str) -> tuple[Path, int, int] | None:
+        """``(file, start, end)`` of a safetensors tensor's bytes; None for ``.bin``."""
+        loc = self._loc.get(key)
+        return (loc.file, loc.start, loc.end) if loc else None
 
     def iter_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
         for key in self.keys():
@@ -192,4 +259,6 @@ class CheckpointReader:
         return sum(m.nbytes for m in self.meta().values())
 
     def close(self) -> None:
+        """Forget the maps; each is unmapped when the last tensor viewing it is gone."""
+        pages.unregister_file_ranges(self._ranges)
         self._open.clear()

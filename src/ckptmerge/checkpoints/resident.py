@@ -1,20 +1,28 @@
 """The resident model of a search: built once, its parameters overwritten in place by every trial.
 
-The checkpoint tensors are read from disk once, when the resident model is built; a trial only
-runs the merge math into the existing parameter storage.
+The checkpoint tensors are never copied into the process: each source is a zero-copy view of its
+memory-mapped file (``CheckpointReader.get``), so k checkpoints cost page cache, which the kernel
+shares and can evict, not k models of anonymous memory. A trial opens and reads no file; it runs the
+merge math from those views into the existing parameter storage, a cache-sized chunk at a time. (On
+a GPU the sources are copied to the device where they fit, and merged there.)
 """
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
 from ckptmerge.checkpoints.checkpoint_set import CheckpointSet
+from ckptmerge.checkpoints.stream import torch_threads
 from ckptmerge.errors import CheckpointError
 from ckptmerge.merge.linear import linear_merge_into
 
 log = logging.getLogger(__name__)
+
+# Elements per in-place merge step on a CPU: the fp32 temporaries (4 MB) stay in cache and are reused
+# by malloc, instead of a model-sized allocation (and its page faults) per tensor per trial.
+CHUNK_ELEMS = 1 << 20
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -58,7 +66,8 @@ class ResidentModel:
             raise CheckpointError(f"cannot load checkpoint {newest.ref.text}: {str(e).splitlines()[0]}") from None
         self.model.to(self.device).eval()
         self.weights: tuple[float, ...] = tuple(0.0 for _ in cset.checkpoints[:-1]) + (1.0,)
-        self._targets = self._read_sources()
+        self._device_full = False
+        self._targets = self._map_sources()
 
     def _map_keys(self) -> dict[str, str]:
         """Checkpoint tensor name → model state name.
@@ -91,8 +100,19 @@ class ResidentModel:
                 log.info("Checkpoint tensor %s is model tensor %s", key, best)
         return mapping
 
-    def _read_sources(self) -> list[tuple[str, torch.Tensor, list[torch.Tensor]]]:
-        """Pair each model tensor with that tensor of every checkpoint, read once."""
+    def _to_device(self, srcs: list[torch.Tensor], key: str) -> list[torch.Tensor]:
+        """Sources on the model's device where they fit; else left mapped on the CPU (merged from there)."""
+        if self.device == "cpu" or self._device_full:
+            return srcs
+        try:
+            return [s.to(self.device) for s in srcs]
+        except torch.OutOfMemoryError:
+            self._device_full = True
+            log.warning("Checkpoint tensors from %s on stay on the CPU: the device is full", key)
+            return srcs
+
+    def _map_sources(self) -> list[tuple[str, torch.Tensor, list[torch.Tensor]]]:
+        """Pair each model tensor with that tensor of every checkpoint: zero-copy views of the files."""
         mapping = self._map_keys()
         state = self.model.state_dict(keep_vars=True)
         meta = self.cset.meta()
@@ -107,9 +127,7 @@ class ResidentModel:
             if tuple(dest.shape) != meta[key].shape:
                 raise CheckpointError(f"model tensor {model_key} has shape {list(dest.shape)}, checkpoint has {list(meta[key].shape)}")
             covered.add(dest.data_ptr())
-            srcs = [c.reader.get(key) for c in self.cset.checkpoints]
-            if self.device != "cpu":
-                srcs = [s.to(self.device) for s in srcs]
+            srcs = self._to_device([c.reader.get(key) for c in self.cset.checkpoints], key)
             targets.append((model_key, dest, srcs))
         if skipped:
             log.info("%d checkpoint tensors are not model state and are left as loaded: %s", len(skipped), skipped[:3])
@@ -126,12 +144,28 @@ class ResidentModel:
         """Overwrite the parameters with the merge ``Σ wᵢ·θᵢ`` (fp32 arithmetic, cast back)."""
         if len(weights) != len(self.cset):
             raise ValueError(f"{len(weights)} weights for {len(self.cset)} checkpoints")
-        for _, dest, srcs in self._targets:
-            linear_merge_into(dest, srcs, weights)
+        # Thread count as for the streaming writer (see stream.default_threads: many small ops).
+        with torch_threads(None if self.device == "cpu" else torch.get_num_threads()):
+            for _, dest, srcs in self._targets:
+                if dest.device.type != "cpu" or not dest.is_contiguous() or dest.numel() <= CHUNK_ELEMS:
+                    linear_merge_into(dest, srcs, weights)
+                    continue
+                # Elementwise math, so merging matching flat chunks is the same merge, at cache speed.
+                flat, flats = dest.view(-1), [s.reshape(-1) for s in srcs]
+                for a in range(0, flat.numel(), CHUNK_ELEMS):
+                    linear_merge_into(flat[a:a + CHUNK_ELEMS], [f[a:a + CHUNK_ELEMS] for f in flats], weights)
         self.weights = tuple(float(w) for w in weights)
+
+    @torch.no_grad()
+    def apply_fn(self, fn: Callable[[str, list[torch.Tensor]], torch.Tensor]) -> None:
+        """Overwrite each parameter with ``fn(model_key, sources)``: merges that are not linear (Fisher, RegMean)."""
+        for key, dest, srcs in self._targets:
+            dest.copy_(fn(key, srcs))
+        self.weights = ()
 
     def state_dict(self) -> dict[str, Any]:
         return self.model.state_dict()
 
     def nbytes_sources(self) -> int:
+        """Bytes of checkpoint tensors the trials merge from (mapped files on a CPU, not process memory)."""
         return sum(s.numel() * s.element_size() for _, _, srcs in self._targets for s in srcs)

@@ -53,6 +53,11 @@ def linear_merge(
     return acc.to(out_dtype)
 
 
+# Each output element depends only on the same element of the inputs: the streaming writer may feed
+# this method matching flat chunks of a tensor instead of whole tensors (bounded memory, cache-sized).
+linear_merge.elementwise = True  # type: ignore[attr-defined]
+
+
 def linear_merge_into(dest: torch.Tensor, tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> None:
     """Overwrite ``dest`` in place with ``Σ wᵢ·tᵢ`` (fp32 arithmetic, cast to ``dest.dtype``).
 
