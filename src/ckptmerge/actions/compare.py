@@ -92,6 +92,15 @@ class Comparison:
     def _max_length(self) -> int:
         return int(self.session.sources.max_length or getattr(self.resident.model.config, "max_position_embeddings", 512))
 
+    def _per_checkpoint(self, statistic: Callable[..., dict], tokens: int) -> list[dict]:
+        """``statistic(model, tokenizer, texts, tokens, max_length)`` of each checkpoint, loaded in turn."""
+        texts = self._calibration()
+        out = []
+        for i in range(self.k):
+            self.resident.apply(self._onehot(i))
+            out.append(statistic(self.resident.model, self.resident.tokenizer, texts, tokens, self._max_length()))
+        return out
+
     # -- methods -------------------------------------------------------------------------------
     def newest(self) -> tuple[list[float] | None, float, dict]:
         w = self._onehot(self.k - 1)
@@ -125,12 +134,8 @@ class Comparison:
         return w, best, best_metrics
 
     def fisher(self) -> tuple[list[float] | None, float, dict]:
-        texts, c = self._calibration(), self.cfg.compare
-        fishers = []
-        for i in range(self.k):
-            self.resident.apply(self._onehot(i))
-            fishers.append(diagonal_fisher(self.resident.model, self.resident.tokenizer, texts, c.fisher_tokens,
-                                           self._max_length()))
+        c = self.cfg.compare
+        fishers = self._per_checkpoint(diagonal_fisher, c.fisher_tokens)
         uniform = uniform_weights(self.k)
 
         def merge(key: str, srcs: list[torch.Tensor]) -> torch.Tensor:
@@ -142,12 +147,8 @@ class Comparison:
         return (None, *self._score())
 
     def regmean(self) -> tuple[list[float] | None, float, dict]:
-        texts, c = self._calibration(), self.cfg.compare
-        grams = []
-        for i in range(self.k):
-            self.resident.apply(self._onehot(i))
-            grams.append(linear_input_grams(self.resident.model, self.resident.tokenizer, texts, c.gram_tokens,
-                                            self._max_length()))
+        c = self.cfg.compare
+        grams = self._per_checkpoint(linear_input_grams, c.gram_tokens)
         uniform = uniform_weights(self.k)
 
         def merge(key: str, srcs: list[torch.Tensor]) -> torch.Tensor:
