@@ -31,8 +31,32 @@ EXIT_USER_ERROR = 2
 
 def _run(cfg_dict: dict, run_dir: Path, cwd: Path, config_yaml: str) -> dict:
     from ckptmerge.config import config_from_dict
+    from ckptmerge.errors import ConfigError
+    from ckptmerge.runtime import distributed
 
     cfg = config_from_dict(cfg_dict)
+    world = distributed.launched_world_size()
+    if cfg.runtime.backend != "deepspeed":
+        if world > 1:
+            raise ConfigError(f"started as {world} processes (a distributed launcher) but runtime={cfg.runtime.name} "
+                              "runs in one; use runtime=deepspeed")
+        return _run_action(cfg, run_dir, cwd, config_yaml)
+    ranks = distributed.init(cfg.runtime.timeout_s, cfg.runtime.threads)
+    if not ranks.is_main:
+        from ckptmerge.actions.worker import serve
+
+        serve(cfg)
+        return {}
+    ok = False
+    try:
+        result = _run_action(cfg, run_dir, cwd, config_yaml)
+        ok = True
+        return result
+    finally:
+        distributed.channel.close(ok)
+
+
+def _run_action(cfg, run_dir: Path, cwd: Path, config_yaml: str) -> dict:  # type: ignore[no-untyped-def]
     if cfg.action == "search":
         from ckptmerge.actions.search import SearchRun
 
@@ -61,6 +85,33 @@ def _run(cfg_dict: dict, run_dir: Path, cwd: Path, config_yaml: str) -> dict:
     from ckptmerge.errors import ConfigError
 
     raise ConfigError(f"action={cfg.action} is not available in this version yet")
+
+
+def _launcher_argv(argv: list[str]) -> list[str]:
+    """Command-line arguments as Hydra should see them under a distributed launcher.
+
+    The ``deepspeed`` launcher appends ``--local_rank=N`` (Hydra would reject it; the rank is in the
+    environment too). Ranks other than 0 write no Hydra output folder or log: rank 0 alone reports.
+    """
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a.startswith("--local_rank=") or a.startswith("--local-rank="):
+            continue
+        if a in ("--local_rank", "--local-rank"):
+            skip = True
+            continue
+        out.append(a)
+    rank = os.environ.get("RANK", "0")
+    if rank not in ("", "0"):
+        import tempfile
+
+        out += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled",
+                f"hydra.run.dir={Path(tempfile.gettempdir()) / f'ckptmerge-rank{rank}'}"]
+        logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    return out
 
 
 def _to_dict(cfg: DictConfig) -> dict:
@@ -116,5 +167,6 @@ def _check_group_choices(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = _launcher_argv(sys.argv[1:])
     _check_group_choices(sys.argv[1:])
     main()

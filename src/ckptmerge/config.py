@@ -20,6 +20,9 @@ SEARCH_KINDS = ("bo", "grid", "random")
 MODEL_SOURCES = ("embedded", "local", "hub")
 DEVICES = ("cpu", "cuda", "auto")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+BACKENDS = ("single", "deepspeed")
+# Actions that evaluate a resident model across DeepSpeed ranks; merge and promote need no model.
+DEEPSPEED_ACTIONS = ("search", "merge", "promote")
 TRAJECTORY_PRESETS = ("default", "tiny")
 
 
@@ -249,12 +252,21 @@ class RuntimeConfig:
     device: str = "cpu"
     dtype: str = "auto"
     threads: int | None = None
+    # ``deepspeed``: the resident model is partitioned over the ranks of the ``deepspeed`` launcher
+    # (ZeRO stage 3); rank 0 searches and tracks, every rank merges its own partition and evaluates
+    # its share of the requests.
+    backend: str = "single"
+    deepspeed_config: str | None = None   # a DeepSpeed JSON whose keys override ours (e.g. offload)
+    timeout_s: int = 1800                 # a collective that waits longer than this fails the run
 
     def __post_init__(self) -> None:
         _choice("runtime.device", self.device, DEVICES)
         _choice("runtime.dtype", self.dtype, DTYPES)
+        _choice("runtime.backend", self.backend, BACKENDS)
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise ConfigError(f"runtime.threads must be a positive integer or null, got {self.threads!r}")
+        if not isinstance(self.timeout_s, int) or isinstance(self.timeout_s, bool) or self.timeout_s < 1:
+            raise ConfigError(f"runtime.timeout_s must be a positive number of seconds, got {self.timeout_s!r}")
 
 
 COMPARE_METHODS = ("newest", "uniform", "lawa", "ema", "greedy", "fisher", "regmean", "bo", "bo_simplex", "grid", "random")
@@ -329,6 +341,9 @@ class Config:
                 raise ConfigError("action=merge needs merge.weights=[w1,...,wk]")
             if not self.merge.output_dir:
                 raise ConfigError("action=merge needs merge.output_dir=DIR")
+        if self.runtime.backend == "deepspeed" and self.action not in DEEPSPEED_ACTIONS:
+            raise ConfigError(f"action={self.action} does not run under runtime=deepspeed (it supports "
+                              f"{', '.join(DEEPSPEED_ACTIONS)}); use runtime=cpu or runtime=cuda")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (tuples as lists), e.g. for logging the resolved config."""

@@ -28,17 +28,46 @@ class EvalSession:
         self.test = TaskSuite(sources.test_tasks, sources.include_paths, e.limit, "eval.test_tasks") if sources.test_tasks else None
         self._lm: Any = None
         self._resident: ResidentModel | None = None
+        self._ranks: tuple[int, int] | None = None   # (rank, world size) under runtime=deepspeed
 
     @classmethod
     def with_resident(cls, cfg: Config, sources: Sources) -> tuple["EvalSession", ResidentModel]:
-        """Tasks first (bad task names fail before the model is built), then the resident model, bound."""
+        """Tasks first (bad task names fail before the model is built), then the resident model, bound.
+
+        Under ``runtime=deepspeed`` the model is partitioned over the ranks; rank 0 first tells the
+        others to build theirs (they wait in :func:`ckptmerge.actions.worker.serve`).
+        """
         session = cls(cfg, sources)
-        resident = ResidentModel(sources.cset, device=cfg.runtime.device, dtype=cfg.runtime.dtype)
+        if cfg.runtime.backend == "deepspeed":
+            from ckptmerge.runtime import distributed
+            from ckptmerge.runtime.zero import ZeroResidentModel
+
+            ranks = distributed.ranks()
+            assert ranks is not None, "runtime=deepspeed: the process group is joined in main"
+            if ranks.is_main:
+                distributed.channel.send(distributed.START)
+            session._ranks = (ranks.rank, ranks.world_size)
+            resident: ResidentModel = ZeroResidentModel(sources.cset, dtype=cfg.runtime.dtype,
+                                                        deepspeed_config_path=cfg.runtime.deepspeed_config)
+        else:
+            resident = ResidentModel(sources.cset, device=cfg.runtime.device, dtype=cfg.runtime.dtype)
         session.bind(resident)
         return session, resident
 
+    @property
+    def partitioned(self) -> bool:
+        """The resident model is partitioned over DeepSpeed ranks (rank 0 drives the others)."""
+        return self._ranks is not None
+
+    def _leader_sends(self, command: str, *args: Any) -> None:
+        if self._ranks is not None and self._ranks[0] == 0:
+            from ckptmerge.runtime import distributed
+
+            distributed.channel.send(command, *args)
+
     def _make_lm(self, model: Any, tokenizer: Any, device: str) -> Any:
-        return make_lm(model, tokenizer, self.cfg.eval.batch_size, self.sources.max_length, device)
+        rank, world = self._ranks or (0, 1)
+        return make_lm(model, tokenizer, self.cfg.eval.batch_size, self.sources.max_length, device, rank, world)
 
     def bind(self, resident: ResidentModel) -> None:
         """Evaluate the resident model from now on (one lm-eval wrapper for the whole search)."""
@@ -47,14 +76,38 @@ class EvalSession:
 
     @torch.no_grad()
     def evaluate_dev(self, lm: Any = None) -> dict[str, float]:
-        return self.dev.evaluate(lm or self._lm)
+        return self.evaluate_suite("dev", lm)
+
+    @torch.no_grad()
+    def evaluate_suite(self, which: str, lm: Any = None) -> dict[str, float]:
+        """``dev`` or ``test`` metrics of ``lm`` (default: the resident model); every rank takes part
+        when the model is partitioned, and only rank 0 gets the gathered metrics."""
+        suite = self.dev if which == "dev" else self.test
+        assert suite is not None, f"no {which} tasks"
+        self._leader_sends("eval", which)
+        return suite.evaluate(lm or self._lm)
 
     def reload(self, folder: Path) -> tuple[Any, Any, Any]:
-        """A fresh model loaded from a written folder: ``(model, tokenizer, lm-eval wrapper)``."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        """A fresh model loaded from a written folder: ``(model, tokenizer, lm-eval wrapper)``.
+
+        A partitioned resident model loads the folder into its partitions instead (every rank its own
+        part); the model is then None: no rank holds it whole.
+        """
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
         assert self._resident is not None
         trust = self.sources.cset.trust_remote_code
+        if self.partitioned:
+            from ckptmerge.runtime.zero import ZeroResidentModel
+
+            assert isinstance(self._resident, ZeroResidentModel)
+            try:
+                AutoConfig.from_pretrained(folder, trust_remote_code=trust)
+                tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust)
+            except (OSError, ValueError) as e:
+                raise CheckpointError(f"the written merge in {folder} does not load: {str(e).splitlines()[0]}") from None
+            self._resident.load_folder(folder)
+            return None, tok, self._lm
         try:
             model = AutoModelForCausalLM.from_pretrained(folder, dtype=self._resident.dtype, trust_remote_code=trust)
             tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust)
@@ -68,9 +121,9 @@ class EvalSession:
         """Test metrics of the best merge (``best``) and of each source checkpoint alone."""
         if self.test is None:
             return {}
-        report = {"best": self.test.evaluate(best_lm)}
+        report = {"best": self.evaluate_suite("test", best_lm)}
         n = len(resident.cset)
         for i, c in enumerate(resident.cset.checkpoints):
             resident.apply([1.0 if j == i else 0.0 for j in range(n)])
-            report[c.name] = self.test.evaluate(self._lm)
+            report[c.name] = self.evaluate_suite("test")
         return report

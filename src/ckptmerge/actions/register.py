@@ -61,9 +61,21 @@ def write_and_verify(cfg: Config, session: EvalSession, resident: ResidentModel,
 
 
 def register(cfg: Config, tracker: SearchTracker, model: Any, tokenizer: Any, weights: Mapping[str, float] | None,
-             objective: float, session: EvalSession, description: str, tags: Mapping[str, str]) -> dict[str, str]:
-    """Log the verified merge as an MLflow model and register a new version of ``registry.name``."""
+             objective: float, session: EvalSession, description: str, tags: Mapping[str, str],
+             folder: Path | None = None) -> dict[str, str]:
+    """Log the verified merge as an MLflow model and register a new version of ``registry.name``.
+
+    ``model`` None (the merge was verified in a partitioned model, which no rank holds whole): the
+    written ``folder`` is loaded here, on the CPU, for MLflow's transformers flavor to log.
+    """
     from ckptmerge.tracking.registry import log_and_register
+
+    if model is None:
+        from transformers import AutoModelForCausalLM
+
+        assert folder is not None, "register: no model object and no folder to load it from"
+        log.info("Loading %s on the CPU to log it to MLflow", folder)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype="auto", trust_remote_code=session.sources.cset.trust_remote_code)
 
     cset_sources = tags.get("sources", "")
     all_tags = {"objective": f"{objective:.6f}", "search_run_id": tracker.run_id or "",

@@ -88,6 +88,14 @@ class SearchRun:
         tracker.finish("FINISHED")
         return result
 
+    def _runtime_info(self, resident: ResidentModel) -> dict[str, Any]:
+        """Where the trials ran: backend, ranks (a partitioned model's world size), device, dtype."""
+        from ckptmerge.runtime import distributed
+
+        r = distributed.ranks()
+        return {"backend": self.cfg.runtime.backend, "world_size": r.world_size if r else 1,
+                "device": resident.device, "dtype": str(resident.dtype).replace("torch.", "")}
+
     def _resume_key(self, sources: Sources, session: EvalSession, resident: ResidentModel) -> dict[str, Any]:
         """Everything that changes the objective or the proposed points (not the budget)."""
         c = self.cfg
@@ -157,6 +165,7 @@ class SearchRun:
             "trials": [t.as_json() for t in self.trials],
             "checkpoints": [{"name": c.name, **c.identity()} for c in cset.checkpoints],
             "mlflow": {"tracking_uri": tracker.uri, "experiment_id": tracker.experiment_id, "run_id": tracker.run_id},
+            "runtime": self._runtime_info(resident),
             "registered_model": None,
             "output_dir": str(self.output_dir),
         }
@@ -166,6 +175,6 @@ class SearchRun:
                            f"dev objective {best.objective:.5f} ({session.objective.describe()}).")
             result["registered_model"] = register(
                 cfg, tracker, merged_model, merged_tok, best.weights, best.objective, session, description,  # type: ignore[arg-type]
-                {"sources": ",".join(c.ref.text for c in cset.checkpoints)})
+                {"sources": ",".join(c.ref.text for c in cset.checkpoints)}, folder=self.output_dir)
         tracker.log_text(None, json.dumps(result, indent=2), names.ARTIFACT_RESULT)
         return result

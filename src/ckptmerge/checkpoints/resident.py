@@ -145,7 +145,7 @@ class ResidentModel:
         if len(weights) != len(self.cset):
             raise ValueError(f"{len(weights)} weights for {len(self.cset)} checkpoints")
         # Thread count as for the streaming writer (see stream.default_threads: many small ops).
-        with torch_threads(None if self.device == "cpu" else torch.get_num_threads()):
+        with torch_threads(self._merge_threads()):
             for _, dest, srcs in self._targets:
                 if dest.device.type != "cpu" or not dest.is_contiguous() or dest.numel() <= CHUNK_ELEMS:
                     linear_merge_into(dest, srcs, weights)
@@ -155,6 +155,10 @@ class ResidentModel:
                 for a in range(0, flat.numel(), CHUNK_ELEMS):
                     linear_merge_into(flat[a:a + CHUNK_ELEMS], [f[a:a + CHUNK_ELEMS] for f in flats], weights)
         self.weights = tuple(float(w) for w in weights)
+
+    def _merge_threads(self) -> int | None:
+        """Threads for a trial's merge: the streaming writer's default on a CPU, else unchanged."""
+        return None if self.device == "cpu" else torch.get_num_threads()
 
     @torch.no_grad()
     def apply_fn(self, fn: Callable[[str, list[torch.Tensor]], torch.Tensor]) -> None:

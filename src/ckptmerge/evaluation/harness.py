@@ -133,11 +133,50 @@ class TaskSuite:
         return flat
 
 
-def make_lm(model: Any, tokenizer: Any, batch_size: int, max_length: int | None, device: str) -> Any:
-    """An lm-eval ``HFLM`` wrapping the live model object (no copy, no disk round trip)."""
+def make_lm(model: Any, tokenizer: Any, batch_size: int, max_length: int | None, device: str,
+            rank: int = 0, world_size: int = 1) -> Any:
+    """An lm-eval ``HFLM`` wrapping the live model object (no copy, no disk round trip).
+
+    With ``world_size > 1`` (a partitioned model under DeepSpeed) each rank evaluates its share of
+    every task's documents and lm-eval gathers the per-document metrics on rank 0.
+    """
     from lm_eval.models.huggingface import HFLM
 
-    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length, device=device)
+    if world_size == 1:
+        return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length, device=device)
+    return _data_parallel_lm(HFLM)(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length,
+                                   device=device, rank=rank, world_size=world_size)
+
+
+def _data_parallel_lm(base: type) -> type:
+    """HFLM whose rank, world size and collectives are torch.distributed's (DeepSpeed's process group).
+
+    lm-eval pads every rank to the same number of requests; the one-token logits cache is off, since
+    it merges requests by content and so would give ranks different numbers of forward passes, which
+    partitioned parameters (gathered by every rank together) cannot allow.
+    """
+    import torch
+    import torch.distributed as dist
+
+    class DataParallelHFLM(base):  # type: ignore[misc, valid-type]
+        def __init__(self, *, rank: int, world_size: int, **kwargs: Any) -> None:
+            super().__init__(logits_cache=False, **kwargs)
+            self._rank, self._world_size = rank, world_size
+
+        def all_gather(self, tensor: Any) -> Any:
+            parts = [torch.empty_like(tensor) for _ in range(self._world_size)]
+            dist.all_gather(parts, tensor.contiguous())
+            return torch.stack(parts) if tensor.dim() == 0 else torch.cat(parts)
+
+        def gather_object(self, obj: Any, dst: int = 0) -> Any:
+            out = [None] * self._world_size if self._rank == dst else None
+            dist.gather_object(obj, out, dst=dst)
+            return out
+
+        def barrier(self) -> None:
+            dist.barrier()
+
+    return DataParallelHFLM
 
 
 def describe_exception(e: BaseException) -> str:

@@ -1,0 +1,41 @@
+"""What a DeepSpeed rank other than 0 runs: the same resident model and tasks, driven by rank 0.
+
+Rank 0 runs the action itself (searcher, MLflow, writing, registry) and sends each step that needs
+every rank; this loop carries those steps out on this rank's partition until rank 0 says stop.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ckptmerge.actions.evaluation import EvalSession
+from ckptmerge.actions.setup import resolve_sources
+from ckptmerge.config import Config
+from ckptmerge.runtime import distributed, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+def serve(cfg: Config) -> None:
+    """Wait for rank 0's start, build this rank's part, then apply/load/evaluate until stop."""
+    from ckptmerge.runtime.zero import ZeroResidentModel
+
+    command, _ = distributed.receive()
+    if command != distributed.START:
+        return  # rank 0 needs no model (merge, promote) or failed before building it (and says why)
+    seed_everything(cfg.search.seed)
+    sources = resolve_sources(cfg, progress=False)  # rank 0 built any embedded trajectory already
+    session, resident = EvalSession.with_resident(cfg, sources)
+    assert isinstance(resident, ZeroResidentModel)
+    while True:
+        command, args = distributed.receive()
+        if command == distributed.APPLY:
+            resident.apply_local(args[0])
+        elif command == distributed.LOAD:
+            resident.load_folder_local(Path(args[0]))
+        elif command == distributed.EVAL:
+            session.evaluate_suite(args[0])
+        elif command == distributed.STOP:
+            return
+        else:
+            raise RuntimeError(f"rank {resident.rank}: unknown command {command!r} from rank 0")

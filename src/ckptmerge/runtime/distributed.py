@@ -1,0 +1,141 @@
+"""Ranks of a ``deepspeed`` launch: the process group, and rank 0's command channel to the others.
+
+Rank 0 runs the action (searcher, MLflow, writing, registry). Every other rank runs :func:`serve`:
+it builds the same resident model and task suites, then waits for rank 0's commands: merge these
+weights into your partition, load this written folder, evaluate this suite (lm-eval gathers the
+results on rank 0), stop. A rank that dies makes the launcher end the others; a collective that
+waits longer than ``runtime.timeout_s`` fails the run instead of hanging it.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# Commands sent by rank 0
+START, ABORT, APPLY, LOAD, EVAL, STOP = "start", "abort", "apply", "load", "eval", "stop"
+
+
+def launched_world_size() -> int:
+    """Processes the launcher started (``WORLD_SIZE``; 1 for a plain ``python``)."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def launched_rank() -> int:
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+@dataclass(frozen=True)
+class Ranks:
+    rank: int
+    world_size: int
+    local_rank: int
+    local_size: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+_ranks: Ranks | None = None
+
+
+def init(timeout_s: int, threads: int | None = None) -> Ranks:
+    """Join (or, for a plain ``python``, form) the process group through DeepSpeed; idempotent."""
+    global _ranks
+    if _ranks is not None:
+        return _ranks
+    import torch
+
+    from ckptmerge.errors import ConfigError
+
+    try:
+        import deepspeed
+        from deepspeed.accelerator import get_accelerator
+    except ImportError:
+        raise ConfigError("runtime=deepspeed needs DeepSpeed: pip install -e '.[deepspeed]'") from None
+    # A single process started without the launcher is a world of one.
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    acc = get_accelerator()
+    deepspeed.init_distributed(dist_backend=acc.communication_backend_name(),
+                               timeout=datetime.timedelta(seconds=timeout_s), verbose=False)
+    import torch.distributed as dist
+
+    local_size = int(os.environ.get("LOCAL_SIZE", os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size())))
+    _ranks = Ranks(rank=dist.get_rank(), world_size=dist.get_world_size(),
+                   local_rank=int(os.environ.get("LOCAL_RANK", "0")), local_size=local_size)
+    if acc.device_name() == "cpu":
+        # The local ranks share the cores; oversubscribing them slows every rank down.
+        torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // max(1, local_size)))
+    else:
+        acc.set_device(_ranks.local_rank)
+    log.info("Rank %d of %d (local %d of %d) on %s, backend %s", _ranks.rank, _ranks.world_size,
+             _ranks.local_rank, local_size, acc.device_name(), acc.communication_backend_name())
+    return _ranks
+
+
+def ranks() -> Ranks | None:
+    """The ranks once :func:`init` ran, else None (single-process runtime)."""
+    return _ranks
+
+
+def broadcast(obj: Any = None) -> Any:
+    """Rank 0's ``obj`` on every rank (a small picklable command)."""
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+class Channel:
+    """Rank 0's side: each command it sends is received by every other rank's :func:`serve`."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self.closed = False
+
+    def send(self, command: str, *args: Any) -> None:
+        r = ranks()
+        if r is None or r.world_size == 1 or self.closed:
+            return
+        broadcast((command, *args))
+        if command == START:
+            self.started = True
+
+    def close(self, ok: bool) -> None:
+        """Release the other ranks: ``stop`` after a start, ``abort`` if rank 0 failed before it."""
+        if self.closed:
+            return
+        self.send(STOP if self.started else (STOP if ok else ABORT))
+        self.closed = True
+
+
+channel = Channel()
+
+
+def receive() -> tuple[str, tuple[Any, ...]]:
+    """A rank other than 0: the next command from rank 0."""
+    msg = broadcast(None)
+    return msg[0], tuple(msg[1:])

@@ -1,0 +1,221 @@
+"""The resident model partitioned over DeepSpeed ranks (ZeRO stage 3), merged in place partition by partition.
+
+The model is built from its config inside ``deepspeed.zero.Init``, so no rank ever holds it whole:
+each parameter is split into equal flat partitions as it is created, rank r keeping elements
+``[r·P, (r+1)·P)`` of the flattened tensor. A trial's merge on rank r reads exactly those elements of
+every checkpoint tensor (zero-copy views of the memory-mapped files) and writes them into the rank's
+partition; the first "merge" (the newest checkpoint alone) is the load. Forward passes gather each
+layer's parameters from all ranks as DeepSpeed's hooks need them, and release them after.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ckptmerge.checkpoints.checkpoint_set import CheckpointSet
+from ckptmerge.checkpoints.reader import CheckpointReader
+from ckptmerge.checkpoints.resident import ResidentModel, resolve_dtype
+from ckptmerge.errors import CheckpointError, ConfigError
+from ckptmerge.merge.linear import linear_merge_into
+
+log = logging.getLogger(__name__)
+
+
+def deepspeed_config(dtype: torch.dtype, override_path: str | None) -> dict[str, Any]:
+    """ZeRO-3 for inference: every parameter partitioned (no small ones kept whole on every rank, so a
+    merge written into the partitions is what the next forward gathers); a user JSON overrides keys."""
+    cfg: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": 1,
+        "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
+        "fp16": {"enabled": dtype == torch.float16},
+        "bf16": {"enabled": dtype == torch.bfloat16},
+    }
+    if override_path:
+        path = Path(override_path).expanduser()
+        try:
+            user = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"runtime.deepspeed_config does not exist: {override_path}") from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"runtime.deepspeed_config {override_path} is not valid JSON: {e}") from None
+        cfg = _deep_merge(cfg, user)
+    stage = cfg.get("zero_optimization", {}).get("stage")
+    if stage != 3:
+        raise ConfigError(f"runtime.deepspeed_config sets zero_optimization.stage={stage}; the resident model needs stage 3")
+    return cfg
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def map_by_name_and_shape(file_shapes: dict[str, tuple[int, ...]], model_shapes: dict[str, tuple[int, ...]]) -> dict[str, str]:
+    """Checkpoint tensor name → model tensor name without reading values (the partitioned model has none
+    yet): the same name, else the one free model tensor of that shape (name similarity breaks ties,
+    e.g. GPT-NeoX's ``embed_out`` is ``lm_head`` in transformers 5)."""
+    mapping = {k: k for k in file_shapes if k in model_shapes}
+    free = [k for k in model_shapes if k not in mapping]
+    for key in (k for k in file_shapes if k not in mapping):
+        same = [m for m in free if model_shapes[m] == file_shapes[key]]
+        if not same:
+            continue
+        best = max(same, key=lambda m: difflib.SequenceMatcher(None, m, key).ratio())
+        mapping[key] = best
+        free.remove(best)
+        log.info("Checkpoint tensor %s is model tensor %s", key, best)
+    return mapping
+
+
+def _model_class(config: Any, folder: Path, trust_remote_code: bool) -> Any:
+    """The causal-LM class for ``config``, imported before ``zero.Init`` patches tensor creation (an
+    import inside it, e.g. of torch._dynamo, fails)."""
+    import importlib
+
+    for module in ("torch._dynamo", "transformers.generation.utils"):
+        importlib.import_module(module)
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    if type(config) in MODEL_FOR_CAUSAL_LM_MAPPING:
+        return MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    auto_map = getattr(config, "auto_map", None) or {}
+    if trust_remote_code and "AutoModelForCausalLM" in auto_map:
+        from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+        return get_class_from_dynamic_module(auto_map["AutoModelForCausalLM"], str(folder))
+    raise CheckpointError(f"{folder}: {type(config).__name__} is not a causal language model transformers knows")
+
+
+class ZeroResidentModel(ResidentModel):
+    """:class:`ResidentModel` whose parameters live partitioned across the ranks; same ``apply``."""
+
+    def __init__(self, cset: CheckpointSet, dtype: str = "auto", deepspeed_config_path: str | None = None) -> None:
+        import deepspeed
+        import torch.distributed as dist
+        from deepspeed.accelerator import get_accelerator
+        from transformers import AutoConfig, AutoTokenizer
+
+        self.cset = cset
+        acc = get_accelerator()
+        self.device = "cpu" if acc.device_name() == "cpu" else acc.current_device_name()
+        self.dtype = resolve_dtype(dtype, cset, "cpu" if self.device == "cpu" else "cuda")
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        newest = cset.newest
+        trust = cset.trust_remote_code
+        try:
+            config = AutoConfig.from_pretrained(newest.folder, trust_remote_code=trust)
+            self.tokenizer = AutoTokenizer.from_pretrained(newest.folder, trust_remote_code=trust)
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"cannot load checkpoint {newest.ref.text}: {str(e).splitlines()[0]}") from None
+        klass = _model_class(config, newest.folder, trust)
+        ds_cfg = deepspeed_config(self.dtype, deepspeed_config_path)
+        log.info("Building the resident model from %s partitioned over %d ranks (ZeRO-3, %s, %s)",
+                 newest.name, self.world_size, self.device, self.dtype)
+        # dtype comes from the config: zero.Init's own dtype argument is ignored on accelerators without
+        # fp16 (DeepSpeed 0.19 picks bf16 there), which would round fp32 weights.
+        with deepspeed.zero.Init(config_dict_or_path=ds_cfg):
+            model = klass._from_config(config, dtype=self.dtype)
+        self.engine, *_ = deepspeed.initialize(model=model, config=ds_cfg)
+        self.model = self.engine.module.eval()
+        self.weights = tuple(0.0 for _ in cset.checkpoints[:-1]) + (1.0,)
+        self._device_full = False
+        # per target: checkpoint key, first element, count, and whether it is a flat partition (else a whole buffer)
+        self._slices: list[tuple[str, int, int, bool]] = []
+        self._targets = self._map_sources()
+        self.apply_local(self.weights)  # the load: the newest checkpoint alone, each rank its own partition
+
+    def _map_sources(self) -> list[tuple[str, torch.Tensor, list[torch.Tensor]]]:
+        import torch.distributed as dist
+
+        meta = self.cset.meta()
+        params = dict(self.model.named_parameters())
+        buffers = dict(self.model.named_buffers())
+        shapes = {n: tuple(p.ds_shape) for n, p in params.items()}
+        shapes.update({n: tuple(b.shape) for n, b in buffers.items()})
+        mapping = map_by_name_and_shape({k: m.shape for k, m in meta.items()}, shapes)
+        targets, covered = [], set()
+        for key, model_key in mapping.items():
+            if model_key in params:
+                p = params[model_key]
+                if id(p) in covered:  # tied weights: one partition
+                    continue
+                covered.add(id(p))
+                part = p.ds_tensor
+                start = part.ds_numel * dist.get_rank(group=p.ds_process_group)
+                n = max(0, min(part.ds_numel, p.ds_numel - start))
+                dest = part.data.narrow(0, 0, n)
+            else:  # a buffer the checkpoint carries: whole on every rank
+                dest, start, n = buffers[model_key], 0, buffers[model_key].numel()
+            srcs = self._to_device([self._slice(c.reader, key, start, n, model_key in params) for c in self.cset.checkpoints], key)
+            targets.append((model_key, dest, srcs))
+            self._slices.append((key, start, n, model_key in params))
+        for name, p in params.items():
+            if id(p) not in covered:
+                raise CheckpointError(f"model parameter {name} has no tensor in the checkpoints; cannot merge it")
+        skipped = [k for k in meta if k not in mapping]
+        if skipped:
+            log.info("%d checkpoint tensors are not model state and are left as built: %s", len(skipped), skipped[:3])
+        return targets
+
+    @staticmethod
+    def _slice(reader: CheckpointReader, key: str, start: int, n: int, flat: bool) -> torch.Tensor:
+        t = reader.get(key)
+        return t.reshape(-1).narrow(0, start, n) if flat else t
+
+    def _merge_threads(self) -> int | None:
+        return torch.get_num_threads()  # the rank's share of the cores, set at start-up
+
+    def _release_gathered(self) -> None:
+        """Drop any parameter still gathered whole, so the next forward gathers the new partitions."""
+        from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+        stale = [p for p in self.model.parameters() if p.ds_status == ZeroParamStatus.AVAILABLE]
+        if stale:
+            stale[0].partition(param_list=stale, has_been_updated=False)
+
+    def _lead(self, command: str, *args: Any) -> None:
+        if self.rank == 0:
+            from ckptmerge.runtime import distributed
+
+            distributed.channel.send(command, *args)
+
+    @torch.no_grad()
+    def apply(self, weights: Any) -> None:
+        """Rank 0: every rank merges ``weights`` into its partition (the others are told first)."""
+        self._lead("apply", [float(w) for w in weights])
+        self.apply_local(weights)
+
+    @torch.no_grad()
+    def apply_local(self, weights: Any) -> None:
+        self._release_gathered()
+        super().apply(weights)
+
+    @torch.no_grad()
+    def load_folder(self, folder: Path) -> None:
+        """Rank 0: every rank overwrites its partition from a written checkpoint (a merge's re-score)."""
+        self._lead("load", str(folder))
+        self.load_folder_local(folder)
+
+    @torch.no_grad()
+    def load_folder_local(self, folder: Path) -> None:
+        self._release_gathered()
+        reader = CheckpointReader(Path(folder))
+        missing = [s[0] for s in self._slices if s[0] not in reader.meta()]
+        if missing:
+            raise CheckpointError(f"the written merge in {folder} lacks tensor {missing[0]}")
+        for (key, start, n, flat), (_, dest, _) in zip(self._slices, self._targets):
+            linear_merge_into(dest, [self._slice(reader, key, start, n, flat).to(dest.device)], [1.0])
+        self.weights = ()
+
+    def apply_fn(self, fn: Callable[[str, list[torch.Tensor]], torch.Tensor]) -> None:
+        raise ConfigError("merges other than linear need runtime=cpu or runtime=cuda (a partitioned model has no whole tensors)")
+
+    def state_dict(self) -> dict[str, Any]:
+        raise ConfigError("a partitioned model has no state dict on one rank; write the merge from the checkpoints")
