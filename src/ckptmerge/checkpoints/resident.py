@@ -153,8 +153,15 @@ class ResidentModel:
                 # Elementwise math, so merging matching flat chunks is the same merge, at cache speed.
                 flat, flats = dest.view(-1), [s.reshape(-1) for s in srcs]
                 for a in range(0, flat.numel(), CHUNK_ELEMS):
-                    linear_merge_into(flat[a:a + CHUNK_ELEMS], [f[a:a + CHUNK_ELEMS] for f in flats], weights)
+                    linear_merge_into(flat[a:a + CHUNK_ELEMS], [f[a:a + CHUNK_ELEMS] for f in flats], weights,
+                                      scratch=self._scratch())
         self.weights = tuple(float(w) for w in weights)
+
+    def _scratch(self) -> torch.Tensor:
+        """One chunk of fp32 accumulator, reused by every chunk of every trial (half-precision models)."""
+        if getattr(self, "_scratch_buf", None) is None:
+            self._scratch_buf = torch.empty(CHUNK_ELEMS, dtype=torch.float32)
+        return self._scratch_buf
 
     def _merge_threads(self) -> int | None:
         """Threads for a trial's merge: the streaming writer's default on a CPU, else unchanged."""

@@ -117,6 +117,35 @@ def torch_threads(n: int | None = None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+class _BufferPool:
+    """Output chunk buffers handed from the merge thread to the writer and back, so each chunk reuses
+    memory that is already mapped instead of faulting a fresh allocation in (which cost more than
+    the arithmetic). The write budget bounds how many are out at once."""
+
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = nbytes
+        self.free: list[torch.Tensor] = []
+        self.lock = threading.Lock()
+
+    def take(self, dtype: torch.dtype, numel: int) -> torch.Tensor:
+        need = numel * torch.empty((), dtype=dtype).element_size()
+        buf = None
+        if need <= self.nbytes:
+            with self.lock:
+                buf = self.free.pop() if self.free else None
+            if buf is None:
+                buf = torch.empty(self.nbytes, dtype=torch.uint8)
+        else:
+            buf = torch.empty(need, dtype=torch.uint8)
+        return buf[:need].view(dtype)
+
+    def give(self, t: torch.Tensor) -> None:
+        base = t._base if t._base is not None else t
+        if base.numel() == self.nbytes and base.dtype == torch.uint8:
+            with self.lock:
+                self.free.append(base)
+
+
 class MergeStream:
     """One streaming merge of ``sources`` into the planned ``shards`` inside ``folder``."""
 
@@ -128,6 +157,10 @@ class MergeStream:
         self.shards, self.folder = list(shards), Path(folder)
         self.elementwise = is_elementwise(merge_fn)
         self.chunk = max(1, int(chunk_elems))
+        # An elementwise method with an in-place form merges into pooled buffers through fp32 scratch.
+        self.into = getattr(merge_fn, "into", None) if self.elementwise else None
+        self.pool = _BufferPool(self.chunk * 8)
+        self.scratch = torch.empty(self.chunk, dtype=torch.float32) if self.into else None
         self.stop = threading.Event()
         self.error: BaseException | None = None
         self.inq: queue.Queue = queue.Queue()
@@ -184,7 +217,11 @@ class MergeStream:
 
     # -- stage 2: arithmetic (calling thread) ----------------------------------------------------
     def _merge_unit(self, p: Placement, s: int, e: int, parts: list[torch.Tensor]) -> torch.Tensor:
-        out = self.fn(parts, self.weights, p.dtype)
+        if self.into is not None:
+            out = self.pool.take(p.dtype, e - s)
+            self.into(out, parts, self.weights, self.scratch)
+        else:
+            out = self.fn(parts, self.weights, p.dtype)
         if not isinstance(out, torch.Tensor):
             raise CheckpointError(f"merge method returned {type(out).__name__} for tensor {p.key}, not a tensor")
         if out.numel() != e - s or (not self.elementwise and tuple(out.shape) != p.shape):
@@ -219,7 +256,9 @@ class MergeStream:
                 while view:
                     k = os.pwrite(fd, view, offset)
                     view, offset = view[k:], offset + k
-                del view, out
+                del view
+                self.pool.give(out)
+                del out
                 pages.release(parts)
                 self.read_budget.release(src_bytes)
                 self.write_budget.release(n)

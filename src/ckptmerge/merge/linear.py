@@ -58,10 +58,14 @@ def linear_merge(
 linear_merge.elementwise = True  # type: ignore[attr-defined]
 
 
-def linear_merge_into(dest: torch.Tensor, tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> None:
+def linear_merge_into(dest: torch.Tensor, tensors: Sequence[torch.Tensor], weights: Sequence[float],
+                      scratch: torch.Tensor | None = None) -> None:
     """Overwrite ``dest`` in place with ``Σ wᵢ·tᵢ`` (fp32 arithmetic, cast to ``dest.dtype``).
 
-    Used for the resident model of a search: no new model-sized allocation per trial.
+    No allocation when ``dest`` has the accumulation dtype (it accumulates in place) or a flat
+    ``scratch`` of that dtype with at least ``dest.numel()`` elements is given: a search's trials
+    and the streaming writer's chunks reuse their memory instead of faulting fresh pages in.
+    ``dest`` must not share memory with a source.
     """
     _check(tensors, weights)
     if tuple(dest.shape) != tuple(tensors[0].shape):
@@ -73,9 +77,22 @@ def linear_merge_into(dest: torch.Tensor, tensors: Sequence[torch.Tensor], weigh
     if hot is not None:
         dest.copy_(tensors[hot])
         return
-    # Same operations in the same order as linear_merge, so a trial and the written merge agree bitwise.
+    # Same operations in the same order as linear_merge (t₀ in fp32 times w₀, then += wᵢ·tᵢ with tᵢ
+    # promoted to fp32 as it is read), so a trial, a streamed chunk and linear_merge agree bitwise.
     acc_dtype = _acc_dtype(tensors)
-    acc = tensors[0].to(device=dest.device, dtype=acc_dtype) * float(weights[0])
+    if dest.dtype == acc_dtype and dest.is_contiguous():
+        acc = dest
+    elif scratch is not None and scratch.dtype == acc_dtype and scratch.numel() >= dest.numel() and scratch.device == dest.device:
+        acc = scratch[: dest.numel()].view(dest.shape)
+    else:
+        acc = torch.empty(dest.shape, dtype=acc_dtype, device=dest.device)
+    acc.copy_(tensors[0])
+    acc.mul_(float(weights[0]))
     for t, w in zip(tensors[1:], weights[1:]):
-        acc.add_(t.to(device=dest.device, dtype=acc_dtype), alpha=float(w))
-    dest.copy_(acc)
+        acc.add_(t.to(device=dest.device), alpha=float(w))
+    if acc is not dest:
+        dest.copy_(acc)
+
+
+# The streaming writer merges straight into its reusable output buffers through this.
+linear_merge.into = linear_merge_into  # type: ignore[attr-defined]
