@@ -10,7 +10,9 @@ random values, sharded safetensors), then times, each as its own process with it
 * **copy**: ``cp`` of the newest checkpoint's weight files, the same number of bytes as the output:
   the I/O floor.
 
-The two merges are compared tensor by tensor (within one ulp of fp16), then outputs are deleted. It
+The two merges are compared tensor by tensor (within one ulp of fp16), then outputs are deleted. The
+three runs are repeated (``--repeat``, default 3 rounds on a warm cache, where one run takes seconds
+and a shared VM's noise is of the same order; 1 on a cold cache) and each one's median is reported. It
 prints wall time, peak RSS, other processes' CPU use during each run (the machine's noise) and the
 ratios against the targets (>= 5x faster than mergekit, <= 2x the copy floor, peak RSS <= 1 GB; with
 ``--shape pythia-6.9b``, peak RSS <= 2 GB).
@@ -53,6 +55,19 @@ class Measured:
     others_cpu_cores: float  # CPU that other processes used while this ran, in cores
     engine_s: float | None = None
     failed: str | None = None
+    walls: list[float] | None = None  # every round's wall time (the reported one is their median)
+
+
+def median_run(runs: list[Measured]) -> Measured:
+    """The round with the median wall time, carrying every round's wall time and the worst peak RSS."""
+    ok = [r for r in runs if not r.failed]
+    if not ok:
+        return runs[-1]
+    ok.sort(key=lambda r: r.wall_s)
+    mid = ok[(len(ok) - 1) // 2]
+    mid.walls = [r.wall_s for r in runs]
+    mid.peak_rss_bytes = max(r.peak_rss_bytes for r in ok)
+    return mid
 
 
 def _cpu_busy_s() -> float:
@@ -160,6 +175,8 @@ def main() -> None:
     ap.add_argument("--cold", action="store_true", help="drop the inputs from the page cache before each run")
     ap.add_argument("--clean", action="store_true", help="delete the cached inputs at the end")
     ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument("--repeat", type=int, default=None,
+                    help="rounds of the three runs, median reported (default: 3 for a warm cache, 1 for a cold one)")
     args = ap.parse_args()
 
     per_ckpt = sum(m.nbytes for m in neox_tensors(SHAPES[args.shape]).values())
@@ -184,10 +201,27 @@ def main() -> None:
 
 
 def run_all(args: argparse.Namespace, srcs: list[Path], work: Path, cold: bool) -> tuple[list[Measured], int, int]:
-    """The three timed runs (and the comparison of the two merges); outputs are deleted as they go."""
+    """``--repeat`` rounds of the three timed runs (median of each); the two merges are compared once."""
+    rounds = args.repeat or (1 if cold else 3)
+    names = ["ckptmerge"] + ([] if args.no_mergekit else ["mergekit"]) + ["copy"]
+    runs: dict[str, list[Measured]] = {n: [] for n in names}
+    out_bytes = copied = 0
+    for i in range(rounds):
+        m, mk, cp, out_bytes, copied = one_round(args, srcs, work, cold, compare_outputs=(i == 0))
+        for r in (m, mk, cp):
+            if r is not None:
+                runs[r.name].append(r)
+        if rounds > 1:
+            print(f"round {i + 1}/{rounds}: " + ", ".join(f"{r.name} {r.wall_s:.2f} s" for r in (m, mk, cp) if r), flush=True)
+    return [median_run(runs[n]) for n in names], out_bytes, copied
+
+
+def one_round(args: argparse.Namespace, srcs: list[Path], work: Path, cold: bool,
+              compare_outputs: bool) -> tuple[Measured, Measured | None, Measured, int, int]:
+    """The three timed runs (and, once, the comparison of the two merges); outputs are deleted as they go."""
     mergekit = shutil.which("mergekit-yaml") or str(Path(sys.executable).with_name("mergekit-yaml"))
     ours_out, mk_out, cp_out = work / "ours", work / "mergekit", work / "copy"
-    results: list[Measured] = []
+    shutil.rmtree(work / "run", ignore_errors=True)
 
     warm(srcs, cold)
     ckpts = ",".join(str(s) for s in srcs)
@@ -198,9 +232,9 @@ def run_all(args: argparse.Namespace, srcs: list[Path], work: Path, cold: bool) 
         sys.exit(f"ckptmerge failed:\n{(work / 'ckptmerge.log').read_text()[-3000:]}")
     engine = re.search(r"Wrote merged checkpoint .* in ([0-9.]+) s", (work / "ckptmerge.log").read_text())
     m.engine_s = float(engine.group(1)) if engine else None
-    results.append(m)
     out_bytes = folder_bytes(ours_out)
 
+    mk = None
     if not args.no_mergekit:
         cfg = work / "linear.yml"
         cfg.write_text("merge_method: linear\nmodels:\n" + "".join(
@@ -208,8 +242,7 @@ def run_all(args: argparse.Namespace, srcs: list[Path], work: Path, cold: bool) 
         warm(srcs, cold)
         mk = measure("mergekit", [mergekit, str(cfg), str(mk_out), "--no-copy-tokenizer", "--no-write-model-card",
                                   "--quiet"], work / "mergekit.log")
-        results.append(mk)
-        if not mk.failed:
+        if not mk.failed and compare_outputs:
             worst, n = compare(ours_out, mk_out)
             print(f"ckptmerge vs mergekit: {n} tensors, largest difference {worst} ulp (fp16)", flush=True)
         shutil.rmtree(mk_out, ignore_errors=True)
@@ -218,11 +251,11 @@ def run_all(args: argparse.Namespace, srcs: list[Path], work: Path, cold: bool) 
     warm(srcs, cold)
     cp_out.mkdir()
     files = [str(p) for p in sorted(srcs[-1].glob("*.safetensors"))]
-    results.append(measure("copy", ["cp", "--reflink=never", *files, str(cp_out)], work / "copy.log"))
+    cp = measure("copy", ["cp", "--reflink=never", *files, str(cp_out)], work / "copy.log")
     copied = folder_bytes(cp_out)
     shutil.rmtree(cp_out)
     os.sync()
-    return results, out_bytes, copied
+    return m, mk, cp, out_bytes, copied
 
 
 def report(args: argparse.Namespace, results: list[Measured], per_ckpt: int, out_bytes: int, copied: int,
@@ -231,13 +264,14 @@ def report(args: argparse.Namespace, results: list[Measured], per_ckpt: int, out
     by = {r.name: r for r in results}
     print(f"\n{args.shape}: 2 x {per_ckpt / 1e9:.2f} GB fp16 in, {out_bytes / 1e9:.2f} GB out "
           f"(copy floor: {copied / 1e9:.2f} GB); {'cold' if cold else 'warm'} page cache; {os.cpu_count()} CPUs")
-    print(f"{'run':<10} {'wall s':>8} {'GB/s out':>9} {'peak RSS GB':>12} {'CPU s':>7} {'others CPU':>11}")
+    print(f"{'run':<10} {'wall s':>8} {'GB/s out':>9} {'peak RSS GB':>12} {'CPU s':>7} {'others CPU':>11}  rounds (wall s)")
     for r in results:
         if r.failed:
             print(f"{r.name:<10} FAILED after {r.wall_s:.1f} s, peak RSS {r.peak_rss_bytes / 1e9:.2f} GB ({r.failed})")
             continue
+        rounds = " ".join(f"{w:.2f}" for w in r.walls) if r.walls and len(r.walls) > 1 else ""
         print(f"{r.name:<10} {r.wall_s:>8.2f} {out_bytes / r.wall_s / 1e9:>9.2f} {r.peak_rss_bytes / 1e9:>12.2f} "
-              f"{r.cpu_s:>7.1f} {r.others_cpu_cores:>10.2f}c")
+              f"{r.cpu_s:>7.1f} {r.others_cpu_cores:>10.2f}c  {rounds}")
     ours = by["ckptmerge"]
     if ours.engine_s:
         print(f"(ckptmerge's merge itself, without interpreter start-up and checks: {ours.engine_s:.2f} s)")

@@ -41,6 +41,12 @@ def _run(cfg_dict: dict, run_dir: Path, cwd: Path, config_yaml: str) -> dict:
             raise ConfigError(f"started as {world} processes (a distributed launcher) but runtime={cfg.runtime.name} "
                               "runs in one; use runtime=deepspeed")
         return _run_action(cfg, run_dir, cwd, config_yaml)
+    if cfg.runtime.deepspeed_config:  # a missing or invalid file fails on every rank before any work
+        import torch
+
+        from ckptmerge.runtime.zero import deepspeed_config
+
+        deepspeed_config(torch.float32, cfg.runtime.deepspeed_config)
     ranks = distributed.init(cfg.runtime.timeout_s, cfg.runtime.threads)
     if not ranks.is_main:
         from ckptmerge.actions.worker import serve

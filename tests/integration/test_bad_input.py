@@ -89,6 +89,9 @@ def _cases(traj, tmp):
         "unreachable tracking": (local + [f"model.checkpoints=[{a},{b}]", "tracking.uri=http://127.0.0.1:9"],
                                  "tracking.uri=http://127.0.0.1:9"),
         "local without checkpoints": (["model=local"], "model.checkpoints"),
+        "deepspeed config missing": (local + [f"model.checkpoints=[{a},{b}]", "runtime=deepspeed",
+                                              f"runtime.deepspeed_config={tmp / 'ds.json'}"], "runtime.deepspeed_config does not exist"),
+        "pilot under deepspeed": (["action=pilot", "runtime=deepspeed"], "action=pilot does not run under runtime=deepspeed"),
     }
 
 
@@ -96,7 +99,8 @@ CASES = ["missing path", "folder without weights", "truncated safetensors", "uns
          "different dtypes", "tokenizer mismatch", "single checkpoint", "weights not summing to 1", "negative weight",
          "budget below 2", "alpha out of range", "unknown task", "unknown metric", "unknown merge method",
          "unknown config group option", "test split as dev", "output folder exists", "unreachable tracking",
-         "registry name rejected", "remote code without trust", "local without checkpoints"]
+         "registry name rejected", "remote code without trust", "local without checkpoints",
+         "deepspeed config missing", "pilot under deepspeed"]
 
 
 @pytest.mark.parametrize("case", CASES)
