@@ -29,22 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
-TASK_YAML = """task: bench_unseen_bpb
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    validation: {data}
-validation_split: validation
-output_type: loglikelihood_rolling
-doc_to_text: ""
-doc_to_target: "{{{{text}}}}"
-metric_list:
-  - metric: bits_per_byte
-    aggregation: bits_per_byte
-    higher_is_better: false
-metadata:
-  version: 1.0
-"""
+from bench_tasks import write_bpb_task  # noqa: E402  (this folder is on sys.path when run as a script)
 
 
 def make_task(traj, folder: Path) -> Path:
@@ -58,7 +43,7 @@ def make_task(traj, folder: Path) -> Path:
             rows.append(json.dumps({"text": text}))
     data = folder / "unseen.jsonl"
     data.write_text("\n".join(rows) + "\n")
-    (folder / "bench_unseen_bpb.yaml").write_text(TASK_YAML.format(data=data))
+    write_bpb_task(folder, "bench_unseen_bpb", data)
     return folder
 
 

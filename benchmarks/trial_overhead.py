@@ -35,23 +35,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
+from bench_tasks import write_bpb_task  # noqa: E402  (this folder is on sys.path when run as a script)
 
-TASK_YAML = """task: bench_small_bpb
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    validation: {data}
-validation_split: validation
-output_type: loglikelihood_rolling
-doc_to_text: ""
-doc_to_target: text
-metric_list:
-  - metric: bits_per_byte
-    aggregation: bits_per_byte
-    higher_is_better: false
-metadata:
-  version: 1.0
-"""
 
 
 def memory() -> dict[str, float]:
@@ -117,7 +102,7 @@ def pythia(cache: Path, docs: int, lambdas: list[float], work: Path) -> dict:
     texts = [json.loads(ln)["text"] for ln in (traj.tasks_dir / "dev.jsonl").read_text().splitlines()[:docs]]
     data = work / "docs.jsonl"
     data.write_text("".join(json.dumps({"text": t[:400]}) + "\n" for t in texts))
-    (work / "bench_small_bpb.yaml").write_text(TASK_YAML.format(data=data))
+    write_bpb_task(work, "bench_small_bpb", data)
     return run_trials("pythia-1b", folders, ["bench_small_bpb"], [str(work)], 256, lambdas, None)
 
 
