@@ -21,10 +21,9 @@ from typing import Any, Callable
 import torch
 
 from ckptmerge.actions.evaluation import EvalSession
-from ckptmerge.actions.setup import resolve_sources
+from ckptmerge.actions.study import start_study
 from ckptmerge.actions.trials import TrialLoop
 from ckptmerge.calibration import diagonal_fisher, linear_input_grams, read_texts
-from ckptmerge.checkpoints import CheckpointSet
 from ckptmerge.checkpoints.resident import ResidentModel
 from ckptmerge.config import Config, ConfigError
 from ckptmerge.errors import EvaluationError
@@ -237,16 +236,9 @@ def run_compare(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") ->
     from rich.console import Console
     from rich.table import Table
 
-    seed_everything(cfg.search.seed, cfg.runtime.threads)
-    tracker = SearchTracker(cfg.tracking, cwd)
-    sources = resolve_sources(cfg, all_checkpoints=True)
-    last = min(cfg.compare.last, len(sources.cset))
-    cset = CheckpointSet(sources.cset.checkpoints[-last:], trust_remote_code=sources.cset.trust_remote_code)
-    sources.cset = cset
-    session, resident = EvalSession.with_resident(cfg, sources)
-    parent = tracker.start(run_name=f"compare-{cset.names[0]}-{cset.names[-1]}", config=cfg.to_dict(),
-                           config_yaml=config_yaml, checkpoints=[{"name": c.name, **c.identity()} for c in cset.checkpoints],
-                           tags={names.TAG_KIND: "compare", names.TAG_OBJECTIVE: session.objective.describe()})
+    study = start_study(cfg, cwd, config_yaml, "compare", last=cfg.compare.last)
+    tracker, sources, session, resident, parent = study.tracker, study.sources, study.session, study.resident, study.run_id
+    cset = sources.cset
     comp = Comparison(cfg, tracker, session, resident, sources.calib_path)
     results: list[MethodResult] = []
     snapshot: dict[str, torch.Tensor] | None = None  # the best non-linear merge's parameters, to register it

@@ -15,12 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from ckptmerge.actions.evaluation import EvalSession
-from ckptmerge.actions.setup import resolve_sources
+from ckptmerge.actions.study import start_study
 from ckptmerge.config import Config
-from ckptmerge.runtime import seed_everything
-from ckptmerge.tracking import names
-from ckptmerge.tracking.mlflow_run import SearchTracker
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +52,8 @@ def run_pilot(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") -> d
     from rich.table import Table
     from tqdm.auto import tqdm
 
-    seed_everything(cfg.search.seed, cfg.runtime.threads)
-    tracker = SearchTracker(cfg.tracking, cwd)
-    sources = resolve_sources(cfg, all_checkpoints=True)
-    cset = sources.cset
-    session, resident = EvalSession.with_resident(cfg, sources)
-    run_id = tracker.start(run_name=f"pilot-{cset.names[0]}-{cset.names[-1]}", config=cfg.to_dict(),
-                           config_yaml=config_yaml,
-                           checkpoints=[{"name": c.name, **c.identity()} for c in cset.checkpoints],
-                           tags={names.TAG_KIND: "pilot", names.TAG_OBJECTIVE: session.objective.describe()})
+    study = start_study(cfg, cwd, config_yaml, "pilot")
+    tracker, cset, session, resident, run_id = study.tracker, study.cset, study.session, study.resident, study.run_id
     lam, n = float(cfg.pilot.lam), len(cset)
     try:
         total = n + n * (n - 1) // 2
