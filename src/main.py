@@ -53,13 +53,10 @@ def _run(cfg_dict: dict, run_dir: Path, cwd: Path, config_yaml: str) -> dict:
 
         serve(cfg)
         return {}
-    ok = False
     try:
-        result = _run_action(cfg, run_dir, cwd, config_yaml)
-        ok = True
-        return result
+        return _run_action(cfg, run_dir, cwd, config_yaml)
     finally:
-        distributed.channel.close(ok)
+        distributed.channel.close()
 
 
 def _run_action(cfg, run_dir: Path, cwd: Path, config_yaml: str) -> dict:  # type: ignore[no-untyped-def]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from ckptmerge.runtime.distributed import free_port
 from tests.conftest import MAIN, run_main
 
 pytestmark = pytest.mark.slow
@@ -26,15 +26,9 @@ def _args(work: Path, traj_cache: Path, name: str) -> list[str]:
             f"hydra.run.dir={work / name}"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_deepspeed(args: list[str], cwd: Path, nproc: int = 2, timeout: int = 600) -> subprocess.CompletedProcess:
     launcher = Path(sys.executable).parent / "deepspeed"
-    cmd = [str(launcher), "--num_gpus", str(nproc), "--master_port", str(_free_port()), str(MAIN), *args]
+    cmd = [str(launcher), "--num_gpus", str(nproc), "--master_port", str(free_port()), str(MAIN), *args]
     return subprocess.run(cmd, cwd=cwd, env=dict(os.environ), capture_output=True, text=True, timeout=timeout)
 
 

@@ -44,8 +44,7 @@ class EvalSession:
 
             ranks = distributed.ranks()
             assert ranks is not None, "runtime=deepspeed: the process group is joined in main"
-            if ranks.is_main:
-                distributed.channel.send(distributed.START)
+            distributed.channel.send(distributed.START)
             session._ranks = (ranks.rank, ranks.world_size)
             resident: ResidentModel = ZeroResidentModel(sources.cset, dtype=cfg.runtime.dtype,
                                                         deepspeed_config_path=cfg.runtime.deepspeed_config)
@@ -58,12 +57,6 @@ class EvalSession:
     def partitioned(self) -> bool:
         """The resident model is partitioned over DeepSpeed ranks (rank 0 drives the others)."""
         return self._ranks is not None
-
-    def _leader_sends(self, command: str, *args: Any) -> None:
-        if self._ranks is not None and self._ranks[0] == 0:
-            from ckptmerge.runtime import distributed
-
-            distributed.channel.send(command, *args)
 
     def _make_lm(self, model: Any, tokenizer: Any, device: str) -> Any:
         rank, world = self._ranks or (0, 1)
@@ -84,7 +77,10 @@ class EvalSession:
         when the model is partitioned, and only rank 0 gets the gathered metrics."""
         suite = self.dev if which == "dev" else self.test
         assert suite is not None, f"no {which} tasks"
-        self._leader_sends("eval", which)
+        if self.partitioned:
+            from ckptmerge.runtime import distributed
+
+            distributed.channel.send(distributed.EVAL, which)
         return suite.evaluate(lm or self._lm)
 
     def reload(self, folder: Path) -> tuple[Any, Any, Any]:

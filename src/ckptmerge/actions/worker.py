@@ -22,7 +22,7 @@ def serve(cfg: Config) -> None:
 
     command, _ = distributed.receive()
     if command != distributed.START:
-        return  # rank 0 needs no model (merge, promote) or failed before building it (and says why)
+        return  # stop before start: rank 0 needed no model (merge, promote) or failed first (and says why)
     seed_everything(cfg.search.seed)
     sources = resolve_sources(cfg, progress=False)  # rank 0 built any embedded trajectory already
     session, resident = EvalSession.with_resident(cfg, sources)
@@ -30,9 +30,9 @@ def serve(cfg: Config) -> None:
     while True:
         command, args = distributed.receive()
         if command == distributed.APPLY:
-            resident.apply_local(args[0])
+            resident.apply(args[0])
         elif command == distributed.LOAD:
-            resident.load_folder_local(Path(args[0]))
+            resident.load_folder(Path(args[0]))
         elif command == distributed.EVAL:
             session.evaluate_suite(args[0])
         elif command == distributed.STOP:

@@ -49,6 +49,8 @@ def resolve_dtype(name: str, cset: CheckpointSet, device: str) -> torch.dtype:
 class ResidentModel:
     """One model in memory whose parameters become ``Σ wᵢ·θᵢ`` on :meth:`apply`."""
 
+    _scratch_buf: torch.Tensor | None = None  # see _scratch
+
     def __init__(self, cset: CheckpointSet, device: str = "cpu", dtype: str = "auto") -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -159,7 +161,7 @@ class ResidentModel:
 
     def _scratch(self) -> torch.Tensor:
         """One chunk of fp32 accumulator, reused by every chunk of every trial (half-precision models)."""
-        if getattr(self, "_scratch_buf", None) is None:
+        if self._scratch_buf is None:
             self._scratch_buf = torch.empty(CHUNK_ELEMS, dtype=torch.float32)
         return self._scratch_buf
 

@@ -128,7 +128,7 @@ class _BufferPool:
         self.lock = threading.Lock()
 
     def take(self, dtype: torch.dtype, numel: int) -> torch.Tensor:
-        need = numel * torch.empty((), dtype=dtype).element_size()
+        need = numel * dtype.itemsize
         buf = None
         if need <= self.nbytes:
             with self.lock:

@@ -18,7 +18,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 # Commands sent by rank 0
-START, ABORT, APPLY, LOAD, EVAL, STOP = "start", "abort", "apply", "load", "eval", "stop"
+START, APPLY, LOAD, EVAL, STOP = "start", "apply", "load", "eval", "stop"
 
 
 def launched_world_size() -> int:
@@ -27,13 +27,6 @@ def launched_world_size() -> int:
         return max(1, int(os.environ.get("WORLD_SIZE", "1")))
     except ValueError:
         return 1
-
-
-def launched_rank() -> int:
-    try:
-        return int(os.environ.get("RANK", "0"))
-    except ValueError:
-        return 0
 
 
 @dataclass(frozen=True)
@@ -48,7 +41,8 @@ class Ranks:
         return self.rank == 0
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on the loopback nobody listens on now (for a world of one's rendezvous)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -76,7 +70,7 @@ def init(timeout_s: int, threads: int | None = None) -> Ranks:
     os.environ.setdefault("LOCAL_RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    os.environ.setdefault("MASTER_PORT", str(free_port()))
     acc = get_accelerator()
     deepspeed.init_distributed(dist_backend=acc.communication_backend_name(),
                                timeout=datetime.timedelta(seconds=timeout_s), verbose=False)
@@ -110,25 +104,24 @@ def broadcast(obj: Any = None) -> Any:
 
 
 class Channel:
-    """Rank 0's side: each command it sends is received by every other rank's :func:`serve`."""
+    """Rank 0's side: each command it sends is received by every other rank's :func:`serve`.
+
+    Code shared by all ranks calls :meth:`send` as it goes; only rank 0 of a world larger than one
+    actually sends (the others are following commands already), so callers need not ask who they are.
+    """
 
     def __init__(self) -> None:
-        self.started = False
         self.closed = False
 
     def send(self, command: str, *args: Any) -> None:
         r = ranks()
-        if r is None or r.world_size == 1 or self.closed:
+        if r is None or r.world_size == 1 or r.rank != 0 or self.closed:
             return
         broadcast((command, *args))
-        if command == START:
-            self.started = True
 
-    def close(self, ok: bool) -> None:
-        """Release the other ranks: ``stop`` after a start, ``abort`` if rank 0 failed before it."""
-        if self.closed:
-            return
-        self.send(STOP if self.started else (STOP if ok else ABORT))
+    def close(self) -> None:
+        """Release the other ranks, whether or not they were started (they stop either way)."""
+        self.send(STOP)
         self.closed = True
 
 

@@ -129,7 +129,7 @@ class ZeroResidentModel(ResidentModel):
         # per target: checkpoint key, first element, count, and whether it is a flat partition (else a whole buffer)
         self._slices: list[tuple[str, int, int, bool]] = []
         self._targets = self._map_sources()
-        self.apply_local(self.weights)  # the load: the newest checkpoint alone, each rank its own partition
+        self._merge_partitions(self.weights)  # the load: the newest checkpoint alone, each rank its own partition
 
     def _map_sources(self) -> list[tuple[str, torch.Tensor, list[torch.Tensor]]]:
         import torch.distributed as dist
@@ -180,31 +180,24 @@ class ZeroResidentModel(ResidentModel):
         if stale:
             stale[0].partition(param_list=stale, has_been_updated=False)
 
-    def _lead(self, command: str, *args: Any) -> None:
-        if self.rank == 0:
-            from ckptmerge.runtime import distributed
-
-            distributed.channel.send(command, *args)
-
     @torch.no_grad()
     def apply(self, weights: Any) -> None:
-        """Rank 0: every rank merges ``weights`` into its partition (the others are told first)."""
-        self._lead("apply", [float(w) for w in weights])
-        self.apply_local(weights)
+        """Merge ``weights`` into this rank's partition; on rank 0, every other rank is told to do the same."""
+        from ckptmerge.runtime import distributed
 
-    @torch.no_grad()
-    def apply_local(self, weights: Any) -> None:
+        distributed.channel.send(distributed.APPLY, [float(w) for w in weights])
+        self._merge_partitions(weights)
+
+    def _merge_partitions(self, weights: Any) -> None:
         self._release_gathered()
         super().apply(weights)
 
     @torch.no_grad()
     def load_folder(self, folder: Path) -> None:
-        """Rank 0: every rank overwrites its partition from a written checkpoint (a merge's re-score)."""
-        self._lead("load", str(folder))
-        self.load_folder_local(folder)
+        """Overwrite this rank's partition from a written checkpoint (a merge's re-score); rank 0 tells the others."""
+        from ckptmerge.runtime import distributed
 
-    @torch.no_grad()
-    def load_folder_local(self, folder: Path) -> None:
+        distributed.channel.send(distributed.LOAD, str(folder))
         self._release_gathered()
         reader = CheckpointReader(Path(folder))
         missing = [s[0] for s in self._slices if s[0] not in reader.meta()]
