@@ -242,7 +242,7 @@ def run_compare(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") ->
     comp = Comparison(cfg, tracker, session, resident, sources.calib_path)
     results: list[MethodResult] = []
     snapshot: dict[str, torch.Tensor] | None = None  # the best non-linear merge's parameters, to register it
-    try:
+    with tracker.finishing():
         for method in cfg.compare.methods:
             seed_everything(cfg.search.seed, cfg.runtime.threads)  # each method starts from the same seed
             results.append(comp.run(method))
@@ -283,10 +283,6 @@ def run_compare(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") ->
             out["output_dir"] = str(run_dir / "merged")
         (run_dir / "compare.json").write_text(json.dumps(out, indent=2, default=str))
         tracker.log_text(parent, json.dumps(out, indent=2, default=str), "compare.json")
-    except BaseException:
-        tracker.finish("FAILED")
-        raise
-    tracker.finish("FINISHED")
 
     console = Console(width=200)
     table = Table(title=f"compare on {', '.join(cset.names)} — {session.objective.describe()} (higher is better)")

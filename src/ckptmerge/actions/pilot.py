@@ -55,7 +55,7 @@ def run_pilot(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") -> d
     study = start_study(cfg, cwd, config_yaml, "pilot")
     tracker, cset, session, resident, run_id = study.tracker, study.cset, study.session, study.resident, study.run_id
     lam, n = float(cfg.pilot.lam), len(cset)
-    try:
+    with tracker.finishing():
         total = n + n * (n - 1) // 2
         bar = tqdm(total=total, desc="pilot", unit="eval")
         singles: list[float] = []
@@ -95,10 +95,6 @@ def run_pilot(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") -> d
         adjacent = [r["gain"] for r in rows if r["adjacent"]]
         tracker.log_metrics({"mean_gain_adjacent": float(np.mean(adjacent)),
                              "mean_gain_all_pairs": float(np.mean([r["gain"] for r in rows]))})
-    except BaseException:
-        tracker.finish("FAILED")
-        raise
-    tracker.finish("FINISHED")
 
     console = Console(width=160)
     table = Table(title=f"pilot: pairs merged at λ={lam:g}; gain over the newer checkpoint ({session.objective.describe()})")

@@ -244,14 +244,9 @@ def run_promote(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") ->
         run_name=f"promote-{name}-v{candidate.version}", config=cfg.to_dict(), config_yaml=config_yaml,
         checkpoints=models, tags={names.TAG_KIND: "promotion", "ckptmerge.registered_model": name},
     )
-    try:
+    with tracker.finishing():
         decision = _decide(cfg, judge, candidate, champion) if judge else UNCHANGED
         outcome = _record(cfg, tracker, judge, candidate, champion, decision, tasks)
-    except BaseException as e:
-        tracker.set_tags({"ckptmerge.error": str(e).splitlines()[0] if str(e) else type(e).__name__})
-        tracker.finish("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
-        raise
-    tracker.finish("FINISHED")
     outcome["mlflow"] = {"tracking_uri": tracker.uri, "experiment_id": tracker.experiment_id, "run_id": run_id}
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "result.json").write_text(json.dumps(outcome, indent=2))

@@ -77,15 +77,13 @@ class SearchRun:
         else:
             tracker.log_text(run_id, json.dumps(key, indent=2, sort_keys=True, default=str), resume.ARTIFACT_RESUME_KEY)
         log.info("MLflow parent run %s; objective %s", run_id, session.objective.describe())
-        try:
-            result = self._search_and_register(tracker, sources, session, resident, searcher, past)
-        except BaseException as e:
-            tracker.set_tags({"ckptmerge.error": str(e).splitlines()[0] if str(e) else type(e).__name__})
-            tracker.finish("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
-            if self._written:
-                shutil.rmtree(self.output_dir, ignore_errors=True)
-            raise
-        tracker.finish("FINISHED")
+        with tracker.finishing():
+            try:
+                result = self._search_and_register(tracker, sources, session, resident, searcher, past)
+            except BaseException:
+                if self._written:  # a half-verified merge never stays behind
+                    shutil.rmtree(self.output_dir, ignore_errors=True)
+                raise
         return result
 
     def _runtime_info(self, resident: ResidentModel) -> dict[str, Any]:

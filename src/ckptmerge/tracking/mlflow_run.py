@@ -225,6 +225,18 @@ class SearchTracker:
         if self.run_id and not self._env_run:  # `mlflow run` ends its own run
             self.client.set_terminated(self.run_id, status=status)
 
+    @contextlib.contextmanager
+    def finishing(self) -> Iterator[None]:
+        """End the parent run with the block: FINISHED, or KILLED (interrupted) / FAILED with the
+        error's first line as the ``ckptmerge.error`` tag when it raises (and the error goes on)."""
+        try:
+            yield
+        except BaseException as e:
+            self.set_tags({"ckptmerge.error": str(e).splitlines()[0] if str(e) else type(e).__name__})
+            self.finish("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+            raise
+        self.finish("FINISHED")
+
     # -- children ----------------------------------------------------------------------------
     def start_trial(self, index: int, params: Mapping[str, Any], parent_run_id: str | None = None,
                     run_name: str | None = None, kind: str = "trial") -> str:
