@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
-from bench_tasks import write_bpb_task  # noqa: E402  (this folder is on sys.path when run as a script)
+from ckptmerge.trajectory.tasks import bpb_task_yaml  # noqa: E402
 
 
 def make_task(traj, folder: Path) -> Path:
@@ -43,7 +43,7 @@ def make_task(traj, folder: Path) -> Path:
             rows.append(json.dumps({"text": text}))
     data = folder / "unseen.jsonl"
     data.write_text("\n".join(rows) + "\n")
-    write_bpb_task(folder, "bench_unseen_bpb", data)
+    (folder / "bench_unseen_bpb.yaml").write_text(bpb_task_yaml("bench_unseen_bpb", data))
     return folder
 
 

@@ -35,7 +35,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
-from bench_tasks import write_bpb_task  # noqa: E402  (this folder is on sys.path when run as a script)
+from ckptmerge.trajectory.tasks import bpb_task_yaml  # noqa: E402
 
 
 
@@ -102,7 +102,7 @@ def pythia(cache: Path, docs: int, lambdas: list[float], work: Path) -> dict:
     texts = [json.loads(ln)["text"] for ln in (traj.tasks_dir / "dev.jsonl").read_text().splitlines()[:docs]]
     data = work / "docs.jsonl"
     data.write_text("".join(json.dumps({"text": t[:400]}) + "\n" for t in texts))
-    write_bpb_task(work, "bench_small_bpb", data)
+    (work / "bench_small_bpb.yaml").write_text(bpb_task_yaml("bench_small_bpb", data))
     return run_trials("pythia-1b", folders, ["bench_small_bpb"], [str(work)], 256, lambdas, None)
 
 

@@ -152,6 +152,15 @@ def multiple_choice_rows(documents: Sequence[Document], seed: int) -> list[dict]
 def task_yaml(name: str, data_path: Path) -> str:
     """The YAML text of task ``name`` reading ``data_path`` (absolute) as its only split."""
     kind, split, _ = TASK_FILES[name]
+    return _yaml(name, kind, split, data_path)
+
+
+def bpb_task_yaml(name: str, data_path: Path, split: str = "validation") -> str:
+    """A bits-per-byte task like ours over any JSONL whose rows have a ``text`` field (e.g. a benchmark's)."""
+    return _yaml(name, "bpb", split, data_path)
+
+
+def _yaml(name: str, kind: str, split: str, data_path: Path) -> str:
     split_key = "validation_split" if split == "validation" else "test_split"
     # json.dumps gives a quoted string that YAML reads back unchanged (paths with spaces or colons).
     header = (
