@@ -7,9 +7,10 @@ import json
 import pytest
 import torch
 
+from ckptmerge.checkpoints.resident import pair_tensor_names
 from ckptmerge.config import Config, RuntimeConfig
 from ckptmerge.errors import ConfigError
-from ckptmerge.runtime.zero import deepspeed_config, map_by_name_and_shape
+from ckptmerge.runtime.zero import deepspeed_config
 from tests.conftest import MAIN
 
 
@@ -46,7 +47,7 @@ def test_user_json_overrides_keys_but_not_the_stage(tmp_path):
 def test_tensors_pair_by_name_then_by_the_one_free_tensor_of_that_shape():
     files = {"embed_in.weight": (10, 4), "embed_out.weight": (10, 4), "ln.weight": (4,), "attn.masked_bias": ()}
     model = {"embed_in.weight": (10, 4), "lm_head.weight": (10, 4), "ln.weight": (4,)}
-    assert map_by_name_and_shape(files, model) == {"embed_in.weight": "embed_in.weight", "ln.weight": "ln.weight",
+    assert pair_tensor_names(files, model) == {"embed_in.weight": "embed_in.weight", "ln.weight": "ln.weight",
                                                    "embed_out.weight": "lm_head.weight"}
 
 

@@ -9,7 +9,7 @@ a GPU the sources are copied to the device where they fit, and merged there.)
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -46,6 +46,27 @@ def resolve_dtype(name: str, cset: CheckpointSet, device: str) -> torch.dtype:
     return dtype
 
 
+def pair_tensor_names(file_shapes: Mapping[str, tuple[int, ...]], model_shapes: Mapping[str, tuple[int, ...]],
+                      same_values: Callable[[str, str], bool] | None = None) -> dict[str, str]:
+    """Checkpoint tensor name → model tensor name: the same name, else a free model tensor of that shape
+    (and, given ``same_values(file_key, model_key)``, holding exactly its values), name similarity
+    breaking ties, e.g. GPT-NeoX's ``embed_out`` is ``lm_head`` in transformers 5. A file tensor with
+    no such partner is left out (model state it is not, e.g. an attention mask buffer)."""
+    import difflib
+
+    mapping = {k: k for k in file_shapes if k in model_shapes}
+    free = [k for k in model_shapes if k not in mapping]
+    for key in (k for k in file_shapes if k not in mapping):
+        same = [m for m in free if model_shapes[m] == tuple(file_shapes[key]) and (same_values is None or same_values(key, m))]
+        if not same:
+            continue
+        best = max(same, key=lambda m: difflib.SequenceMatcher(None, m, key).ratio())
+        mapping[key] = best
+        free.remove(best)
+        log.info("Checkpoint tensor %s is model tensor %s", key, best)
+    return mapping
+
+
 class ResidentModel:
     """One model in memory whose parameters become ``Σ wᵢ·θᵢ`` on :meth:`apply`."""
 
@@ -79,28 +100,11 @@ class ResidentModel:
         name is not in the model is paired with the model tensor that holds exactly its values (the
         resident model was just loaded from the newest checkpoint), name similarity breaking ties.
         """
-        import difflib
-
         state = self.model.state_dict()
         newest = self.cset.newest.reader
-        mapping: dict[str, str] = {}
-        unmatched = []
-        for key in self.cset.meta():
-            if key in state:
-                mapping[key] = key
-            else:
-                unmatched.append(key)
-        free = [k for k in state if k not in mapping.values()]
-        for key in unmatched:
-            t = newest.get(key)
-            same = [k for k in free if tuple(state[k].shape) == tuple(t.shape)
-                    and torch.equal(state[k].cpu(), t.to(state[k].dtype))]
-            if same:
-                best = max(same, key=lambda k: difflib.SequenceMatcher(None, k, key).ratio())
-                mapping[key] = best
-                free.remove(best)
-                log.info("Checkpoint tensor %s is model tensor %s", key, best)
-        return mapping
+        return pair_tensor_names(
+            {k: m.shape for k, m in self.cset.meta().items()}, {k: tuple(v.shape) for k, v in state.items()},
+            same_values=lambda key, model_key: torch.equal(state[model_key].cpu(), newest.get(key).to(state[model_key].dtype)))
 
     def _to_device(self, srcs: list[torch.Tensor], key: str) -> list[torch.Tensor]:
         """Sources on the model's device where they fit; else left mapped on the CPU (merged from there)."""

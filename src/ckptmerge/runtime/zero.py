@@ -9,7 +9,6 @@ layer's parameters from all ranks as DeepSpeed's hooks need them, and release th
 """
 from __future__ import annotations
 
-import difflib
 import json
 import logging
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 
 from ckptmerge.checkpoints.checkpoint_set import CheckpointSet
 from ckptmerge.checkpoints.reader import CheckpointReader
-from ckptmerge.checkpoints.resident import ResidentModel, resolve_dtype
+from ckptmerge.checkpoints.resident import ResidentModel, pair_tensor_names, resolve_dtype
 from ckptmerge.errors import CheckpointError, ConfigError
 from ckptmerge.merge.linear import linear_merge_into
 
@@ -55,23 +54,6 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     for k, v in over.items():
         out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
-
-
-def map_by_name_and_shape(file_shapes: dict[str, tuple[int, ...]], model_shapes: dict[str, tuple[int, ...]]) -> dict[str, str]:
-    """Checkpoint tensor name → model tensor name without reading values (the partitioned model has none
-    yet): the same name, else the one free model tensor of that shape (name similarity breaks ties,
-    e.g. GPT-NeoX's ``embed_out`` is ``lm_head`` in transformers 5)."""
-    mapping = {k: k for k in file_shapes if k in model_shapes}
-    free = [k for k in model_shapes if k not in mapping]
-    for key in (k for k in file_shapes if k not in mapping):
-        same = [m for m in free if model_shapes[m] == file_shapes[key]]
-        if not same:
-            continue
-        best = max(same, key=lambda m: difflib.SequenceMatcher(None, m, key).ratio())
-        mapping[key] = best
-        free.remove(best)
-        log.info("Checkpoint tensor %s is model tensor %s", key, best)
-    return mapping
 
 
 def _model_class(config: Any, folder: Path, trust_remote_code: bool) -> Any:
@@ -139,7 +121,8 @@ class ZeroResidentModel(ResidentModel):
         buffers = dict(self.model.named_buffers())
         shapes = {n: tuple(p.ds_shape) for n, p in params.items()}
         shapes.update({n: tuple(b.shape) for n, b in buffers.items()})
-        mapping = map_by_name_and_shape({k: m.shape for k, m in meta.items()}, shapes)
+        # by name and shape only: the partitioned model holds no values yet to compare
+        mapping = pair_tensor_names({k: m.shape for k, m in meta.items()}, shapes)
         targets, covered = [], set()
         for key, model_key in mapping.items():
             if model_key in params:
