@@ -24,6 +24,8 @@ BACKENDS = ("single", "deepspeed")
 # Actions that evaluate a resident model across DeepSpeed ranks; merge and promote need no model.
 DEEPSPEED_ACTIONS = ("search", "merge", "promote")
 TRAJECTORY_PRESETS = ("default", "tiny")
+# model.order: check that known training steps increase oldest → newest, or take the order as given.
+MODEL_ORDERS = ("check", "given")
 
 
 def did_you_mean(name: str, options: Any) -> str:
@@ -72,9 +74,13 @@ class ModelConfig:
     test_tasks: tuple[str, ...] = ()
     dev_weights: Mapping[str, float] = field(default_factory=dict)
     pair: int | None = None
+    # check: refuse checkpoints whose training steps (folder names, trainer_state.json) are known and
+    # do not increase oldest → newest; given: merge them in the order listed.
+    order: str = "check"
 
     def __post_init__(self) -> None:
         _choice("model.source", self.source, MODEL_SOURCES)
+        _choice("model.order", self.order, MODEL_ORDERS)
         if self.pair is not None:
             self._pick_pair()
         if self.source != "embedded":
@@ -119,6 +125,8 @@ class MergeConfig:
     overwrite: bool = False
     shard_size: str = "2GB"
     dtype: str = "auto"
+    # action=merge only: write a merge of checkpoints holding NaN/Inf instead of refusing them.
+    allow_nonfinite: bool = False
 
     def __post_init__(self) -> None:
         _choice("merge.dtype", self.dtype, DTYPES)
@@ -148,12 +156,20 @@ class SearchConfig:
             raise ConfigError(f"search.budget must be an integer >= 2 (λ=alpha and λ=1 come first), got {self.budget!r}")
         if not _is_number(self.alpha) or not 0.0 <= float(self.alpha) < 1.0:
             raise ConfigError(f"search.alpha must be in [0, 1), got {self.alpha!r}")
+        # skopt, numpy and torch all take this seed; numpy accepts only [0, 2**32).
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:
+            raise ConfigError(f"search.seed must be an integer in [0, 2**32), got {self.seed!r}")
         _choice("search.acq_func", self.acq_func, ("gp_hedge", "EI", "PI", "LCB"))
         if not isinstance(self.resume, str) or not self.resume.strip():
             raise ConfigError(f"search.resume must be auto, never or an MLflow run id, got {self.resume!r}")
         if not _is_number(self.min_distance) or not 0 < self.min_distance < 0.5:
             raise ConfigError(f"search.min_distance must be in (0, 0.5), got {self.min_distance!r}")
         max_points = int(math.floor((1.0 - float(self.alpha)) / self.min_distance)) + 1
+        if max_points < 2:  # λ=alpha and λ=1 are one point: no budget could help, alpha is the problem
+            raise ConfigError(
+                f"search.alpha={self.alpha} leaves no room to search: λ=alpha and λ=1 are closer than "
+                f"search.min_distance={self.min_distance}; use search.alpha <= {1.0 - self.min_distance:g}"
+            )
         if self.budget > max_points:
             raise ConfigError(
                 f"search.budget={self.budget} exceeds the {max_points} distinct λ that fit in "

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ckptmerge.checkpoints import CheckpointSet
+from ckptmerge.checkpoints.content import check_content
 from ckptmerge.config import Config, ModelConfig
 from ckptmerge.errors import ConfigError
 
@@ -54,10 +55,21 @@ def _embedded_checkpoints(model: ModelConfig, progress: bool, all_checkpoints: b
     return [picked[j] for j in order], traj
 
 
-def resolve_sources(cfg: Config, progress: bool = True, all_checkpoints: bool = False) -> Sources:
+def _check_content(cfg: Config, cset: CheckpointSet) -> None:
+    """What the checkpoints hold (see :mod:`ckptmerge.checkpoints.content`), before any trial or write."""
+    merge = cfg.action == "merge"
+    hint = ("; set merge.allow_nonfinite=true to write such a merge anyway" if merge
+            else "; fix or leave out this checkpoint (only action=merge can take it, with merge.allow_nonfinite=true)")
+    check_content(cset, order=cfg.model.order, allow_nonfinite=merge and cfg.merge.allow_nonfinite, nonfinite_hint=hint)
+
+
+def resolve_sources(cfg: Config, progress: bool = True, all_checkpoints: bool = False,
+                    check: bool = True) -> Sources:
     """Checkpoints (embedded, local or hub) checked to be mergeable, and the dev/test task lists.
 
     ``all_checkpoints``: the whole embedded trajectory instead of ``model.select`` (pilot, compare).
+    ``check``: run the content checks (a DeepSpeed rank other than 0 skips them: rank 0 ran them
+    before it sent the start).
     """
     model = cfg.model
     include = [str(Path(cfg.eval.include_path).expanduser().resolve())] if cfg.eval.include_path else []
@@ -66,6 +78,8 @@ def resolve_sources(cfg: Config, progress: bool = True, all_checkpoints: bool = 
     if model.source == "embedded":
         refs, traj = _embedded_checkpoints(model, progress, all_checkpoints)
         cset = CheckpointSet.from_refs(refs, trust_remote_code=False)
+        if check:
+            _check_content(cfg, cset)
         return Sources(
             cset=cset,
             dev_tasks=cfg.eval.tasks or model.dev_tasks or traj.dev_tasks,  # type: ignore[attr-defined]
@@ -80,6 +94,8 @@ def resolve_sources(cfg: Config, progress: bool = True, all_checkpoints: bool = 
     if not dev_tasks and cfg.action != "merge":
         raise ConfigError("eval.tasks is empty: name the lm-eval dev tasks that form the objective, e.g. 'eval.tasks=[ckptmerge_wikitext_dev]'")
     cset = CheckpointSet.from_refs(list(model.checkpoints), trust_remote_code=model.trust_remote_code)
+    if check:
+        _check_content(cfg, cset)
     test_tasks = cfg.eval.test_tasks or (() if cfg.eval.tasks else model.test_tasks)
     return Sources(cset=cset, dev_tasks=dev_tasks, test_tasks=test_tasks, dev_weights=_weights(cfg),
                    include_paths=include + [str(PACKAGE_TASKS)], max_length=cfg.eval.max_length)

@@ -24,7 +24,8 @@ def serve(cfg: Config) -> None:
     if command != distributed.START:
         return  # stop before start: rank 0 needed no model (merge, promote) or failed first (and says why)
     seed_everything(cfg.search.seed)
-    sources = resolve_sources(cfg, progress=False)  # rank 0 built any embedded trajectory already
+    # rank 0 built any embedded trajectory and checked the checkpoints' content already
+    sources = resolve_sources(cfg, progress=False, check=False)
     session, resident = EvalSession.with_resident(cfg, sources)
     assert isinstance(resident, ZeroResidentModel)
     while True:

@@ -64,12 +64,23 @@ def parse_ref(text: str) -> CheckpointRef:
     """
     text = str(text).strip()
     p = Path(text).expanduser()
-    if p.exists():
-        return CheckpointRef(text=text, path=p.resolve())
+    # lexists: a symlink on disk is local even when it leads nowhere (dangling, or a loop).
+    if p.exists() or os.path.lexists(p):
+        return CheckpointRef(text=text, path=_resolve_local(p, text))
     repo, _, revision = text.partition("@")
     if _REPO_RE.match(repo) and not text.startswith((".", "/", "~")):
         return CheckpointRef(text=text, repo=repo, revision=revision or None)
-    return CheckpointRef(text=text, path=p.resolve())
+    return CheckpointRef(text=text, path=_resolve_local(p, text))
+
+
+def _resolve_local(p: Path, text: str) -> Path:
+    """The absolute path with every symlink followed; a symlink loop is the user's to fix, not a traceback."""
+    try:
+        return p.resolve()
+    except RuntimeError:  # Python < 3.13 raises this for a loop
+        raise CheckpointError(f"checkpoint path is a symlink loop: {text}") from None
+    except OSError as e:
+        raise CheckpointError(f"checkpoint path cannot be resolved: {text} ({e.strerror or e})") from None
 
 
 def unique_names(refs: list[CheckpointRef]) -> list[str]:
@@ -91,6 +102,8 @@ def resolve(ref: CheckpointRef) -> Path:
     if not ref.is_hub:
         assert ref.path is not None
         if not ref.path.exists():
+            if ref.path.is_symlink():  # Python >= 3.13 resolves a loop to a path that is still a symlink
+                raise CheckpointError(f"checkpoint path is a symlink loop: {ref.text}")
             raise CheckpointError(f"checkpoint folder does not exist: {ref.text}")
         if not ref.path.is_dir():
             raise CheckpointError(f"checkpoint is not a folder: {ref.text}")
