@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from ckptmerge.checkpoints.checkpoint_set import CheckpointSet
-from ckptmerge.checkpoints.stream import torch_threads
+from ckptmerge.checkpoints.stream import take_newest, torch_threads
 from ckptmerge.errors import CheckpointError
 from ckptmerge.merge.linear import linear_merge_into
 
@@ -68,7 +68,13 @@ def pair_tensor_names(file_shapes: Mapping[str, tuple[int, ...]], model_shapes: 
 
 
 class ResidentModel:
-    """One model in memory whose parameters become ``Σ wᵢ·θᵢ`` on :meth:`apply`."""
+    """One model in memory whose parameters become ``Σ wᵢ·θᵢ`` on :meth:`apply`.
+
+    Integer and bool checkpoint tensors are never averaged: they are the newest checkpoint's, decided
+    by the checkpoint's dtype, not the model tensor's (transformers may load an integer tensor into a
+    float parameter). The streaming writer applies the same rule (``stream.take_newest``), so a trial
+    and the written merge hold the same values.
+    """
 
     _scratch_buf: torch.Tensor | None = None  # see _scratch
 
@@ -153,6 +159,9 @@ class ResidentModel:
         # Thread count as for the streaming writer (see stream.default_threads: many small ops).
         with torch_threads(self._merge_threads()):
             for _, dest, srcs in self._targets:
+                if take_newest(srcs):
+                    dest.copy_(srcs[-1])
+                    continue
                 if dest.device.type != "cpu" or not dest.is_contiguous() or dest.numel() <= CHUNK_ELEMS:
                     linear_merge_into(dest, srcs, weights)
                     continue
@@ -177,7 +186,7 @@ class ResidentModel:
     def apply_fn(self, fn: Callable[[str, list[torch.Tensor]], torch.Tensor]) -> None:
         """Overwrite each parameter with ``fn(model_key, sources)``: merges that are not linear (Fisher, RegMean)."""
         for key, dest, srcs in self._targets:
-            dest.copy_(fn(key, srcs))
+            dest.copy_(srcs[-1] if take_newest(srcs) else fn(key, srcs))
         self.weights = ()
 
     def state_dict(self) -> dict[str, Any]:

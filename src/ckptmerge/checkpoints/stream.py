@@ -90,6 +90,13 @@ def all_finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
 
 
+def take_newest(parts: Sequence[torch.Tensor]) -> bool:
+    """Whether a tensor is copied from the newest checkpoint instead of merged: integer and bool tensors
+    (step counters, masks, token ids) cannot be averaged. The one rule for every merge method, for the
+    streaming writer and for the resident model's trials alike (see ``content.check_dtypes``)."""
+    return not parts[-1].is_floating_point()
+
+
 def is_elementwise(merge_fn: Callable[..., Any]) -> bool:
     """Whether a merge method may be applied to matching flat chunks of its inputs (``fn.elementwise``)."""
     return bool(getattr(merge_fn, "elementwise", False))
@@ -217,7 +224,9 @@ class MergeStream:
 
     # -- stage 2: arithmetic (calling thread) ----------------------------------------------------
     def _merge_unit(self, p: Placement, s: int, e: int, parts: list[torch.Tensor]) -> torch.Tensor:
-        if self.into is not None:
+        if take_newest(parts):
+            out = parts[-1].clone()
+        elif self.into is not None:
             out = self.pool.take(p.dtype, e - s)
             self.into(out, parts, self.weights, self.scratch)
         else:
