@@ -1,24 +1,24 @@
-"""Atomic checkpoint folders: written beside the target, verified, then renamed into place.
+"""Writing merged checkpoints: streamed into an atomic folder (:mod:`ckptmerge.checkpoints.atomic`), verified,
+then renamed into place.
 
 A failed or interrupted merge leaves at most a hidden ``.NAME.partial-*`` folder, never a half-written
-target; an existing target is never replaced unless ``overwrite`` is set. (Like ``save_pretrained``
+target; an existing target is never replaced unless ``overwrite`` is set or it is the same owner's. (Like ``save_pretrained``
 and ``cp``, nothing is fsync'ed unless asked: the guarantee is against errors and crashes of this
 process, not against power loss, unless ``fsync=True``.)
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Callable, Collection, Iterator, Mapping, Sequence
+from typing import Callable, Collection, Mapping, Sequence
 
 import torch
 
 from ckptmerge.checkpoints import pages
+from ckptmerge.checkpoints.atomic import OWNER_FILE, atomic_folder, check_target, folder_owner  # noqa: F401 (re-exported)
 from ckptmerge.checkpoints.layout import SAFE_INDEX, index_json, plan_shards
 from ckptmerge.checkpoints.reader import CheckpointReader, TensorMeta
 from ckptmerge.checkpoints.stream import (
@@ -27,40 +27,6 @@ from ckptmerge.checkpoints.stream import (
 from ckptmerge.errors import CheckpointError
 
 log = logging.getLogger(__name__)
-
-
-def check_target(target: Path, overwrite: bool, key: str = "merge.output_dir") -> None:
-    """Fail before any work when ``target`` exists and may not be replaced, or cannot be created."""
-    target = Path(target)
-    if target.exists() and not overwrite:
-        raise CheckpointError(f"{key}={target} already exists; choose another folder or set merge.overwrite=true")
-    parent = target.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CheckpointError(f"{key}={target}: cannot create parent folder ({e.strerror})") from None
-    if not os.access(parent, os.W_OK):
-        raise CheckpointError(f"{key}={target}: parent folder is not writable")
-
-
-@contextlib.contextmanager
-def atomic_folder(target: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder beside ``target``; on success it replaces ``target``, on error it is removed."""
-    target = Path(target).resolve()
-    check_target(target, overwrite)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    try:
-        yield tmp
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            target.rename(old)
-            tmp.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def verify_layout(folder: Path, expected: Mapping[str, TensorMeta]) -> CheckpointReader:
@@ -158,6 +124,7 @@ def write_merged(
     extra_files: Mapping[str, str] | None = None,
     progress: bool = False,
     *,
+    owner: str | None = None,
     chunk_elems: int = DEFAULT_CHUNK_ELEMS,
     prefetch_bytes: int = DEFAULT_PREFETCH_BYTES,
     write_bytes: int = DEFAULT_WRITE_BYTES,
@@ -176,7 +143,8 @@ def write_merged(
     checkpoint). Before the folder is renamed into place it is verified: every tensor present with its
     shape and dtype (headers re-read from disk), every byte written, no NaN or Inf (checked on each
     merged chunk as it is written, or, with ``reread``, by reading the files back). ``stats``, when
-    given, receives what the merge did.
+    given, receives what the merge did. ``owner``, when given, is recorded in ``ckptmerge.json`` and
+    lets the same owner replace its own earlier output (see :mod:`ckptmerge.checkpoints.atomic`).
     """
     from tqdm.auto import tqdm
 
@@ -185,7 +153,7 @@ def write_merged(
     expected = {k: TensorMeta(m.shape, dtypes[k]) for k, m in meta.items()}
     shards = plan_shards(meta, dtypes, shard_bytes)
     total = sum(p.nbytes for s in shards for p in s.tensors)
-    with atomic_folder(target, overwrite=overwrite) as tmp:
+    with atomic_folder(target, overwrite=overwrite, owner=owner) as tmp:
         _check_space(tmp, sum(s.size for s in shards))
         bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="merge", disable=not progress)
         try:
