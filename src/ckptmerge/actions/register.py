@@ -16,7 +16,7 @@ import torch
 
 from ckptmerge.actions.evaluation import EvalSession
 from ckptmerge.checkpoints.resident import ResidentModel
-from ckptmerge.checkpoints.writer import atomic_folder, write_merged
+from ckptmerge.checkpoints.writer import OWNER_FILE, atomic_folder, write_merged
 from ckptmerge.config import Config, parse_size
 from ckptmerge.errors import EvaluationError
 from ckptmerge.merge import get_method
@@ -26,21 +26,24 @@ log = logging.getLogger(__name__)
 
 
 def write_and_verify(cfg: Config, session: EvalSession, resident: ResidentModel, weights: Mapping[str, float] | None,
-                     objective: float, target: Path, info: Mapping[str, Any]) -> tuple[Any, Any, Any, float]:
+                     objective: float, target: Path, info: Mapping[str, Any],
+                     owner: str | None = None) -> tuple[Any, Any, Any, float]:
     """Write the merge to ``target``; return ``(model, tokenizer, lm, rescored_objective)`` of the reloaded copy.
 
     ``weights`` None means the merge is not linear: the resident model's parameters are saved as they are.
+    ``owner`` (e.g. ``search:RUN_ID``) is recorded in the folder, so that the same search may replace
+    its own earlier output after a crash; any other existing folder is refused at the rename.
     Raises (and leaves no folder) when the reloaded merge does not reproduce ``objective``.
     """
     cset = resident.cset
-    extra = {"ckptmerge.json": json.dumps(dict(info), indent=2, default=str)}
+    extra = {OWNER_FILE: json.dumps({**dict(info), "owner": owner}, indent=2, default=str)}
     if weights is not None:
         out_dtype = None if cfg.merge.dtype == "auto" else getattr(torch, cfg.merge.dtype)
         write_merged([c.reader for c in cset.checkpoints], cset.newest.folder, list(weights.values()), target,
                      get_method(cfg.merge.method), parse_size(cfg.merge.shard_size, "merge.shard_size"),
-                     out_dtype=out_dtype, overwrite=cfg.merge.overwrite, extra_files=extra, progress=True)
+                     out_dtype=out_dtype, overwrite=cfg.merge.overwrite, extra_files=extra, progress=True, owner=owner)
     else:
-        with atomic_folder(target, overwrite=cfg.merge.overwrite) as tmp:  # resident's own dtype
+        with atomic_folder(target, overwrite=cfg.merge.overwrite, owner=owner) as tmp:  # resident's own dtype
             resident.model.save_pretrained(tmp, max_shard_size=cfg.merge.shard_size)
             resident.tokenizer.save_pretrained(tmp)
             for name, text in extra.items():
@@ -52,7 +55,7 @@ def write_and_verify(cfg: Config, session: EvalSession, resident: ResidentModel,
         if not math.isfinite(rescored) or abs(rescored - objective) > tol:
             raise EvaluationError(f"the written merge scores {rescored:.6f} but the search saw {objective:.6f} "
                                   f"(tolerance {tol:.2g}); not registering it")
-    except BaseException:
+    except BaseException:  # the folder is ours: write_merged/atomic_folder above just put it there
         import shutil
 
         shutil.rmtree(target, ignore_errors=True)
@@ -93,7 +96,8 @@ def register_merge(cfg: Config, tracker: SearchTracker, session: EvalSession, re
                    weights: Mapping[str, float] | None, objective: float, target: Path, description: str,
                    tags: Mapping[str, str]) -> dict[str, str]:
     """:func:`write_and_verify` then :func:`register` (compare's best merge)."""
-    model, tok, _, _ = write_and_verify(cfg, session, resident, weights, objective, target, {"weights": weights, **tags})
+    model, tok, _, _ = write_and_verify(cfg, session, resident, weights, objective, target, {"weights": weights, **tags},
+                                        owner=f"compare:{tracker.run_id}")
     sources = ",".join(c.ref.text for c in resident.cset.checkpoints)
     try:
         return register(cfg, tracker, model, tok, weights, objective, session, description, {"sources": sources, **tags})

@@ -20,7 +20,7 @@ from ckptmerge.actions.register import register, write_and_verify
 from ckptmerge.actions.trials import Trial, TrialLoop
 from ckptmerge.actions.setup import Sources, resolve_sources
 from ckptmerge.checkpoints.resident import ResidentModel
-from ckptmerge.checkpoints.writer import check_target
+from ckptmerge.checkpoints.writer import check_target, folder_owner
 from ckptmerge.config import Config, parse_size
 from ckptmerge.errors import EvaluationError
 from ckptmerge.merge import get_method
@@ -31,6 +31,8 @@ from ckptmerge.tracking import names, resume
 from ckptmerge.tracking.mlflow_run import SearchTracker
 
 log = logging.getLogger(__name__)
+
+OWNER_SEARCH = "search:"  # merged folders record "search:RUN_ID" as their owner
 
 
 class SearchRun:
@@ -51,7 +53,10 @@ class SearchRun:
         seed_everything(cfg.search.seed, cfg.runtime.threads)
         get_method(cfg.merge.method)  # unknown names fail before anything expensive
         parse_size(cfg.merge.shard_size, "merge.shard_size")
-        check_target(self.output_dir, cfg.merge.overwrite)
+        # An output folder that an earlier search wrote may be that search's own, to be resumed; which
+        # search is known once the parent run is, so its folder is checked again then.
+        earlier = folder_owner(self.output_dir)
+        check_target(self.output_dir, cfg.merge.overwrite, owner=earlier if earlier and earlier.startswith(OWNER_SEARCH) else None)
         tracker = SearchTracker(cfg.tracking, self.cwd)  # unreachable tracking fails here, in seconds
         sources = resolve_sources(cfg)
         cset = sources.cset
@@ -70,6 +75,7 @@ class SearchRun:
                   resume.TAG_RESUME_HASH: resume.key_hash(key), resume.TAG_OWNER: resume.owner()},
             resume_run_id=resume_id,
         )
+        self.owner = f"{OWNER_SEARCH}{run_id}"
         past = []
         if resume_id:
             past = resume.read_trials(tracker.client, tracker.experiment_id, run_id, self.space.dims)
@@ -78,10 +84,11 @@ class SearchRun:
             tracker.log_text(run_id, json.dumps(key, indent=2, sort_keys=True, default=str), resume.ARTIFACT_RESUME_KEY)
         log.info("MLflow parent run %s; objective %s", run_id, session.objective.describe())
         with tracker.finishing():
+            check_target(self.output_dir, cfg.merge.overwrite, owner=self.owner)  # before any trial
             try:
                 result = self._search_and_register(tracker, sources, session, resident, searcher, past)
             except BaseException:
-                if self._written:  # a half-verified merge never stays behind
+                if self._written:  # a merge we wrote whose report or registration failed never stays behind
                     shutil.rmtree(self.output_dir, ignore_errors=True)
                 raise
         return result
@@ -131,11 +138,13 @@ class SearchRun:
         newest = next((t for t in self.trials if t.objective is not None and list(t.weights.values())[-1] == 1.0), None)
         baseline = newest.objective if newest else None
 
-        # The best merge: written from the checkpoint tensors, verified, reloaded and re-scored.
-        self._written = True  # from here on a failure removes the output folder
+        # The best merge: written from the checkpoint tensors, verified, reloaded and re-scored. Only once
+        # it is in place is the folder ours to remove on a later failure (a refused rename leaves the
+        # existing folder, someone else's, as it was).
         merged_model, merged_tok, reloaded, rescored = write_and_verify(
             cfg, session, resident, best.weights, best.objective, self.output_dir,  # type: ignore[arg-type]
-            {"weights": best.weights, "lambda": best.lam, "point": best.x})
+            {"weights": best.weights, "lambda": best.lam, "point": best.x}, owner=self.owner)
+        self._written = True
         test = session.test_report(reloaded, resident)
         summary = {
             names.METRIC_BEST_LAMBDA: list(best.weights.values())[-1],

@@ -46,6 +46,24 @@ def _model_card(text: str) -> Any:
     return ModelCard(f"---\nlicense: other\nlibrary_name: transformers\ntags: [ckptmerge, merge]\n---\n{text}\n")
 
 
+def registered_version(client: Any, registry_name: str, run_id: str, alias: str) -> RegisteredVersion | None:
+    """The version of ``registry_name`` that ``run_id`` already registered (its alias set again), if any.
+
+    A search killed after registering but before its run closed is resumed by running the same command
+    again; the registry itself is what says the work was done (the run's tag may not have been set).
+    """
+    try:
+        found = client.search_model_versions(f"name='{registry_name}' and run_id='{run_id}'")
+    except Exception:  # no such registered model yet
+        return None
+    live = [v for v in found if getattr(v, "status", "READY") == "READY"]
+    if not live:
+        return None
+    mv = min(live, key=lambda v: int(v.version))
+    client.set_registered_model_alias(registry_name, alias, mv.version)
+    return RegisteredVersion(name=registry_name, version=str(mv.version), alias=alias, model_uri=mv.source)
+
+
 def log_and_register(
     run_id: str,
     model: Any,
@@ -61,6 +79,10 @@ def log_and_register(
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
+    done = registered_version(client, registry_name, run_id, alias)
+    if done is not None:  # a rerun after a crash that came after registration: one version per run
+        log.info("Run %s is already registered as %s version %s; not registering it again", run_id, registry_name, done.version)
+        return done
     version = None
     try:
         # The logged model belongs to the search's experiment (MLflow 3 otherwise files it under the
