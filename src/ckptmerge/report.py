@@ -8,6 +8,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from ckptmerge.tracking.secrets import redact
+
 
 def _fmt(x: Any) -> str:
     if isinstance(x, float):
@@ -16,6 +18,7 @@ def _fmt(x: Any) -> str:
 
 
 def mlflow_ui_command(tracking_uri: str) -> str:
+    tracking_uri = redact(tracking_uri)  # a password in the URI is not printed
     if tracking_uri.startswith(("http://", "https://")):
         return f"open {tracking_uri}"
     return f"mlflow ui --backend-store-uri {tracking_uri}"

@@ -36,6 +36,7 @@ from ckptmerge.search.searchers import make_searcher
 from ckptmerge.search.space import WeightSpace
 from ckptmerge.tracking import names
 from ckptmerge.tracking.mlflow_run import SearchTracker
+from ckptmerge.tracking.secrets import redact_data
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +267,7 @@ def run_compare(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") ->
             "objective_definition": session.objective.describe(), "checkpoints": cset.names,
             "best_method": best.method, "baseline_objective": baseline,
             "methods": [r.__dict__ for r in results],
-            "mlflow": {"tracking_uri": tracker.uri, "experiment_id": tracker.experiment_id, "run_id": parent},
+            "mlflow": {"tracking_uri": tracker.display_uri, "experiment_id": tracker.experiment_id, "run_id": parent},
             "registered_model": None,
         }
         if cfg.compare.register:
@@ -281,7 +282,8 @@ def run_compare(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") ->
                                  description=f"Best of ckptmerge compare: {best.method}", tags={"method": best.method})
             out["registered_model"] = reg
             out["output_dir"] = str(run_dir / "merged")
-        (run_dir / "compare.json").write_text(json.dumps(out, indent=2, default=str))
+        out = redact_data(json.loads(json.dumps(out, default=str)))  # no password or token in the run folder
+        (run_dir / "compare.json").write_text(json.dumps(out, indent=2))
         tracker.log_text(parent, json.dumps(out, indent=2, default=str), "compare.json")
 
     console = Console(width=200)

@@ -24,6 +24,7 @@ from ckptmerge.config import Config, check_registry_name, config_from_dict
 from ckptmerge.errors import CheckpointError, ConfigError, CkptMergeError, TrackingError
 from ckptmerge.tracking import names
 from ckptmerge.tracking.mlflow_run import SearchTracker
+from ckptmerge.tracking.secrets import redact_data
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +248,8 @@ def run_promote(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") ->
     with tracker.finishing():
         decision = _decide(cfg, judge, candidate, champion) if judge else UNCHANGED
         outcome = _record(cfg, tracker, judge, candidate, champion, decision, tasks)
-    outcome["mlflow"] = {"tracking_uri": tracker.uri, "experiment_id": tracker.experiment_id, "run_id": run_id}
+    outcome["mlflow"] = {"tracking_uri": tracker.display_uri, "experiment_id": tracker.experiment_id, "run_id": run_id}
+    outcome = redact_data(outcome)  # no password or token in the run folder
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "result.json").write_text(json.dumps(outcome, indent=2))
     _print_summary(outcome)
