@@ -6,7 +6,11 @@
 
 Hydra composes ``conf/``; the result becomes a validated :class:`ckptmerge.config.Config`; the action
 runs; ``result.json`` lands in the Hydra run directory. A problem the user can fix ends the run with
-one line on stderr and exit status 2.
+one line on stderr and exit status 2. SIGTERM and SIGINT end it as a stop: the MLflow runs end KILLED,
+one line says so, exit status 143 / 130, and the same command resumes.
+
+Secrets (URI passwords, secret-named environment values) are masked in everything this process
+prints or writes: stdout, stderr, the log, ``result.json`` and the Hydra run folder's ``.hydra/*.yaml``.
 """
 from __future__ import annotations
 
@@ -25,8 +29,11 @@ import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
+from ckptmerge.tracking.secrets import redact  # noqa: E402  (os, re: nothing heavy)
+
 log = logging.getLogger("ckptmerge")
 EXIT_USER_ERROR = 2
+_action = "search"  # the action being run, for the line a stop prints
 
 
 def _run(cfg_dict: dict, run_dir: Path, cwd: Path, config_yaml: str) -> dict:
@@ -65,7 +72,9 @@ def _run_action(cfg, run_dir: Path, cwd: Path, config_yaml: str) -> dict:  # typ
 
         result = SearchRun(cfg, run_dir, cwd, config_yaml).run()
         from ckptmerge.report import print_search_summary
+        from ckptmerge.tracking.secrets import redact_data
 
+        result = redact_data(result)  # the tracking URI's password, a token in a path: not in the run folder
         (run_dir / "result.json").write_text(json.dumps(result, indent=2))
         print_search_summary(result, run_dir)
         return result
@@ -131,23 +140,137 @@ def _to_dict(cfg: DictConfig) -> dict:
         raise ConfigError(f"{key} must be set ({first})" if key else first) from None
 
 
+class _RedactingStream:
+    """``sys.stdout`` / ``sys.stderr`` with :func:`redact` applied to every write.
+
+    The catch-all for what no ckptmerge code formats itself: MLflow's prints, a library's warning,
+    the traceback of an unexpected error (an MLflow request error quotes the URL, password and all).
+    ``print`` writes each argument whole, so a URI is never split across two writes.
+    """
+
+    def __init__(self, stream) -> None:  # type: ignore[no-untyped-def]
+        self._stream = stream
+        self.at_line_start = True  # False after a progress bar's "\r...": the next line needs a "\n" first
+
+    def write(self, s: str) -> int:
+        if isinstance(s, str) and s:
+            self.at_line_start = s.endswith("\n")
+            s = redact(s)
+        return self._stream.write(s)
+
+    def writelines(self, lines) -> None:  # type: ignore[no-untyped-def]
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self._stream, name)  # isatty, fileno, flush, encoding, ... of the real stream
+
+
+class _RedactingFilter(logging.Filter):
+    """Masks secrets in log records (message and traceback) before any handler formats them: the
+    console and the run folder's log file."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            record.msg, record.args = redact(record.getMessage()), ()
+            if record.exc_info and not record.exc_text:
+                record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        except Exception:  # noqa: BLE001 - a record that cannot be formatted is logging's to report
+            pass
+        return True
+
+
+def _mask_outputs() -> None:
+    """Mask secrets in what Hydra wrote before the job started (``.hydra/{config,overrides,hydra}.yaml``,
+    a sweep's ``multirun.yaml``) and in every log record from here on."""
+    from hydra.types import RunMode
+
+    from ckptmerge.tracking.secrets import redact_yaml
+
+    flt = _RedactingFilter()
+    for h in logging.getLogger().handlers:
+        h.addFilter(flt)
+    hc = HydraConfig.get()
+    files = []
+    if hc.output_subdir:
+        files += sorted((Path(hc.runtime.output_dir) / hc.output_subdir).glob("*.yaml"))
+    if hc.mode == RunMode.MULTIRUN:
+        files.append(Path(hc.sweep.dir) / "multirun.yaml")
+    for f in files:
+        if not f.is_file():
+            continue
+        text = f.read_text(encoding="utf-8")
+        masked = redact_yaml(text)
+        if masked != text:  # replaced whole: parallel sweep jobs may mask the same multirun.yaml
+            tmp = f.with_name(f".{f.name}.{os.getpid()}.tmp")
+            tmp.write_text(masked, encoding="utf-8")
+            os.replace(tmp, f)
+
+
+def _warn_credentials(cfg_dict: dict) -> None:
+    """One line when a URI in the config (or MLFLOW_TRACKING_URI) carries a password."""
+    from ckptmerge.tracking.secrets import credentials_warning, has_uri_password, uri_password_keys
+
+    if os.environ.get("RANK", "0") not in ("", "0"):
+        return  # rank 0 reports
+    keys = uri_password_keys(cfg_dict)
+    if has_uri_password(os.environ.get("MLFLOW_TRACKING_URI", "")):
+        keys.append("MLFLOW_TRACKING_URI")
+    if keys:
+        print(credentials_warning(keys), file=sys.stderr)
+
+
+def _install_stop_handlers() -> None:
+    """SIGTERM (``timeout``, ``docker stop``, Kubernetes, SLURM) and SIGINT raise :class:`Stopped` in the
+    main thread, so the cleanup of whatever is running (``finally``, ``except BaseException``) runs:
+    MLflow runs end KILLED, a half-written merge is removed. Python's default for SIGTERM is to die
+    on the spot, leaving every run RUNNING."""
+    import signal
+
+    from ckptmerge.errors import Stopped
+
+    def stop(signum: int, frame: object) -> None:
+        raise Stopped(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
+
+
+def _error_line(text: str) -> None:
+    """``error: TEXT`` on stderr, on a line of its own even when a progress bar was drawing there."""
+    fresh = getattr(sys.stderr, "at_line_start", True)
+    print(("" if fresh else "\n") + f"error: {redact(' '.join(text.split()))}", file=sys.stderr)
+
+
+def _report_stop(e: KeyboardInterrupt) -> None:
+    """The one line a stop prints, and the shell's status for it (128 + signal number)."""
+    from ckptmerge.errors import Stopped
+
+    name, code = (e.signal_name, e.exit_code) if isinstance(e, Stopped) else ("SIGINT", 130)
+    then = "resume" if _action == "search" else "start it again"
+    _error_line(f"stopped by {name}; run the same command again to {then}")
+    sys.exit(code)
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
+    global _action
     from ckptmerge.errors import CkptMergeError
 
+    _mask_outputs()
     run_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
     cwd = Path(hydra.utils.get_original_cwd())
     try:
         cfg_dict = _to_dict(cfg)
+        _action = str(cfg_dict.get("action", _action))
+        _warn_credentials(cfg_dict)
         _run(cfg_dict, run_dir, cwd, OmegaConf.to_yaml(cfg, resolve=True))  # type: ignore[arg-type]
     except CkptMergeError as e:
-        msg = " ".join(str(e).split())
         log.debug("user error", exc_info=True)
-        print(f"error: {msg}", file=sys.stderr)
+        _error_line(str(e))
         sys.exit(EXIT_USER_ERROR)
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as e:  # SIGTERM or SIGINT (Stopped), or a plain Ctrl-C
+        _report_stop(e)
 
 
 def _check_group_choices(argv: list[str]) -> None:
@@ -170,6 +293,11 @@ def _check_group_choices(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    _install_stop_handlers()
+    sys.stdout, sys.stderr = _RedactingStream(sys.stdout), _RedactingStream(sys.stderr)
     sys.argv[1:] = _launcher_argv(sys.argv[1:])
     _check_group_choices(sys.argv[1:])
-    main()
+    try:
+        main()
+    except KeyboardInterrupt as e:  # a stop while Hydra starts or winds down, outside the action
+        _report_stop(e)

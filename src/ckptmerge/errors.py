@@ -23,3 +23,24 @@ class EvaluationError(CkptMergeError):
 
 class TrackingError(CkptMergeError):
     """The tracking server or registry cannot be used."""
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGINT arrived (``timeout``, ``docker stop``, Kubernetes, SLURM, Ctrl-C).
+
+    Raised by the signal handler ``src/main.py`` installs, so that ``finally`` blocks and
+    ``except BaseException`` cleanups run (the parent and trial runs end KILLED, a half-written merge
+    is removed). A ``KeyboardInterrupt`` so that code which already treats Ctrl-C as a stop does so
+    for SIGTERM too; it is no ``Exception``, so nothing that catches errors swallows it.
+    """
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        self.signum = signum
+        self.signal_name = signal.Signals(signum).name
+        super().__init__(f"stopped by {self.signal_name}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # what a shell reports for a process a signal ended: 143, 130

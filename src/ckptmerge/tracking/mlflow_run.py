@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 from ckptmerge.config import TrackingConfig
 from ckptmerge.errors import TrackingError
 from ckptmerge.tracking import names
-from ckptmerge.tracking.secrets import redact
+from ckptmerge.tracking.secrets import has_uri_password, redact
 
 log = logging.getLogger(__name__)
 
@@ -59,17 +59,18 @@ def check_tracking_uri(uri: str) -> None:
     if parsed.scheme == "sqlite":
         path = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
         if path is not None and not path.parent.is_dir():
-            raise TrackingError(f"tracking.uri={uri}: folder {path.parent} does not exist")
+            raise TrackingError(f"tracking.uri={redact(uri)}: folder {path.parent} does not exist")
     if parsed.scheme in ("", "file"):
         path = Path(parsed.path if parsed.scheme else uri)
         if not path.parent.exists():
-            raise TrackingError(f"tracking.uri={uri}: folder {path.parent} does not exist")
+            raise TrackingError(f"tracking.uri={redact(uri)}: folder {path.parent} does not exist")
     try:
         with _fast_fail_http():
             MlflowClient(uri).search_experiments(max_results=1)
     except Exception as e:  # connection refused, bad scheme, bad database: one line says which
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise TrackingError(f"tracking.uri={uri} is unreachable or unusable: {msg[:300]}") from None
+        # MLflow's own message repeats the URI, credentials included
+        raise TrackingError(f"tracking.uri={redact(uri)} is unreachable or unusable: {redact(msg)[:300]}") from None
 
 
 @contextlib.contextmanager
@@ -115,6 +116,15 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return {k: redact(v)[:6000] for k, v in out.items()}
 
 
+def stop_reason(e: BaseException) -> str | None:
+    """``SIGTERM`` / ``SIGINT`` when ``e`` is a stop (a signal, Ctrl-C), else None (an error)."""
+    from ckptmerge.errors import Stopped
+
+    if isinstance(e, Stopped):
+        return e.signal_name
+    return "SIGINT" if isinstance(e, KeyboardInterrupt) else None
+
+
 class SearchTracker:
     """The MLflow side of one search (or one comparison): parent run, child runs, artifacts."""
 
@@ -123,6 +133,10 @@ class SearchTracker:
         from mlflow.tracking import MlflowClient
 
         self.uri = cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(cwd)
+        self.display_uri = redact(self.uri)  # self.uri connects; this one is for anything printed or written
+        if has_uri_password(self.uri):
+            # MLflow prints "View run at: URL" when a run ends, URL built from the URI with its password
+            os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         _check_store(self.uri)
         mlflow.set_tracking_uri(self.uri)
         self.client = MlflowClient(self.uri)
@@ -134,6 +148,7 @@ class SearchTracker:
             self.experiment_id = self._experiment(cfg, cwd)
         self.run_id: str | None = None
         self._env_run = env_run
+        self._open_children: dict[str, None] = {}  # child runs started and not yet ended, in order
 
     def _env_run_experiment(self, run_id: str) -> str:
         """The experiment of the run ``mlflow run`` opened; it must be in this store and still running."""
@@ -142,7 +157,7 @@ class SearchTracker:
         except Exception as e:
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise TrackingError(
-                f"MLFLOW_RUN_ID={run_id} is not a run in {self.uri} ({msg[:200]}); `mlflow run` sets it with "
+                f"MLFLOW_RUN_ID={run_id} is not a run in {self.display_uri} ({redact(msg)[:200]}); `mlflow run` sets it with "
                 "MLFLOW_TRACKING_URI, so leave tracking.uri unset there, or unset a stale MLFLOW_RUN_ID"
             ) from None
         if run.info.status != "RUNNING":
@@ -178,6 +193,7 @@ class SearchTracker:
         if resume_run_id:
             self.run_id = resume_run_id
             self.client.update_run(resume_run_id, status="RUNNING")
+            self._clear_end_tags(resume_run_id)
             self.client.log_batch(self.run_id, tags=[RunTag(k, redact(str(v))) for k, v in all_tags.items()])
             return self.run_id
         if self._env_run:
@@ -221,21 +237,49 @@ class SearchTracker:
         finally:
             plt.close(figure)
 
+    def _clear_end_tags(self, run_id: str) -> None:
+        """Drop what an earlier ending left on a run that goes on (a resumed search): its error or stop
+        reason would otherwise stay on a run that then finishes."""
+        tags = self.client.get_run(run_id).data.tags
+        for key in (names.TAG_ERROR, names.TAG_STOPPED_BY):
+            if key in tags:
+                self.client.delete_tag(run_id, key)
+
     def finish(self, status: str = "FINISHED") -> None:
         if self.run_id and not self._env_run:  # `mlflow run` ends its own run
             self.client.set_terminated(self.run_id, status=status)
 
     @contextlib.contextmanager
     def finishing(self) -> Iterator[None]:
-        """End the parent run with the block: FINISHED, or KILLED (interrupted) / FAILED with the
-        error's first line as the ``ckptmerge.error`` tag when it raises (and the error goes on)."""
+        """End the parent run with the block: FINISHED, or, when it raises (and the error goes on),
+        KILLED with the signal as the ``ckptmerge.stopped_by`` tag (SIGTERM, SIGINT: see
+        :class:`ckptmerge.errors.Stopped`) or FAILED with the error's first line as ``ckptmerge.error``.
+        A child run still open (the trial in progress) ends the same way first: nothing stays RUNNING.
+        """
         try:
             yield
         except BaseException as e:
-            self.set_tags({"ckptmerge.error": str(e).splitlines()[0] if str(e) else type(e).__name__})
-            self.finish("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+            self._end_after(e)
             raise
         self.finish("FINISHED")
+
+    def _end_after(self, e: BaseException) -> None:
+        """End the open child runs and the parent after ``e``; a failure here (the store itself may be
+        what failed) is logged, never raised in place of ``e``."""
+        stopped = stop_reason(e)
+        if stopped:
+            status, tags = "KILLED", {names.TAG_STOPPED_BY: stopped}
+        else:
+            status, tags = "FAILED", {names.TAG_ERROR: str(e).splitlines()[0] if str(e) else type(e).__name__}
+        try:
+            for child in list(self._open_children):
+                self.set_tags({names.TAG_TRIAL_STATUS: "interrupted", **tags}, child)
+                self.end_trial(child, status)
+            if self.run_id:
+                self.set_tags(tags)
+                self.finish(status)
+        except Exception as cleanup:  # noqa: BLE001 - the original error is the one to report
+            log.warning("could not mark run %s %s in MLflow: %s", self.run_id, status, redact(str(cleanup))[:300])
 
     # -- children ----------------------------------------------------------------------------
     def start_trial(self, index: int, params: Mapping[str, Any], parent_run_id: str | None = None,
@@ -248,12 +292,14 @@ class SearchTracker:
             run_name=run_name or f"trial-{index:03d}",
             tags={"mlflow.parentRunId": parent_run_id or self.run_id, names.TAG_KIND: kind},
         )
+        self._open_children[run.info.run_id] = None  # until end_trial: finishing() ends it if the block fails
         items = [Param(names.safe_key(k), redact(str(v))) for k, v in params.items()]
         self.client.log_batch(run.info.run_id, params=items)
         return run.info.run_id
 
     def end_trial(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
+        self._open_children.pop(run_id, None)
 
     def artifact_dir(self) -> Path:
         return Path(tempfile.mkdtemp(prefix="ckptmerge-artifacts-"))

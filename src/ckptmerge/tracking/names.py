@@ -24,6 +24,8 @@ PREFIX_TEST = "test."                      # test.<model>.<TASK/METRIC>, model =
 TAG_KIND = "ckptmerge.kind"                # search | trial
 TAG_OBJECTIVE = "ckptmerge.objective"
 TAG_CHECKPOINTS = "ckptmerge.checkpoints"
+TAG_ERROR = "ckptmerge.error"              # first line of the error that ended a run (or trial) FAILED
+TAG_STOPPED_BY = "ckptmerge.stopped_by"    # SIGTERM | SIGINT: the signal that ended a run (or trial) KILLED
 ARTIFACT_CONFIG = "config.yaml"
 ARTIFACT_CHECKPOINTS = "checkpoints.json"
 ARTIFACT_RESULT = "result.json"

@@ -4,7 +4,8 @@ A search's parent run carries a *resume key*: everything that changes the object
 points (checkpoint fingerprints, dev tasks and objective, eval limit and length, search kind, α,
 seed, acquisition, merge method, dtype), as the artifact ``resume_key.json`` and its hash as the tag
 ``ckptmerge.resume_hash``. Running the same command again finds the newest unfinished search with the
-same hash (one whose process is gone) and continues it; ``search.resume=RUN_ID`` names one, and a key
+same hash (one whose process is gone: killed, crashed, or stopped by SIGTERM/SIGINT, which ends it
+KILLED) and continues it; ``search.resume=RUN_ID`` names one, and a key
 that differs is refused with the first difference named. The budget is not part of the key: a
 resumed search may be given more evaluations.
 """
@@ -111,7 +112,11 @@ class PastTrial:
 
 
 def read_trials(client: Any, experiment_id: str, parent_id: str, dims: int) -> list[PastTrial]:
-    """Finished and failed trials of a search, by index; interrupted ones are marked FAILED and dropped."""
+    """Finished and failed trials of a search, by index; interrupted ones are dropped (redone).
+
+    A trial still RUNNING died with its process (SIGKILL, a lost node): it is marked FAILED,
+    ``interrupted``. One a signal stopped was already ended KILLED, ``interrupted``; it keeps that.
+    """
     runs = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
                               max_results=10000)
     done: dict[int, PastTrial] = {}
@@ -122,8 +127,9 @@ def read_trials(client: Any, experiment_id: str, parent_id: str, dims: int) -> l
         index = int(p[names.PARAM_TRIAL])
         status = tags.get(names.TAG_TRIAL_STATUS)
         if run.info.status == "RUNNING" or status not in ("ok", "failed"):
-            client.set_tag(run.info.run_id, names.TAG_TRIAL_STATUS, "interrupted")
-            client.set_terminated(run.info.run_id, status="FAILED")
+            if run.info.status == "RUNNING" or status != "interrupted":
+                client.set_tag(run.info.run_id, names.TAG_TRIAL_STATUS, "interrupted")
+                client.set_terminated(run.info.run_id, status="FAILED")
             log.info("Trial %d (run %s) was interrupted; it will be evaluated again", index, run.info.run_id)
             continue
         if dims == 1:
