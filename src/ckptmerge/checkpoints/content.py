@@ -137,9 +137,13 @@ def check_order(cset: CheckpointSet, steps: list[int] | None, allow_equal: bool)
     (two spellings of one checkpoint have equal steps and deserve the "same checkpoint" error)."""
     if steps is None:
         return
-    for a, b in zip(steps, steps[1:]):
-        if b < a or (b == a and not allow_equal):
+    cs = cset.checkpoints
+    for i, (a, b) in enumerate(zip(steps, steps[1:])):
+        if b < a:
             raise CheckpointError(_order_hint(cset, steps))
+        if b == a and not allow_equal:
+            raise CheckpointError(f"checkpoints {cs[i].name} and {cs[i + 1].name} are both at training step {a}, so "
+                                  "which is newer is unknown; set model.order=given to merge them in the given order")
 
 
 # -- tokenizers --------------------------------------------------------------------------------
