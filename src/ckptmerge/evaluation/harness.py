@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 from ckptmerge.config import did_you_mean
 from ckptmerge.errors import ConfigError, EvaluationError
+from ckptmerge.evaluation.doc_scores import DocScores, from_samples
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class TaskSuite:
         include_paths: Sequence[str | Path] = (),
         limit: int | None = None,
         config_key: str = "eval.tasks",
+        sample_seed: int = 0,
     ) -> None:
         _check_version()
         _quiet_lm_eval()
@@ -80,6 +82,23 @@ class TaskSuite:
         except Exception as e:  # lm-eval raises KeyError/ValueError/dataset errors; keep the first line
             raise EvaluationError(f"{config_key}: cannot load tasks {self.names}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
         self.info = {name: self._info(name) for name in self.names}
+        self.samples = self._sample(limit, sample_seed)
+
+    def _sample(self, limit: int | None, seed: int) -> dict[str, list[int]] | None:
+        """``limit`` documents of each task, drawn at random with ``seed``: the same for every model of a
+        run. (lm-eval's own ``limit`` takes the first N, which for a sorted or grouped file is no sample.)"""
+        if limit is None:
+            return None
+        import zlib
+
+        import numpy as np
+
+        picked: dict[str, list[int]] = {}
+        for name, task in self._task_dict["tasks"].items():
+            n = len(task.eval_docs)
+            rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+            picked[name] = sorted(int(i) for i in rng.choice(n, size=min(limit, n), replace=False))
+        return picked
 
     def _manager(self, include_paths: list[str]) -> Any:
         from lm_eval.tasks import TaskManager
@@ -117,12 +136,21 @@ class TaskSuite:
 
     def evaluate(self, lm: Any) -> dict[str, float]:
         """Run every task on ``lm`` (an lm-eval ``LM``); flat ``{TASK/METRIC: value}``."""
+        return self.evaluate_with_scores(lm)[0]
+
+    def evaluate_with_scores(self, lm: Any) -> tuple[dict[str, float], DocScores]:
+        """Flat ``{TASK/METRIC: value}`` and, for each metric, its score on every document."""
         from lm_eval.evaluator import evaluate
 
         try:
-            results = evaluate(lm=lm, task_dict=self._task_dict, limit=self.limit, bootstrap_iters=0, log_samples=False)
+            results = evaluate(lm=lm, task_dict=self._task_dict, samples=self.samples, bootstrap_iters=0, log_samples=True)
         except Exception as e:
             raise EvaluationError(f"evaluation of {self.names} failed: {describe_exception(e)}") from e
+        scores = from_samples((results or {}).get("samples", {}), self._task_dict["tasks"], metric_name)
+        return self._flat(results), scores
+
+    @staticmethod
+    def _flat(results: Any) -> dict[str, float]:
         flat: dict[str, float] = {}
         for task, metrics in (results or {}).get("results", {}).items():
             for key, value in metrics.items():
