@@ -149,9 +149,13 @@ class SearchConfig:
     # auto: continue the newest unfinished search with the same resume key (same command again);
     # never: always start afresh; or an MLflow run id to continue that search.
     resume: str = "auto"
+    # Which evaluated point is the result: the best of the GP's posterior mean over the evaluated points
+    # (robust to a lucky draw of the noise), or the best single observation.
+    select: str = "posterior_mean"
 
     def __post_init__(self) -> None:
         _choice("search.kind", self.kind, SEARCH_KINDS)
+        _choice("search.select", self.select, ("posterior_mean", "observed"))
         if not isinstance(self.budget, int) or isinstance(self.budget, bool) or self.budget < 2:
             raise ConfigError(f"search.budget must be an integer >= 2 (λ=alpha and λ=1 come first), got {self.budget!r}")
         if not _is_number(self.alpha) or not 0.0 <= float(self.alpha) < 1.0:
@@ -194,8 +198,16 @@ class EvalConfig:
     batch_size: int = 16
     max_length: int | None = None
     allow_test_split: bool = False
+    # Every gain is a paired bootstrap over documents with `bootstrap` resamples and an interval at
+    # `confidence`.
+    confidence: float = 0.95
+    bootstrap: int = 1000
 
     def __post_init__(self) -> None:
+        if not _is_number(self.confidence) or not 0.5 <= float(self.confidence) < 1:
+            raise ConfigError(f"eval.confidence must be in [0.5, 1), got {self.confidence!r}")
+        if not isinstance(self.bootstrap, int) or isinstance(self.bootstrap, bool) or not 100 <= self.bootstrap <= 100_000:
+            raise ConfigError(f"eval.bootstrap must be an integer in [100, 100000], got {self.bootstrap!r}")
         for key, tasks in (("eval.tasks", self.tasks), ("eval.test_tasks", self.test_tasks)):
             for i, t in enumerate(tasks):
                 if not isinstance(t, str) or not t.strip():
@@ -245,6 +257,9 @@ class RegistryConfig:
     # objective over the test tasks, higher is better) beats the champion's by at least `promote_margin`.
     champion_alias: str = "champion"
     promote_margin: float = 0.0
+    # A search registers its merge only when the dev gain over the newest checkpoint is significant
+    # (its interval at eval.confidence excludes 0); false registers anyway, tagged as not significant.
+    require_significant_gain: bool = True
 
     def __post_init__(self) -> None:
         if self.enabled:

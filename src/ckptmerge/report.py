@@ -17,6 +17,22 @@ def _fmt(x: Any) -> str:
     return "-" if x is None else str(x)
 
 
+def gain_text(gain: dict[str, Any], compact: bool = False) -> str:
+    """``+0.01704, 95% CI [+0.0093, +0.0251], p=0.001: significant``, or ``...: within noise``;
+    ``compact`` (a table cell): ``+0.01704 [+0.0093, +0.0251] *`` where ``*`` marks a significant one."""
+    if gain.get("ci_low") is None or gain["ci_low"] != gain["ci_low"]:  # NaN: too few finite resamples
+        return f"{_num(gain['value'])} (no interval)"
+    ci = f"[{_num(gain['ci_low'])}, {_num(gain['ci_high'])}]"
+    if compact:
+        return f"{_num(gain['value'])} {ci} {'*' if gain['significant'] else ' '}"
+    mark = "significant" if gain["significant"] else "within noise"
+    return f"{_num(gain['value'])}, {gain.get('confidence', 0.95):.0%} CI {ci}, p={gain['p_value']:.3g}: {mark}"
+
+
+def _num(x: float) -> str:
+    return f"{x:+.5f}" if abs(x) < 1e4 else f"{x:+.4g}"
+
+
 def mlflow_ui_command(tracking_uri: str) -> str:
     tracking_uri = redact(tracking_uri)  # a password in the URI is not printed
     if tracking_uri.startswith(("http://", "https://")):
@@ -28,23 +44,34 @@ def print_search_summary(result: dict[str, Any], run_dir: Path, console: Console
     """Best λ, dev objective against the newest checkpoint alone, test metrics, MLflow and registry."""
     console = console or Console(width=None if sys.stdout.isatty() else 160)
     base, best = result.get("baseline_objective"), result["objective"]
-    gain = f" ({best - base:+.5f} vs newest alone: {_fmt(base)})" if base is not None else ""
+    newest = list(result["weights"])[-1]
+    se = f" ± {result['objective_se']:.5f} (s.e.)" if result.get("objective_se") is not None else ""
     weights = ", ".join(f"{n}: {w:.4f}" for n, w in result["weights"].items())
     if result.get("lambda") is not None:
         console.print(f"[bold]best λ[/bold] = {result['lambda']:.4f}   weights {{{weights}}}")
     else:
         console.print(f"[bold]best weights[/bold] {{{weights}}}")
-    console.print(f"[bold]dev objective[/bold] = {_fmt(best)}{gain}   [{result.get('objective_definition', '')}]")
+    console.print(f"[bold]dev objective[/bold] = {_fmt(best)}{se}   [{result.get('objective_definition', '')}]"
+                  f"   chosen by {result.get('selected_by', 'observed')}")
+    if result.get("gain"):
+        console.print(f"[bold]dev gain[/bold] over {newest} alone ({_fmt(base)}): {gain_text(result['gain'])}")
     tests = {"best merge": result.get("test_metrics", {}), **result.get("test_metrics_by_checkpoint", {})}
     keys = sorted({k for m in tests.values() for k in m})
     if keys:
+        gains = result.get("test_gains", {})
         table = Table(title="test metrics")
         table.add_column("metric")
         for who in tests:
             table.add_column(who, justify="right")
+        pct = f"{next(iter(gains.values()))['confidence']:.0%}" if gains else ""
+        table.add_column(f"merge vs {newest}, {pct} CI", justify="right")
         for k in keys:
-            table.add_row(k, *[_fmt(tests[w].get(k)) for w in tests])
+            table.add_row(k, *[_fmt(tests[w].get(k)) for w in tests], gain_text(gains[k], compact=True) if k in gains else "-")
         console.print(table)
+        if gains:
+            console.print(f"gains: + means the merge is better; * significant at {pct}, the rest within noise")
+    if result.get("decision_reason"):
+        console.print(f"[bold]decision[/bold]: {result['decision']}: {result['decision_reason']}")
     ml = result["mlflow"]
     console.print(f"MLflow run {ml['run_id']} (experiment {ml['experiment_id']})")
     reg = result.get("registered_model")

@@ -21,7 +21,7 @@ def search_run(tmp_path_factory, traj_cache, tiny_trajectory):
     proc = run_main([
         "model.trajectory.preset=tiny", f"model.trajectory.cache_dir={traj_cache}",
         f"search.budget={BUDGET}", f"tracking.uri={uri}", "tracking.experiment=e2e",
-        "registry.name=tiny-merge", f"hydra.run.dir={work / 'run'}",
+        "registry.name=tiny-merge" "registry.require_significant_gain=false", f"hydra.run.dir={work / 'run'}",
     ], cwd=work, env_extra=SECRETS)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((work / "run" / "result.json").read_text())
@@ -32,7 +32,8 @@ def test_summary_is_printed(search_run):
     _, _, proc, result = search_run
     out = proc.stdout
     assert f"best λ = {result['lambda']:.4f}" in out
-    assert "vs newest alone" in out
+    assert "dev gain over" in out and "95% CI [" in out
+    assert "decision: registered" in out and (result["gain"]["significant"] or "NOT significant" in out)
     assert result["mlflow"]["run_id"] in out
     assert "registered model tiny-merge version 1" in out
     assert "mlflow ui --backend-store-uri sqlite:///" in out
@@ -73,7 +74,13 @@ def test_result_json_agrees_with_mlflow_and_registry(search_run, tiny_trajectory
     history = client.get_metric_history(parent.info.run_id, "best_objective")
     assert len(history) == BUDGET
     assert max(h.value for h in history) == pytest.approx(result["objective"])
-    assert result["objective"] == max(t["objective"] for t in result["trials"])
+    chosen = next(t for t in result["trials"] if t["lambda"] == result["lambda"])
+    assert result["objective"] == chosen["objective"] and result["selected_by"] in ("posterior_mean", "observed")
+    assert set(result["gain"]) == {"value", "ci_low", "ci_high", "p_value", "significant", "confidence"}
+    assert result["gain"]["ci_low"] <= result["gain"]["value"] <= result["gain"]["ci_high"]
+    assert parent.data.metrics["gain_over_newest.ci_low"] == pytest.approx(result["gain"]["ci_low"])
+    assert set(result["test_gains"]) == set(result["test_metrics"])
+    assert all(t["objective_se"] > 0 for t in result["trials"])
     assert parent.data.metrics["best_lambda"] == pytest.approx(result["lambda"])
     assert result["weights"] == {old: pytest.approx(1 - result["lambda"]), new: pytest.approx(result["lambda"])}
     assert result["rescored_objective"] == pytest.approx(result["objective"], abs=1e-6)
@@ -88,6 +95,7 @@ def test_result_json_agrees_with_mlflow_and_registry(search_run, tiny_trajectory
     assert str(mv.version) == "1" and mv.run_id == parent.info.run_id
     assert float(mv.tags["lambda"]) == pytest.approx(result["lambda"], abs=1e-6)
     assert mv.tags["search_run_id"] == parent.info.run_id
+    assert mv.tags["significant"] == str(result["gain"]["significant"]).lower() and "ci_low" in mv.tags["gain"]
     assert str(tiny_trajectory.checkpoints[-1]) in mv.tags["sources"]
     out = work / "run" / "merged"
     assert out.is_dir() and (out / "config.json").is_file() and str(out) == result["output_dir"]

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 
 def _args(work, traj_cache, run_dir, out, budget=3):
     return ["model.trajectory.preset=tiny", f"model.trajectory.cache_dir={traj_cache}", f"search.budget={budget}",
-            f"tracking.uri=sqlite:///{work / 'mlflow.db'}", "registry.name=own-test", "tracking.log_plots=false",
+            f"tracking.uri=sqlite:///{work / 'mlflow.db'}", "registry.name=own-test" "registry.require_significant_gain=false", "tracking.log_plots=false",
             "eval.limit=8", f"merge.output_dir={out}", f"hydra.run.dir={run_dir}"]
 
 

@@ -46,7 +46,7 @@ def mlflow_run(entry: str, overrides: list[str], url: str, cwd: Path) -> subproc
 def search(url: str, cache: Path, pair: int, run_dir: Path) -> list[str]:
     return ["model.trajectory.preset=tiny", f"model.trajectory.cache_dir={cache}", f"model.pair={pair}",
             "search.budget=2", "eval.limit=4", "eval.test_tasks=[ckptmerge_test_bpb]",
-            f"tracking.uri={url}", f"tracking.experiment={EXPERIMENT}", f"registry.name={NAME}",
+            f"tracking.uri={url}", f"tracking.experiment={EXPERIMENT}", f"registry.name={NAME}" "registry.require_significant_gain=false",
             f"hydra.run.dir={run_dir}"]
 
 

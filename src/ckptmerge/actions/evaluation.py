@@ -12,6 +12,8 @@ from ckptmerge.checkpoints.resident import ResidentModel
 from ckptmerge.config import Config
 from ckptmerge.errors import CheckpointError
 from ckptmerge.evaluation import TaskSuite, build_objective, make_lm
+from ckptmerge.evaluation.doc_scores import DocScores
+from ckptmerge.evaluation.uncertainty import Bootstrap, Gain, gains_by_metric
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +25,12 @@ class EvalSession:
         self.cfg = cfg
         self.sources = sources
         e = cfg.eval
-        self.dev = TaskSuite(sources.dev_tasks, sources.include_paths, e.limit, "eval.tasks")
+        seed = cfg.search.seed  # one seed: the documents sampled under eval.limit and the bootstrap resamples
+        self.dev = TaskSuite(sources.dev_tasks, sources.include_paths, e.limit, "eval.tasks", sample_seed=seed)
         self.objective = build_objective(self.dev.info, e.metrics, sources.dev_weights, e.allow_test_split)
-        self.test = TaskSuite(sources.test_tasks, sources.include_paths, e.limit, "eval.test_tasks") if sources.test_tasks else None
+        self.test = (TaskSuite(sources.test_tasks, sources.include_paths, e.limit, "eval.test_tasks", sample_seed=seed)
+                     if sources.test_tasks else None)
+        self.bootstrap = Bootstrap(e.bootstrap, e.confidence, seed)
         self._lm: Any = None
         self._resident: ResidentModel | None = None
         self._ranks: tuple[int, int] | None = None   # (rank, world size) under runtime=deepspeed
@@ -73,15 +78,23 @@ class EvalSession:
 
     @torch.no_grad()
     def evaluate_suite(self, which: str, lm: Any = None) -> dict[str, float]:
-        """``dev`` or ``test`` metrics of ``lm`` (default: the resident model); every rank takes part
-        when the model is partitioned, and only rank 0 gets the gathered metrics."""
+        return self.evaluate_with_scores(which, lm)[0]
+
+    @torch.no_grad()
+    def evaluate_with_scores(self, which: str, lm: Any = None) -> tuple[dict[str, float], DocScores]:
+        """``dev`` or ``test`` metrics of ``lm`` (default: the resident model) and their per-document
+        scores; every rank takes part when the model is partitioned, and only rank 0 gets the result."""
         suite = self.dev if which == "dev" else self.test
         assert suite is not None, f"no {which} tasks"
         if self.partitioned:
             from ckptmerge.runtime import distributed
 
             distributed.channel.send(distributed.EVAL, which)
-        return suite.evaluate(lm or self._lm)
+        return suite.evaluate_with_scores(lm or self._lm)
+
+    def objective_se(self, scores: DocScores) -> float:
+        """The bootstrap standard error of the objective from one evaluation's per-document scores."""
+        return self.bootstrap.standard_error(self.objective, scores)
 
     def reload(self, folder: Path) -> tuple[Any, Any, Any]:
         """A fresh model loaded from a written folder: ``(model, tokenizer, lm-eval wrapper)``.
@@ -113,13 +126,22 @@ class EvalSession:
         return model, tok, self._make_lm(model, tok, self._resident.device)
 
     @torch.no_grad()
-    def test_report(self, best_lm: Any, resident: ResidentModel) -> dict[str, dict[str, float]]:
-        """Test metrics of the best merge (``best``) and of each source checkpoint alone."""
+    def test_report(self, best_lm: Any, resident: ResidentModel) -> tuple[dict[str, dict[str, float]], dict[str, DocScores]]:
+        """Test metrics of the best merge (``best``) and of each source checkpoint alone, and the
+        per-document scores of each (for paired gains)."""
         if self.test is None:
-            return {}
-        report = {"best": self.evaluate_suite("test", best_lm)}
+            return {}, {}
+        report, scores = {}, {}
+        report["best"], scores["best"] = self.evaluate_with_scores("test", best_lm)
         n = len(resident.cset)
         for i, c in enumerate(resident.cset.checkpoints):
             resident.apply([1.0 if j == i else 0.0 for j in range(n)])
-            report[c.name] = self.evaluate_suite("test")
-        return report
+            report[c.name], scores[c.name] = self.evaluate_with_scores("test")
+        return report, scores
+
+    def test_gains(self, scores: dict[str, DocScores], baseline: str) -> dict[str, Gain]:
+        """Paired gains of the best merge over ``baseline`` on every test metric (positive: the merge is better)."""
+        if self.test is None or "best" not in scores or baseline not in scores:
+            return {}
+        hib = {f"{t}/{m}": bool(v) for t, info in self.test.info.items() for m, v in info.higher_is_better.items()}
+        return gains_by_metric(self.bootstrap, hib, scores["best"], scores[baseline])

@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ckptmerge.actions import evidence
 from ckptmerge.actions.evaluation import EvalSession
 from ckptmerge.actions.register import register, write_and_verify
 from ckptmerge.actions.trials import Trial, TrialLoop
@@ -108,7 +109,8 @@ class SearchRun:
             "checkpoints": [c_.identity()["fingerprint"] for c_ in sources.cset.checkpoints],
             "objective": session.objective.describe(),
             "dev_tasks": list(sources.dev_tasks),
-            "eval": {"limit": c.eval.limit, "max_length": sources.max_length, "batch_size": c.eval.batch_size},
+            "eval": {"limit": c.eval.limit, "max_length": sources.max_length, "batch_size": c.eval.batch_size,
+                     "sample": "seeded", "bootstrap": c.eval.bootstrap},
             "search": {"kind": c.search.kind, "alpha": c.search.alpha, "seed": c.search.seed,
                        "acq_func": c.search.acq_func, "min_distance": c.search.min_distance},
             "merge": {"method": c.merge.method},
@@ -130,13 +132,16 @@ class SearchRun:
         loop = TrialLoop(resident, session, tracker, searcher, self.space, parent_run_id=tracker.run_id)
         loop.replay(past)
         self.trials = loop.run(cfg.search.budget, desc=f"search ({cfg.search.kind})")
-        best = loop.best
-        if best is None:
+        if loop.best is None:
             raise EvaluationError(f"every trial failed, nothing to merge; the first failure: {self.trials[0].error}")
         if tracker.log_plots and searcher.posterior() is not None:
             loop.log_plot(tracker.run_id, cfg.search.budget)  # type: ignore[arg-type]
-        newest = next((t for t in self.trials if t.objective is not None and list(t.weights.values())[-1] == 1.0), None)
+        best, selected_by = evidence.select_result(self.trials, searcher, cfg.search.select)
+        newest = evidence.newest_alone(self.trials)
         baseline = newest.objective if newest else None
+        gain = (session.bootstrap.objective_gain(session.objective, evidence.dev_scores(best, loop, session),
+                                                 evidence.dev_scores(newest, loop, session)) if newest else None)
+        verdict = evidence.weigh(gain, cset.names[-1], cfg.registry.enabled, cfg.registry.require_significant_gain)
 
         # The best merge: written from the checkpoint tensors, verified, reloaded and re-scored. Only once
         # it is in place is the folder ours to remove on a later failure (a refused rename leaves the
@@ -145,7 +150,8 @@ class SearchRun:
             cfg, session, resident, best.weights, best.objective, self.output_dir,  # type: ignore[arg-type]
             {"weights": best.weights, "lambda": best.lam, "point": best.x}, owner=self.owner)
         self._written = True
-        test = session.test_report(reloaded, resident)
+        test, test_scores = session.test_report(reloaded, resident)
+        test_gains = session.test_gains(test_scores, cset.names[-1])
         summary = {
             names.METRIC_BEST_LAMBDA: list(best.weights.values())[-1],
             names.METRIC_RESCORED_OBJECTIVE: rescored,
@@ -155,15 +161,25 @@ class SearchRun:
         }
         if baseline is not None:
             summary[names.METRIC_BASELINE_OBJECTIVE] = baseline
-            summary[names.METRIC_GAIN] = best.objective - baseline  # type: ignore[operator]
+        if gain is not None:
+            summary.update(evidence.gain_metrics(names.METRIC_GAIN, gain))
+        for key, g in test_gains.items():
+            summary.update(evidence.gain_metrics(names.safe_key(names.PREFIX_TEST_GAIN + key), g))
         tracker.log_metrics(summary, step=cfg.search.budget)
+        tracker.set_tags({names.TAG_DECISION: verdict.decision, names.TAG_SELECTED_BY: selected_by})
 
         result: dict[str, Any] = {
             "lambda": best.lam,
             "weights": best.weights,
             "point": list(best.x),
             "objective": best.objective,
+            "objective_se": best.objective_se,
+            "selected_by": selected_by,
             "baseline_objective": baseline,
+            "gain": gain.as_json() if gain else None,
+            "test_gains": evidence.gains_json(test_gains),
+            "decision": verdict.decision,
+            "decision_reason": verdict.reason,
             "rescored_objective": rescored,
             "objective_definition": session.objective.describe(),
             "metrics": best.metrics,
@@ -176,12 +192,13 @@ class SearchRun:
             "registered_model": None,
             "output_dir": str(self.output_dir),
         }
-        if cfg.registry.enabled:
+        if verdict.decision == evidence.REGISTERED:
             description = (f"Merge {' + '.join(f'{w:.4f}·{n}' for n, w in best.weights.items())}, "
                            f"found by ckptmerge ({cfg.search.kind}, {cfg.search.budget} evaluations); "
-                           f"dev objective {best.objective:.5f} ({session.objective.describe()}).")
+                           f"dev objective {best.objective:.5f} ({session.objective.describe()}); {verdict.reason}.")
+            gain_tags = {"gain": json.dumps(gain.as_json()) if gain else "", "significant": str(verdict.significant_gain).lower()}
             result["registered_model"] = register(
                 cfg, tracker, merged_model, merged_tok, best.weights, best.objective, session, description,  # type: ignore[arg-type]
-                {"sources": ",".join(c.ref.text for c in cset.checkpoints)}, folder=self.output_dir)
+                {"sources": ",".join(c.ref.text for c in cset.checkpoints), **gain_tags}, folder=self.output_dir)
         tracker.log_text(None, json.dumps(result, indent=2), names.ARTIFACT_RESULT)
         return result

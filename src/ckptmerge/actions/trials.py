@@ -10,6 +10,7 @@ from typing import Any
 from ckptmerge.actions.evaluation import EvalSession
 from ckptmerge.checkpoints.resident import ResidentModel
 from ckptmerge.errors import EvaluationError
+from ckptmerge.evaluation.doc_scores import DocScores, scores_json
 from ckptmerge.search.searchers import Proposal, Searcher
 from ckptmerge.search.space import WeightSpace
 from ckptmerge.tracking import names
@@ -29,6 +30,8 @@ class Trial:
     run_id: str | None = None
     error: str | None = None
     seconds: float = 0.0
+    objective_se: float | None = None       # bootstrap standard error of the objective over documents
+    scores: DocScores | None = field(default=None, repr=False)  # per-document dev scores (None: not at hand)
 
     @property
     def lam(self) -> float | None:
@@ -36,7 +39,8 @@ class Trial:
         return self.x[0] if len(self.weights) == 2 else None
 
     def as_json(self) -> dict[str, Any]:
-        out = {"lambda": self.lam, "weights": self.weights, "objective": self.objective, "proposed_by": self.source,
+        out = {"lambda": self.lam, "weights": self.weights, "objective": self.objective,
+               "objective_se": self.objective_se, "proposed_by": self.source,
                "metrics": self.metrics, "run_id": self.run_id, "seconds": round(self.seconds, 3)}
         if self.error:
             out["error"] = self.error
@@ -85,11 +89,11 @@ class TrialLoop:
                             p.index, prop.x, p.x)
             weights = dict(zip(self._names, self.space.weights(p.x)))
             trial = Trial(index=p.index, x=p.x, weights=weights, source=prop.source, objective=p.objective,
-                          metrics=p.metrics, run_id=p.run_id, error=p.error)
+                          metrics=p.metrics, run_id=p.run_id, error=p.error, objective_se=p.objective_se)
             if p.objective is None:
                 self.searcher.mark_failed(p.x)
             else:
-                self.searcher.tell(p.x, p.objective)
+                self.searcher.tell(p.x, p.objective, p.objective_se)
             self._record(trial)
         if past:
             log.info("Resumed: %d trials read back from MLflow, not evaluated again", len(past))
@@ -125,10 +129,11 @@ class TrialLoop:
         t0 = time.perf_counter()
         try:
             resident.apply([0.0] * self._pad + weights)
-            trial.metrics = session.evaluate_dev()
+            trial.metrics, trial.scores = session.evaluate_with_scores("dev")
             objective = session.objective(trial.metrics)
             if not math.isfinite(objective):
                 raise EvaluationError(f"objective is not finite ({objective}) at weights {named}")
+            trial.objective_se = session.objective_se(trial.scores)
         except EvaluationError as e:
             trial.error = str(e)
             trial.seconds = time.perf_counter() - t0
@@ -139,9 +144,11 @@ class TrialLoop:
             return trial
         trial.objective = objective
         trial.seconds = time.perf_counter() - t0
-        searcher.tell(prop.x, objective)
+        searcher.tell(prop.x, objective, trial.objective_se)
         state = searcher.state()
-        metrics = {names.METRIC_OBJECTIVE: objective, **trial.metrics, "trial_seconds": trial.seconds}
+        metrics = {names.METRIC_OBJECTIVE: objective, names.METRIC_OBJECTIVE_SE: trial.objective_se,
+                   **trial.metrics, "trial_seconds": trial.seconds}
+        tracker.log_text(trial.run_id, scores_json(trial.scores), names.ARTIFACT_DOC_SCORES)
         metrics.update({k: v for k, v in state.items() if isinstance(v, float)})
         tracker.log_metrics(metrics, step=index, run_id=trial.run_id)
         tags = {k: v for k, v in state.items() if isinstance(v, str)}

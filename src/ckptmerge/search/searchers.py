@@ -63,6 +63,7 @@ class Searcher:
         self.xs: list[Point] = []
         self.ys: list[float] = []
         self.failed: list[Point] = []  # points whose evaluation failed: never proposed again, never told to a model
+        self.ses: list[float | None] = []  # standard error of each ys (None: unknown)
         self._initial = list(self.space.initial())
         self._rng = np.random.default_rng(self.seed)
 
@@ -107,10 +108,33 @@ class Searcher:
     def _next(self) -> Proposal:
         raise NotImplementedError
 
-    def tell(self, x: Point, objective: float) -> None:
-        """Record an evaluation (objective oriented so that higher is better)."""
+    def tell(self, x: Point, objective: float, se: float | None = None) -> None:
+        """Record an evaluation (objective oriented so that higher is better) and its standard error."""
         self.xs.append(tuple(float(v) for v in x))
         self.ys.append(float(objective))
+        self.ses.append(float(se) if se is not None and np.isfinite(se) else None)
+
+    def select(self, rule: str = "posterior_mean") -> tuple[int, str] | None:
+        """The index (into ``xs``) of the result, and the rule that chose it.
+
+        ``posterior_mean``: the evaluated point where the model's posterior mean is highest, which
+        weighs each observation against its neighbours and its noise (the best single score, under
+        noise, is partly the luckiest draw); searchers without a model fall back to ``observed``.
+        """
+        if not self.ys:
+            return None
+        if rule == "posterior_mean":
+            means = self.posterior_mean_at(self.xs)
+            if means is not None:
+                # A GP that explains every difference as noise has a flat mean: among (near) ties the
+                # best observation decides, rather than the first point evaluated.
+                top = np.flatnonzero(means >= means.max() - 1e-9 * max(1.0, abs(float(means.max()))))
+                return int(top[np.argmax(np.asarray(self.ys)[top])]), "posterior_mean"
+        return int(np.argmax(self.ys)), "observed"
+
+    def posterior_mean_at(self, points: list[Point]) -> np.ndarray | None:
+        """The model's posterior mean (higher is better) at ``points``; None without a model."""
+        return None
 
     def state(self) -> dict[str, Any]:
         """Model state after the last ``tell`` (empty for model-free searchers)."""
@@ -179,11 +203,35 @@ class BayesSearcher(Searcher):
             random_state=self.seed,
         )
 
-    def tell(self, x: Point, objective: float) -> None:
-        super().tell(x, objective)
+    def tell(self, x: Point, objective: float, se: float | None = None) -> None:
+        super().tell(x, objective, se)
+        self._set_noise()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # sklearn's convergence chatter on 2-3 points
             self.opt.tell([float(v) for v in x], -float(objective))  # skopt minimises
+
+    def _set_noise(self) -> None:
+        """Tell the GP each observation's noise variance (from the bootstrap standard errors).
+
+        skopt's GP normalises y by its standard deviation, so the per-point noise (sklearn's ``alpha``,
+        added to the kernel's diagonal) is given in those units. A point of unknown error gets the
+        median of the known ones; with none known the GP fits a noise level alone, as before.
+        """
+        known = [se for se in self.ses if se is not None]
+        est = self.opt.base_estimator_
+        if not known:
+            est.set_params(alpha=1e-10)
+            return
+        fill = float(np.median(known))
+        var = np.array([(se if se is not None else fill) ** 2 for se in self.ses])
+        scale = float(np.std(self.ys)) ** 2
+        est.set_params(alpha=np.maximum(var / (scale if scale > 0 else 1.0), 1e-10))
+
+    def posterior_mean_at(self, points: list[Point]) -> np.ndarray | None:
+        if not self.opt.models:
+            return None
+        mean = self.opt.models[-1].predict(self.opt.space.transform([list(p) for p in points]))
+        return -np.asarray(mean, dtype=float)
 
     def _candidates(self) -> list[Proposal]:
         """The hedge's chosen point first, then the other acquisitions' proposals."""

@@ -10,6 +10,8 @@ PARAM_TRIAL = "trial"
 PARAM_POINT_PREFIX = "u"                # u1..u{k-1}: the searched point for k > 2 (see search/space.py)
 PARAM_PROPOSED_BY = "proposed_by"       # initial | EI | LCB | PI | grid | random | gap
 METRIC_OBJECTIVE = "objective"          # oriented so that higher is better
+METRIC_OBJECTIVE_SE = "objective_se"    # its bootstrap standard error over documents
+ARTIFACT_DOC_SCORES = "doc_scores.json" # per-document dev scores of the trial (see evaluation/doc_scores.py)
 TAG_NEXT_ACQUISITION = "gp.next_acquisition"
 TAG_TRIAL_STATUS = "ckptmerge.trial_status"
 
@@ -18,6 +20,11 @@ METRIC_BEST_OBJECTIVE = "best_objective"   # logged with step = trial index
 METRIC_BEST_LAMBDA = "best_lambda"         # weight of the newest checkpoint in the best merge
 METRIC_BASELINE_OBJECTIVE = "baseline_objective"   # the newest checkpoint alone (λ=1)
 METRIC_GAIN = "gain_over_newest"
+# The paired interval of a gain (dev: gain_over_newest; test: test_gain.<TASK/METRIC>), suffixed
+# .ci_low, .ci_high, .p_value, .significant (1/0).
+PREFIX_TEST_GAIN = "test_gain."
+TAG_DECISION = "ckptmerge.decision"        # registered | keep-newest
+TAG_SELECTED_BY = "ckptmerge.selected_by"  # posterior_mean | observed: which rule chose the result
 METRIC_RESCORED_OBJECTIVE = "rescored_objective"   # the written merge, reloaded from disk
 PREFIX_BEST = "best."                      # best.<TASK/METRIC>: dev metrics of the best merge
 PREFIX_TEST = "test."                      # test.<model>.<TASK/METRIC>, model = "best" or a checkpoint name

@@ -109,6 +109,7 @@ class PastTrial:
     metrics: dict[str, float]
     error: str | None
     run_id: str
+    objective_se: float | None = None
 
 
 def read_trials(client: Any, experiment_id: str, parent_id: str, dims: int) -> list[PastTrial]:
@@ -139,7 +140,8 @@ def read_trials(client: Any, experiment_id: str, parent_id: str, dims: int) -> l
         metrics = {k: v for k, v in run.data.metrics.items()
                    if "/" in k and not k.startswith("gp.")}
         objective = run.data.metrics.get(names.METRIC_OBJECTIVE) if status == "ok" else None
-        done[index] = PastTrial(index, x, objective, metrics, tags.get("ckptmerge.error"), run.info.run_id)
+        done[index] = PastTrial(index, x, objective, metrics, tags.get("ckptmerge.error"), run.info.run_id,
+                                run.data.metrics.get(names.METRIC_OBJECTIVE_SE) if status == "ok" else None)
     indices = sorted(done)
     if indices != list(range(len(indices))):
         # a gap means a trial in the middle never finished: keep the contiguous prefix, redo the rest

@@ -1,0 +1,95 @@
+"""The evidence behind a search's result: which trial is the result, how much it gains over the newest
+checkpoint with its paired interval, and what that allows (register, or keep the newest).
+
+A gain is claimed only with its interval: the paired bootstrap of :mod:`ckptmerge.evaluation.uncertainty`
+over the documents both models were scored on. The decision rests on that interval, so that a
+difference within the noise of the dev tasks is never registered as an improvement.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from ckptmerge.actions.evaluation import EvalSession
+from ckptmerge.actions.trials import Trial, TrialLoop
+from ckptmerge.evaluation.doc_scores import DocScores, scores_from_json
+from ckptmerge.evaluation.uncertainty import Gain
+from ckptmerge.search.searchers import Searcher
+from ckptmerge.tracking import names
+
+log = logging.getLogger(__name__)
+
+REGISTERED, KEEP_NEWEST, NOT_REGISTERED = "registered", "keep-newest", "not-registered"
+
+
+def select_result(trials: list[Trial], searcher: Searcher, rule: str) -> tuple[Trial, str]:
+    """The trial that is the search's result and the rule that chose it (see ``Searcher.select``)."""
+    ok = [t for t in trials if t.objective is not None]
+    assert len(ok) == len(searcher.ys), "every successful trial is told to the searcher, in order"
+    index, used = searcher.select(rule)  # type: ignore[misc]
+    return ok[index], used
+
+
+def newest_alone(trials: list[Trial]) -> Trial | None:
+    """The trial of the newest checkpoint alone (weight 1), the baseline every gain is measured against."""
+    return next((t for t in trials if t.objective is not None and list(t.weights.values())[-1] == 1.0), None)
+
+
+def dev_scores(trial: Trial, loop: TrialLoop, session: EvalSession) -> DocScores:
+    """The trial's per-document dev scores: in memory, else from its MLflow artifact (a resumed search),
+    else evaluated again on the resident model (an artifact that is missing or unreadable)."""
+    if trial.scores is not None:
+        return trial.scores
+    if trial.run_id:
+        try:
+            local = loop.tracker.client.download_artifacts(trial.run_id, names.ARTIFACT_DOC_SCORES)
+            trial.scores = scores_from_json(Path(local).read_text())
+            return trial.scores
+        except Exception as e:  # noqa: BLE001 - any failure to read it back means: evaluate again
+            log.info("Trial %d's per-document scores are not in MLflow (%s); evaluating it again", trial.index, e)
+    loop.resident.apply(loop.full_weights(trial))
+    _, trial.scores = session.evaluate_with_scores("dev")
+    return trial.scores
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """The dev gain of the result over the newest checkpoint alone and what it allows."""
+
+    gain: Gain | None            # None: the newest alone was not evaluated (its trial failed)
+    decision: str                # registered | keep-newest | not-registered
+    reason: str                  # one line for the summary
+
+    def may_register(self, require_significant: bool) -> bool:
+        return self.gain is not None and (self.significant_gain or not require_significant)
+
+    @property
+    def significant_gain(self) -> bool:
+        return self.gain is not None and self.gain.significant and self.gain.value > 0
+
+
+def weigh(gain: Gain | None, newest_name: str, registry_enabled: bool, require_significant: bool) -> Evidence:
+    """The decision a gain allows, with the line that explains it."""
+    if gain is None:
+        return Evidence(None, KEEP_NEWEST, f"{newest_name} alone was not evaluated, so no gain can be claimed; nothing registered")
+    significant = gain.significant and gain.value > 0
+    if not significant and require_significant:
+        return Evidence(gain, KEEP_NEWEST, f"no merge is significantly better than {newest_name} "
+                                           f"(gain {gain.describe()}); nothing registered")
+    if not registry_enabled:
+        return Evidence(gain, NOT_REGISTERED, f"gain over {newest_name}: {gain.describe()}"
+                                              f"{'' if significant else ' (within noise)'}; registry disabled")
+    note = "" if significant else " — NOT significant, registered because registry.require_significant_gain=false"
+    return Evidence(gain, REGISTERED, f"gain over {newest_name}: {gain.describe()}{note}")
+
+
+def gain_metrics(prefix: str, gain: Gain) -> dict[str, float]:
+    """MLflow metrics of one gain: ``PREFIX`` (the value) and ``PREFIX.ci_low`` / ``.ci_high`` / ``.p_value`` / ``.significant``."""
+    return {prefix: gain.value, f"{prefix}.ci_low": gain.ci_low, f"{prefix}.ci_high": gain.ci_high,
+            f"{prefix}.p_value": gain.p_value, f"{prefix}.significant": float(gain.significant)}
+
+
+def gains_json(gains: Mapping[str, Gain]) -> dict[str, Any]:
+    return {k: g.as_json() for k, g in gains.items()}
