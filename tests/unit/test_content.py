@@ -137,6 +137,11 @@ def test_tokenizer_larger_than_the_embeddings_is_refused(tmp_path, pair, tiny_tr
             t.unlink()
     with pytest.raises(CheckpointError, match="step100 has no tokenizer files"):
         check_tokenizers(CheckpointSet.from_refs([str(f) for f in folders]))
+    check_tokenizers(CheckpointSet.from_refs([str(f) for f in folders]), required=False)  # weights-only merge
+    for t in tiny_trajectory.checkpoints[-1].glob("tokenizer*"):
+        shutil.copy(t, folders[0] / t.name)
+    with pytest.raises(CheckpointError, match="step200 has no tokenizer files"):  # some with, some without
+        check_tokenizers(CheckpointSet.from_refs([str(f) for f in folders]), required=False)
 
 
 def test_integer_tensors_are_the_newest_in_trials_and_in_the_written_merge(tmp_path, pair):

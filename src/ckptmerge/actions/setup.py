@@ -60,7 +60,9 @@ def _check_content(cfg: Config, cset: CheckpointSet) -> None:
     merge = cfg.action == "merge"
     hint = ("; set merge.allow_nonfinite=true to write such a merge anyway" if merge
             else "; fix or leave out this checkpoint (only action=merge can take it, with merge.allow_nonfinite=true)")
-    check_content(cset, order=cfg.model.order, allow_nonfinite=merge and cfg.merge.allow_nonfinite, nonfinite_hint=hint)
+    # Only actions that score need a tokenizer in every checkpoint; a weights-only merge is legitimate.
+    check_content(cset, order=cfg.model.order, allow_nonfinite=merge and cfg.merge.allow_nonfinite, nonfinite_hint=hint,
+                  tokenizer_required=not merge)
 
 
 def resolve_sources(cfg: Config, progress: bool = True, all_checkpoints: bool = False,

@@ -163,21 +163,29 @@ def _config_vocab_size(config: dict) -> int | None:
     return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
 
 
-def check_tokenizers(cset: CheckpointSet) -> None:
+def check_tokenizers(cset: CheckpointSet, required: bool = True) -> None:
     """Each checkpoint has tokenizer files that load into a real vocabulary which fits the embeddings,
-    the same in every checkpoint. One load per distinct set of tokenizer file bytes."""
-    from transformers import AutoTokenizer
+    the same in every checkpoint. One load per distinct set of tokenizer file bytes.
 
-    loaded: dict[str, tuple[int, dict]] = {}
-    first: tuple[Checkpoint, int, dict] | None = None
-    for c in cset.checkpoints:
-        files = _tokenizer_files(c.folder)
-        if not files:
+    ``required=False`` (``action=merge``, which scores nothing) lets a set where *no* checkpoint has
+    tokenizer files through: a weights-only merge, as ``mergekit --no-copy-tokenizer`` writes. Some with
+    and some without is still refused: the merged folder takes the newest's files.
+    """
+    if not required and not any(_tokenizer_files(c.folder) for c in cset.checkpoints):
+        log.warning("No checkpoint has tokenizer files: the merged folder gets weights and config only")
+        return
+    from transformers import AutoTokenizer  # only here: a weights-only merge never imports transformers
+    files = {c.name: _tokenizer_files(c.folder) for c in cset.checkpoints}
+    for c in cset.checkpoints:  # every checkpoint's files first: a missing one is the likelier mistake
+        if not files[c.name]:
             raise CheckpointError(
                 f"checkpoint {_label(c)} has no tokenizer files ({', '.join(TOKENIZER_FILES[:4])}, ...) in {c.folder}; "
                 "without them transformers builds an empty tokenizer: copy them from the training run"
             )
-        key = _tokenizer_bytes_hash(c.folder, files)
+    loaded: dict[str, tuple[int, dict]] = {}
+    first: tuple[Checkpoint, int, dict] | None = None
+    for c in cset.checkpoints:
+        key = _tokenizer_bytes_hash(c.folder, files[c.name])
         if key not in loaded:
             try:
                 tok = AutoTokenizer.from_pretrained(c.folder, trust_remote_code=cset.trust_remote_code)
@@ -278,12 +286,13 @@ def check_distinct_content(cset: CheckpointSet, digests: list[str]) -> None:
 
 
 def check_content(cset: CheckpointSet, *, order: str = "check", allow_nonfinite: bool = False,
-                  nonfinite_hint: str = "") -> None:
+                  nonfinite_hint: str = "", tokenizer_required: bool = True) -> None:
     """All content checks, cheapest first; the first problem ends the run with one line.
 
     ``order``: ``check`` refuses checkpoints whose known training steps do not increase oldest → newest;
     ``given`` takes the order as given. ``allow_nonfinite`` lets NaN/Inf weights through (``action=merge``
     with ``merge.allow_nonfinite=true``); ``nonfinite_hint`` ends the NaN error (how to override, if one can).
+    ``tokenizer_required``: see :func:`check_tokenizers`.
     """
     if order not in ORDERS:
         raise CheckpointError(f"model.order={order!r} is not valid (choose from: {', '.join(ORDERS)})")
@@ -291,7 +300,7 @@ def check_content(cset: CheckpointSet, *, order: str = "check", allow_nonfinite:
     check_distinct_folders(cset)
     steps = training_steps(cset) if order == "check" else None
     check_order(cset, steps, allow_equal=True)
-    check_tokenizers(cset)
+    check_tokenizers(cset, required=tokenizer_required)
     digests = scan(cset, allow_nonfinite, nonfinite_hint)
     check_distinct_content(cset, digests)
     check_order(cset, steps, allow_equal=False)
