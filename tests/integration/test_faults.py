@@ -60,12 +60,14 @@ def test_a_failing_trial_is_recorded_and_the_search_goes_on(tmp_path, tiny_traje
     shutil.copytree(old, broken)
     state = load_file(str(broken / "model.safetensors"))
     key = next(k for k in state if k.endswith("attention.dense.weight"))
-    state[key] = torch.full_like(state[key], float("inf"))  # any merge that uses it is NaN
+    # Finite on disk (the content checks refuse NaN/Inf before any trial), but past float16's range: in a
+    # float16 resident model any merge that gives it weight is Inf, and its objective NaN.
+    state[key] = torch.full_like(state[key], 1e9)
     save_file(state, str(broken / "model.safetensors"), metadata={"format": "pt"})
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     proc = run_main(["model=local", f"model.checkpoints=[{broken},{new}]", "eval.tasks=[ckptmerge_dev_bpb]",
                      f"eval.include_path={tiny_trajectory.tasks_dir}", "search.budget=4", "eval.limit=8",
-                     f"tracking.uri={uri}", "registry.name=nan-test", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+                     "runtime.dtype=float16", f"tracking.uri={uri}", "registry.name=nan-test", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads((tmp_path / "run" / "result.json").read_text())
     failed = [t for t in res["trials"] if t.get("error")]
