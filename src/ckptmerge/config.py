@@ -254,9 +254,13 @@ class RegistryConfig:
     # relative tolerance (fp32 math is bitwise identical; a half-precision output dtype rounds).
     rescore_tolerance: float = 1e-3
     # action=promote: `champion_alias` moves to the `alias` version only when its test score (the
-    # objective over the test tasks, higher is better) beats the champion's by at least `promote_margin`.
+    # objective over the test tasks, higher is better) beats the champion's by more than `promote_margin`
+    # with significance: the lower bound of the paired interval (eval.confidence) is above the margin.
     champion_alias: str = "champion"
     promote_margin: float = 0.0
+    # ...and no test task's scored metric is significantly worse (its interval below 0), unless this is
+    # true: a trade-off between tasks the weights allow is then accepted.
+    allow_task_regression: bool = False
     # A search registers its merge only when the dev gain over the newest checkpoint is significant
     # (its interval at eval.confidence excludes 0); false registers anyway, tagged as not significant.
     require_significant_gain: bool = True
@@ -273,6 +277,8 @@ class RegistryConfig:
             raise ConfigError(f"registry.champion_alias must differ from registry.alias (both {self.alias!r})")
         if not _is_number(self.promote_margin) or not math.isfinite(float(self.promote_margin)) or self.promote_margin < 0:
             raise ConfigError(f"registry.promote_margin must be a number >= 0, got {self.promote_margin!r}")
+        if not isinstance(self.allow_task_regression, bool):
+            raise ConfigError(f"registry.allow_task_regression must be true or false, got {self.allow_task_regression!r}")
 
 
 @dataclass(frozen=True)

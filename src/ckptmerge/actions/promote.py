@@ -1,13 +1,24 @@
 """``action=promote``: move the registry's ``champion`` alias to the ``candidate`` when it earns it.
 
 Both versions are loaded from the registry (the MLflow model artifact is downloaded and loaded with
-transformers) and evaluated afresh on the same test tasks: those of the candidate's source run (the
-search's parent run logged its resolved config) unless ``eval.test_tasks`` names others. The score is
-the objective over those tasks (each task's first metric unless ``eval.metrics`` says otherwise, weight 1
-unless ``eval.weights`` does; minimised metrics enter with a minus sign, so higher is better). The
-candidate becomes champion when ``score(candidate) - score(champion) >= registry.promote_margin``, or
-when there is no champion yet. The decision, both scores and the margin are tagged on the candidate
-version and logged in a promotion run (the run ``mlflow run`` opened, when launched by it).
+transformers) and evaluated afresh on the same test documents: those of the candidate's source run (the
+search's parent run logged its resolved config) unless ``eval.test_tasks`` names others, sampled under
+``eval.limit`` with ``search.seed``. The score is the objective over those tasks (each task's first
+metric unless ``eval.metrics`` says otherwise, weight 1 unless ``eval.weights`` does; minimised metrics
+enter with a minus sign, so higher is better).
+
+A difference of two point scores may be sampling noise, so the gain ``score(candidate) - score(champion)``
+is measured with a paired bootstrap over the documents (:mod:`ckptmerge.evaluation.uncertainty`), and
+so is each scored test metric on its own. The candidate becomes champion only when
+
+* the gain's lower bound at ``eval.confidence`` is above ``registry.promote_margin`` (a gain within
+  noise, or one that may be smaller than the margin, keeps the champion), and
+* no scored test metric is significantly worse (its interval entirely below 0), unless
+  ``registry.allow_task_regression=true`` accepts a trade-off between tasks that the weights favour;
+
+or when there is no champion yet. The decision, its reason, both scores, the gain with its interval and
+any regressing metric are tagged on the candidate version and logged in a promotion run (the run
+``mlflow run`` opened, when launched by it).
 """
 from __future__ import annotations
 
@@ -21,7 +32,9 @@ from typing import Any
 
 from ckptmerge.actions.setup import PACKAGE_TASKS
 from ckptmerge.config import Config, check_registry_name, config_from_dict
-from ckptmerge.errors import CheckpointError, ConfigError, CkptMergeError, TrackingError
+from ckptmerge.errors import CheckpointError, ConfigError, CkptMergeError, EvaluationError, TrackingError
+from ckptmerge.evaluation.doc_scores import DocScores
+from ckptmerge.evaluation.uncertainty import Bootstrap, Gain
 from ckptmerge.tracking import names
 from ckptmerge.tracking.mlflow_run import SearchTracker
 from ckptmerge.tracking.secrets import redact_data
@@ -41,6 +54,18 @@ class Contender:
     run_id: str | None
     metrics: dict[str, float] = field(default_factory=dict)
     score: float | None = None
+    scores: DocScores | None = field(default=None, repr=False)  # per-document, for the paired gains
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the comparison allows, and the one line that says why."""
+
+    decision: str
+    reason: str
+    gain: Gain | None = None                                   # the score's gain, candidate - champion
+    task_gains: dict[str, Gain] = field(default_factory=dict)  # each scored test metric's gain
+    regressions: tuple[str, ...] = ()                          # metrics significantly worse (ci_high < 0)
 
 
 @dataclass(frozen=True)
@@ -194,11 +219,13 @@ class Judge:
         from ckptmerge.evaluation import TaskSuite, build_objective
 
         self.cfg, self.tasks, self.name, self.uri = cfg, tasks, registry_name, tracking_uri
-        self.suite = TaskSuite(tasks.names, tasks.include_paths, tasks.limit, "eval.test_tasks")
+        seed = cfg.search.seed  # one seed, as in a search: the documents sampled under eval.limit and the resamples
+        self.suite = TaskSuite(tasks.names, tasks.include_paths, tasks.limit, "eval.test_tasks", sample_seed=seed)
         try:
             self.score = build_objective(self.suite.info, cfg.eval.metrics, cfg.eval.weights, allow_test_split=True)
         except ConfigError as e:
             raise ConfigError(f"{e} (action=promote scores the test tasks {list(tasks.names)})") from None
+        self.bootstrap = Bootstrap(cfg.eval.bootstrap, cfg.eval.confidence, seed=seed)
         self.device = _device(cfg.runtime.device)
 
     def evaluate(self, who: Contender) -> None:
@@ -210,12 +237,28 @@ class Judge:
                                      self.tasks.trust_remote_code)
         lm = make_lm(model, tok, self.cfg.eval.batch_size, self.tasks.max_length, self.device)
         with torch.no_grad():
-            who.metrics = self.suite.evaluate(lm)
+            who.metrics, who.scores = self.suite.evaluate_with_scores(lm)
         who.score = self.score(who.metrics)
         if not math.isfinite(who.score):
             raise CkptMergeError(f"the {who.alias} version {who.version} scores {who.score} on {list(self.tasks.names)}")
         log.info("%s v%s: score %.6f (%s)", who.alias, who.version, who.score, self.score.describe())
         del model, lm
+
+    def gains(self, candidate: Contender, champion: Contender) -> tuple[Gain, dict[str, Gain]]:
+        """The score's paired gain, candidate - champion, and each scored metric's (positive: the candidate is better)."""
+        assert candidate.scores is not None and champion.scores is not None
+        terms = [t for t in self.score.terms if t.weight != 0]
+        missing = [t.key for t in terms if t.key not in candidate.scores or t.key not in champion.scores]
+        if missing:  # e.g. a group's aggregate: lm-eval logs documents per subtask, not per group
+            raise EvaluationError(f"no per-document scores for {missing}, so the gain has no interval; "
+                                  "name the subtasks themselves in eval.test_tasks")
+        try:
+            gain = self.bootstrap.objective_gain(self.score, candidate.scores, champion.scores)
+            per_metric = {t.key: self.bootstrap.metric_gain(t.key, t.higher_is_better, candidate.scores[t.key],
+                                                            champion.scores[t.key]) for t in terms}
+        except ValueError as e:  # scored on different documents: the sample is not the same for both
+            raise EvaluationError(f"the candidate and the champion cannot be compared: {e}") from None
+        return gain, per_metric
 
 
 # -- the action ----------------------------------------------------------------------------------
@@ -246,8 +289,9 @@ def run_promote(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") ->
         checkpoints=models, tags={names.TAG_KIND: "promotion", "ckptmerge.registered_model": name},
     )
     with tracker.finishing():
-        decision = _decide(cfg, judge, candidate, champion) if judge else UNCHANGED
-        outcome = _record(cfg, tracker, judge, candidate, champion, decision, tasks)
+        verdict = (_decide(cfg, judge, candidate, champion) if judge else
+                   Verdict(UNCHANGED, f"candidate v{candidate.version} is already {reg.champion_alias}; nothing evaluated"))
+        outcome = _record(cfg, tracker, judge, candidate, champion, verdict, tasks)
     outcome["mlflow"] = {"tracking_uri": tracker.display_uri, "experiment_id": tracker.experiment_id, "run_id": run_id}
     outcome = redact_data(outcome)  # no password or token in the run folder
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -256,19 +300,54 @@ def run_promote(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") ->
     return outcome
 
 
-def _decide(cfg: Config, judge: Judge, candidate: Contender, champion: Contender | None) -> str:
+def _decide(cfg: Config, judge: Judge, candidate: Contender, champion: Contender | None) -> Verdict:
     judge.evaluate(candidate)
     if champion is None:
-        return FIRST
+        return Verdict(FIRST, f"first candidate v{candidate.version} becomes {cfg.registry.champion_alias} "
+                              "(there was none to compare with)")
     judge.evaluate(champion)
-    gain = candidate.score - champion.score  # type: ignore[operator]
-    return PROMOTED if gain >= cfg.registry.promote_margin else KEPT
+    gain, task_gains = judge.gains(candidate, champion)
+    return gate(gain, task_gains, float(cfg.registry.promote_margin), cfg.registry.allow_task_regression,
+                candidate.version, champion.version)
+
+
+def gate(gain: Gain, task_gains: dict[str, Gain], margin: float, allow_task_regression: bool,
+         candidate: str, champion: str) -> Verdict:
+    """The rule: promote when the gain's lower bound is above ``margin`` and no scored metric is
+    significantly worse (unless allowed); the reason names the interval and any regressing metric."""
+    regressions = tuple(k for k, g in task_gains.items() if g.ci_high < 0)  # NaN (no interval) is no evidence
+    worse = "; ".join(f"{k} ({g.value:+.5f}, {g.confidence:.0%} CI [{g.ci_low:+.5f}, {g.ci_high:+.5f}])"
+                      for k, g in task_gains.items() if k in regressions)
+    interval = gain.describe()
+    if not math.isfinite(gain.ci_low):  # too few finite resamples: no claim either way
+        return Verdict(KEPT, f"kept champion v{champion}: candidate v{candidate} gains {gain.value:+.5f} with no "
+                             "interval (too few finite bootstrap resamples)", gain, task_gains, regressions)
+    clears = gain.ci_low > margin
+    if clears and (not regressions or allow_task_regression):
+        note = f", allowed by registry.allow_task_regression=true: regresses on {worse}" if regressions else ""
+        return Verdict(PROMOTED, f"promoted candidate v{candidate} over champion v{champion}: gains {interval}, "
+                                 f"lower bound above the margin {margin:g}{note}", gain, task_gains, regressions)
+    if clears:
+        why = f"regresses on {worse}"
+    elif gain.significant and gain.ci_high < 0:
+        why = "significantly worse"
+    elif not gain.significant:
+        why = "within noise"
+    else:
+        why = f"significant, but the lower bound does not clear the margin {margin:g}"
+    if regressions and not clears:
+        why += f"; regresses on {worse}"
+    return Verdict(KEPT, f"kept champion v{champion}: candidate v{candidate} gains {interval}: {why}",
+                   gain, task_gains, regressions)
 
 
 def _record(cfg: Config, tracker: SearchTracker, judge: Judge | None, candidate: Contender,
-            champion: Contender | None, decision: str, tasks: PromotionTasks) -> dict[str, Any]:
+            champion: Contender | None, verdict: Verdict, tasks: PromotionTasks) -> dict[str, Any]:
     """Move the alias if decided, tag the candidate version (and a replaced champion), log the run."""
+    from ckptmerge.actions.evidence import gain_metrics, gains_json
+
     reg, client, name = cfg.registry, tracker.client, cfg.registry.name
+    decision, gain = verdict.decision, verdict.gain
     margin = float(reg.promote_margin)
     new_champion = candidate.version if decision in (FIRST, PROMOTED, UNCHANGED) else champion.version  # type: ignore[union-attr]
     if decision in (FIRST, PROMOTED):
@@ -283,10 +362,20 @@ def _record(cfg: Config, tracker: SearchTracker, judge: Judge | None, candidate:
         "score_definition": definition,
         "test_tasks": ",".join(tasks.names),
         "run_id": tracker.run_id or "",
+        "reason": verdict.reason,
+        # the score's gain, candidate - champion, and its interval ("" when there was nothing to compare)
+        "gain": "" if gain is None else f"{gain.value:.6f}",
+        "gain_ci_low": "" if gain is None else f"{gain.ci_low:.6f}",
+        "gain_ci_high": "" if gain is None else f"{gain.ci_high:.6f}",
+        "gain_p_value": "" if gain is None else f"{gain.p_value:.4g}",
+        "gain_significant": "" if gain is None else str(gain.significant).lower(),
+        "confidence": f"{cfg.eval.confidence:g}",
+        "regressions": ",".join(verdict.regressions),
+        "allow_task_regression": str(reg.allow_task_regression).lower(),
     }
     if decision != UNCHANGED:  # a re-run on the champion itself keeps the tags of the decision that made it
         for k, v in tags.items():
-            client.set_model_version_tag(name, candidate.version, TAG_PREFIX + k, v)
+            client.set_model_version_tag(name, candidate.version, TAG_PREFIX + k, v[:4000])  # under MLflow's 5000
     if decision == PROMOTED:
         client.set_model_version_tag(name, champion.version, TAG_PREFIX + "replaced_by", candidate.version)  # type: ignore[union-attr]
     metrics: dict[str, float] = {"promote_margin": margin}
@@ -295,19 +384,30 @@ def _record(cfg: Config, tracker: SearchTracker, judge: Judge | None, candidate:
             continue
         metrics[f"{role}_score"] = who.score
         metrics.update({f"{role}.{k}": v for k, v in who.metrics.items()})
-    if candidate.score is not None and champion is not None and champion.score is not None:
-        metrics["score_gain"] = candidate.score - champion.score
+    if gain is not None:  # score_gain and score_gain.ci_low/.ci_high/.p_value/.significant
+        metrics.update(gain_metrics("score_gain", gain))
+        for key, g in verdict.task_gains.items():
+            metrics.update(gain_metrics(names.safe_key(f"task_gain.{key}"), g))
+        metrics["regressions"] = float(len(verdict.regressions))
     tracker.log_metrics(metrics)
     tracker.set_tags({"promotion.decision": decision, "promotion.candidate_version": candidate.version,
                       "promotion.champion_version": "" if champion is None else champion.version,
-                      "promotion.new_champion": new_champion, "promotion.score_definition": definition})
+                      "promotion.new_champion": new_champion, "promotion.score_definition": definition,
+                      "promotion.reason": verdict.reason[:4000], "promotion.regressions": ",".join(verdict.regressions)})
     outcome = {
         "registered_model": name,
         "decision": decision,
         "margin": margin,
+        "reason": verdict.reason,
         "score_definition": definition,
         "test_tasks": list(tasks.names),
         "limit": tasks.limit,
+        # paired bootstrap over the test documents: + means the candidate is better
+        "gain": None if gain is None else gain.as_json(),
+        "task_gains": gains_json(verdict.task_gains),
+        "regressions": list(verdict.regressions),
+        "allow_task_regression": reg.allow_task_regression,
+        "bootstrap": {"resamples": cfg.eval.bootstrap, "confidence": cfg.eval.confidence, "seed": cfg.search.seed},
         "candidate": {"alias": reg.alias, "version": candidate.version, "score": candidate.score, "metrics": candidate.metrics},
         "champion": None if champion is None else
         {"alias": reg.champion_alias, "version": champion.version, "score": champion.score, "metrics": champion.metrics},
@@ -330,6 +430,15 @@ def _print_summary(o: dict[str, Any]) -> None:
           f"margin {o['margin']:g}")
     if o["score_definition"]:
         print(f"score = {o['score_definition']}  on {', '.join(o['test_tasks'])}")
+    if o["gain"] is not None:
+        pct = f"{o['gain']['confidence']:.0%}"
+        print(f"paired gains over the same documents, candidate - champion (+: the candidate is better; "
+              f"* significant at {pct}):")
+        for key, g in {"score": o["gain"], **o["task_gains"]}.items():
+            mark = "*" if g["significant"] else " "
+            note = "  regresses" if key in o["regressions"] else ""
+            print(f"  {key:<40} {g['value']:+.5f} [{g['ci_low']:+.5f}, {g['ci_high']:+.5f}] {mark}{note}")
+    print(o["reason"])
     verdict = {FIRST: "first candidate becomes champion", PROMOTED: "candidate promoted",
                KEPT: "champion kept", UNCHANGED: "candidate is already champion"}[o["decision"]]
     print(f"decision: {o['decision']} ({verdict}); {o['new_champion']['model_uri']} = v{o['new_champion']['version']}")
