@@ -7,7 +7,7 @@ import pytest
 from ckptmerge.config import SearchConfig
 from ckptmerge.evaluation.doc_scores import MetricScores, scores_from_json, scores_json
 from ckptmerge.evaluation.objective import Objective, ObjectiveTerm
-from ckptmerge.evaluation.uncertainty import Bootstrap
+from ckptmerge.evaluation.uncertainty import Bootstrap, relative_standard_errors
 from ckptmerge.search.searchers import make_searcher
 
 ACC = Objective((ObjectiveTerm("t", "acc", 1.0, True),))
@@ -119,3 +119,15 @@ def test_a_gp_that_sees_only_noise_falls_back_to_the_best_observation():
         searcher.tell((lam,), y, 0.5)  # differences 100x below the noise: a flat posterior mean
     chosen, _ = searcher.select("posterior_mean")
     assert searcher.xs[chosen] == (0.5,)
+
+
+def test_noise_shared_by_every_trial_is_not_noise_between_trials():
+    """Scores on the same documents move together; only what differs between trials is told to the GP."""
+    rng = np.random.default_rng(0)
+    shared = rng.normal(scale=0.1, size=1000)          # how hard the resampled documents are
+    draws = [shared + rng.normal(scale=0.002, size=1000) for _ in range(4)]
+    total = [float(np.std(d, ddof=1)) for d in draws]
+    relative = relative_standard_errors(draws + [None])
+    assert all(t > 0.09 for t in total)
+    assert all(0.001 < r < 0.003 for r in relative[:4]) and relative[4] is None
+    assert relative_standard_errors([draws[0]]) == [0.0]

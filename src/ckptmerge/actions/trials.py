@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 import math
+
+import numpy as np
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,7 +12,8 @@ from typing import Any
 from ckptmerge.actions.evaluation import EvalSession
 from ckptmerge.checkpoints.resident import ResidentModel
 from ckptmerge.errors import EvaluationError
-from ckptmerge.evaluation.doc_scores import DocScores, scores_json
+from ckptmerge.evaluation.doc_scores import DocScores, scores_from_json, scores_json
+from ckptmerge.evaluation.uncertainty import relative_standard_errors
 from ckptmerge.search.searchers import Proposal, Searcher
 from ckptmerge.search.space import WeightSpace
 from ckptmerge.tracking import names
@@ -32,6 +35,7 @@ class Trial:
     seconds: float = 0.0
     objective_se: float | None = None       # bootstrap standard error of the objective over documents
     scores: DocScores | None = field(default=None, repr=False)  # per-document dev scores (None: not at hand)
+    draws: Any = field(default=None, repr=False)  # the objective on each bootstrap resample (numpy array)
 
     @property
     def lam(self) -> float | None:
@@ -93,10 +97,38 @@ class TrialLoop:
             if p.objective is None:
                 self.searcher.mark_failed(p.x)
             else:
-                self.searcher.tell(p.x, p.objective, p.objective_se)
+                trial.scores = self._stored_scores(p.run_id)
+                if trial.scores is not None:
+                    trial.draws = self.session.bootstrap.objective_draws(self.session.objective, trial.scores)
+                self._tell(trial)
             self._record(trial)
         if past:
             log.info("Resumed: %d trials read back from MLflow, not evaluated again", len(past))
+
+    def _tell(self, trial: Trial) -> None:
+        """Tell the searcher the trial with the noise that matters for comparing trials.
+
+        Every trial is scored on the same documents, so much of a score's error (how hard this sample
+        of documents happens to be) is shared by all trials and cannot change which λ is best. The
+        noise each observation gets is its error relative to the other trials on the same resamples
+        (the spread of its draws minus the trials' mean draw), recomputed for all points as they come.
+        """
+        told = [t for t in self.trials if t.objective is not None] + [trial]
+        relative = relative_standard_errors([t.draws for t in told])
+        self.searcher.ses[:] = relative[:-1]
+        self.searcher.tell(trial.x, trial.objective, relative[-1])  # type: ignore[arg-type]
+
+    def _stored_scores(self, run_id: str | None) -> DocScores | None:
+        """A past trial's per-document scores from its MLflow artifact (a resumed search), if there."""
+        if not run_id:
+            return None
+        try:
+            from pathlib import Path
+
+            local = self.tracker.client.download_artifacts(run_id, names.ARTIFACT_DOC_SCORES)
+            return scores_from_json(Path(local).read_text())
+        except Exception:  # noqa: BLE001 - an older run without the artifact: the noise is filled in
+            return None
 
     def run(self, budget: int, desc: str = "search") -> list[Trial]:
         """Evaluate trials until ``budget`` (replayed trials count)."""
@@ -133,7 +165,8 @@ class TrialLoop:
             objective = session.objective(trial.metrics)
             if not math.isfinite(objective):
                 raise EvaluationError(f"objective is not finite ({objective}) at weights {named}")
-            trial.objective_se = session.objective_se(trial.scores)
+            trial.draws = session.bootstrap.objective_draws(session.objective, trial.scores)
+            trial.objective_se = float(np.std(trial.draws, ddof=1))
         except EvaluationError as e:
             trial.error = str(e)
             trial.seconds = time.perf_counter() - t0
@@ -144,7 +177,7 @@ class TrialLoop:
             return trial
         trial.objective = objective
         trial.seconds = time.perf_counter() - t0
-        searcher.tell(prop.x, objective, trial.objective_se)
+        self._tell(trial)
         state = searcher.state()
         metrics = {names.METRIC_OBJECTIVE: objective, names.METRIC_OBJECTIVE_SE: trial.objective_se,
                    **trial.metrics, "trial_seconds": trial.seconds}

@@ -127,3 +127,18 @@ def gains_by_metric(boot: Bootstrap, higher_is_better: Mapping[str, bool], a: Do
     """A paired gain for every metric both were scored on whose direction is known."""
     return {k: boot.metric_gain(k, higher_is_better[k], a[k], b[k])
             for k in sorted(set(a) & set(b)) if k in higher_is_better}
+
+
+def relative_standard_errors(draws: list[np.ndarray | None]) -> list[float | None]:
+    """Each score's standard error relative to the others scored on the same resamples.
+
+    ``draws[i]`` is score i on every resample (None: unknown). The part of the noise that all scores
+    share (the difficulty of the sampled documents) is removed by subtracting, resample by resample,
+    the mean over the known scores; what is left is how uncertain each one is *compared with the rest*.
+    A single score has nothing to be compared with: 0.
+    """
+    known = [d for d in draws if d is not None]
+    if not known:
+        return [None] * len(draws)
+    centre = np.mean(np.stack(known), axis=0)
+    return [None if d is None else float(np.std(d - centre, ddof=1)) for d in draws]
