@@ -72,4 +72,13 @@ def test_compare_runs_every_method_on_the_same_budget_and_registers_the_best(tmp
     mv = client.get_model_version_by_alias("cmp", "candidate")
     assert str(mv.version) == reg["version"] and mv.tags["method"] == best["method"]
     table = proc.stdout[proc.stdout.index("compare on "):]
-    assert all(m in table for m in methods) and "gain" in table
+    assert all(m in table for m in methods) and "gain" in table and "95% CI" in table
+    # every method's gain over newest is paired on the same documents, with its interval
+    assert by["newest"]["gain"]["value"] == 0 and not by["newest"]["gain"]["significant"]
+    for m in out["methods"]:
+        g = m["gain"]
+        assert g["ci_low"] <= g["value"] <= g["ci_high"]
+        assert g["value"] == pytest.approx(m["objective"] - by["newest"]["objective"], abs=1e-9)
+        assert set(m["test_gains"]) == set(m["test_metrics"])
+    assert {"gain ci_low", "gain ci_high", "gain significant"} <= set(rows[0])
+    assert "best: " in proc.stdout and "dev gain over newest" in proc.stdout

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import torch
 
+from ckptmerge.actions import evidence
 from ckptmerge.actions.evaluation import EvalSession
 from ckptmerge.actions.study import start_study
 from ckptmerge.actions.trials import TrialLoop
@@ -27,6 +28,8 @@ from ckptmerge.calibration import diagonal_fisher, linear_input_grams, read_text
 from ckptmerge.checkpoints.resident import ResidentModel
 from ckptmerge.config import Config, ConfigError
 from ckptmerge.errors import EvaluationError
+from ckptmerge.evaluation.doc_scores import DocScores
+from ckptmerge.evaluation.uncertainty import Gain, gains_by_metric
 from ckptmerge.merge import linear_merge
 from ckptmerge.merge.fisher import fisher_merge
 from ckptmerge.merge.regmean import regmean_merge
@@ -53,6 +56,17 @@ class MethodResult:
     dev_metrics: dict[str, float] = field(default_factory=dict)
     test_metrics: dict[str, float] = field(default_factory=dict)
     run_id: str = ""
+    dev_scores: DocScores | None = field(default=None, repr=False)     # per-document, for paired gains
+    test_scores: DocScores | None = field(default=None, repr=False)
+    gain: Gain | None = None                      # dev objective vs the newest checkpoint alone, paired
+    test_gains: dict[str, Gain] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"method": self.method, "objective": self.objective, "evaluations": self.evaluations,
+                "seconds": self.seconds, "weights": self.weights, "dev_metrics": self.dev_metrics,
+                "test_metrics": self.test_metrics, "run_id": self.run_id,
+                "gain": self.gain.as_json() if self.gain else None,
+                "test_gains": {k: g.as_json() for k, g in self.test_gains.items()}}
 
 
 class Comparison:
@@ -66,10 +80,11 @@ class Comparison:
         self.calib_path = calib_path
         self._texts: list[str] | None = None
         self.evaluations = 0
+        self.scores: DocScores | None = None   # per-document dev scores of the method's merge
 
     # -- helpers -------------------------------------------------------------------------------
     def _score(self) -> tuple[float, dict[str, float]]:
-        metrics = self.session.evaluate_dev()
+        metrics, self.scores = self.session.evaluate_with_scores("dev")
         self.evaluations += 1
         return self.session.objective(metrics), metrics
 
@@ -120,17 +135,18 @@ class Comparison:
 
     def greedy(self) -> tuple[list[float] | None, float, dict]:
         """Greedy soup: checkpoints by dev objective, each kept only if the uniform soup improves."""
-        singles = [self._linear(self._onehot(i)) for i in range(self.k)]
+        singles = [(*self._linear(self._onehot(i)), self.scores) for i in range(self.k)]
         order = sorted(range(self.k), key=lambda i: singles[i][0], reverse=True)
         soup = [order[0]]
-        best, best_metrics = singles[order[0]]
+        best, best_metrics, best_scores = singles[order[0]]
         for i in order[1:]:
             cand = soup + [i]
             obj, metrics = self._linear([1.0 / len(cand) if j in cand else 0.0 for j in range(self.k)])
             if obj > best:
-                soup, best, best_metrics = cand, obj, metrics
+                soup, best, best_metrics, best_scores = cand, obj, metrics, self.scores
         w = [1.0 / len(soup) if j in soup else 0.0 for j in range(self.k)]
         self.resident.apply(w)
+        self.scores = best_scores
         return w, best, best_metrics
 
     def fisher(self) -> tuple[list[float] | None, float, dict]:
@@ -170,13 +186,16 @@ class Comparison:
         self.evaluations += len(loop.trials)
         if loop.best is None:
             raise EvaluationError(f"{method}: every trial failed; the first failure: {loop.trials[0].error}")
-        w = loop.full_weights(loop.best)
+        # The best observation, as every other method here is ranked by its observed dev objective.
+        best = loop.best
+        w = loop.full_weights(best)
         self.resident.apply(w)
-        return w, loop.best.objective, loop.best.metrics  # type: ignore[return-value]
+        self.scores = best.scores
+        return w, best.objective, best.metrics  # type: ignore[return-value]
 
     def run(self, method: str) -> MethodResult:
         run_id = self.tracker.start_trial(0, {"method": method}, run_name=method, kind="method")
-        self.evaluations, t0 = 0, time.perf_counter()
+        self.evaluations, self.scores, t0 = 0, None, time.perf_counter()
         fn: Callable[[], tuple] = getattr(self, method) if method not in SEARCHED else (lambda: self.searched(method, run_id))
         try:
             weights, objective, dev = fn()
@@ -184,9 +203,10 @@ class Comparison:
             self.tracker.end_trial(run_id, "FAILED")
             raise
         seconds = time.perf_counter() - t0
-        test = self.session.test.evaluate(self.session._lm) if self.session.test else {}
+        test, test_scores = self.session.evaluate_with_scores("test") if self.session.test else ({}, None)
         res = MethodResult(method, objective, self.evaluations, seconds,
-                           dict(zip(self.names, weights)) if weights is not None else None, dev, test, run_id)
+                           dict(zip(self.names, weights)) if weights is not None else None, dev, test, run_id,
+                           dev_scores=self.scores, test_scores=test_scores)
         metrics = {names.METRIC_OBJECTIVE: objective, "evaluations": self.evaluations, "seconds": seconds,
                    **dev, **{names.PREFIX_TEST + k: v for k, v in test.items()}}
         if weights is not None:
@@ -197,22 +217,60 @@ class Comparison:
         return res
 
 
-def _tables(results: list[MethodResult], baseline: float | None, objective: str) -> tuple[str, str, list[str]]:
-    test_keys = sorted({k for r in results for k in r.test_metrics})
-    header = ["method", "dev objective", "gain vs newest", *test_keys, "evaluations", "seconds"]
-    rows = []
+def add_gains(results: list[MethodResult], session: EvalSession) -> None:
+    """Each method's paired gains over ``newest`` on the same documents: dev objective and test metrics."""
+    newest = next((r for r in results if r.method == "newest"), None)
+    if newest is None or newest.dev_scores is None:
+        return
+    hib = {f"{t}/{m}": bool(v) for t, info in (session.test.info.items() if session.test else ())
+           for m, v in info.higher_is_better.items()}
     for r in results:
-        gain = r.objective - baseline if baseline is not None else float("nan")
-        rows.append([r.method, f"{r.objective:.5f}", f"{gain:+.5f}",
-                     *[f"{r.test_metrics.get(k, float('nan')):.5g}" for k in test_keys], str(r.evaluations), f"{r.seconds:.1f}"])
-    md = [f"Dev objective: `{objective}` (higher is better).", "", "| " + " | ".join(header) + " |",
-          "|" + "---|" * len(header)]
+        if r.dev_scores is not None:
+            r.gain = session.bootstrap.objective_gain(session.objective, r.dev_scores, newest.dev_scores)
+        if r.test_scores is not None and newest.test_scores is not None:
+            r.test_gains = gains_by_metric(session.bootstrap, hib, r.test_scores, newest.test_scores)
+
+
+def _tables(results: list[MethodResult], baseline: float | None, objective: str,
+            confidence: float) -> tuple[str, str, list[str], list[list[str]]]:
+    """Markdown, CSV, and the header and rows of the printed table.
+
+    Markdown and the printed table mark a test value ``*`` when it differs significantly from the newest
+    checkpoint's (paired); the CSV has every interval as columns.
+    """
+    test_keys = sorted({k for r in results for k in r.test_metrics})
+    pct = f"{confidence:.0%}"
+    header = ["method", "dev objective", "gain vs newest", f"{pct} CI", "p", *test_keys, "evaluations", "seconds"]
+    csv_header = ["method", "dev objective", "gain vs newest", "gain ci_low", "gain ci_high", "gain p_value",
+                  "gain significant", *[f"{k}{s}" for k in test_keys for s in ("", " gain", " ci_low", " ci_high", " significant")],
+                  "evaluations", "seconds"]
+    rows, csv_rows = [], []
+    for r in results:
+        g = r.gain
+        gain = g.value if g else (r.objective - baseline if baseline is not None else float("nan"))
+        mark = "*" if g and g.significant else ""
+        ci = f"[{g.ci_low:+.5f}, {g.ci_high:+.5f}]" if g else "-"
+        tests = [f"{r.test_metrics.get(k, float('nan')):.5g}{'*' if k in r.test_gains and r.test_gains[k].significant else ''}"
+                 for k in test_keys]
+        rows.append([r.method, f"{r.objective:.5f}", f"{gain:+.5f}{mark}", ci, f"{g.p_value:.3g}" if g else "-",
+                     *tests, str(r.evaluations), f"{r.seconds:.1f}"])
+        cells = []
+        for k in test_keys:
+            tg = r.test_gains.get(k)
+            cells += [f"{r.test_metrics.get(k, float('nan')):.6g}", *([f"{tg.value:.6g}", f"{tg.ci_low:.6g}", f"{tg.ci_high:.6g}",
+                                                                       str(tg.significant).lower()] if tg else ["", "", "", ""])]
+        csv_rows.append([r.method, f"{r.objective:.6f}", f"{gain:.6f}",
+                         *([f"{g.ci_low:.6f}", f"{g.ci_high:.6f}", f"{g.p_value:.4g}", str(g.significant).lower()] if g else ["", "", "", ""]),
+                         *cells, str(r.evaluations), f"{r.seconds:.1f}"])
+    md = [f"Dev objective: `{objective}` (higher is better). Gains are paired against `newest` on the same documents, "
+          f"with {pct} bootstrap intervals; `*` marks a significant difference, the rest is within noise.", "",
+          "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(row) + " |" for row in rows]
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(header)
-    w.writerows(rows)
-    return "\n".join(md) + "\n", buf.getvalue(), header
+    w.writerow(csv_header)
+    w.writerows(csv_rows)
+    return "\n".join(md) + "\n", buf.getvalue(), header, rows
 
 
 def _bar_chart(results: list[MethodResult], baseline: float | None) -> Any:
@@ -251,7 +309,11 @@ def run_compare(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") ->
             if cfg.compare.register and r.weights is None and r.objective >= max(x.objective for x in results):
                 snapshot = {k: v.detach().clone() for k, v in resident.model.state_dict().items()}
         baseline = next((r.objective for r in results if r.method == "newest"), None)
-        md, csv_text, header = _tables(results, baseline, session.objective.describe())
+        add_gains(results, session)
+        for r in results:
+            if r.gain is not None:
+                tracker.log_metrics(evidence.gain_metrics(names.METRIC_GAIN, r.gain), run_id=r.run_id)
+        md, csv_text, header, rows = _tables(results, baseline, session.objective.describe(), cfg.eval.confidence)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "compare.md").write_text(md)
         (run_dir / "compare.csv").write_text(csv_text)
@@ -266,7 +328,7 @@ def run_compare(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") ->
         out: dict[str, Any] = {
             "objective_definition": session.objective.describe(), "checkpoints": cset.names,
             "best_method": best.method, "baseline_objective": baseline,
-            "methods": [r.__dict__ for r in results],
+            "methods": [r.as_json() for r in results],
             "mlflow": {"tracking_uri": tracker.display_uri, "experiment_id": tracker.experiment_id, "run_id": parent},
             "registered_model": None,
         }
@@ -290,8 +352,13 @@ def run_compare(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") ->
     table = Table(title=f"compare on {', '.join(cset.names)} — {session.objective.describe()} (higher is better)")
     for h in header:
         table.add_column(h, justify="left" if h == "method" else "right")
-    for line in csv_text.strip().splitlines()[1:]:
-        table.add_row(*next(csv.reader([line])))
+    for row in rows:
+        table.add_row(*row)
     console.print(table)
+    won = max(results, key=lambda r: r.objective if math.isfinite(r.objective) else -math.inf)
+    if won.gain is not None:
+        from ckptmerge.report import gain_text
+
+        console.print(f"best: {won.method}, dev gain over newest {gain_text(won.gain.as_json())}")
     console.print(f"tables and chart: {run_dir}/compare.{{md,csv,png}}; MLflow run {parent}")
     return out
