@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 def _args(work, traj_cache, run_dir, budget=3):
     return ["model.trajectory.preset=tiny", f"model.trajectory.cache_dir={traj_cache}", f"search.budget={budget}",
-            f"tracking.uri=sqlite:///{work / 'mlflow.db'}", "registry.name=fault-test" "registry.require_significant_gain=false", "tracking.log_plots=false",
+            f"tracking.uri=sqlite:///{work / 'mlflow.db'}", "registry.name=fault-test", "registry.require_significant_gain=false", "tracking.log_plots=false",
             "eval.limit=8", f"hydra.run.dir={run_dir}"]
 
 

@@ -24,6 +24,7 @@ from ckptmerge.checkpoints.resident import ResidentModel
 from ckptmerge.checkpoints.writer import check_target, folder_owner
 from ckptmerge.config import Config, parse_size
 from ckptmerge.errors import EvaluationError
+from ckptmerge.evaluation.doc_scores import scores_json
 from ckptmerge.merge import get_method
 from ckptmerge.runtime import seed_everything
 from ckptmerge.search.searchers import Searcher, make_searcher
@@ -106,7 +107,10 @@ class SearchRun:
         """Everything that changes the objective or the proposed points (not the budget)."""
         c = self.cfg
         return {
+            # The fingerprint hashes tensor names, shapes and file sizes, which every step of one run
+            # shares: the folder tells the steps apart.
             "checkpoints": [c_.identity()["fingerprint"] for c_ in sources.cset.checkpoints],
+            "checkpoint_folders": [str(c_.folder) for c_ in sources.cset.checkpoints],
             "objective": session.objective.describe(),
             "dev_tasks": list(sources.dev_tasks),
             "eval": {"limit": c.eval.limit, "max_length": sources.max_length, "batch_size": c.eval.batch_size,
@@ -152,6 +156,9 @@ class SearchRun:
         self._written = True
         test, test_scores = session.test_report(reloaded, resident)
         test_gains = session.test_gains(test_scores, cset.names[-1])
+        if test_scores:  # per reported model, so that later comparisons need not evaluate again
+            tracker.log_text(None, "{" + ",".join(f"{json.dumps(who)}:{scores_json(sc)}" for who, sc in test_scores.items()) + "}",
+                             names.ARTIFACT_TEST_DOC_SCORES)
         summary = {
             names.METRIC_BEST_LAMBDA: list(best.weights.values())[-1],
             names.METRIC_RESCORED_OBJECTIVE: rescored,

@@ -36,6 +36,7 @@ TAG_STOPPED_BY = "ckptmerge.stopped_by"    # SIGTERM | SIGINT: the signal that e
 ARTIFACT_CONFIG = "config.yaml"
 ARTIFACT_CHECKPOINTS = "checkpoints.json"
 ARTIFACT_RESULT = "result.json"
+ARTIFACT_TEST_DOC_SCORES = "test_doc_scores.json"  # {"best" | checkpoint: per-document test scores}
 ARTIFACT_PLOT = "gp_posterior.png"
 MODEL_ARTIFACT = "model"
 
