@@ -220,22 +220,6 @@ def _warn_credentials(cfg_dict: dict) -> None:
         print(credentials_warning(keys), file=sys.stderr)
 
 
-def _install_stop_handlers() -> None:
-    """SIGTERM (``timeout``, ``docker stop``, Kubernetes, SLURM) and SIGINT raise :class:`Stopped` in the
-    main thread, so the cleanup of whatever is running (``finally``, ``except BaseException``) runs:
-    MLflow runs end KILLED, a half-written merge is removed. Python's default for SIGTERM is to die
-    on the spot, leaving every run RUNNING."""
-    import signal
-
-    from ckptmerge.errors import Stopped
-
-    def stop(signum: int, frame: object) -> None:
-        raise Stopped(signum)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, stop)
-
-
 def _error_line(text: str) -> None:
     """``error: TEXT`` on stderr, on a line of its own even when a progress bar was drawing there."""
     fresh = getattr(sys.stderr, "at_line_start", True)
@@ -293,7 +277,9 @@ def _check_group_choices(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    _install_stop_handlers()
+    from ckptmerge.signals import install_stop_handlers
+
+    install_stop_handlers()  # SIGTERM, SIGINT: the runs end KILLED, one line, exit 143 / 130
     sys.stdout, sys.stderr = _RedactingStream(sys.stdout), _RedactingStream(sys.stderr)
     sys.argv[1:] = _launcher_argv(sys.argv[1:])
     _check_group_choices(sys.argv[1:])

@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 
 from ckptmerge.config import TrackingConfig
 from ckptmerge.errors import TrackingError
+from ckptmerge.signals import HoldingStops
 from ckptmerge.tracking import names
 from ckptmerge.tracking.secrets import has_uri_password, redact
 
@@ -139,7 +140,8 @@ class SearchTracker:
             os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         _check_store(self.uri)
         mlflow.set_tracking_uri(self.uri)
-        self.client = MlflowClient(self.uri)
+        # a SIGTERM/SIGINT during a store call is raised once it returns (see ckptmerge.signals)
+        self.client = HoldingStops(MlflowClient(self.uri))
         self.log_plots = cfg.log_plots
         env_run = os.environ.get("MLFLOW_RUN_ID")
         if env_run:  # launched by `mlflow run`: that run is our parent, in its experiment
@@ -263,6 +265,21 @@ class SearchTracker:
             raise
         self.finish("FINISHED")
 
+    def _running_descendants(self) -> list[str]:
+        """Child runs still RUNNING: those started and not ended here, and any the store holds under
+        the parent (a stop between creating a child and noting it), and their RUNNING children
+        (compare's method runs hold trials)."""
+        found = dict(self._open_children)
+        frontier = [self.run_id] if self.run_id else []
+        while frontier:
+            parent = frontier.pop()
+            query = f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'RUNNING'"
+            for r in self.client.search_runs([self.experiment_id], query, max_results=1000):
+                if r.info.run_id not in found:
+                    found[r.info.run_id] = None
+                    frontier.append(r.info.run_id)
+        return [r for r in found if self.client.get_run(r).info.status == "RUNNING"]
+
     def _end_after(self, e: BaseException) -> None:
         """End the open child runs and the parent after ``e``; a failure here (the store itself may be
         what failed) is logged, never raised in place of ``e``."""
@@ -272,7 +289,7 @@ class SearchTracker:
         else:
             status, tags = "FAILED", {names.TAG_ERROR: str(e).splitlines()[0] if str(e) else type(e).__name__}
         try:
-            for child in list(self._open_children):
+            for child in self._running_descendants():
                 self.set_tags({names.TAG_TRIAL_STATUS: "interrupted", **tags}, child)
                 self.end_trial(child, status)
             if self.run_id:

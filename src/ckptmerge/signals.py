@@ -1,0 +1,99 @@
+"""SIGTERM and SIGINT as :class:`~ckptmerge.errors.Stopped`, raised where it is safe to stop.
+
+``timeout``, ``docker stop``, Kubernetes and SLURM send SIGTERM, whose default ends the process on the
+spot, leaving its MLflow runs RUNNING. The handler raises ``Stopped`` in the main thread instead, so
+cleanups run (``finally``, ``except BaseException``): the runs end KILLED, a half-written merge is
+removed.
+
+Not inside a call to the tracking store, though: an exception raised between a write and its commit
+leaves the transaction open and a sqlite store locked, so marking the runs KILLED waits 20 s for the
+lock and then fails. A signal that arrives there is held: raised when a call made through
+:class:`HoldingStops` (the tracker's MLflow client) returns, or else when ``SIGALRM``, every 10 ms,
+finds no store code running (MLflow calls made elsewhere, e.g. model logging).
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import signal
+from types import FrameType
+from typing import Any, Iterator
+
+from ckptmerge.errors import Stopped
+
+# Modules whose code runs inside a database transaction of a tracking or registry store.
+_STORE_MODULES = ("sqlalchemy", "alembic", "mlflow.store.db")
+_RECHECK_S = 0.01
+_pending: int | None = None  # a signal held until the store call in progress returns
+_holding = 0                 # depth of holding() blocks
+
+
+def _in_store_call(frame: FrameType | None) -> bool:
+    while frame is not None:
+        name = frame.f_globals.get("__name__") or ""
+        if name.startswith(_STORE_MODULES) or name.endswith("sqlalchemy_store"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _on_stop(signum: int, frame: FrameType | None) -> None:
+    global _pending
+    if _holding or _in_store_call(frame):
+        if _pending is None:
+            _pending = signum
+            signal.setitimer(signal.ITIMER_REAL, _RECHECK_S)
+        return
+    _pending = None
+    raise Stopped(signum)
+
+
+def _on_recheck(signum: int, frame: FrameType | None) -> None:
+    global _pending
+    if _pending is None:
+        return
+    if _holding or _in_store_call(frame):
+        signal.setitimer(signal.ITIMER_REAL, _RECHECK_S)
+        return
+    held, _pending = _pending, None
+    raise Stopped(held)
+
+
+def install_stop_handlers() -> None:
+    """SIGTERM and SIGINT raise :class:`Stopped` in the main thread (call it from there)."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _on_stop)
+    signal.signal(signal.SIGALRM, _on_recheck)
+
+
+@contextlib.contextmanager
+def holding() -> Iterator[None]:
+    """A stop signal inside the block is raised when the block has completed."""
+    global _holding, _pending
+    _holding += 1
+    try:
+        yield
+    finally:
+        _holding -= 1
+    if _holding == 0 and _pending is not None:
+        held, _pending = _pending, None
+        raise Stopped(held)
+
+
+class HoldingStops:
+    """``obj`` whose method calls each run in :func:`holding`: a stop waits for the call to return."""
+
+    def __init__(self, obj: Any) -> None:
+        self._obj = obj
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._obj, name)
+        if not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with holding():
+                return attr(*args, **kwargs)
+
+        return call  # type: ignore[no-any-return]
