@@ -108,3 +108,23 @@ def test_bo_on_the_simplex_improves_on_the_initial_points():
         s.tell(p.x, -float(np.abs(np.array(sp.weights(p.x)) - target).sum()))
     assert max(s.ys) > max(s.ys[:2]) + 0.3
     assert "gp.mean_at_point" in s.state()
+
+
+def test_the_gap_fallback_never_proposes_a_point_closer_than_min_distance():
+    """Bisection used to propose midpoints of gaps narrower than 2·min_distance; the budget allows a full
+    grid at min_distance, which the fallback must be able to fill."""
+    from ckptmerge.search.searchers import SearchExhausted
+
+    cfg = SearchConfig(kind="grid", budget=6, alpha=0.0, min_distance=0.2)  # 6 points fit: 0, .2, ..., 1
+    s = make_searcher(cfg)
+    for lam in (0.0, 1.0, 0.5):  # a midpoint taken: bisection would now give 0.25/0.75 and then 0.125...
+        s.tell((lam,), 0.0)
+    got = []
+    for _ in range(2):
+        x = s.largest_gap()
+        assert all(abs(x[0] - y[0]) >= 0.2 - 1e-12 for y in s.xs), (x, s.xs)
+        s.tell(x, 0.0)
+        got.append(x[0])
+    assert got[0] < 0.5 < got[1] or got[1] < 0.5 < got[0]  # one on each side of 0.5
+    with pytest.raises(SearchExhausted, match="no point is left"):
+        s.largest_gap()  # five points 0.2 apart or more in [0, 1]: no sixth fits between them

@@ -14,7 +14,7 @@ from ckptmerge.checkpoints.resident import ResidentModel
 from ckptmerge.errors import EvaluationError
 from ckptmerge.evaluation.doc_scores import DocScores, scores_from_json, scores_json
 from ckptmerge.evaluation.uncertainty import relative_standard_errors
-from ckptmerge.search.searchers import Proposal, Searcher
+from ckptmerge.search.searchers import Proposal, SearchExhausted, Searcher
 from ckptmerge.search.space import WeightSpace
 from ckptmerge.tracking import names
 from ckptmerge.tracking.mlflow_run import SearchTracker
@@ -65,6 +65,7 @@ class TrialLoop:
         self.best_metric_run_id = best_metric_run_id or self.parent_run_id
         self.trials: list[Trial] = []
         self.best: Trial | None = None
+        self.stopped_reason: str | None = None   # why the loop ended before the budget, if it did
         n = len(resident.cset)
         if space.k > n:
             raise ValueError(f"space over {space.k} checkpoints, resident model has {n}")
@@ -136,7 +137,13 @@ class TrialLoop:
 
         bar = tqdm(total=budget, initial=min(len(self.trials), budget), desc=desc, unit="trial")
         for index in range(len(self.trials), budget):
-            self._record(self._trial(index, self.searcher.ask()))
+            try:
+                proposal = self.searcher.ask()
+            except SearchExhausted as e:  # the box holds no more points at min_distance: end with these
+                self.stopped_reason = f"stopped after {index} of {budget} evaluations: {e}"
+                log.warning("Search %s", self.stopped_reason)
+                break
+            self._record(self._trial(index, proposal))
             if self.best is not None:
                 self.tracker.log_metrics({names.METRIC_BEST_OBJECTIVE: self.best.objective}, step=index,
                                          run_id=self.best_metric_run_id)
@@ -174,6 +181,10 @@ class TrialLoop:
             tracker.set_tags({names.TAG_TRIAL_STATUS: "failed", "ckptmerge.error": trial.error[:4000]}, trial.run_id)
             tracker.end_trial(trial.run_id, "FAILED")
             log.warning("Trial %d at %s failed: %s", index, named, trial.error, exc_info=e.__cause__ is not None)
+            if e.__cause__ is not None and not self.trials:
+                # The task code itself raised (not a NaN score) on the very first evaluation: it does not
+                # depend on λ, so every trial would fail the same way; stop now, not after the budget.
+                raise EvaluationError(f"the dev tasks fail on the first trial, so every trial would: {trial.error}") from None
             return trial
         trial.objective = objective
         trial.seconds = time.perf_counter() - t0

@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 Point = tuple[float, ...]
 
 
+class SearchExhausted(ConfigError):
+    """No point of the box is far enough from every evaluated one: the search ends with what it has."""
+
+
 @dataclass(frozen=True)
 class Proposal:
     """A point to evaluate and what proposed it (``initial``, ``grid``, ``random``, ``EI``/``LCB``/``PI``, ``gap``)."""
@@ -87,20 +91,26 @@ class Searcher:
     def largest_gap(self) -> Point:
         """The least explored point: the fallback when every proposal repeats an evaluated one.
 
-        For a pair, the midpoint of the widest unexplored interval of [α, 1]; otherwise the random
-        candidate (of 2000) farthest from every evaluated point.
+        For a pair, the point of [α, 1] farthest from every evaluated (or failed) λ, among a grid of
+        half ``min_distance`` steps; otherwise the random candidate (of 2000) farthest from every
+        evaluated point. Never a point within ``min_distance`` of one already seen: when none is left,
+        the search cannot go on (a budget larger than the box holds at that spacing).
         """
         seen = self.xs + self.failed
-        if self.space.dims == 1:
-            pts = sorted({x[0] for x in seen} | {self.alpha, 1.0})
-            gaps = [(b - a, (a + b) / 2) for a, b in zip(pts, pts[1:])]
-            return (float(max(gaps)[1]),) if gaps else ((1.0 + self.alpha) / 2,)
         lo, hi = np.array(self.bounds).T
-        cands = self._rng.uniform(lo, hi, size=(2000, len(lo)))
+        if self.space.dims == 1:
+            step = self.min_distance / 2
+            cands = np.append(np.arange(lo[0], hi[0], step), hi[0]).reshape(-1, 1)
+        else:
+            cands = self._rng.uniform(lo, hi, size=(2000, len(lo)))
         if not seen:
-            return self._clip(cands[0])
+            return self._clip(cands[len(cands) // 2] if self.space.dims == 1 else cands[0])
         d = np.abs(cands[:, None, :] - np.array(seen)[None, :, :]).max(axis=2).min(axis=1)
-        return self._clip(cands[int(np.argmax(d))])
+        best = int(np.argmax(d))
+        if d[best] < self.min_distance:
+            raise SearchExhausted(f"no point is left at least search.min_distance={self.min_distance:g} from every "
+                                  f"evaluated one")
+        return self._clip(cands[best])
 
     def ask(self) -> Proposal:
         return self._initial_proposal() or self._next()
