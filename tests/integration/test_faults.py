@@ -82,3 +82,27 @@ def test_a_failing_trial_is_recorded_and_the_search_goes_on(tmp_path, tiny_traje
     for r in runs:
         if r.info.status == "FAILED":
             assert "not finite" in r.data.tags["ckptmerge.error"] and "objective" not in r.data.metrics
+
+
+def test_a_dev_task_whose_code_raises_stops_the_search_at_the_first_trial(tmp_path, tiny_trajectory):
+    """A task's process_results that raises fails every λ alike: one line after one trial, not the budget."""
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    src = (tiny_trajectory.tasks_dir / "ckptmerge_dev_mc.yaml").read_text()
+    (tasks / "broken_mc.yaml").write_text(src.replace("task: ckptmerge_dev_mc", "task: broken_mc")
+                                          + "process_results: !function broken.process_results\n")
+    (tasks / "broken.py").write_text("def process_results(doc, results):\n    raise KeyError('label_text')\n")
+    a, b = tiny_trajectory.checkpoints[-2], tiny_trajectory.checkpoints[-1]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = run_main(["model=local", f"model.checkpoints=[{a},{b}]", "eval.tasks=[broken_mc]", f"eval.include_path={tasks}",
+                     "search.budget=6", "eval.limit=8", f"tracking.uri={uri}", "registry.name=broken-task",
+                     f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "fail on the first trial" in lines[0] and "label_text" in lines[0], proc.stderr[-2000:]
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("ckptmerge")
+    trials = client.search_runs([exp.experiment_id], "tags.`ckptmerge.kind` = 'trial'")
+    assert len(trials) == 1 and trials[0].info.status == "FAILED"
+    assert client.search_registered_models() == []
+    assert not (tmp_path / "run" / "merged").exists()

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 
 def _args(work, traj_cache, run_dir, out, budget=3):
     return ["model.trajectory.preset=tiny", f"model.trajectory.cache_dir={traj_cache}", f"search.budget={budget}",
-            f"tracking.uri=sqlite:///{work / 'mlflow.db'}", "registry.name=own-test" "registry.require_significant_gain=false", "tracking.log_plots=false",
+            f"tracking.uri=sqlite:///{work / 'mlflow.db'}", "registry.name=own-test", "registry.require_significant_gain=false", "tracking.log_plots=false",
             "eval.limit=8", f"merge.output_dir={out}", f"hydra.run.dir={run_dir}"]
 
 
@@ -114,3 +114,20 @@ def test_killed_after_the_merge_is_in_place_or_registered_the_same_command_ends_
     assert [str(v.version) for v in versions] == ["1"] and res["registered_model"]["version"] == "1"
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"
     assert str(client.get_model_version_by_alias("own-test", "candidate").version) == "1"
+
+
+def test_an_output_disk_too_small_for_the_merge_fails_before_any_trial(tmp_path, traj_cache, tiny_trajectory):
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        proc = run_main(_args(tmp_path, traj_cache, tmp_path / "run", mnt / "merged"), cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        lines = _error_lines(proc.stderr)
+        assert len(lines) == 1 and "not enough disk space" in lines[0], proc.stderr[-2000:]
+        assert _count_finished_trials(tmp_path / "mlflow.db") == 0
+        assert list(mnt.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)

@@ -100,3 +100,23 @@ def test_rename_noreplace_refuses_an_existing_file(tmp_path):
     with pytest.raises(FileExistsError):
         rename_noreplace(src, dst)
     assert dst.read_text() == "keep" and src.is_dir()
+
+
+@pytest.fixture
+def tiny_filesystem(tmp_path):
+    """A real 256 KiB tmpfs (needs root and mount permission; skipped where the sandbox refuses)."""
+    mnt = tmp_path / "tinyfs"
+    mnt.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_a_disk_that_fills_up_mid_write_is_one_line_and_leaves_nothing(tiny_filesystem):
+    target = tiny_filesystem / "out"
+    with pytest.raises(CheckpointError, match="the disk filled up while writing"):
+        with atomic_folder(target) as tmp:
+            (tmp / "model.safetensors").write_bytes(b"\0" * (1 << 20))  # 1 MiB into 256 KiB: real ENOSPC
+    assert list(tiny_filesystem.iterdir()) == []

@@ -15,13 +15,15 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ckptmerge.actions import evidence
 from ckptmerge.actions.evaluation import EvalSession
 from ckptmerge.actions.register import register, write_and_verify
 from ckptmerge.actions.trials import Trial, TrialLoop
 from ckptmerge.actions.setup import Sources, resolve_sources
 from ckptmerge.checkpoints.resident import ResidentModel
-from ckptmerge.checkpoints.writer import check_target, folder_owner
+from ckptmerge.checkpoints.writer import check_space, check_target, folder_owner, merged_size
 from ckptmerge.config import Config, parse_size
 from ckptmerge.errors import EvaluationError
 from ckptmerge.evaluation.doc_scores import scores_json
@@ -29,7 +31,7 @@ from ckptmerge.merge import get_method
 from ckptmerge.runtime import seed_everything
 from ckptmerge.search.searchers import Searcher, make_searcher
 from ckptmerge.search.space import WeightSpace
-from ckptmerge.tracking import names, resume
+from ckptmerge.tracking import names, resume, search_lock
 from ckptmerge.tracking.mlflow_run import SearchTracker
 
 log = logging.getLogger(__name__)
@@ -48,9 +50,17 @@ class SearchRun:
         self.output_dir = Path(cfg.merge.output_dir).expanduser().resolve() if cfg.merge.output_dir else self.run_dir / "merged"
         self.trials: list[Trial] = []
         self._written = False
+        self._lock: search_lock.SearchLock | None = None
 
     # -- the whole thing ---------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        try:
+            return self._run()
+        finally:  # the process may go on (a multirun sweep's next job): the key is free again
+            if self._lock is not None:
+                self._lock.release()
+
+    def _run(self) -> dict[str, Any]:
         cfg = self.cfg
         seed_everything(cfg.search.seed, cfg.runtime.threads)
         get_method(cfg.merge.method)  # unknown names fail before anything expensive
@@ -62,11 +72,17 @@ class SearchRun:
         tracker = SearchTracker(cfg.tracking, self.cwd)  # unreachable tracking fails here, in seconds
         sources = resolve_sources(cfg)
         cset = sources.cset
+        # The merge is written after the whole budget: a disk too small for it fails now, not then.
+        out_dtype = None if cfg.merge.dtype == "auto" else getattr(torch, cfg.merge.dtype)
+        check_space(self.output_dir, merged_size(cset.newest.reader.meta(), out_dtype))
         self.space = WeightSpace(len(cset), float(cfg.search.alpha))
         searcher = make_searcher(cfg.search, self.space)  # e.g. grid over k > 2 is refused here
         # unknown tasks/metrics and test-split dev tasks fail before the model is built
         session, resident = EvalSession.with_resident(cfg, sources)
         key = self._resume_key(sources, session, resident)
+        # one search per key on this store: taken before looking for a run to resume, so two resumes
+        # of one crashed search serialise instead of one resuming and the other starting afresh
+        self._lock = search_lock.acquire(tracker.uri, tracker.client, tracker.experiment_id, resume.key_hash(key))
         resume_id = self._resumable(tracker, key)
         run_id = tracker.start(
             run_name=f"search-{'-'.join(cset.names)}",
@@ -77,6 +93,7 @@ class SearchRun:
                   resume.TAG_RESUME_HASH: resume.key_hash(key), resume.TAG_OWNER: resume.owner()},
             resume_run_id=resume_id,
         )
+        self._lock.attach(run_id, created=not resume_id and not os.environ.get("MLFLOW_RUN_ID"))
         self.owner = f"{OWNER_SEARCH}{run_id}"
         past = []
         if resume_id:
@@ -186,6 +203,7 @@ class SearchRun:
             "gain": gain.as_json() if gain else None,
             "test_gains": evidence.gains_json(test_gains),
             "decision": verdict.decision,
+            "stopped_early": loop.stopped_reason,
             "decision_reason": verdict.reason,
             "rescored_objective": rescored,
             "objective_definition": session.objective.describe(),

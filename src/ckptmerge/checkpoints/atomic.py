@@ -147,6 +147,12 @@ def atomic_folder(target: Path, overwrite: bool = False, owner: str | None = Non
                 rename_noreplace(tmp, target)
             except FileExistsError:
                 raise CheckpointError(_exists_message(target, key)) from None
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):  # the disk filled up while we wrote: say so in one line
+            raise CheckpointError(f"{key}={target}: the disk filled up while writing ({e.strerror}); nothing was "
+                                  "written, the partial folder is removed") from None
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -94,8 +94,20 @@ def _check_sources(sources: Sequence[CheckpointReader], weights: Sequence[float]
     return meta
 
 
-def _check_space(folder: Path, need: int) -> None:
-    free = shutil.disk_usage(folder).free
+def merged_size(meta: Mapping[str, TensorMeta], out_dtype: torch.dtype | None = None) -> int:
+    """Bytes of tensor data a merge of checkpoints with these tensors writes (floating ones in ``out_dtype``)."""
+    size = 0
+    for m in meta.values():
+        dt = out_dtype if (out_dtype is not None and m.dtype.is_floating_point) else m.dtype
+        size += m.numel * torch.empty((), dtype=dt).element_size()
+    return size
+
+
+def check_space(folder: Path, need: int) -> None:
+    """Fail when the file system of ``folder`` (or, if it does not exist yet, its parent) lacks ``need``
+    bytes plus a margin."""
+    folder = Path(folder)
+    free = shutil.disk_usage(folder if folder.exists() else folder.parent).free
     if free < need + (64 << 20):
         raise CheckpointError(f"not enough disk space in {folder.parent}: the merge needs {need / 1e9:.2f} GB, {free / 1e9:.2f} GB free")
 
@@ -154,7 +166,7 @@ def write_merged(
     shards = plan_shards(meta, dtypes, shard_bytes)
     total = sum(p.nbytes for s in shards for p in s.tensors)
     with atomic_folder(target, overwrite=overwrite, owner=owner) as tmp:
-        _check_space(tmp, sum(s.size for s in shards))
+        check_space(tmp, sum(s.size for s in shards))
         bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="merge", disable=not progress)
         try:
             result = MergeStream(sources, weights, merge_fn, shards, tmp, chunk_elems=chunk_elems,
