@@ -344,8 +344,6 @@ def gate(gain: Gain, task_gains: dict[str, Gain], margin: float, allow_task_regr
 def _record(cfg: Config, tracker: SearchTracker, judge: Judge | None, candidate: Contender,
             champion: Contender | None, verdict: Verdict, tasks: PromotionTasks) -> dict[str, Any]:
     """Move the alias if decided, tag the candidate version (and a replaced champion), log the run."""
-    from ckptmerge.actions.evidence import gain_metrics, gains_json
-
     reg, client, name = cfg.registry, tracker.client, cfg.registry.name
     decision, gain = verdict.decision, verdict.gain
     margin = float(reg.promote_margin)
@@ -385,9 +383,9 @@ def _record(cfg: Config, tracker: SearchTracker, judge: Judge | None, candidate:
         metrics[f"{role}_score"] = who.score
         metrics.update({f"{role}.{k}": v for k, v in who.metrics.items()})
     if gain is not None:  # score_gain and score_gain.ci_low/.ci_high/.p_value/.significant
-        metrics.update(gain_metrics("score_gain", gain))
+        metrics.update(_gain_metrics("score_gain", gain))
         for key, g in verdict.task_gains.items():
-            metrics.update(gain_metrics(names.safe_key(f"task_gain.{key}"), g))
+            metrics.update(_gain_metrics(names.safe_key(f"task_gain.{key}"), g))
         metrics["regressions"] = float(len(verdict.regressions))
     tracker.log_metrics(metrics)
     tracker.set_tags({"promotion.decision": decision, "promotion.candidate_version": candidate.version,
@@ -404,7 +402,7 @@ def _record(cfg: Config, tracker: SearchTracker, judge: Judge | None, candidate:
         "limit": tasks.limit,
         # paired bootstrap over the test documents: + means the candidate is better
         "gain": None if gain is None else gain.as_json(),
-        "task_gains": gains_json(verdict.task_gains),
+        "task_gains": {k: g.as_json() for k, g in verdict.task_gains.items()},
         "regressions": list(verdict.regressions),
         "allow_task_regression": reg.allow_task_regression,
         "bootstrap": {"resamples": cfg.eval.bootstrap, "confidence": cfg.eval.confidence, "seed": cfg.search.seed},
@@ -416,6 +414,13 @@ def _record(cfg: Config, tracker: SearchTracker, judge: Judge | None, candidate:
     }
     tracker.log_text(None, json.dumps(outcome, indent=2), "promotion.json")
     return outcome
+
+
+def _gain_metrics(prefix: str, gain: Gain) -> dict[str, float]:
+    """``PREFIX`` (the value) and ``PREFIX.ci_low``/``.ci_high``/``.p_value``/``.significant``: the names a
+    search gives its gains (see tracking/names.py)."""
+    return {prefix: gain.value, f"{prefix}.ci_low": gain.ci_low, f"{prefix}.ci_high": gain.ci_high,
+            f"{prefix}.p_value": gain.p_value, f"{prefix}.significant": float(gain.significant)}
 
 
 def _print_summary(o: dict[str, Any]) -> None:
