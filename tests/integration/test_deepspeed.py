@@ -22,7 +22,7 @@ BUDGET = 4
 
 def _args(work: Path, traj_cache: Path, name: str) -> list[str]:
     return ["model.trajectory.preset=tiny", f"model.trajectory.cache_dir={traj_cache}", f"search.budget={BUDGET}",
-            f"tracking.uri=sqlite:///{work / (name + '.db')}", "tracking.experiment=ds", "registry.name=ds-merge" "registry.require_significant_gain=false",
+            f"tracking.uri=sqlite:///{work / (name + '.db')}", "tracking.experiment=ds", "registry.name=ds-merge", "registry.require_significant_gain=false",
             f"hydra.run.dir={work / name}"]
 
 

@@ -22,7 +22,7 @@ BUDGET = 5
 
 def _args(work, traj_cache, run_dir):
     return ["model.trajectory.preset=tiny", f"model.trajectory.cache_dir={traj_cache}", f"search.budget={BUDGET}",
-            f"tracking.uri=sqlite:///{work / 'mlflow.db'}", "registry.name=resume-test" "registry.require_significant_gain=false", "tracking.log_plots=false",
+            f"tracking.uri=sqlite:///{work / 'mlflow.db'}", "registry.name=resume-test", "registry.require_significant_gain=false", "tracking.log_plots=false",
             "eval.limit=12", f"hydra.run.dir={run_dir}"]
 
 
