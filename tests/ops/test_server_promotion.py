@@ -46,7 +46,7 @@ def mlflow_run(entry: str, overrides: list[str], url: str, cwd: Path) -> subproc
 def search(url: str, cache: Path, pair: int, run_dir: Path) -> list[str]:
     return ["model.trajectory.preset=tiny", f"model.trajectory.cache_dir={cache}", f"model.pair={pair}",
             "search.budget=2", "eval.limit=4", "eval.test_tasks=[ckptmerge_test_bpb]",
-            f"tracking.uri={url}", f"tracking.experiment={EXPERIMENT}", f"registry.name={NAME}" "registry.require_significant_gain=false",
+            f"tracking.uri={url}", f"tracking.experiment={EXPERIMENT}", f"registry.name={NAME}", "registry.require_significant_gain=false",
             f"hydra.run.dir={run_dir}"]
 
 
@@ -150,6 +150,10 @@ def test_first_candidate_becomes_champion(round_trip):
     assert run.data.metrics["candidate_score"] == pytest.approx(p1["candidate"]["score"])
     assert "promotion.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
     assert "decision: first" in p1["_stdout"]
+    # Nothing to compare with: no gain, no interval.
+    assert p1["gain"] is None and p1["task_gains"] == {} and p1["regressions"] == []
+    assert p1["reason"] == "first candidate v1 becomes champion (there was none to compare with)" and p1["reason"] in p1["_stdout"]
+    assert tags["promotion.gain"] == "" and tags["promotion.gain_ci_low"] == ""
 
 
 def test_champion_kept_when_the_margin_is_not_met(round_trip):
@@ -165,16 +169,27 @@ def test_champion_kept_when_the_margin_is_not_met(round_trip):
     assert float(tags["promotion.champion_score"]) == pytest.approx(p2["champion"]["score"], abs=1e-6)
     run = client.get_run(p2["mlflow"]["run_id"])
     assert run.data.metrics["score_gain"] == pytest.approx(p2["candidate"]["score"] - p2["champion"]["score"])
+    # The gain comes with its paired interval, which is nowhere near the margin.
+    gain = p2["gain"]
+    assert gain["value"] == pytest.approx(p2["candidate"]["score"] - p2["champion"]["score"], abs=1e-9)
+    assert gain["ci_low"] <= gain["value"] <= gain["ci_high"] < 1000
+    assert run.data.metrics["score_gain.ci_low"] == pytest.approx(gain["ci_low"])
+    assert float(tags["promotion.gain_ci_low"]) == pytest.approx(gain["ci_low"], abs=1e-6)
+    assert p2["reason"].startswith("kept champion v1: candidate v2 gains ") and p2["reason"] in p2["_stdout"]
     assert run.data.params["registry.promote_margin"] == "1000"
     # The champion is scored afresh each time and scores the same: evaluation is deterministic.
     assert p2["champion"]["score"] == pytest.approx(round_trip["steps"]["promote1"]["candidate"]["score"], rel=1e-6)
 
 
-def test_candidate_promoted_when_it_wins_by_the_margin(round_trip):
+def test_candidate_promoted_when_its_gain_clears_the_margin_with_significance(round_trip):
     client, p3 = round_trip["client"], round_trip["steps"]["promote3"]
-    # Pair 1 (the two newest checkpoints) beats pair 0 on held-out bits per byte.
-    gain = p3["candidate"]["score"] - p3["champion"]["score"]
-    assert gain >= 0, f"the newer pair scored lower ({gain}); the trajectory changed?"
+    # Pair 1 (the two newest checkpoints) beats pair 0 on held-out bits per byte by more than the
+    # documents' noise: the interval's lower bound is above the margin 0.
+    gain = p3["gain"]
+    assert gain["significant"] and gain["ci_low"] > 0, f"the newer pair is not significantly better ({gain}); the trajectory changed?"
+    assert p3["regressions"] == [] and list(p3["task_gains"]) == ["ckptmerge_test_bpb/bits_per_byte"]
+    assert p3["reason"].startswith("promoted candidate v2 over champion v1: gains +") and p3["reason"] in p3["_stdout"]
+    assert p3["_tags"]["promotion.gain_significant"] == "true"
     assert p3["decision"] == "promoted" and p3["new_champion"]["version"] == "2"
     assert client.get_model_version_by_alias(NAME, "champion").version == "2"
     assert client.get_model_version_by_alias(NAME, "candidate").version == "2"
@@ -187,6 +202,7 @@ def test_candidate_promoted_when_it_wins_by_the_margin(round_trip):
 def test_promoting_the_champion_again_changes_nothing(round_trip):
     client, p4 = round_trip["client"], round_trip["steps"]["promote4"]
     assert p4["decision"] == "already-champion" and p4["candidate"]["score"] is None  # nothing evaluated
+    assert p4["gain"] is None and p4["regressions"] == []
     assert p4["_champion"] == "2"
     # The version keeps the tags of the decision that made it champion.
     assert p4["_tags"]["promotion.decision"] == "promoted"
