@@ -61,6 +61,8 @@ def check_tracking_uri(uri: str) -> None:
         path = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
         if path is not None and not path.parent.is_dir():
             raise TrackingError(f"tracking.uri={redact(uri)}: folder {path.parent} does not exist")
+        if path is not None:
+            _refuse_foreign_sqlite(uri, path)
     if parsed.scheme in ("", "file"):
         path = Path(parsed.path if parsed.scheme else uri)
         if not path.parent.exists():
@@ -69,9 +71,96 @@ def check_tracking_uri(uri: str) -> None:
         with _fast_fail_http():
             MlflowClient(uri).search_experiments(max_results=1)
     except Exception as e:  # connection refused, bad scheme, bad database: one line says which
+        if _is_locked(e):
+            raise StoreLocked(uri) from None
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         # MLflow's own message repeats the URI, credentials included
         raise TrackingError(f"tracking.uri={redact(uri)} is unreachable or unusable: {redact(msg)[:300]}") from None
+
+
+# Tables every MLflow sqlite store has; a file with tables and without these is someone else's database.
+_MLFLOW_MARKER_TABLES = {"alembic_version", "experiments", "runs"}
+
+
+def _refuse_foreign_sqlite(uri: str, path: Path) -> None:
+    """Refuse a sqlite file that holds another application's tables.
+
+    MLflow would add its tables to any sqlite file it is given (and migrate it), silently, so the file
+    is read first, read-only, with sqlite3. An empty or missing file and an MLflow store are fine.
+    """
+    import sqlite3
+
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    try:
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+        try:
+            tables = sorted(r[0] for r in con.execute("select name from sqlite_master where type = 'table'")
+                            if not r[0].startswith("sqlite_"))
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as e:
+        if "locked" in str(e):
+            raise StoreLocked(uri, str(e)) from None
+        raise TrackingError(f"tracking.uri={redact(uri)}: {path} is not a sqlite database ({e})") from None
+    if tables and not _MLFLOW_MARKER_TABLES <= set(tables):
+        foreign = [t for t in tables if t not in _MLFLOW_MARKER_TABLES] or tables
+        raise TrackingError(f"tracking.uri={redact(uri)}: the sqlite file holds tables that are not MLflow's "
+                            f"(e.g. {foreign[0]!r}); refusing to add MLflow's tables to it")
+
+
+class StoreLocked(TrackingError):
+    """Another process holds the sqlite store's lock longer than MLflow waits (20 s)."""
+
+    def __init__(self, uri: str, reason: str = "database is locked") -> None:
+        super().__init__(f"the MLflow store {redact(uri)} is locked by another process ({reason}); "
+                         "find what holds it (an open `sqlite3` shell, a backup, `mlflow ui` mid-migration), "
+                         "then run the same command again to resume")
+
+
+def _is_locked(e: BaseException) -> bool:
+    """Whether ``e`` (or what caused it) is sqlite's "database is locked" (MLflow wraps it in MlflowException)."""
+    seen = 0
+    cur: BaseException | None = e
+    while cur is not None and seen < 10:
+        if "database is locked" in str(cur) and type(cur).__module__.split(".")[0] in ("sqlite3", "sqlalchemy", "mlflow"):
+            return True
+        cur, seen = cur.__cause__ or cur.__context__, seen + 1
+    return False
+
+
+class _LockedFilter(logging.Filter):
+    """Drops MLflow's traceback for "database is locked" (``mlflow.store.db.utils`` logs it before it
+    raises): :class:`StoreLocked` says it in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (exc is not None and _is_locked(exc))
+
+
+logging.getLogger("mlflow.store.db.utils").addFilter(_LockedFilter())
+
+
+class _OneLineStoreErrors:
+    """An MlflowClient whose "database is locked" failures are :class:`StoreLocked`, one line."""
+
+    def __init__(self, client: Any, uri: str) -> None:
+        self._client, self._uri = client, uri
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return attr(*args, **kwargs)
+            except Exception as e:
+                if _is_locked(e):
+                    raise StoreLocked(self._uri) from None
+                raise
+
+        return call
 
 
 @contextlib.contextmanager
@@ -141,7 +230,7 @@ class SearchTracker:
         _check_store(self.uri)
         mlflow.set_tracking_uri(self.uri)
         # a SIGTERM/SIGINT during a store call is raised once it returns (see ckptmerge.signals)
-        self.client = HoldingStops(MlflowClient(self.uri))
+        self.client = HoldingStops(_OneLineStoreErrors(MlflowClient(self.uri), self.uri))
         self.log_plots = cfg.log_plots
         env_run = os.environ.get("MLFLOW_RUN_ID")
         if env_run:  # launched by `mlflow run`: that run is our parent, in its experiment
@@ -261,6 +350,10 @@ class SearchTracker:
         try:
             yield
         except BaseException as e:
+            if isinstance(e, Exception) and not isinstance(e, TrackingError) and _is_locked(e):
+                e = StoreLocked(self.uri)  # an MLflow call not made through self.client (model logging)
+                self._end_after(e)
+                raise e from None
             self._end_after(e)
             raise
         self.finish("FINISHED")
