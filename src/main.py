@@ -276,6 +276,31 @@ def _check_group_choices(argv: list[str]) -> None:
                 sys.exit(EXIT_USER_ERROR)
 
 
+def _check_run_dir(argv: list[str]) -> None:
+    """A run folder that cannot be created or written (read-only, under /proc) as one line: Hydra
+    creates it before main() runs and reports a failure as a traceback. Checked by doing what Hydra
+    will do (create it) and writing a probe file; a value with an interpolation is left to Hydra."""
+    import tempfile
+
+    multirun = any(a in ("-m", "--multirun") for a in argv)  # a sweep's jobs write under hydra.sweep.dir
+    for key in ("hydra.sweep.dir",) if multirun else ("hydra.run.dir",):
+        values = [a.lstrip("+").partition("=")[2] for a in argv if a.lstrip("+").partition("=")[0] == key]
+        if not values or "${" in values[-1]:
+            continue
+        value = values[-1].strip("'\"")
+        try:
+            folder = Path(value).expanduser()
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=folder, prefix=".ckptmerge-probe-")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            reason = e.strerror or type(e).__name__
+            print(f"error: {key}={redact(value)} cannot be created or written ({reason}); choose a writable folder",
+                  file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
+
+
 if __name__ == "__main__":
     from ckptmerge.signals import install_stop_handlers
 
@@ -283,6 +308,7 @@ if __name__ == "__main__":
     sys.stdout, sys.stderr = _RedactingStream(sys.stdout), _RedactingStream(sys.stderr)
     sys.argv[1:] = _launcher_argv(sys.argv[1:])
     _check_group_choices(sys.argv[1:])
+    _check_run_dir(sys.argv[1:])
     try:
         main()
     except KeyboardInterrupt as e:  # a stop while Hydra starts or winds down, outside the action
