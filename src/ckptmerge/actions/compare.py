@@ -312,7 +312,7 @@ def run_compare(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") ->
         add_gains(results, session)
         for r in results:
             if r.gain is not None:
-                tracker.log_metrics(evidence.gain_metrics(names.METRIC_GAIN, r.gain), run_id=r.run_id)
+                tracker.log_metrics(r.gain.as_metrics(names.METRIC_GAIN), run_id=r.run_id)
         md, csv_text, header, rows = _tables(results, baseline, session.objective.describe(), cfg.eval.confidence)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "compare.md").write_text(md)

@@ -85,11 +85,5 @@ def weigh(gain: Gain | None, newest_name: str, registry_enabled: bool, require_s
     return Evidence(gain, REGISTERED, f"gain over {newest_name}: {gain.describe()}{note}")
 
 
-def gain_metrics(prefix: str, gain: Gain) -> dict[str, float]:
-    """MLflow metrics of one gain: ``PREFIX`` (the value) and ``PREFIX.ci_low`` / ``.ci_high`` / ``.p_value`` / ``.significant``."""
-    return {prefix: gain.value, f"{prefix}.ci_low": gain.ci_low, f"{prefix}.ci_high": gain.ci_high,
-            f"{prefix}.p_value": gain.p_value, f"{prefix}.significant": float(gain.significant)}
-
-
 def gains_json(gains: Mapping[str, Gain]) -> dict[str, Any]:
     return {k: g.as_json() for k, g in gains.items()}

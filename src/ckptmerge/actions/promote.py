@@ -383,9 +383,9 @@ def _record(cfg: Config, tracker: SearchTracker, judge: Judge | None, candidate:
         metrics[f"{role}_score"] = who.score
         metrics.update({f"{role}.{k}": v for k, v in who.metrics.items()})
     if gain is not None:  # score_gain and score_gain.ci_low/.ci_high/.p_value/.significant
-        metrics.update(_gain_metrics("score_gain", gain))
+        metrics.update(gain.as_metrics("score_gain"))
         for key, g in verdict.task_gains.items():
-            metrics.update(_gain_metrics(names.safe_key(f"task_gain.{key}"), g))
+            metrics.update(g.as_metrics(names.safe_key(f"task_gain.{key}")))
         metrics["regressions"] = float(len(verdict.regressions))
     tracker.log_metrics(metrics)
     tracker.set_tags({"promotion.decision": decision, "promotion.candidate_version": candidate.version,
@@ -414,13 +414,6 @@ def _record(cfg: Config, tracker: SearchTracker, judge: Judge | None, candidate:
     }
     tracker.log_text(None, json.dumps(outcome, indent=2), "promotion.json")
     return outcome
-
-
-def _gain_metrics(prefix: str, gain: Gain) -> dict[str, float]:
-    """``PREFIX`` (the value) and ``PREFIX.ci_low``/``.ci_high``/``.p_value``/``.significant``: the names a
-    search gives its gains (see tracking/names.py)."""
-    return {prefix: gain.value, f"{prefix}.ci_low": gain.ci_low, f"{prefix}.ci_high": gain.ci_high,
-            f"{prefix}.p_value": gain.p_value, f"{prefix}.significant": float(gain.significant)}
 
 
 def _print_summary(o: dict[str, Any]) -> None:

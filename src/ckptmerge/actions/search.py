@@ -186,9 +186,9 @@ class SearchRun:
         if baseline is not None:
             summary[names.METRIC_BASELINE_OBJECTIVE] = baseline
         if gain is not None:
-            summary.update(evidence.gain_metrics(names.METRIC_GAIN, gain))
+            summary.update(gain.as_metrics(names.METRIC_GAIN))
         for key, g in test_gains.items():
-            summary.update(evidence.gain_metrics(names.safe_key(names.PREFIX_TEST_GAIN + key), g))
+            summary.update(g.as_metrics(names.safe_key(names.PREFIX_TEST_GAIN + key)))
         tracker.log_metrics(summary, step=cfg.search.budget)
         tracker.set_tags({names.TAG_DECISION: verdict.decision, names.TAG_SELECTED_BY: selected_by})
 

@@ -39,6 +39,11 @@ class Gain:
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    def as_metrics(self, prefix: str) -> dict[str, float]:
+        """MLflow metrics: ``PREFIX`` (the value) and ``PREFIX.ci_low``/``.ci_high``/``.p_value``/``.significant`` (1/0)."""
+        return {prefix: self.value, f"{prefix}.ci_low": self.ci_low, f"{prefix}.ci_high": self.ci_high,
+                f"{prefix}.p_value": self.p_value, f"{prefix}.significant": float(self.significant)}
+
     def describe(self) -> str:
         pct = f"{self.confidence:.0%}"
         return f"{self.value:+.5f}, {pct} CI [{self.ci_low:+.5f}, {self.ci_high:+.5f}], p={self.p_value:.3g}"
