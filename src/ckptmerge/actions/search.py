@@ -93,16 +93,18 @@ class SearchRun:
                   resume.TAG_RESUME_HASH: resume.key_hash(key), resume.TAG_OWNER: resume.owner()},
             resume_run_id=resume_id,
         )
+        # (a loser of a remote store's claim race ends its own run KILLED here, outside finishing())
         self._lock.attach(run_id, created=not resume_id and not os.environ.get("MLFLOW_RUN_ID"))
-        self.owner = f"{OWNER_SEARCH}{run_id}"
-        past = []
-        if resume_id:
-            past = resume.read_trials(tracker.client, tracker.experiment_id, run_id, self.space.dims)
-            log.info("Resuming search %s: %d trials done", run_id, len(past))
-        else:
-            tracker.log_text(run_id, json.dumps(key, indent=2, sort_keys=True, default=str), resume.ARTIFACT_RESUME_KEY)
-        log.info("MLflow parent run %s; objective %s", run_id, session.objective.describe())
+        # From here the parent run is ours: any end (error, signal) closes it through finishing().
         with tracker.finishing():
+            self.owner = f"{OWNER_SEARCH}{run_id}"
+            past = []
+            if resume_id:
+                past = resume.read_trials(tracker.client, tracker.experiment_id, run_id, self.space.dims)
+                log.info("Resuming search %s: %d trials done", run_id, len(past))
+            else:
+                tracker.log_text(run_id, json.dumps(key, indent=2, sort_keys=True, default=str), resume.ARTIFACT_RESUME_KEY)
+            log.info("MLflow parent run %s; objective %s", run_id, session.objective.describe())
             check_target(self.output_dir, cfg.merge.overwrite, owner=self.owner)  # before any trial
             try:
                 result = self._search_and_register(tracker, sources, session, resident, searcher, past)
