@@ -77,6 +77,9 @@ def print_search_summary(result: dict[str, Any], run_dir: Path, console: Console
     reg = result.get("registered_model")
     if reg:
         console.print(f"registered model [bold]{reg['name']}[/bold] version {reg['version']} (alias {reg.get('alias', '')})")
-    console.print(f"merged checkpoint: {result['output_dir']}")
+    if result.get("decision") == "keep-newest":  # written and verified, but not shown to be better
+        console.print(f"merged checkpoint (not better than {newest} beyond noise; not registered): {result['output_dir']}")
+    else:
+        console.print(f"merged checkpoint: {result['output_dir']}")
     console.print(f"result: {Path(run_dir) / 'result.json'}")
     console.print(f"see it: {mlflow_ui_command(ml['tracking_uri'])}")

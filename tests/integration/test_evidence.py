@@ -71,6 +71,7 @@ def test_a_gain_within_noise_registers_nothing_and_says_why(tmp_path, tiny_traje
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("decision:"))
     assert f"no merge is significantly better than {b.name}" in line and "95% CI [" in line and "nothing registered" in line
     assert all(t["objective_se"] > 0 for t in res["trials"])
+    assert f"merged checkpoint (not better than {b.name} beyond noise; not registered)" in proc.stdout
     # eval.limit is a seeded sample of the task, not its first documents
     scores = json.loads(open(client.download_artifacts(res["trials"][0]["run_id"], "doc_scores.json")).read())
     ids = scores["ckptmerge_dev_mc/acc"]["doc_ids"]
