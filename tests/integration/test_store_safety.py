@@ -20,6 +20,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import MAIN, run_main
+from tests.integration.test_resume import _count_finished_trials
 
 pytestmark = pytest.mark.slow
 
@@ -38,22 +39,6 @@ def _popen(args, cwd):
 
 def _error_lines(stderr: str) -> list[str]:
     return [ln for ln in stderr.strip().splitlines() if ln.startswith("error:")]
-
-
-def _finished_trials(db) -> int:
-    """Read-only, straight from the file: a client here would take part in the store's locking."""
-    if not db.exists():
-        return 0
-    try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
-        try:
-            return con.execute(
-                "select count(*) from runs r join tags t on r.run_uuid = t.run_uuid "
-                "where t.key = 'ckptmerge.kind' and t.value = 'trial' and r.status = 'FINISHED'").fetchone()[0]
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return 0
 
 
 def test_two_identical_searches_one_runs_the_other_refuses(tmp_path, traj_cache, tiny_trajectory):
@@ -107,7 +92,7 @@ def test_store_locked_mid_search_is_one_line(tmp_path, traj_cache, tiny_trajecto
     p = _popen(_args(tmp_path, traj_cache, tmp_path / "run", budget=8), tmp_path)
     try:
         deadline = time.time() + 300
-        while time.time() < deadline and p.poll() is None and _finished_trials(db) < 1:
+        while time.time() < deadline and p.poll() is None and _count_finished_trials(db) < 1:
             time.sleep(0.2)
         assert p.poll() is None, "the search ended before the store could be locked"
         holder = sqlite3.connect(db, timeout=30, isolation_level=None)

@@ -40,7 +40,7 @@ def test_file_lock_refuses_a_second_holder_and_dies_with_the_first(tmp_path):
         with pytest.raises(SearchRunning) as err:
             search_lock.acquire(uri, None, None, "k123")
         assert str(err.value) == (f"an identical search is already running (run RUN42, owner "
-                                  f"{search_lock._owner().rpartition(':')[0]}:{p.pid}); wait for it or stop it")
+                                  f"{search_lock.owner().rpartition(':')[0]}:{p.pid}); wait for it or stop it")
         search_lock.acquire(uri, None, None, "other-key").release()  # another key is free
     finally:
         p.send_signal(signal.SIGKILL)
@@ -103,7 +103,7 @@ def test_claim_of_a_dead_process_on_this_host_is_stale(tmp_path):
     run = _search_run(client, exp, "k")
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     p.wait()  # a pid that no longer runs
-    host = search_lock._owner().rpartition(":")[0]
+    host = search_lock.owner().rpartition(":")[0]
     client.set_tag(run, search_lock.TAG_CLAIM, json.dumps({"token": "t", "owner": f"{host}:{p.pid}",
                                                            "t": time.time(), "beat": time.time()}))
     assert search_lock.live_claims(client, exp, "k") == []

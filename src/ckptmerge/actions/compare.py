@@ -20,7 +20,6 @@ from typing import Any, Callable
 
 import torch
 
-from ckptmerge.actions import evidence
 from ckptmerge.actions.evaluation import EvalSession
 from ckptmerge.actions.study import start_study
 from ckptmerge.actions.trials import TrialLoop

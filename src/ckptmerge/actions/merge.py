@@ -10,7 +10,8 @@ import torch
 
 from ckptmerge.actions.setup import resolve_sources
 from ckptmerge.checkpoints.stream import StreamStats
-from ckptmerge.checkpoints.writer import check_target, write_merged
+from ckptmerge.checkpoints.atomic import check_target
+from ckptmerge.checkpoints.writer import write_merged
 from ckptmerge.config import Config, parse_size
 from ckptmerge.errors import ConfigError
 from ckptmerge.merge import get_method

@@ -16,7 +16,8 @@ import torch
 
 from ckptmerge.actions.evaluation import EvalSession
 from ckptmerge.checkpoints.resident import ResidentModel
-from ckptmerge.checkpoints.writer import OWNER_FILE, atomic_folder, write_merged
+from ckptmerge.checkpoints.atomic import OWNER_FILE, atomic_folder
+from ckptmerge.checkpoints.writer import write_merged
 from ckptmerge.config import Config, parse_size
 from ckptmerge.errors import EvaluationError
 from ckptmerge.merge import get_method

@@ -23,7 +23,8 @@ from ckptmerge.actions.register import register, write_and_verify
 from ckptmerge.actions.trials import Trial, TrialLoop
 from ckptmerge.actions.setup import Sources, resolve_sources
 from ckptmerge.checkpoints.resident import ResidentModel
-from ckptmerge.checkpoints.writer import check_space, check_target, folder_owner, merged_size
+from ckptmerge.checkpoints.atomic import check_target, folder_owner
+from ckptmerge.checkpoints.writer import check_space, merged_size
 from ckptmerge.config import Config, parse_size
 from ckptmerge.errors import EvaluationError
 from ckptmerge.evaluation.doc_scores import scores_json

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ckptmerge.errors import CheckpointError
+from ckptmerge.liveness import process_alive
 
 log = logging.getLogger(__name__)
 
@@ -109,13 +110,8 @@ def _remove_dead_partials(target: Path) -> None:
         parts = p.name[len(_partial_prefix(target)):].rsplit("-", 2)
         if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
             continue  # another host's, or a name we did not make
-        try:
-            os.kill(int(parts[1]), 0)
+        if process_alive(int(parts[1])):
             continue  # still running: its write is in progress
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue
         log.info("Removing %s, left by a write that did not finish", p)
         shutil.rmtree(p, ignore_errors=True)
 

@@ -18,7 +18,7 @@ from typing import Callable, Collection, Mapping, Sequence
 import torch
 
 from ckptmerge.checkpoints import pages
-from ckptmerge.checkpoints.atomic import OWNER_FILE, atomic_folder, check_target, folder_owner  # noqa: F401 (re-exported)
+from ckptmerge.checkpoints.atomic import atomic_folder
 from ckptmerge.checkpoints.layout import SAFE_INDEX, index_json, plan_shards
 from ckptmerge.checkpoints.reader import CheckpointReader, TensorMeta
 from ckptmerge.checkpoints.stream import (

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ckptmerge.errors import ConfigError
+from ckptmerge.liveness import process_alive
 from ckptmerge.tracking import names
 
 log = logging.getLogger(__name__)
@@ -45,13 +46,7 @@ def _owner_alive(tag: str | None) -> bool:
     host, _, pid = tag.rpartition(":")
     if host != socket.gethostname():
         return False  # another machine's search; it may be alive, but a dead node is the usual reason to resume
-    try:
-        os.kill(int(pid), 0)
-    except (ProcessLookupError, ValueError):
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid.isdigit() and process_alive(int(pid))
 
 
 def _first_difference(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> str | None:

@@ -39,8 +39,9 @@ from typing import Any
 from urllib.parse import urlparse
 
 from ckptmerge.errors import TrackingError
+from ckptmerge.liveness import process_alive
 from ckptmerge.tracking import names
-from ckptmerge.tracking.resume import TAG_OWNER, TAG_RESUME_HASH
+from ckptmerge.tracking.resume import TAG_OWNER, TAG_RESUME_HASH, owner
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +58,6 @@ class SearchRunning(TrackingError):
     def __init__(self, run_id: str | None, owner: str | None) -> None:
         super().__init__(f"an identical search is already running (run {run_id or 'not created yet'}, "
                          f"owner {owner or 'unknown'}); wait for it or stop it")
-
-
-def _owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def local_lock_path(uri: str, resume_hash: str) -> Path | None:
@@ -101,7 +98,7 @@ class FileLock(SearchLock):
             os.close(self._fd)
             self._fd = None
             raise SearchRunning(note.get("run_id"), note.get("owner")) from None
-        self.owner = _owner()
+        self.owner = owner()
         self._write({"owner": self.owner, "run_id": None})
 
     def _read(self) -> dict[str, Any]:
@@ -145,13 +142,7 @@ def _parse_claim(value: str | None) -> dict[str, Any] | None:
 def _claim_live(claim: dict[str, Any], now: float) -> bool:
     host, _, pid = str(claim.get("owner", "")).rpartition(":")
     if host == socket.gethostname():
-        try:
-            os.kill(int(pid), 0)
-        except (ProcessLookupError, ValueError):
-            return False
-        except PermissionError:
-            return True
-        return True
+        return pid.isdigit() and process_alive(int(pid))
     return now - float(claim.get("beat", 0)) < STALE_S
 
 
@@ -178,7 +169,7 @@ class ClaimLock(SearchLock):
         held = live_claims(client, experiment_id, resume_hash)
         if held:
             raise SearchRunning(held[0][1], held[0][0].get("owner"))
-        self.claim = {"token": uuid.uuid4().hex, "owner": _owner(), "t": time.time()}
+        self.claim = {"token": uuid.uuid4().hex, "owner": owner(), "t": time.time()}
         self.run_id: str | None = None
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
