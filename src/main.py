@@ -304,7 +304,7 @@ def _check_run_dir(argv: list[str]) -> None:
 if __name__ == "__main__":
     from ckptmerge.signals import install_stop_handlers
 
-    install_stop_handlers()  # SIGTERM, SIGINT: the runs end KILLED, one line, exit 143 / 130
+    install_stop_handlers()  # SIGTERM, SIGINT, SIGHUP: the runs end KILLED, one line, exit 143 / 130 / 129
     sys.stdout, sys.stderr = _RedactingStream(sys.stdout), _RedactingStream(sys.stderr)
     sys.argv[1:] = _launcher_argv(sys.argv[1:])
     _check_group_choices(sys.argv[1:])

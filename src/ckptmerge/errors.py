@@ -26,7 +26,7 @@ class TrackingError(CkptMergeError):
 
 
 class Stopped(KeyboardInterrupt):
-    """SIGTERM or SIGINT arrived (``timeout``, ``docker stop``, Kubernetes, SLURM, Ctrl-C).
+    """SIGTERM, SIGINT or SIGHUP arrived (``timeout``, ``docker stop``, Kubernetes, SLURM, Ctrl-C, a dropped ssh session).
 
     Raised by the signal handler ``src/main.py`` installs, so that ``finally`` blocks and
     ``except BaseException`` cleanups run (the parent and trial runs end KILLED, a half-written merge
@@ -43,4 +43,4 @@ class Stopped(KeyboardInterrupt):
 
     @property
     def exit_code(self) -> int:
-        return 128 + self.signum  # what a shell reports for a process a signal ended: 143, 130
+        return 128 + self.signum  # what a shell reports for a process a signal ended: 143, 130, 129

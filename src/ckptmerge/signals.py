@@ -60,9 +60,15 @@ def _on_recheck(signum: int, frame: FrameType | None) -> None:
 
 
 def install_stop_handlers() -> None:
-    """SIGTERM and SIGINT raise :class:`Stopped` in the main thread (call it from there)."""
+    """SIGTERM, SIGINT and SIGHUP raise :class:`Stopped` in the main thread (call it from there).
+
+    SIGHUP is what a search started in an ssh session gets when the connection drops; one started
+    under ``nohup`` ignores it, and keeps ignoring it.
+    """
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _on_stop)
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, _on_stop)
     signal.signal(signal.SIGALRM, _on_recheck)
 
 

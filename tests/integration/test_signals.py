@@ -45,7 +45,8 @@ def _running_trial(db) -> str | None:
     return row[0] if row else None
 
 
-@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)],
+                         ids=["SIGTERM", "SIGINT", "SIGHUP"])
 def test_a_signal_ends_the_runs_killed_and_the_same_command_resumes(tmp_path, traj_cache, tiny_trajectory, sig, code):
     args = _args(tmp_path, traj_cache)
     p = subprocess.Popen([sys.executable, str(MAIN), *args], cwd=tmp_path, stdout=subprocess.PIPE,
