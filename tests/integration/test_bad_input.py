@@ -73,6 +73,10 @@ def _cases(traj, tmp):
         "unknown merge method": (local + [f"model.checkpoints=[{a},{b}]", "merge.method=lienar"], "did you mean 'linear'"),
         "unknown config group option": (["model=pythia-7b"], "model=pythia-7b is not a config"),
         "output folder exists": (merge + ["merge.weights=[0.5,0.5]", f"merge.output_dir={exists}"], "already exists"),
+        # copies: were the check missing, overwrite=true would replace the input checkpoint itself
+        "output is an input checkpoint": (["action=merge", "model=local", f"model.checkpoints=[{_variant(a, tmp / 'ia', lambda f: None)},"
+                                           f"{_variant(b, tmp / 'ib', lambda f: None)}]", "merge.weights=[0.5,0.5]",
+                                           f"merge.output_dir={tmp / 'ib'}", "merge.overwrite=true"], "is the input checkpoint"),
         "registry name rejected": (local + [f"model.checkpoints=[{a},{b}]", "registry.name=team/merge"], "registry.name"),
         "remote code without trust": (local + [f"model.checkpoints=[{_variant(a, tmp / 'r1', _remote_code)},"
                                                f"{_variant(b, tmp / 'r2', _remote_code)}]"], "trust_remote_code"),
@@ -98,7 +102,8 @@ def _cases(traj, tmp):
 CASES = ["missing path", "folder without weights", "truncated safetensors", "unsafe .bin", "mismatched checkpoints",
          "different dtypes", "tokenizer mismatch", "single checkpoint", "weights not summing to 1", "negative weight",
          "budget below 2", "alpha out of range", "unknown task", "unknown metric", "unknown merge method",
-         "unknown config group option", "test split as dev", "output folder exists", "unreachable tracking",
+         "unknown config group option", "test split as dev", "output folder exists", "output is an input checkpoint",
+         "unreachable tracking",
          "registry name rejected", "remote code without trust", "local without checkpoints",
          "deepspeed config missing", "pilot under deepspeed"]
 

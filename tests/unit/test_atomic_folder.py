@@ -120,3 +120,16 @@ def test_a_disk_that_fills_up_mid_write_is_one_line_and_leaves_nothing(tiny_file
         with atomic_folder(target) as tmp:
             (tmp / "model.safetensors").write_bytes(b"\0" * (1 << 20))  # 1 MiB into 256 KiB: real ENOSPC
     assert list(tiny_filesystem.iterdir()) == []
+
+
+def test_an_input_checkpoint_or_its_parent_is_never_an_output(tmp_path):
+    from ckptmerge.checkpoints.atomic import refuse_inputs
+
+    inputs = [tmp_path / "ckpts" / "step1", tmp_path / "ckpts" / "step2"]
+    for f in inputs:
+        f.mkdir(parents=True)
+    with pytest.raises(CheckpointError, match="is the input checkpoint"):
+        refuse_inputs(tmp_path / "ckpts" / "step2", inputs)
+    with pytest.raises(CheckpointError, match="is a folder holding the input checkpoint"):
+        refuse_inputs(tmp_path / "ckpts", inputs)
+    refuse_inputs(tmp_path / "ckpts" / "merged", inputs)  # beside them is fine

@@ -10,7 +10,7 @@ import torch
 
 from ckptmerge.actions.setup import resolve_sources
 from ckptmerge.checkpoints.stream import StreamStats
-from ckptmerge.checkpoints.atomic import check_target
+from ckptmerge.checkpoints.atomic import check_target, refuse_inputs
 from ckptmerge.checkpoints.writer import write_merged
 from ckptmerge.config import Config, parse_size
 from ckptmerge.errors import ConfigError
@@ -31,6 +31,7 @@ def run_merge(cfg: Config) -> dict[str, Any]:
     check_target(target, cfg.merge.overwrite)
     shard_bytes = parse_size(cfg.merge.shard_size, "merge.shard_size")
     cset = resolve_sources(cfg).cset
+    refuse_inputs(target, [c.folder for c in cset.checkpoints])
     weights = list(cfg.merge.weights or ())
     if len(weights) != len(cset):
         raise ConfigError(f"merge.weights has {len(weights)} weights for {len(cset)} checkpoints ({', '.join(cset.names)})")

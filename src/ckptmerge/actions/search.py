@@ -23,7 +23,7 @@ from ckptmerge.actions.register import register, write_and_verify
 from ckptmerge.actions.trials import Trial, TrialLoop
 from ckptmerge.actions.setup import Sources, resolve_sources
 from ckptmerge.checkpoints.resident import ResidentModel
-from ckptmerge.checkpoints.atomic import check_target, folder_owner
+from ckptmerge.checkpoints.atomic import check_target, folder_owner, refuse_inputs
 from ckptmerge.checkpoints.writer import check_space, merged_size
 from ckptmerge.config import Config, parse_size
 from ckptmerge.errors import EvaluationError
@@ -73,6 +73,7 @@ class SearchRun:
         tracker = SearchTracker(cfg.tracking, self.cwd)  # unreachable tracking fails here, in seconds
         sources = resolve_sources(cfg)
         cset = sources.cset
+        refuse_inputs(self.output_dir, [c.folder for c in cset.checkpoints])
         # The merge is written after the whole budget: a disk too small for it fails now, not then.
         out_dtype = None if cfg.merge.dtype == "auto" else getattr(torch, cfg.merge.dtype)
         check_space(self.output_dir, merged_size(cset.newest.reader.meta(), out_dtype))

@@ -67,6 +67,17 @@ def check_target(target: Path, overwrite: bool, key: str = "merge.output_dir", o
         raise CheckpointError(f"{key}={target}: parent folder is not writable")
 
 
+def refuse_inputs(target: Path, inputs: list[Path], key: str = "merge.output_dir") -> None:
+    """Fail when ``target`` is an input folder or holds one: replacing it (``merge.overwrite=true``) would
+    delete a checkpoint the merge reads, which no flag should allow."""
+    target = Path(target).resolve()
+    for folder in inputs:
+        folder = Path(folder).resolve()
+        if folder == target or target in folder.parents:
+            raise CheckpointError(f"{key}={target} is {'' if folder == target else 'a folder holding '}the input "
+                                  f"checkpoint {folder}; write the merge somewhere else")
+
+
 def _libc_renameat2() -> object | None:
     name = ctypes.util.find_library("c")
     try:
