@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping
 
 from ckptmerge.actions.evaluation import EvalSession
 from ckptmerge.actions.trials import Trial, TrialLoop
-from ckptmerge.evaluation.doc_scores import DocScores, scores_from_json
+from ckptmerge.evaluation.doc_scores import DocScores
 from ckptmerge.evaluation.uncertainty import Gain
 from ckptmerge.search.searchers import Searcher
-from ckptmerge.tracking import names
 
 log = logging.getLogger(__name__)
 
@@ -38,19 +36,12 @@ def newest_alone(trials: list[Trial]) -> Trial | None:
 
 
 def dev_scores(trial: Trial, loop: TrialLoop, session: EvalSession) -> DocScores:
-    """The trial's per-document dev scores: in memory, else from its MLflow artifact (a resumed search),
-    else evaluated again on the resident model (an artifact that is missing or unreadable)."""
-    if trial.scores is not None:
-        return trial.scores
-    if trial.run_id:
-        try:
-            local = loop.tracker.client.download_artifacts(trial.run_id, names.ARTIFACT_DOC_SCORES)
-            trial.scores = scores_from_json(Path(local).read_text())
-            return trial.scores
-        except Exception as e:  # noqa: BLE001 - any failure to read it back means: evaluate again
-            log.info("Trial %d's per-document scores are not in MLflow (%s); evaluating it again", trial.index, e)
-    loop.resident.apply(loop.full_weights(trial))
-    _, trial.scores = session.evaluate_with_scores("dev")
+    """The trial's per-document dev scores: in memory (evaluated now, or read back from MLflow when a
+    resumed search replayed it), else evaluated again on the resident model."""
+    if trial.scores is None:
+        log.info("Trial %d's per-document scores are not at hand; evaluating it again", trial.index)
+        loop.resident.apply(loop.full_weights(trial))
+        _, trial.scores = session.evaluate_with_scores("dev")
     return trial.scores
 
 
