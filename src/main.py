@@ -59,11 +59,13 @@ def _run(cfg_dict: dict, run_dir: Path, cwd: Path, config_yaml: str) -> dict:
         from ckptmerge.actions.worker import serve
 
         serve(cfg)
+        distributed.shutdown()
         return {}
     try:
         return _run_action(cfg, run_dir, cwd, config_yaml)
     finally:
         distributed.channel.close()
+        distributed.shutdown()
 
 
 def _run_action(cfg, run_dir: Path, cwd: Path, config_yaml: str) -> dict:  # type: ignore[no-untyped-def]

@@ -128,6 +128,27 @@ class Channel:
 channel = Channel()
 
 
+def shutdown() -> None:
+    """Every rank, once rank 0 said stop: meet at a barrier, then tear the process group down.
+
+    A rank that exits with its group still up leaves gloo's threads to the C++ runtime's exit, which
+    can abort the process ("terminate called without an active exception", exit 250 from the
+    launcher) after all the work was done and registered. The barrier keeps a rank from closing its
+    connections while another is still reading the last command.
+    """
+    global _ranks
+    if _ranks is None:
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
+    _ranks = None
+
+
 def receive() -> tuple[str, tuple[Any, ...]]:
     """A rank other than 0: the next command from rank 0."""
     msg = broadcast(None)
