@@ -7,16 +7,15 @@ Hydra stays in ``src/main.py``; it turns the composed config into a :class:`Conf
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ckptmerge.errors import ConfigError
+from ckptmerge.registry import did_you_mean  # noqa: F401  - re-exported: older imports take it from here
 
 ACTIONS = ("search", "merge", "pilot", "compare", "promote")
-SEARCH_KINDS = ("bo", "grid", "random")
 MODEL_SOURCES = ("embedded", "local", "hub")
 DEVICES = ("cpu", "cuda", "auto")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -26,16 +25,6 @@ DEEPSPEED_ACTIONS = ("search", "merge", "promote")
 TRAJECTORY_PRESETS = ("default", "tiny")
 # model.order: check that known training steps increase oldest → newest, or take the order as given.
 MODEL_ORDERS = ("check", "given")
-
-
-def did_you_mean(name: str, options: Any) -> str:
-    """`` (did you mean 'x'?)`` when a close option exists, else a list of the options."""
-    options = sorted(str(o) for o in options)
-    close = difflib.get_close_matches(str(name), options, n=1)
-    if close:
-        return f" (did you mean '{close[0]}'?)"
-    shown = ", ".join(options[:12]) + (", ..." if len(options) > 12 else "")
-    return f" (choose from: {shown})"
 
 
 def _choice(key: str, value: Any, options: tuple[str, ...]) -> None:
@@ -136,10 +125,34 @@ class MergeConfig:
 
 
 @dataclass(frozen=True)
+class SpaceConfig:
+    """``search/space``: which weightings of the checkpoints the search explores (see search/space.py).
+
+    ``last``: how many of the newest checkpoints the space covers (the pair: exactly 2). The rest of
+    the space's YAML is its own settings, checked by the space class itself.
+    """
+
+    name: str = "pair"
+    last: int = 2
+    warm_start: bool = True      # spaces other than the pair begin with the cheap baselines' weightings
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from ckptmerge.search.space import make_space
+
+        if not isinstance(self.last, int) or isinstance(self.last, bool) or self.last < 2:
+            raise ConfigError(f"search.space.last must be an integer >= 2, got {self.last!r}")
+        if not isinstance(self.warm_start, bool):
+            raise ConfigError(f"search.space.warm_start must be true or false, got {self.warm_start!r}")
+        make_space(self.name, 2 if self.name == "pair" else self.last, 0.0, self.settings)  # name and settings
+
+
+@dataclass(frozen=True)
 class SearchConfig:
     """The search over λ ∈ [alpha, 1]: ``budget`` counts every evaluation, initial points included."""
 
     kind: str = "bo"
+    space: SpaceConfig = field(default_factory=SpaceConfig)
     budget: int = 10
     alpha: float = 0.0
     seed: int = 0
@@ -154,7 +167,9 @@ class SearchConfig:
     select: str = "posterior_mean"
 
     def __post_init__(self) -> None:
-        _choice("search.kind", self.kind, SEARCH_KINDS)
+        from ckptmerge.search.searchers import SEARCHERS
+
+        SEARCHERS.get(self.kind)  # an unknown searcher names search.kind
         _choice("search.select", self.select, ("posterior_mean", "observed"))
         if not isinstance(self.budget, int) or isinstance(self.budget, bool) or self.budget < 2:
             raise ConfigError(f"search.budget must be an integer >= 2 (λ=alpha and λ=1 come first), got {self.budget!r}")
@@ -306,7 +321,22 @@ class RuntimeConfig:
             raise ConfigError(f"runtime.timeout_s must be a positive number of seconds, got {self.timeout_s!r}")
 
 
-COMPARE_METHODS = ("newest", "uniform", "lawa", "ema", "greedy", "fisher", "regmean", "bo", "bo_simplex", "grid", "random")
+# The baselines of action=compare; our searches are named by searcher and space (see searched_method).
+BASELINE_METHODS = ("newest", "uniform", "lawa", "ema", "greedy", "fisher", "regmean")
+COMPARE_METHODS = BASELINE_METHODS + ("bo", "bo_simplex", "bo_ema", "bo_window", "bo_decay", "grid", "random")
+
+
+def searched_method(method: str) -> tuple[str, str] | None:
+    """``(searcher, space)`` for a compare method that searches: ``bo`` is the pair, ``bo_ema`` the EMA
+    family, and so on for every registered searcher and space; None for a baseline or an unknown name."""
+    from ckptmerge.search.searchers import SEARCHERS
+    from ckptmerge.search.space import SPACES, make_space
+
+    make_space("pair", 2)  # registers the built-in families
+    kind, _, space = method.partition("_")
+    if kind in SEARCHERS and (not space or space in SPACES):
+        return kind, space or "pair"
+    return None
 
 
 @dataclass(frozen=True)
@@ -340,7 +370,7 @@ class CompareConfig:
         if not self.methods:
             raise ConfigError("compare.methods is empty")
         for m in self.methods:
-            if m not in COMPARE_METHODS:
+            if m not in BASELINE_METHODS and searched_method(m) is None:
                 raise ConfigError(f"compare.methods: unknown method {m!r}{did_you_mean(m, COMPARE_METHODS)}")
         for key in ("last", "lawa_k", "fisher_tokens", "gram_tokens"):
             v = getattr(self, key)
@@ -466,6 +496,8 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
             raise ConfigError(f"unknown config key {prefix}.{key}{did_you_mean(key, fields)}")
         if key == "trajectory" and cls is ModelConfig:
             value = _build(TrajectoryConfig, value or {}, f"{prefix}.trajectory")
+        elif key == "space" and cls is SearchConfig:
+            value = _space(value, f"{prefix}.space")
         elif isinstance(value, list):
             value = tuple(value)
         elif isinstance(value, Mapping):
@@ -477,6 +509,16 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
         return cls(**kwargs)
     except TypeError as e:  # a wrongly typed value that a check compared or iterated
         raise ConfigError(f"{prefix}: {e}") from None
+
+
+def _space(data: Any, prefix: str) -> SpaceConfig:
+    """``search.space``: ``name``, ``last`` and ``warm_start`` are common; the other keys are the space's settings."""
+    if isinstance(data, str):  # search.space=ema on the command line, where search/space=ema was meant
+        data = {"name": data}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix} must be a mapping, got {type(data).__name__}")
+    common = {k: data[k] for k in ("name", "last", "warm_start") if k in data}
+    return SpaceConfig(**common, settings={k: v for k, v in data.items() if k not in common})
 
 
 def config_from_dict(data: Mapping[str, Any]) -> Config:

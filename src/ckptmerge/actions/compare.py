@@ -1,7 +1,9 @@
 """``action=compare``: the paper's baselines against BO on the same checkpoints and dev objective.
 
 Multi-checkpoint methods use the last ``compare.last`` checkpoints; pair methods (``bo``, ``grid``,
-``random``) the last two. Searched methods get the same evaluation budget (``search.budget``). One
+``random``) the last two. Our searches are named ``<searcher>_<space>`` (``bo_simplex``, ``bo_ema``,
+``bo_window``, ``bo_decay``; a bare ``bo`` is the paper's pair) and get the same evaluation budget
+(``search.budget``); a search over more than two checkpoints starts from the baselines' weightings. One
 parent run holds a child run per method (searched methods nest their trials under it); the table
 (dev objective, every test metric, evaluations used, wall time) is written as markdown and CSV with a
 bar chart, logged, and printed. ``compare.register=true`` registers the best merge like a search's.
@@ -9,6 +11,7 @@ bar chart, logged, and printed. ``compare.register=true`` registers the best mer
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -25,7 +28,8 @@ from ckptmerge.actions.study import start_study
 from ckptmerge.actions.trials import TrialLoop
 from ckptmerge.calibration import diagonal_fisher, linear_input_grams, read_texts
 from ckptmerge.checkpoints.resident import ResidentModel
-from ckptmerge.config import Config, ConfigError
+from ckptmerge.actions.setup import search_space
+from ckptmerge.config import Config, ConfigError, searched_method
 from ckptmerge.errors import EvaluationError
 from ckptmerge.evaluation.doc_scores import DocScores
 from ckptmerge.evaluation.uncertainty import Gain, gains_by_metric
@@ -35,14 +39,11 @@ from ckptmerge.merge.regmean import regmean_merge
 from ckptmerge.merge.soups import ema_weights, lawa_weights, uniform_weights
 from ckptmerge.runtime import seed_everything
 from ckptmerge.search.searchers import make_searcher
-from ckptmerge.search.space import WeightSpace
 from ckptmerge.tracking import names
 from ckptmerge.tracking.mlflow_run import SearchTracker
 from ckptmerge.tracking.secrets import redact_data
 
 log = logging.getLogger(__name__)
-
-SEARCHED = {"bo": "bo", "bo_simplex": "bo", "grid": "grid", "random": "random"}
 
 
 @dataclass
@@ -176,10 +177,10 @@ class Comparison:
         return (None, *self._score())
 
     def searched(self, method: str, run_id: str) -> tuple[list[float] | None, float, dict]:
-        pair = method != "bo_simplex"
-        space = WeightSpace(2 if pair else self.k, float(self.cfg.search.alpha))
-        search_cfg = type(self.cfg.search)(**{**self.cfg.search.__dict__, "kind": SEARCHED[method]})
-        loop = TrialLoop(self.resident, self.session, self.tracker, make_searcher(search_cfg, space), space,
+        kind, space_name = searched_method(method)  # type: ignore[misc]  # validated with the config
+        space, initial = search_space(self.cfg, 2 if space_name == "pair" else self.k, space_name)
+        search_cfg = dataclasses.replace(self.cfg.search, kind=kind)
+        loop = TrialLoop(self.resident, self.session, self.tracker, make_searcher(search_cfg, space, initial), space,
                          parent_run_id=run_id, best_metric_run_id=run_id)
         loop.run(search_cfg.budget, desc=f"compare {method}")
         self.evaluations += len(loop.trials)
@@ -195,7 +196,8 @@ class Comparison:
     def run(self, method: str) -> MethodResult:
         run_id = self.tracker.start_trial(0, {"method": method}, run_name=method, kind="method")
         self.evaluations, self.scores, t0 = 0, None, time.perf_counter()
-        fn: Callable[[], tuple] = getattr(self, method) if method not in SEARCHED else (lambda: self.searched(method, run_id))
+        fn: Callable[[], tuple] = (getattr(self, method) if searched_method(method) is None
+                                   else (lambda: self.searched(method, run_id)))
         try:
             weights, objective, dev = fn()
         except Exception:

@@ -21,7 +21,7 @@ from ckptmerge.actions import evidence
 from ckptmerge.actions.evaluation import EvalSession
 from ckptmerge.actions.register import register, write_and_verify
 from ckptmerge.actions.trials import Trial, TrialLoop
-from ckptmerge.actions.setup import Sources, resolve_sources
+from ckptmerge.actions.setup import Sources, resolve_search_sources, search_space
 from ckptmerge.checkpoints.resident import ResidentModel
 from ckptmerge.checkpoints.atomic import check_target, folder_owner, refuse_inputs
 from ckptmerge.checkpoints.writer import check_space, merged_size
@@ -31,7 +31,6 @@ from ckptmerge.evaluation.doc_scores import scores_json
 from ckptmerge.merge import get_method
 from ckptmerge.runtime import seed_everything
 from ckptmerge.search.searchers import Searcher, make_searcher
-from ckptmerge.search.space import WeightSpace
 from ckptmerge.tracking import names, resume, search_lock
 from ckptmerge.tracking.mlflow_run import SearchTracker
 
@@ -71,14 +70,14 @@ class SearchRun:
         earlier = folder_owner(self.output_dir)
         check_target(self.output_dir, cfg.merge.overwrite, owner=earlier if earlier and earlier.startswith(OWNER_SEARCH) else None)
         tracker = SearchTracker(cfg.tracking, self.cwd)  # unreachable tracking fails here, in seconds
-        sources = resolve_sources(cfg)
+        sources = resolve_search_sources(cfg)
         cset = sources.cset
         refuse_inputs(self.output_dir, [c.folder for c in cset.checkpoints])
         # The merge is written after the whole budget: a disk too small for it fails now, not then.
         out_dtype = None if cfg.merge.dtype == "auto" else getattr(torch, cfg.merge.dtype)
         check_space(self.output_dir, merged_size(cset.newest.reader.meta(), out_dtype))
-        self.space = WeightSpace(len(cset), float(cfg.search.alpha))
-        searcher = make_searcher(cfg.search, self.space)  # e.g. grid over k > 2 is refused here
+        self.space, initial = search_space(cfg, len(cset))
+        searcher = make_searcher(cfg.search, self.space, initial)  # e.g. grid over k > 2 is refused here
         # unknown tasks/metrics and test-split dev tasks fail before the model is built
         session, resident = EvalSession.with_resident(cfg, sources)
         key = self._resume_key(sources, session, resident)
@@ -102,7 +101,7 @@ class SearchRun:
             self.owner = f"{OWNER_SEARCH}{run_id}"
             past = []
             if resume_id:
-                past = resume.read_trials(tracker.client, tracker.experiment_id, run_id, self.space.dims)
+                past = resume.read_trials(tracker.client, tracker.experiment_id, run_id, self.space.coordinates)
                 log.info("Resuming search %s: %d trials done", run_id, len(past))
             else:
                 tracker.log_text(run_id, json.dumps(key, indent=2, sort_keys=True, default=str), resume.ARTIFACT_RESUME_KEY)
@@ -137,10 +136,20 @@ class SearchRun:
             "eval": {"limit": c.eval.limit, "max_length": sources.max_length, "batch_size": c.eval.batch_size,
                      "sample": "seeded", "bootstrap": c.eval.bootstrap},
             "search": {"kind": c.search.kind, "alpha": c.search.alpha, "seed": c.search.seed,
-                       "acq_func": c.search.acq_func, "min_distance": c.search.min_distance},
+                       "acq_func": c.search.acq_func, "min_distance": c.search.min_distance,
+                       **({} if c.search.space.name == "pair" else {"space": self._space_key()})},
             "merge": {"method": c.merge.method},
             "runtime": {"dtype": str(resident.dtype), "device": resident.device},
         }
+
+    def _space_key(self) -> dict[str, Any]:
+        """A wider space's name, settings and warm start (the pair's key stays as before spaces existed,
+        so that a search started before still resumes)."""
+        sp = self.cfg.search.space
+        key: dict[str, Any] = {"name": sp.name, "settings": dict(sp.settings), "warm_start": sp.warm_start}
+        if sp.warm_start:
+            key["baselines"] = {"lawa_k": self.cfg.compare.lawa_k, "ema_beta": self.cfg.compare.ema_beta}
+        return key
 
     def _resumable(self, tracker: SearchTracker, key: dict[str, Any]) -> str | None:
         choice = self.cfg.search.resume

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ckptmerge.checkpoints import CheckpointSet
+from ckptmerge.search.searchers import Proposal
+from ckptmerge.search.space import SearchSpace
 from ckptmerge.checkpoints.content import check_content
 from ckptmerge.config import Config, ModelConfig
 from ckptmerge.errors import ConfigError
@@ -101,6 +103,46 @@ def resolve_sources(cfg: Config, progress: bool = True, all_checkpoints: bool = 
     test_tasks = cfg.eval.test_tasks or (() if cfg.eval.tasks else model.test_tasks)
     return Sources(cset=cset, dev_tasks=dev_tasks, test_tasks=test_tasks, dev_weights=_weights(cfg),
                    include_paths=include + [str(PACKAGE_TASKS)], max_length=cfg.eval.max_length)
+
+
+def newest_of(sources: Sources, last: int) -> Sources:
+    """``sources`` narrowed to its newest ``last`` checkpoints (all of them when there are fewer)."""
+    if len(sources.cset) > last:
+        sources.cset = CheckpointSet(sources.cset.checkpoints[-last:], trust_remote_code=sources.cset.trust_remote_code)
+    return sources
+
+
+def resolve_search_sources(cfg: Config, progress: bool = True, check: bool = True) -> Sources:
+    """The checkpoints a search's space covers: the two selected ones for the pair; for a wider space
+    (``search/space=simplex|ema|…``) the newest ``search.space.last`` of the trajectory (embedded, unless
+    ``model.select`` names them) or of ``model.checkpoints``."""
+    space = cfg.search.space
+    if space.name == "pair":
+        return resolve_sources(cfg, progress, check=check)
+    whole = cfg.model.source == "embedded" and tuple(cfg.model.select) == (-2, -1) and cfg.model.pair is None
+    sources = newest_of(resolve_sources(cfg, progress, all_checkpoints=whole, check=check), space.last)
+    if len(sources.cset) < space.last:
+        log.info("search/space=%s covers the %d checkpoints given (search.space.last=%d)", space.name,
+                 len(sources.cset), space.last)
+    return sources
+
+
+def search_space(cfg: Config, k: int, name: str | None = None) -> tuple[SearchSpace, list[Proposal] | None]:
+    """The space ``name`` (default ``search/space``) over ``k`` checkpoints and its initial proposals: a
+    warm start from the cheap baselines' weightings (``compare.lawa_k``, ``compare.ema_beta``) for every
+    space but the pair, whose initial points are the paper's (λ=α, λ=1)."""
+    from ckptmerge.merge.soups import baseline_weightings
+    from ckptmerge.search.searchers import warm_start
+    from ckptmerge.search.space import make_space
+
+    sp = cfg.search.space
+    name = name or sp.name
+    settings = sp.settings if name == sp.name else {}
+    space = make_space(name, k, float(cfg.search.alpha), settings)
+    if space.is_pair or (name == sp.name and not sp.warm_start):
+        return space, None
+    baselines = baseline_weightings(k, cfg.compare.lawa_k, cfg.compare.ema_beta)
+    return space, warm_start(space, baselines, float(cfg.search.min_distance))
 
 
 def _weights(cfg: Config) -> dict[str, float]:

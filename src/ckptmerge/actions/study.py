@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ckptmerge.actions.evaluation import EvalSession
-from ckptmerge.actions.setup import Sources, resolve_sources
+from ckptmerge.actions.setup import Sources, newest_of, resolve_sources
 from ckptmerge.checkpoints import CheckpointSet
 from ckptmerge.checkpoints.resident import ResidentModel
 from ckptmerge.config import Config
@@ -34,8 +34,7 @@ def start_study(cfg: Config, cwd: Path, config_yaml: str, kind: str, last: int |
     tracker = SearchTracker(cfg.tracking, cwd)
     sources = resolve_sources(cfg, all_checkpoints=True)
     if last is not None:
-        sources.cset = CheckpointSet(sources.cset.checkpoints[-min(last, len(sources.cset)):],
-                                     trust_remote_code=sources.cset.trust_remote_code)
+        sources = newest_of(sources, last)
     cset = sources.cset
     session, resident = EvalSession.with_resident(cfg, sources)
     run_id = tracker.start(run_name=f"{kind}-{cset.names[0]}-{cset.names[-1]}", config=cfg.to_dict(),

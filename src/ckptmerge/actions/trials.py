@@ -15,7 +15,7 @@ from ckptmerge.errors import EvaluationError
 from ckptmerge.evaluation.doc_scores import DocScores, scores_from_json, scores_json
 from ckptmerge.evaluation.uncertainty import relative_standard_errors
 from ckptmerge.search.searchers import Proposal, SearchExhausted, Searcher
-from ckptmerge.search.space import WeightSpace
+from ckptmerge.search.space import SearchSpace
 from ckptmerge.tracking import names
 from ckptmerge.tracking.mlflow_run import SearchTracker
 
@@ -39,8 +39,8 @@ class Trial:
 
     @property
     def lam(self) -> float | None:
-        """λ, the weight of the newest checkpoint, when the search is over a pair."""
-        return self.x[0] if len(self.weights) == 2 else None
+        """λ, the weight of the newest checkpoint, when two checkpoints are merged."""
+        return list(self.weights.values())[-1] if len(self.weights) == 2 else None
 
     def as_json(self) -> dict[str, Any]:
         out = {"lambda": self.lam, "weights": self.weights, "objective": self.objective,
@@ -59,7 +59,7 @@ class TrialLoop:
     """
 
     def __init__(self, resident: ResidentModel, session: EvalSession, tracker: SearchTracker, searcher: Searcher,
-                 space: WeightSpace, parent_run_id: str | None = None, best_metric_run_id: str | None = None) -> None:
+                 space: SearchSpace, parent_run_id: str | None = None, best_metric_run_id: str | None = None) -> None:
         self.resident, self.session, self.tracker, self.searcher, self.space = resident, session, tracker, searcher, space
         self.parent_run_id = parent_run_id or tracker.run_id
         self.best_metric_run_id = best_metric_run_id or self.parent_run_id
@@ -159,10 +159,7 @@ class TrialLoop:
         named = dict(zip(self._names, weights))
         trial = Trial(index=index, x=prop.x, weights=named, source=prop.source)
         params: dict[str, Any] = {names.PARAM_TRIAL: index, names.PARAM_PROPOSED_BY: prop.source}
-        if self.space.is_pair:
-            params[names.PARAM_LAMBDA] = prop.lam
-        else:
-            params.update({f"{names.PARAM_POINT_PREFIX}{i + 1}": v for i, v in enumerate(prop.x)})
+        params.update(zip(self.space.coordinates, prop.x))  # λ for a pair; u1.., beta, window, shape otherwise
         params.update({names.weight_param(n): w for n, w in named.items()})
         trial.run_id = tracker.start_trial(index, params, parent_run_id=self.parent_run_id)
         t0 = time.perf_counter()
@@ -206,17 +203,20 @@ class TrialLoop:
         tracker, searcher = self.tracker, self.searcher
         if not tracker.log_plots:
             return
-        from ckptmerge.tracking.plots import posterior_figure, trials_figure
+        from ckptmerge.tracking.plots import LAMBDA, posterior_figure, trials_figure
 
+        if self.space.dims != 1:
+            return  # no 1-D picture of a k-dimensional GP; its state is in the metrics
         post = searcher.posterior()
         title = f"trial {index}: {len(searcher.xs)} evaluations"
-        if not self.space.is_pair:
-            return  # no 1-D picture of a k-dimensional GP; its state is in the metrics
+        (lo, hi), = self.space.bounds()
+        axis = LAMBDA if self.space.is_pair else f"{self.space.coordinates[0]} ({self.space.name} family over {self.space.k} checkpoints)"
         xs = [x[0] for x in searcher.xs]
         if post is not None:
             nxt = searcher.next_point()
-            fig = posterior_figure(post, xs, searcher.ys, searcher.alpha, next_lambda=nxt[0] if nxt else None, title=title)
+            fig = posterior_figure(post, xs, searcher.ys, (lo, hi), next_x=nxt[0] if nxt else None, title=title,
+                                   coordinate=axis)
         else:
-            fig = trials_figure(xs, searcher.ys, searcher.alpha, title=title)
+            fig = trials_figure(xs, searcher.ys, (lo, hi), title=title, coordinate=axis)
         tracker.log_figure(run_id, fig, names.ARTIFACT_PLOT)
 

@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 
 from ckptmerge.actions.evaluation import EvalSession
-from ckptmerge.actions.setup import resolve_sources
+from ckptmerge.actions.setup import resolve_search_sources, resolve_sources
 from ckptmerge.config import Config
 from ckptmerge.runtime import distributed, seed_everything
 
@@ -25,7 +25,7 @@ def serve(cfg: Config) -> None:
         return  # stop before start: rank 0 needed no model (merge, promote) or failed first (and says why)
     seed_everything(cfg.search.seed)
     # rank 0 built any embedded trajectory and checked the checkpoints' content already
-    sources = resolve_sources(cfg, progress=False, check=False)
+    sources = (resolve_search_sources if cfg.action == "search" else resolve_sources)(cfg, progress=False, check=False)
     session, resident = EvalSession.with_resident(cfg, sources)
     assert isinstance(resident, ZeroResidentModel)
     while True:

@@ -31,3 +31,10 @@ def ema_weights(n: int, beta: float) -> list[float]:
     w = [beta ** (n - 1)] + [(1.0 - beta) * beta ** (n - 1 - t) for t in range(1, n)]
     s = sum(w)
     return [x / s for x in w]  # sums to 1 already; this only removes rounding
+
+
+def baseline_weightings(n: int, lawa_k: int, ema_beta: float) -> dict[str, list[float]]:
+    """The cheap baselines' weightings of ``n`` checkpoints, newest alone first (the reference of every
+    gain): what a warm-started search evaluates before its model proposes anything."""
+    return {"newest": [0.0] * (n - 1) + [1.0], "uniform": uniform_weights(n), "lawa": lawa_weights(n, lawa_k),
+            "ema": ema_weights(n, ema_beta)}

@@ -1,9 +1,9 @@
-"""Searchers over merge weights, registered by name.
+"""Searchers over merge weights, registered by name (``search.kind``).
 
-A searcher proposes points ``u`` of a :class:`~ckptmerge.search.space.WeightSpace` box; for a pair the
-one coordinate is λ ∈ [α, 1], the weight of the newest checkpoint. All searchers evaluate the space's
-initial points first (λ=α and λ=1 for a pair, as in the paper) and never propose a point within
-``min_distance`` (max-norm) of one already evaluated or failed. ``bo`` is scikit-optimize's Gaussian
+A searcher proposes points ``u`` of a :class:`~ckptmerge.search.space.SearchSpace` box; for a pair the
+one coordinate is λ ∈ [α, 1], the weight of the newest checkpoint. All searchers evaluate the initial
+points first (λ=α and λ=1 for a pair, as in the paper; a warm start's baselines for other spaces) and
+never propose a point within ``min_distance`` (max-norm) of one already evaluated or failed. ``bo`` is scikit-optimize's Gaussian
 process with ``acq_func="gp_hedge"`` (a hedge over EI, LCB and PI); ``grid`` and ``random`` exist for
 comparison.
 """
@@ -12,13 +12,14 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from ckptmerge.config import SearchConfig, did_you_mean
+from ckptmerge.config import SearchConfig
 from ckptmerge.errors import ConfigError
-from ckptmerge.search.space import WeightSpace
+from ckptmerge.registry import Registry
+from ckptmerge.search.space import PairSpace, SearchSpace
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,8 @@ class SearchExhausted(ConfigError):
 
 @dataclass(frozen=True)
 class Proposal:
-    """A point to evaluate and what proposed it (``initial``, ``grid``, ``random``, ``EI``/``LCB``/``PI``, ``gap``)."""
+    """A point to evaluate and what proposed it (``initial``, ``warm:<baseline>``, ``grid``, ``random``,
+    ``EI``/``LCB``/``PI``, ``gap``)."""
 
     x: Point
     source: str
@@ -57,8 +59,9 @@ class Searcher:
 
     name = "base"
 
-    def __init__(self, cfg: SearchConfig, space: WeightSpace | None = None) -> None:
-        self.space = space or WeightSpace(2, float(cfg.alpha))
+    def __init__(self, cfg: SearchConfig, space: SearchSpace | None = None,
+                 initial: list[Proposal] | None = None) -> None:
+        self.space = space or PairSpace(2, float(cfg.alpha))
         self.alpha = float(cfg.alpha)
         self.bounds = self.space.bounds()
         self.budget = int(cfg.budget)
@@ -68,7 +71,8 @@ class Searcher:
         self.ys: list[float] = []
         self.failed: list[Point] = []  # points whose evaluation failed: never proposed again, never told to a model
         self.ses: list[float | None] = []  # standard error of each ys (None: unknown)
-        self._initial = list(self.space.initial())
+        # the points evaluated before any model proposes: the space's own, or a warm start's
+        self._initial = list(initial) if initial else [Proposal(x, "initial") for x in self.space.initial()]
         self._rng = np.random.default_rng(self.seed)
 
     def is_new(self, x: Point) -> bool:
@@ -80,10 +84,15 @@ class Searcher:
 
     def _initial_proposal(self) -> Proposal | None:
         while self._initial:
-            x = self._initial.pop(0)
-            if self.is_new(x):
-                return Proposal(x, "initial")
+            p = self._initial.pop(0)
+            if self.is_new(p.x):
+                return p
         return None
+
+    @property
+    def n_initial(self) -> int:
+        """How many initial points remain to be evaluated."""
+        return len(self._initial)
 
     def _clip(self, x: Any) -> Point:
         return tuple(float(min(max(v, lo), hi)) for v, (lo, hi) in zip(x, self.bounds))
@@ -158,16 +167,20 @@ class Searcher:
         return None
 
 
+SEARCHERS: Registry[type[Searcher]] = Registry("searcher", "search.kind")
+
+
+@SEARCHERS.register("grid")
 class GridSearcher(Searcher):
-    """``budget`` evenly spaced λ over [α, 1], ends first (pairs only)."""
+    """``budget`` evenly spaced points of a one-coordinate space (λ over [α, 1] for a pair), ends first."""
 
-    name = "grid"
-
-    def __init__(self, cfg: SearchConfig, space: WeightSpace | None = None) -> None:
-        super().__init__(cfg, space)
+    def __init__(self, cfg: SearchConfig, space: SearchSpace | None = None, initial: list[Proposal] | None = None) -> None:
+        super().__init__(cfg, space, initial)
         if self.space.dims != 1:
-            raise ConfigError(f"search.kind=grid searches a pair; with {self.space.k} checkpoints use bo or random")
-        grid = np.linspace(self.alpha, 1.0, self.budget)
+            raise ConfigError(f"search.kind=grid needs a space with one coordinate; search/space={self.space.name} over "
+                              f"{self.space.k} checkpoints has {self.space.dims}: use bo or random")
+        (lo, hi), = self.bounds
+        grid = np.linspace(lo, hi, self.budget)
         self._queue = [(float(x),) for x in grid[1:-1]]
 
     def _next(self) -> Proposal:
@@ -178,10 +191,9 @@ class GridSearcher(Searcher):
         return Proposal(self.largest_gap(), "gap")
 
 
+@SEARCHERS.register("random")
 class RandomSearcher(Searcher):
     """Uniform random points of the box (seeded), initial points first."""
-
-    name = "random"
 
     def _next(self) -> Proposal:
         lo, hi = np.array(self.bounds).T
@@ -192,24 +204,22 @@ class RandomSearcher(Searcher):
         return Proposal(self.largest_gap(), "gap")
 
 
+@SEARCHERS.register("bo")
 class BayesSearcher(Searcher):
     """scikit-optimize ``Optimizer`` (GP base estimator, ``gp_hedge`` acquisition) on the box."""
 
-    name = "bo"
-
-    def __init__(self, cfg: SearchConfig, space: WeightSpace | None = None) -> None:
-        super().__init__(cfg, space)
+    def __init__(self, cfg: SearchConfig, space: SearchSpace | None = None, initial: list[Proposal] | None = None) -> None:
+        super().__init__(cfg, space, initial)
         from skopt import Optimizer
         from skopt.space import Real
 
         self.acq_func = cfg.acq_func
-        names = ["lambda"] if self.space.dims == 1 else [f"u{i + 1}" for i in range(self.space.dims)]
-        # The initial points are told by hand (λ=α, λ=1), so the GP takes over from the third trial.
+        # The initial points are told by hand (λ=α, λ=1; or a warm start), so the GP takes over after them.
         self.opt = Optimizer(
-            dimensions=[Real(lo, hi, name=n) for (lo, hi), n in zip(self.bounds, names)],
+            dimensions=[Real(lo, hi, name=n) for (lo, hi), n in zip(self.bounds, self.space.coordinates)],
             base_estimator="GP",
             acq_func=cfg.acq_func,
-            n_initial_points=len(self.space.initial()),
+            n_initial_points=max(1, self.n_initial),
             random_state=self.seed,
         )
 
@@ -289,8 +299,9 @@ class BayesSearcher(Searcher):
                     out[f"gp.kernel.{k}.{i}"] = float(e)
         out["gp.log_marginal_likelihood"] = float(gp.log_marginal_likelihood_value_)
         mean, std = gp.predict(self.opt.space.transform([list(self.xs[-1])]), return_std=True)
-        out["gp.mean_at_lambda" if self.space.dims == 1 else "gp.mean_at_point"] = float(-mean[0])
-        out["gp.std_at_lambda" if self.space.dims == 1 else "gp.std_at_point"] = float(std[0])
+        at = self.space.coordinates[0] if self.space.dims == 1 else "point"
+        out[f"gp.mean_at_{at}"] = float(-mean[0])
+        out[f"gp.std_at_{at}"] = float(std[0])
         gains = getattr(self.opt, "gains_", None)
         if gains is not None:
             for name, g in zip(self.opt.cand_acq_funcs_, gains):
@@ -306,7 +317,8 @@ class BayesSearcher(Searcher):
         from skopt.acquisition import _gaussian_acquisition
 
         gp = self.opt.models[-1]
-        grid = np.linspace(self.alpha, 1.0, n)
+        (lo, hi), = self.bounds
+        grid = np.linspace(lo, hi, n)
         X = self.opt.space.transform(grid.reshape(-1, 1))
         mean, std = gp.predict(X, return_std=True)
         acqs = {}
@@ -319,17 +331,12 @@ class BayesSearcher(Searcher):
         return Posterior(grid=grid, mean=-mean, std=std, acquisitions=acqs)
 
 
-SEARCHERS: dict[str, Callable[..., Searcher]] = {
-    "bo": BayesSearcher,
-    "grid": GridSearcher,
-    "random": RandomSearcher,
-}
+def warm_start(space: SearchSpace, baselines: dict[str, list[float]], min_distance: float) -> list[Proposal]:
+    """The baselines' weightings as the first proposals of a search over ``space`` (see SearchSpace.warm_start)."""
+    return [Proposal(x, label) for x, label in space.warm_start(baselines, min_distance)]
 
 
-def make_searcher(cfg: SearchConfig, space: WeightSpace | None = None) -> Searcher:
-    """The searcher ``cfg.kind`` names, over ``space`` (default: a pair with λ ∈ [α, 1])."""
-    try:
-        cls = SEARCHERS[cfg.kind]
-    except KeyError:
-        raise ConfigError(f"search.kind={cfg.kind!r} is not a known searcher{did_you_mean(cfg.kind, SEARCHERS)}") from None
-    return cls(cfg, space)
+def make_searcher(cfg: SearchConfig, space: SearchSpace | None = None, initial: list[Proposal] | None = None) -> Searcher:
+    """The searcher ``cfg.kind`` names, over ``space`` (default: a pair with λ ∈ [α, 1]), starting from
+    ``initial`` (default: the space's own initial points)."""
+    return SEARCHERS.get(cfg.kind)(cfg, space, initial)

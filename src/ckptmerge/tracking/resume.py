@@ -18,7 +18,7 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from ckptmerge.errors import ConfigError
 from ckptmerge.liveness import process_alive
@@ -107,7 +107,7 @@ class PastTrial:
     objective_se: float | None = None
 
 
-def read_trials(client: Any, experiment_id: str, parent_id: str, dims: int) -> list[PastTrial]:
+def read_trials(client: Any, experiment_id: str, parent_id: str, coordinates: Sequence[str]) -> list[PastTrial]:
     """Finished and failed trials of a search, by index; interrupted ones are dropped (redone).
 
     A trial still RUNNING died with its process (SIGKILL, a lost node): it is marked FAILED,
@@ -128,10 +128,7 @@ def read_trials(client: Any, experiment_id: str, parent_id: str, dims: int) -> l
                 client.set_terminated(run.info.run_id, status="FAILED")
             log.info("Trial %d (run %s) was interrupted; it will be evaluated again", index, run.info.run_id)
             continue
-        if dims == 1:
-            x = (float(p[names.PARAM_LAMBDA]),)
-        else:
-            x = tuple(float(p[f"{names.PARAM_POINT_PREFIX}{i + 1}"]) for i in range(dims))
+        x = tuple(float(p[c]) for c in coordinates)  # the space's own coordinate params (λ for a pair)
         metrics = {k: v for k, v in run.data.metrics.items()
                    if "/" in k and not k.startswith("gp.")}
         objective = run.data.metrics.get(names.METRIC_OBJECTIVE) if status == "ok" else None

@@ -1,0 +1,113 @@
+"""One-parameter averaging families over the newest ``k`` checkpoints (``search/space=ema|window|decay``).
+
+Recent pretraining reports average several checkpoints with weights that fall off with age (EMA in
+DeepSeek-V3, PMA, the decay shapes of WSM); a family searches that one shape parameter, so a budget of
+a few evaluations covers it densely where the ``k−1``-dimensional simplex cannot. Each family passes
+through *newest alone* at one end of its box, so its gain over the newest checkpoint is always measured
+on a point it evaluates.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from ckptmerge.merge.soups import ema_weights
+from ckptmerge.search.space import SPACES, SearchSpace
+
+
+def _positive_fraction(name: str, value: float, top: float = 1.0) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) < top:
+        raise ValueError(f"{name} must be in (0, {top:g}), got {value!r}")
+
+
+@dataclass(frozen=True)
+class EmaSettings:
+    beta_max: float = 0.95   # β=1 would keep the oldest checkpoint alone: not an average any more
+
+    def __post_init__(self) -> None:
+        _positive_fraction("beta_max", self.beta_max)
+
+
+@SPACES.register("ema")
+class EmaSpace(SearchSpace):
+    """θ ← β·θ + (1−β)·θ_t along the checkpoints: weights ``(1−β)·β^age``, the oldest ``β^(k−1)``.
+
+    β=0 is the newest alone; larger β reaches further back.
+    """
+
+    Settings = EmaSettings
+
+    @property
+    def coordinates(self) -> tuple[str, ...]:
+        return ("beta",)
+
+    def bounds(self) -> list[tuple[float, float]]:
+        return [(0.0, float(self.settings.beta_max))]
+
+    def weights(self, u: Sequence[float]) -> list[float]:
+        self.check(u)
+        return ema_weights(self.k, min(max(float(u[0]), 0.0), 0.999999))
+
+    def landmarks(self) -> list[float]:
+        return [0.0, 0.5]
+
+
+@SPACES.register("window")
+class WindowSpace(SearchSpace):
+    """The uniform average of the last ``m`` checkpoints (LAWA), with ``m`` made continuous.
+
+    ``window`` ∈ [1, k]: the newest ``⌊window⌋`` checkpoints get weight 1 each, the next older one the
+    fraction ``window − ⌊window⌋``, normalised. Integer values are exactly LAWA with k=m (1: newest
+    alone, k: the uniform soup), and the objective moves smoothly between them, which a GP needs.
+    """
+
+    @property
+    def coordinates(self) -> tuple[str, ...]:
+        return ("window",)
+
+    def bounds(self) -> list[tuple[float, float]]:
+        return [(1.0, float(self.k))]
+
+    def weights(self, u: Sequence[float]) -> list[float]:
+        self.check(u)
+        m = min(max(float(u[0]), 1.0), float(self.k))
+        full = int(m)
+        raw = [0.0] * self.k
+        for age in range(full):
+            raw[self.k - 1 - age] = 1.0
+        if full < self.k:
+            raw[self.k - 1 - full] = m - full
+        total = sum(raw)
+        return [w / total for w in raw]
+
+    def landmarks(self) -> list[float]:
+        return [float(m) for m in range(1, self.k + 1)]
+
+
+@SPACES.register("decay")
+class DecaySpace(SearchSpace):
+    """Weights falling off with age by a shape: ``w(age) ∝ (1 − age/k)^s``, newest first.
+
+    ``shape`` ∈ [0, 1] maps to ``s = shape/(1−shape)``: 0 is the uniform soup, 0.5 a linear decay
+    (a WMA, as in PMA), towards 1 ever more weight on the newest, and 1 the newest alone.
+    """
+
+    @property
+    def coordinates(self) -> tuple[str, ...]:
+        return ("shape",)
+
+    def bounds(self) -> list[tuple[float, float]]:
+        return [(0.0, 1.0)]
+
+    def weights(self, u: Sequence[float]) -> list[float]:
+        self.check(u)
+        t = min(max(float(u[0]), 0.0), 1.0)
+        if t >= 1.0 - 1e-12:
+            return [0.0] * (self.k - 1) + [1.0]
+        s = t / (1.0 - t)
+        newest_first = [(1.0 - age / self.k) ** s for age in range(self.k)]
+        total = sum(newest_first)
+        return [w / total for w in reversed(newest_first)]
+
+    def landmarks(self) -> list[float]:
+        return [0.0, 0.5, 1.0]
