@@ -50,7 +50,10 @@ def print_search_summary(result: dict[str, Any], run_dir: Path, console: Console
     if result.get("lambda") is not None:
         console.print(f"[bold]best λ[/bold] = {result['lambda']:.4f}   weights {{{weights}}}")
     else:
-        console.print(f"[bold]best weights[/bold] {{{weights}}}")
+        space = result.get("space") or {}
+        at = ", ".join(f"{c}={v:.4g}" for c, v in space.get("point", {}).items())
+        where = f"   ({space['name']} at {at})" if space.get("name") and at else ""
+        console.print(f"[bold]best weights[/bold] {{{weights}}}{where}")
     console.print(f"[bold]dev objective[/bold] = {_fmt(best)}{se}   [{result.get('objective_definition', '')}]"
                   f"   chosen by {result.get('selected_by', 'observed')}")
     if result.get("gain"):

@@ -34,7 +34,7 @@ def test_pilot_evaluates_singles_and_pairs(tmp_path, traj_cache, tiny_trajectory
 
 def test_compare_runs_every_method_on_the_same_budget_and_registers_the_best(tmp_path, traj_cache, tiny_trajectory):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    methods = ["newest", "uniform", "lawa", "ema", "greedy", "fisher", "regmean", "bo", "bo_simplex", "random"]
+    methods = ["newest", "uniform", "lawa", "ema", "greedy", "fisher", "regmean", "bo", "bo_simplex", "bo_window", "random"]
     budget = 3
     proc = run_main(["action=compare", "model.trajectory.preset=tiny", f"model.trajectory.cache_dir={traj_cache}",
                      f"compare.methods=[{','.join(methods)}]", f"search.budget={budget}", "compare.fisher_tokens=512",
@@ -46,7 +46,7 @@ def test_compare_runs_every_method_on_the_same_budget_and_registers_the_best(tmp
     assert list(by) == methods
     k = len(tiny_trajectory.checkpoints)  # compare.last=4 > 3 checkpoints: all of them
     assert by["greedy"]["evaluations"] == k + (k - 1)
-    for m in ("bo", "bo_simplex", "random"):
+    for m in ("bo", "bo_simplex", "bo_window", "random"):
         assert by[m]["evaluations"] == budget
     for m in ("newest", "uniform", "lawa", "ema", "fisher", "regmean"):
         assert by[m]["evaluations"] == 1
@@ -54,8 +54,12 @@ def test_compare_runs_every_method_on_the_same_budget_and_registers_the_best(tmp
     assert by["lawa"]["weights"][out["checkpoints"][0]] == 0
     assert by["fisher"]["weights"] is None and by["regmean"]["weights"] is None
     # the searched methods start from the newest alone, so they are never worse than it
-    for m in ("bo", "bo_simplex", "random"):
+    for m in ("bo", "bo_simplex", "bo_window", "random"):
         assert by[m]["objective"] >= by["newest"]["objective"] - 1e-12
+    # a search over the k checkpoints starts from the baselines it can express (newest, uniform, LAWA
+    # here, with a budget of 3): at equal budget it never ends below them
+    for m in ("bo_simplex", "bo_window"):
+        assert by[m]["objective"] >= max(by[b]["objective"] for b in ("newest", "uniform", "lawa")) - 1e-12, m
     assert all(set(m["test_metrics"]) >= {"ckptmerge_test_bpb/bits_per_byte"} for m in out["methods"])
     rows = list(csv.DictReader((tmp_path / "run" / "compare.csv").open()))
     assert [r["method"] for r in rows] == methods
@@ -66,6 +70,12 @@ def test_compare_runs_every_method_on_the_same_budget_and_registers_the_best(tmp
     assert sorted(c.info.run_name for c in children) == sorted(methods)
     bo_run = next(c for c in children if c.info.run_name == "bo")
     assert len(client.search_runs([exp], f"tags.mlflow.parentRunId = '{bo_run.info.run_id}'")) == budget
+    window_run = next(c for c in children if c.info.run_name == "bo_window")
+    trials = client.search_runs([exp], f"tags.mlflow.parentRunId = '{window_run.info.run_id}'")
+    assert sorted(t.data.params["proposed_by"] for t in trials) == ["warm:lawa", "warm:newest", "warm:uniform"]
+    for t in trials:  # the family's own coordinate and the weights it gives every checkpoint
+        assert 1 <= float(t.data.params["window"]) <= k
+        assert sum(float(t.data.params[f"weight.{n}"]) for n in out["checkpoints"]) == pytest.approx(1)
     best = max(out["methods"], key=lambda m: m["objective"])
     assert out["best_method"] == best["method"]
     reg = out["registered_model"]

@@ -165,7 +165,8 @@ class SearchRun:
         cfg, cset = self.cfg, sources.cset
         loop = TrialLoop(resident, session, tracker, searcher, self.space, parent_run_id=tracker.run_id)
         loop.replay(past)
-        self.trials = loop.run(cfg.search.budget, desc=f"search ({cfg.search.kind})")
+        over = "" if self.space.is_pair else f" over {self.space.name}"
+        self.trials = loop.run(cfg.search.budget, desc=f"search ({cfg.search.kind}{over})")
         if loop.best is None:
             raise EvaluationError(f"every trial failed, nothing to merge; the first failure: {self.trials[0].error}")
         if tracker.log_plots and searcher.posterior() is not None:
@@ -209,6 +210,8 @@ class SearchRun:
             "lambda": best.lam,
             "weights": best.weights,
             "point": list(best.x),
+            "space": {"name": self.space.name, "checkpoints": len(best.weights),
+                      "point": dict(zip(self.space.coordinates, best.x))},
             "objective": best.objective,
             "objective_se": best.objective_se,
             "selected_by": selected_by,

@@ -208,6 +208,8 @@ class RandomSearcher(Searcher):
 class BayesSearcher(Searcher):
     """scikit-optimize ``Optimizer`` (GP base estimator, ``gp_hedge`` acquisition) on the box."""
 
+    EXCLUSION = 0.05  # a fallback point keeps this fraction of the box from every evaluated one
+
     def __init__(self, cfg: SearchConfig, space: SearchSpace | None = None, initial: list[Proposal] | None = None) -> None:
         super().__init__(cfg, space, initial)
         from skopt import Optimizer
@@ -274,8 +276,35 @@ class BayesSearcher(Searcher):
             x = self._clip(p.x)
             if self.is_new(x):
                 return Proposal(x, p.source)
+        nearby = self._best_new_by_model()
+        if nearby is not None:
+            log.info("Every acquisition proposed an evaluated point; taking the model's most promising new one")
+            return nearby
         log.info("Every acquisition proposed an evaluated point; exploring the least explored one instead")
         return Proposal(self.largest_gap(), "gap")
+
+    def _best_new_by_model(self) -> Proposal | None:
+        """The highest upper confidence bound (mean + 1.96σ) among points away from every evaluated one.
+
+        When the optimum sits on an evaluated point (often a corner: the newest checkpoint alone), every
+        acquisition proposes it again. The least explored point instead would spend the budget at the far
+        end of the box, where the model already expects the worst; the most promising point at least
+        ``EXCLUSION`` of the box away from what was seen refines where the model expects the best.
+        """
+        lo, hi = np.array(self.bounds).T
+        if self.space.dims == 1:
+            cands = np.linspace(lo[0], hi[0], 1001).reshape(-1, 1)
+        else:
+            cands = self._rng.uniform(lo, hi, size=(4000, len(lo)))
+        seen = np.array(self.xs + self.failed)
+        radius = np.maximum(self.min_distance, self.EXCLUSION * (hi - lo))
+        far = (np.abs(cands[:, None, :] - seen[None, :, :]) / radius).max(axis=2).min(axis=1) >= 1.0
+        if not far.any():
+            return None
+        cands = cands[far]
+        mean, std = self.opt.models[-1].predict(self.opt.space.transform(cands.tolist()), return_std=True)
+        upper = -np.asarray(mean) + 1.96 * np.asarray(std)  # skopt minimises: the objective is -mean
+        return Proposal(self._clip(cands[int(np.argmax(upper))]), "UCB-new")
 
     def next_point(self) -> Point | None:
         c = self._candidates() if self.opt.models else []

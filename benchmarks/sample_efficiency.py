@@ -1,0 +1,176 @@
+"""How many evaluations does each search space and searcher need to find (most of) its space's best gain?
+
+On a trajectory the project never searched on (``--traj-seed``, default 7) and a task built from text
+it never selects on (held-out docstrings and stdlib code, as in ``search_vs_grid.py``), for each space:
+
+1. a **dense sweep** of the space (``--dense`` points over its one coordinate, plus its warm-start
+   points), whose best gain over the newest checkpoint alone is the reference;
+2. each searcher (``bo``, ``random``) at ``--budget`` evaluations for each of ``--seeds``, started as
+   ``python src/main.py`` starts it (the pair at λ=α and λ=1, every other space warm-started);
+3. per run, the number of evaluations after which its best observed gain first reaches 90% and 99%
+   of the reference; the table shows the median over seeds (``>B`` when a run never got there within
+   its budget, which counts as B+1 in the median), and the best gain each searcher reached at the full
+   budget (median).
+
+Every evaluation is real (lm-eval on the merged resident model) and cached by weights, so a point two
+runs share (the warm start) is evaluated once. The simplex has no dense sweep (3 coordinates); its row
+uses the best gain any run or sweep found over the same checkpoints as the reference.
+
+    python benchmarks/sample_efficiency.py                       # ~25 min on 2 cores
+    python benchmarks/sample_efficiency.py --traj-seed 0 --spaces pair ema --seeds 0 1 2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from search_vs_grid import make_task  # noqa: E402
+
+
+class Objective:
+    """f(weights) on the resident model: real lm-eval evaluations, cached by weights, with the bootstrap
+    draws a search uses to tell its GP each point's noise."""
+
+    def __init__(self, session, resident, k: int) -> None:  # type: ignore[no-untyped-def]
+        self.session, self.resident, self.resident_k = session, resident, k
+        self.cache: dict[tuple[float, ...], tuple[float, object]] = {}
+        self.evaluations = 0
+
+    def evaluate(self, weights: list[float]) -> tuple[float, object]:
+        key = tuple(round(w, 9) for w in weights)
+        if key not in self.cache:
+            self.resident.apply(list(weights))
+            metrics, scores = self.session.evaluate_with_scores("dev")
+            draws = self.session.bootstrap.objective_draws(self.session.objective, scores)
+            self.cache[key] = (float(self.session.objective(metrics)), draws)
+            self.evaluations += 1
+        return self.cache[key]
+
+    def __call__(self, weights: list[float]) -> float:
+        return self.evaluate(weights)[0]
+
+
+def evaluations_to(gains: list[float], target: float) -> int | None:
+    """1-based number of evaluations after which the best gain so far reaches ``target``."""
+    best = float("-inf")
+    for i, g in enumerate(gains, 1):
+        best = max(best, g)
+        if best >= target - 1e-12:
+            return i
+    return None
+
+
+def run_searcher(cfg, k: int, space_name: str, kind: str, seed: int, f: Objective) -> list[float]:  # type: ignore[no-untyped-def]
+    """The objective of each evaluation, in order, of one search as src/main.py would run it."""
+    from ckptmerge.actions.setup import search_space
+    from ckptmerge.evaluation.uncertainty import relative_standard_errors
+    from ckptmerge.search.searchers import make_searcher
+
+    space, initial = search_space(cfg, k, space_name)
+    searcher = make_searcher(replace(cfg.search, kind=kind, seed=seed), space, initial)
+    ys, draws = [], []
+    for _ in range(cfg.search.budget):
+        p = searcher.ask()
+        y, d = f.evaluate([0.0] * (f.resident_k - k) + space.weights(p.x))
+        draws.append(d)
+        relative = relative_standard_errors(draws)  # as TrialLoop tells it: noise relative to the other trials
+        searcher.ses[:] = relative[:-1]
+        searcher.tell(p.x, y, relative[-1])
+        ys.append(y)
+    return ys
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--traj-seed", type=int, default=7, help="trajectory seed (the embedded default is 0)")
+    ap.add_argument("--last", type=int, default=4, help="checkpoints the families and the simplex cover")
+    ap.add_argument("--budget", type=int, default=8)
+    ap.add_argument("--dense", type=int, default=21, help="sweep points over a one-coordinate space")
+    ap.add_argument("--spaces", nargs="+", default=["pair", "ema", "window", "decay", "simplex"])
+    ap.add_argument("--searchers", nargs="+", default=["bo", "random"])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--json", type=Path, default=None, help="also write the raw runs here")
+    a = ap.parse_args()
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    import numpy as np
+
+    from ckptmerge.actions.evaluation import EvalSession
+    from ckptmerge.actions.setup import resolve_sources, search_space
+    from ckptmerge.config import config_from_dict
+    from ckptmerge.runtime import seed_everything
+    from ckptmerge.trajectory import TrajectorySpec, build_trajectory, default_cache_dir
+
+    spec = TrajectorySpec(**{**TrajectorySpec.default().__dict__, "seed": a.traj_seed})
+    traj = build_trajectory(spec, default_cache_dir())
+    work = Path(tempfile.mkdtemp(prefix="ckptmerge-sample-eff-"))
+    tasks = make_task(traj, work / "tasks")
+    ckpts = [str(c) for c in traj.checkpoints[-a.last:]]
+    cfg = config_from_dict({
+        "model": {"name": "local", "source": "local", "checkpoints": ckpts},
+        "eval": {"tasks": ["bench_unseen_bpb"], "include_path": str(tasks), "max_length": traj.max_length},
+        "search": {"budget": a.budget},
+        "registry": {"enabled": False},
+    })
+    seed_everything(0)
+    sources = resolve_sources(cfg, progress=False)
+    session, resident = EvalSession.with_resident(cfg, sources)
+    f = Objective(session, resident, len(ckpts))
+    newest = f([0.0] * (len(ckpts) - 1) + [1.0])
+    print(f"trajectory seed {a.traj_seed}, checkpoints {[Path(c).name for c in ckpts]}, objective "
+          f"{session.objective.describe()}; newest alone {newest:.5f}", flush=True)
+
+    t0 = time.perf_counter()
+    runs: dict[str, dict[str, list[list[float]]]] = {}
+    reference: dict[str, float] = {}
+    for name in a.spaces:
+        k = 2 if name == "pair" else len(ckpts)
+        space, initial = search_space(cfg, k, name)
+        pad = [0.0] * (len(ckpts) - k)
+        if space.dims == 1:
+            (lo, hi), = space.bounds()
+            points = [(float(x),) for x in np.linspace(lo, hi, a.dense)] + [p.x for p in (initial or [])]
+            reference[name] = max(f(pad + space.weights(x)) for x in points) - newest
+        runs[name] = {kind: [[y - newest for y in run_searcher(cfg, k, name, kind, s, f)] for s in a.seeds]
+                      for kind in a.searchers}
+        if space.dims != 1:  # no dense sweep: the best anything found on these checkpoints
+            reference[name] = max(max(g) for r in runs.values() for rs in r.values() for g in rs)
+            reference[name] = max(reference[name], max(v - newest for v, _ in f.cache.values()))
+        print(f"{name}: reference gain {reference[name]:+.5f} ({f.evaluations} evaluations so far, "
+              f"{time.perf_counter() - t0:.0f} s)", flush=True)
+
+    B = a.budget
+    print(f"\n| space | searcher | evals to 90% (median) | evals to 99% (median) | gain at {B} (median) | "
+          f"reference gain (dense) | per seed: evals to 90% / 99% |")
+    print("|---|---|---|---|---|---|---|")
+    for name in a.spaces:
+        ref = reference[name]
+        for kind in a.searchers:
+            per = []
+            for gains in runs[name][kind]:
+                hit90, hit99 = (evaluations_to(gains, q * ref) if ref > 0 else 1 for q in (0.9, 0.99))
+                per.append((hit90 or B + 1, hit99 or B + 1))
+            med = [statistics.median(x[i] for x in per) for i in (0, 1)]
+            shown = [f"{m:g}" if m <= B else f">{B}" for m in med]
+            at_budget = statistics.median(max(g) for g in runs[name][kind])
+            seeds = ", ".join(f"{x}/{y}".replace(str(B + 1), f">{B}") for x, y in per)
+            print(f"| {name} | {kind} | {shown[0]} | {shown[1]} | {at_budget:+.5f} | {ref:+.5f} | {seeds} |")
+    print(f"\n{f.evaluations} distinct evaluations in {time.perf_counter() - t0:.0f} s; work folder {work}")
+    if a.json:
+        a.json.write_text(json.dumps({"newest": newest, "reference": reference, "runs": runs}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

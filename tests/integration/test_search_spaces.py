@@ -1,0 +1,43 @@
+"""A search over an averaging family (search/space=decay) end to end: the space's checkpoints, its warm
+start, its coordinate and weights per trial, its GP plot, and the gain over the newest checkpoint."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import run_main
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_family_search_covers_the_newest_checkpoints_and_starts_from_the_baselines(tmp_path, traj_cache, tiny_trajectory):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    budget = 5
+    proc = run_main(["model.trajectory.preset=tiny", f"model.trajectory.cache_dir={traj_cache}", "search/space=decay",
+                     f"search.budget={budget}", "eval.limit=10", "registry.enabled=false", f"tracking.uri={uri}",
+                     f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    names = [c.name for c in tiny_trajectory.checkpoints][-4:]  # search.space.last=4; the tiny one has 3
+    assert list(result["weights"]) == names
+    trials = result["trials"]
+    # LAWA over the last 3 of 3 checkpoints is the uniform soup: evaluated once
+    assert [t["proposed_by"] for t in trials[:3]] == ["warm:newest", "warm:uniform", "warm:ema~"]
+    assert trials[0]["weights"] == {n: (1.0 if n == names[-1] else 0.0) for n in names}
+    assert all(t["lambda"] is None for t in trials)  # λ is the pair's; a family has its own coordinate
+    # the gain is measured against the newest alone, which the warm start evaluated first
+    assert result["baseline_objective"] == trials[0]["objective"]
+    assert result["gain"]["value"] == pytest.approx(result["objective"] - trials[0]["objective"], abs=1e-9)
+    client = MlflowClient(uri)
+    runs = client.search_runs([result["mlflow"]["experiment_id"]],
+                              f"tags.mlflow.parentRunId = '{result['mlflow']['run_id']}'")
+    assert len(runs) == budget
+    for r in runs:
+        shape = float(r.data.params["shape"])
+        assert 0 <= shape <= 1 and "lambda" not in r.data.params
+        assert sum(float(r.data.params[f"weight.{n}"]) for n in names) == pytest.approx(1)
+    last = max(runs, key=lambda r: int(r.data.params["trial"]))
+    assert "gp_posterior.png" in {a.path for a in client.list_artifacts(last.info.run_id)}
+    assert "gp.mean_at_shape" in last.data.metrics
