@@ -25,6 +25,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run from a checkout without installing
 
+from ckptmerge.progress import quiet_unless_interactive  # noqa: E402
+
+quiet_unless_interactive()  # in a log: one line per trial, not lm-eval's per-request bars (tqdm reads it on import)
+
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402

@@ -135,7 +135,9 @@ class TrialLoop:
         """Evaluate trials until ``budget`` (replayed trials count)."""
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=budget, initial=min(len(self.trials), budget), desc=desc, unit="trial")
+        from ckptmerge.progress import interactive
+
+        bar = tqdm(total=budget, initial=min(len(self.trials), budget), desc=desc, unit="trial", disable=not interactive())
         for index in range(len(self.trials), budget):
             try:
                 proposal = self.searcher.ask()
@@ -144,6 +146,7 @@ class TrialLoop:
                 log.warning("Search %s", self.stopped_reason)
                 break
             self._record(self._trial(index, proposal))
+            self._log_line(self.trials[-1], budget, desc)
             if self.best is not None:
                 self.tracker.log_metrics({names.METRIC_BEST_OBJECTIVE: self.best.objective}, step=index,
                                          run_id=self.best_metric_run_id)
@@ -152,6 +155,18 @@ class TrialLoop:
             bar.update(1)
         bar.close()
         return self.trials
+
+    def _log_line(self, trial: Trial, budget: int, desc: str) -> None:
+        """One line per trial (what a log keeps of the progress bar)."""
+        point = self.space.describe(trial.x)
+        if trial.objective is None:
+            log.info("%s: trial %d/%d (%s, %s) failed in %.1f s", desc, trial.index + 1, budget, point, trial.source,
+                     trial.seconds)
+            return
+        se = f" ± {trial.objective_se:.5f}" if trial.objective_se is not None else ""
+        best = self.best.objective if self.best is not None else trial.objective
+        log.info("%s: trial %d/%d (%s, %s) objective %.5f%s, best %.5f, %.1f s", desc, trial.index + 1, budget, point,
+                 trial.source, trial.objective, se, best, trial.seconds)
 
     def _trial(self, index: int, prop: Proposal) -> Trial:
         tracker, session, resident, searcher = self.tracker, self.session, self.resident, self.searcher

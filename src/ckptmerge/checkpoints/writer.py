@@ -160,6 +160,8 @@ def write_merged(
     """
     from tqdm.auto import tqdm
 
+    from ckptmerge.progress import interactive
+
     meta = _check_sources(sources, weights)
     dtypes = {k: (out_dtype if (out_dtype is not None and m.dtype.is_floating_point) else m.dtype) for k, m in meta.items()}
     expected = {k: TensorMeta(m.shape, dtypes[k]) for k, m in meta.items()}
@@ -167,7 +169,7 @@ def write_merged(
     total = sum(p.nbytes for s in shards for p in s.tensors)
     with atomic_folder(target, overwrite=overwrite, owner=owner) as tmp:
         check_space(tmp, sum(s.size for s in shards))
-        bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="merge", disable=not progress)
+        bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="merge", disable=not progress or not interactive())
         try:
             result = MergeStream(sources, weights, merge_fn, shards, tmp, chunk_elems=chunk_elems,
                                  prefetch_bytes=prefetch_bytes, write_bytes=write_bytes, progress=bar).run(threads)

@@ -170,10 +170,37 @@ def make_lm(model: Any, tokenizer: Any, batch_size: int, max_length: int | None,
     """
     from lm_eval.models.huggingface import HFLM
 
+    from ckptmerge.progress import interactive
+
+    if not interactive():
+        HFLM = _without_bars(HFLM)  # noqa: N806
     if world_size == 1:
         return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length, device=device)
     return _data_parallel_lm(HFLM)(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length,
                                    device=device, rank=rank, world_size=world_size)
+
+
+def _without_bars(base: type) -> type:
+    """HFLM that never draws its per-request bars (a log would keep every redraw as a line).
+
+    lm-eval passes ``disable_tqdm=False`` explicitly on some paths (rolling log-likelihoods), so the
+    environment's TQDM_DISABLE does not reach those bars; each request entry point is told instead.
+    """
+
+    class QuietHFLM(base):  # type: ignore[misc, valid-type]
+        def loglikelihood(self, requests: Any, disable_tqdm: bool = False) -> Any:
+            return super().loglikelihood(requests, disable_tqdm=True)
+
+        def loglikelihood_rolling(self, requests: Any, disable_tqdm: bool = False) -> Any:
+            return super().loglikelihood_rolling(requests, disable_tqdm=True)
+
+        def generate_until(self, requests: Any, disable_tqdm: bool = False) -> Any:
+            return super().generate_until(requests, disable_tqdm=True)
+
+        def _loglikelihood_tokens(self, requests: Any, disable_tqdm: bool = False, override_bs: int | None = None) -> Any:
+            return super()._loglikelihood_tokens(requests, disable_tqdm=True, override_bs=override_bs)
+
+    return QuietHFLM
 
 
 def _data_parallel_lm(base: type) -> type:

@@ -19,6 +19,8 @@ from tqdm.auto import tqdm
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
 
+from ckptmerge.progress import interactive
+
 from .tokenizer import save_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -150,7 +152,7 @@ def pretrain(
     saved: list[SavedCheckpoint] = []
     interval_losses: list[float] = []
     started = time.perf_counter()
-    bar = tqdm(range(1, settings.steps + 1), desc="pretraining", unit="step", disable=not progress)
+    bar = tqdm(range(1, settings.steps + 1), desc="pretraining", unit="step", disable=not progress or not interactive())
     for step in bar:
         batch = next(batches)
         loss = model(input_ids=batch, labels=batch).loss
