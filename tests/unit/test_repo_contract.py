@@ -22,3 +22,19 @@ def test_ci_runs_the_readme_test_command():
     ci = (REPO / ".ci" / "run").read_text()
     test_cmd = _readme_commands()[1]
     assert test_cmd in ci.splitlines()
+
+
+def test_the_ckptmerge_command_is_python_src_main_py(tmp_path):
+    """The console script runs the same entry point: same config, same one-line errors, same exit status."""
+    import subprocess
+    import sys
+
+    script = Path(sys.executable).parent / "ckptmerge"
+    assert script.exists(), "pip install -e . installs the ckptmerge command"
+    bad = ["search.budget=1", f"hydra.run.dir={tmp_path / 'run'}"]  # refused while the config is validated
+    via_script = subprocess.run([str(script), *bad], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    via_main = subprocess.run([sys.executable, str(REPO / "src" / "main.py"), *bad], capture_output=True, text=True,
+                              cwd=tmp_path, timeout=300)
+    assert via_script.returncode == via_main.returncode == 2
+    assert via_script.stderr.strip().splitlines()[-1] == via_main.stderr.strip().splitlines()[-1]
+    assert "search.budget must be an integer >= 2" in via_script.stderr
