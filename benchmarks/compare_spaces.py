@@ -53,6 +53,8 @@ def main() -> None:
     ap.add_argument("--traj-seed", type=int, default=7)
     ap.add_argument("--budget", type=int, default=8)
     ap.add_argument("--test-margin", type=float, default=0.001, help="bits per byte")
+    ap.add_argument("--limit", type=int, default=None, help="eval.limit: a seeded sample of each task's documents")
+    ap.add_argument("--methods", default="newest,uniform,lawa,ema,greedy,fisher,regmean,bo,bo_simplex,bo_ema,bo_window,bo_decay")
     ap.add_argument("--work", type=Path, default=None)
     a = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -66,7 +68,8 @@ def main() -> None:
     run_dir = work / "run"
     cmd = [sys.executable, str(REPO / "src" / "main.py"), "action=compare", f"model.trajectory.seed={a.traj_seed}",
            f"search.budget={a.budget}", "eval.tasks=[unseen_dev_bpb]", "eval.test_tasks=[unseen_test_bpb]",
-           f"eval.include_path={tasks}", f"tracking.uri=sqlite:///{work / 'mlflow.db'}", "tracking.log_plots=false",
+           f"eval.include_path={tasks}", f"compare.methods=[{a.methods}]",
+           *([f"eval.limit={a.limit}"] if a.limit else []), f"tracking.uri=sqlite:///{work / 'mlflow.db'}", "tracking.log_plots=false",
            f"hydra.run.dir={run_dir}"]
     print("$ " + " ".join(cmd[1:]), flush=True)
     proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
