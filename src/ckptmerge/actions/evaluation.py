@@ -10,10 +10,11 @@ import torch
 from ckptmerge.actions.setup import Sources
 from ckptmerge.checkpoints.resident import ResidentModel
 from ckptmerge.config import Config
-from ckptmerge.errors import CheckpointError
+from ckptmerge.errors import CheckpointError, ConfigError
 from ckptmerge.evaluation import TaskSuite, build_objective, make_lm
 from ckptmerge.evaluation.doc_scores import DocScores
 from ckptmerge.evaluation.uncertainty import Bootstrap, Gain, gains_by_metric
+from ckptmerge.merge import searchable
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,11 @@ class EvalSession:
                                                         deepspeed_config_path=cfg.runtime.deepspeed_config)
         else:
             resident = ResidentModel(sources.cset, device=cfg.runtime.device, dtype=cfg.runtime.dtype)
+        if cfg.merge.method != "linear":  # trials evaluate the merge that will be written, not a linear one
+            if cfg.runtime.backend == "deepspeed":
+                raise ConfigError(f"merge.method={cfg.merge.method} needs whole tensors; under runtime=deepspeed only "
+                                  "linear merges run on the partitions")
+            resident.merge_fn = searchable(cfg.merge.method).fn
         session.bind(resident)
         return session, resident
 

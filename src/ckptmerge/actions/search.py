@@ -28,7 +28,7 @@ from ckptmerge.checkpoints.writer import check_space, merged_size
 from ckptmerge.config import Config, parse_size
 from ckptmerge.errors import EvaluationError
 from ckptmerge.evaluation.doc_scores import scores_json
-from ckptmerge.merge import get_method
+from ckptmerge.merge import searchable
 from ckptmerge.runtime import seed_everything
 from ckptmerge.search.searchers import Searcher, make_searcher
 from ckptmerge.tracking import names, resume, search_lock
@@ -63,7 +63,7 @@ class SearchRun:
     def _run(self) -> dict[str, Any]:
         cfg = self.cfg
         seed_everything(cfg.search.seed, cfg.runtime.threads)
-        get_method(cfg.merge.method)  # unknown names fail before anything expensive
+        searchable(cfg.merge.method)  # unknown names, or a method trials cannot run, fail before anything expensive
         parse_size(cfg.merge.shard_size, "merge.shard_size")
         # An output folder that an earlier search wrote may be that search's own, to be resumed; which
         # search is known once the parent run is, so its folder is checked again then.

@@ -151,11 +151,20 @@ class ResidentModel:
             raise CheckpointError("no checkpoint tensor matches the model's parameters")
         return targets
 
+    # merge.method when it is not linear: trials merge with the function the result is written with
+    merge_fn: Callable[..., torch.Tensor] | None = None
+
     @torch.no_grad()
     def apply(self, weights: Sequence[float]) -> None:
-        """Overwrite the parameters with the merge ``Σ wᵢ·θᵢ`` (fp32 arithmetic, cast back)."""
+        """Overwrite the parameters with the merge ``Σ wᵢ·θᵢ`` (fp32 arithmetic, cast back), or with
+        ``merge_fn(sources, weights, dtype)`` per parameter when another merge method was chosen."""
         if len(weights) != len(self.cset):
             raise ValueError(f"{len(weights)} weights for {len(self.cset)} checkpoints")
+        if self.merge_fn is not None:
+            fn, ws = self.merge_fn, [float(w) for w in weights]
+            self.apply_fn(lambda key, srcs: fn(srcs, ws, srcs[-1].dtype))
+            self.weights = tuple(ws)
+            return
         # Thread count as for the streaming writer (see stream.default_threads: many small ops).
         with torch_threads(self._merge_threads()):
             for _, dest, srcs in self._targets:
