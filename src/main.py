@@ -73,36 +73,17 @@ def _run(cfg_dict: dict, run_dir: Path, cwd: Path, config_yaml: str) -> dict:
 
 
 def _run_action(cfg, run_dir: Path, cwd: Path, config_yaml: str) -> dict:  # type: ignore[no-untyped-def]
-    if cfg.action == "search":
-        from ckptmerge.actions.search import SearchRun
+    """The action from the registry; its result, with the fields every action shares, as ``result.json``."""
+    from ckptmerge.actions.registry import ACTIONS, ActionContext
+    from ckptmerge.tracking.secrets import redact_data
 
-        result = SearchRun(cfg, run_dir, cwd, config_yaml).run()
-        from ckptmerge.report import print_search_summary
-        from ckptmerge.tracking.secrets import redact_data
-
-        result = redact_data(result)  # the tracking URI's password, a token in a path: not in the run folder
-        (run_dir / "result.json").write_text(json.dumps(result, indent=2))
-        print_search_summary(result, run_dir)
-        return result
-    if cfg.action == "merge":
-        from ckptmerge.actions.merge import run_merge
-
-        return run_merge(cfg)
-    if cfg.action == "pilot":
-        from ckptmerge.actions.pilot import run_pilot
-
-        return run_pilot(cfg, run_dir, cwd, config_yaml)
-    if cfg.action == "compare":
-        from ckptmerge.actions.compare import run_compare
-
-        return run_compare(cfg, run_dir, cwd, config_yaml)
-    if cfg.action == "promote":
-        from ckptmerge.actions.promote import run_promote
-
-        return run_promote(cfg, run_dir, cwd, config_yaml)
-    from ckptmerge.errors import ConfigError
-
-    raise ConfigError(f"action={cfg.action} is not available in this version yet")
+    result = ACTIONS.get(cfg.action).load()(cfg, ActionContext(run_dir, cwd, config_yaml))
+    shared = {"action": cfg.action, "mlflow": None, "output_dir": None, "registered_model": None}
+    # the tracking URI's password, a token in a path: never in the run folder
+    result = redact_data(json.loads(json.dumps({**shared, **result}, default=str)))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "result.json").write_text(json.dumps(result, indent=2))
+    return result
 
 
 def _launcher_argv(argv: list[str]) -> list[str]:

@@ -15,13 +15,10 @@ from typing import Any, Mapping
 from ckptmerge.errors import ConfigError
 from ckptmerge.registry import did_you_mean  # noqa: F401  - re-exported: older imports take it from here
 
-ACTIONS = ("search", "merge", "pilot", "compare", "promote")
 MODEL_SOURCES = ("embedded", "local", "hub")
 DEVICES = ("cpu", "cuda", "auto")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 BACKENDS = ("single", "deepspeed")
-# Actions that evaluate a resident model across DeepSpeed ranks; merge and promote need no model.
-DEEPSPEED_ACTIONS = ("search", "merge", "promote")
 TRAJECTORY_PRESETS = ("default", "tiny")
 # model.order: check that known training steps increase oldest → newest, or take the order as given.
 MODEL_ORDERS = ("check", "given")
@@ -402,15 +399,18 @@ class Config:
     compare: CompareConfig = field(default_factory=CompareConfig)
 
     def __post_init__(self) -> None:
-        _choice("action", self.action, ACTIONS)
+        from ckptmerge.actions.registry import ACTIONS
+
+        action = ACTIONS.get(self.action)  # an unknown action names the key, with a suggestion
         if self.action == "merge":
             if self.merge.weights is None:
                 raise ConfigError("action=merge needs merge.weights=[w1,...,wk]")
             if not self.merge.output_dir:
                 raise ConfigError("action=merge needs merge.output_dir=DIR")
-        if self.runtime.backend == "deepspeed" and self.action not in DEEPSPEED_ACTIONS:
+        if self.runtime.backend == "deepspeed" and not action.deepspeed:
+            supported = ", ".join(n for n in ACTIONS if ACTIONS.get(n).deepspeed)
             raise ConfigError(f"action={self.action} does not run under runtime=deepspeed (it supports "
-                              f"{', '.join(DEEPSPEED_ACTIONS)}); use runtime=cpu or runtime=cuda")
+                              f"{supported}); use runtime=cpu or runtime=cuda")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (tuples as lists), e.g. for logging the resolved config."""

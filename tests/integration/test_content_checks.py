@@ -5,6 +5,8 @@ nothing written; each case was measured to run a pointless or wrong search (or a
 """
 from __future__ import annotations
 
+import json
+
 import os
 import shutil
 
@@ -124,6 +126,11 @@ def test_newest_first_names_the_override(tmp_path, tiny_trajectory):
     older, newer = load_file(str(b / "model.safetensors")), load_file(str(a / "model.safetensors"))
     # the given order: b is the "oldest" with weight 0.25
     assert torch.allclose(merged[NAN_KEY], 0.25 * older[NAN_KEY] + 0.75 * newer[NAN_KEY])
+    # every action writes result.json with the fields all actions share
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["action"] == "merge" and result["output_dir"] == str(tmp_path / "given")
+    assert result["mlflow"] is None and result["registered_model"] is None
+    assert result["weights"] == {b.name: 0.25, a.name: 0.75}
 
 
 def test_merge_allow_nonfinite_writes_the_nan_merge(tmp_path, tiny_trajectory):

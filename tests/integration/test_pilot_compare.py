@@ -30,6 +30,8 @@ def test_pilot_evaluates_singles_and_pairs(tmp_path, traj_cache, tiny_trajectory
     assert len([k for k in run.data.metrics if k.startswith("single.")]) == n
     assert {"pilot_heatmap.png", "pilot.md", "pilot.csv"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
     assert "gain" in proc.stdout and "adjacent" in proc.stdout
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["action"] == "pilot" and len(result["singles"]) == n and result["registered_model"] is None
 
 
 def test_compare_runs_every_method_on_the_same_budget_and_registers_the_best(tmp_path, traj_cache, tiny_trajectory):
@@ -42,6 +44,8 @@ def test_compare_runs_every_method_on_the_same_budget_and_registers_the_best(tmp
                      "eval.limit=10", f"tracking.uri={uri}", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads((tmp_path / "run" / "compare.json").read_text())
+    result = json.loads((tmp_path / "run" / "result.json").read_text())  # every action writes one
+    assert result["action"] == "compare" and all(result[k] == v for k, v in out.items())
     by = {m["method"]: m for m in out["methods"]}
     assert list(by) == methods
     k = len(tiny_trajectory.checkpoints)  # compare.last=4 > 3 checkpoints: all of them

@@ -38,3 +38,16 @@ def test_the_ckptmerge_command_is_python_src_main_py(tmp_path):
     assert via_script.returncode == via_main.returncode == 2
     assert via_script.stderr.strip().splitlines()[-1] == via_main.stderr.strip().splitlines()[-1]
     assert "search.budget must be an integer >= 2" in via_script.stderr
+
+
+def test_mlproject_has_an_entry_point_for_every_action():
+    """The actions are one registry; MLproject is the one other place that lists them."""
+    import re
+
+    import yaml
+
+    from ckptmerge.actions.registry import ACTIONS
+
+    entry_points = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]
+    actions = {m.group(1) for ep in entry_points.values() for m in [re.search(r"action=(\w+)", ep["command"])] if m}
+    assert actions == set(ACTIONS)

@@ -363,3 +363,8 @@ def run_compare(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") ->
         console.print(f"best: {won.method}, dev gain over newest {gain_text(won.gain.as_json())}")
     console.print(f"tables and chart: {run_dir}/compare.{{md,csv,png}}; MLflow run {parent}")
     return out
+
+
+def run(cfg: Config, context: Any) -> dict[str, Any]:
+    """``action=compare``."""
+    return run_compare(cfg, context.run_dir, context.cwd, context.config_yaml)

@@ -47,3 +47,8 @@ def run_merge(cfg: Config) -> dict[str, Any]:
           f"({stats.tensors} tensors, {stats.bytes_written / 1e9:.2f} GB in {stats.seconds:.1f} s, {rate:.2f} GB/s)")
     return {"weights": named, "output_dir": str(target), "tensors": stats.tensors,
             "bytes": stats.bytes_written, "seconds": stats.seconds}
+
+
+def run(cfg: Config, context: Any = None) -> dict[str, Any]:
+    """``action=merge``."""
+    return run_merge(cfg)

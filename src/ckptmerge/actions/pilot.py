@@ -117,3 +117,8 @@ def _markdown(labels: list[str], singles: list[float], rows: list[dict], lam: fl
     out += [f"| {r['older']} | {r['newer']} | {'yes' if r['adjacent'] else ''} | {r['objective']:.5f} | "
             f"{r['newer_objective']:.5f} | {r['gain']:+.5f} |" for r in rows]
     return "\n".join(out) + "\n"
+
+
+def run(cfg: Config, context: Any) -> dict[str, Any]:
+    """``action=pilot``."""
+    return run_pilot(cfg, context.run_dir, context.cwd, context.config_yaml)

@@ -293,9 +293,7 @@ def run_promote(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") ->
                    Verdict(UNCHANGED, f"candidate v{candidate.version} is already {reg.champion_alias}; nothing evaluated"))
         outcome = _record(cfg, tracker, judge, candidate, champion, verdict, tasks)
     outcome["mlflow"] = {"tracking_uri": tracker.display_uri, "experiment_id": tracker.experiment_id, "run_id": run_id}
-    outcome = redact_data(outcome)  # no password or token in the run folder
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "result.json").write_text(json.dumps(outcome, indent=2))
+    outcome = redact_data(outcome)  # no password or token in what is printed (main writes it as result.json)
     _print_summary(outcome)
     return outcome
 
@@ -441,3 +439,8 @@ def _print_summary(o: dict[str, Any]) -> None:
                KEPT: "champion kept", UNCHANGED: "candidate is already champion"}[o["decision"]]
     print(f"decision: {o['decision']} ({verdict}); {o['new_champion']['model_uri']} = v{o['new_champion']['version']}")
     print(f"MLflow run {o['mlflow']['run_id']} (experiment {o['mlflow']['experiment_id']})")
+
+
+def run(cfg: Config, context: Any) -> dict[str, Any]:
+    """``action=promote``."""
+    return run_promote(cfg, context.run_dir, context.cwd, context.config_yaml)

@@ -243,3 +243,13 @@ class SearchRun:
                 {"sources": ",".join(c.ref.text for c in cset.checkpoints), **gain_tags}, folder=self.output_dir)
         tracker.log_text(None, json.dumps(result, indent=2), names.ARTIFACT_RESULT)
         return result
+
+
+def run(cfg: Config, context: Any) -> dict[str, Any]:
+    """``action=search``: the search, then its summary on stdout."""
+    from ckptmerge.report import print_search_summary
+    from ckptmerge.tracking.secrets import redact_data
+
+    result = redact_data(SearchRun(cfg, context.run_dir, context.cwd, context.config_yaml).run())
+    print_search_summary(result, context.run_dir)
+    return result
