@@ -19,6 +19,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 # Keep third-party start-up quiet and offline-safe before they are imported.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -72,7 +73,7 @@ def _run(cfg_dict: dict, run_dir: Path, cwd: Path, config_yaml: str) -> dict:
         distributed.shutdown()
 
 
-def _run_action(cfg, run_dir: Path, cwd: Path, config_yaml: str) -> dict:  # type: ignore[no-untyped-def]
+def _run_action(cfg: Any, run_dir: Path, cwd: Path, config_yaml: str) -> dict:
     """The action from the registry; its result, with the fields every action shares, as ``result.json``."""
     from ckptmerge.actions.registry import ACTIONS, ActionContext
     from ckptmerge.tracking.secrets import redact_data
@@ -135,7 +136,7 @@ class _RedactingStream:
     ``print`` writes each argument whole, so a URI is never split across two writes.
     """
 
-    def __init__(self, stream) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, stream: Any) -> None:
         self._stream = stream
         self.at_line_start = True  # False after a progress bar's "\r...": the next line needs a "\n" first
 
@@ -145,11 +146,11 @@ class _RedactingStream:
             s = redact(s)
         return self._stream.write(s)
 
-    def writelines(self, lines) -> None:  # type: ignore[no-untyped-def]
+    def writelines(self, lines: Any) -> None:
         for line in lines:
             self.write(line)
 
-    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+    def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)  # isatty, fileno, flush, encoding, ... of the real stream
 
 
@@ -235,7 +236,7 @@ def main(cfg: DictConfig) -> None:
         cfg_dict = _to_dict(cfg)
         _action = str(cfg_dict.get("action", _action))
         _warn_credentials(cfg_dict)
-        _run(cfg_dict, run_dir, cwd, OmegaConf.to_yaml(cfg, resolve=True))  # type: ignore[arg-type]
+        _run(cfg_dict, run_dir, cwd, OmegaConf.to_yaml(cfg, resolve=True))
     except CkptMergeError as e:
         log.debug("user error", exc_info=True)
         _error_line(str(e))

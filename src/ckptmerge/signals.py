@@ -102,4 +102,4 @@ class HoldingStops:
             with holding():
                 return attr(*args, **kwargs)
 
-        return call  # type: ignore[no-any-return]
+        return call

@@ -105,7 +105,8 @@ class Comparison:
         return self._texts
 
     def _max_length(self) -> int:
-        return int(self.session.sources.max_length or getattr(self.resident.model.config, "max_position_embeddings", 512))
+        configured = getattr(self.resident.model.config, "max_position_embeddings", None)
+        return int(self.session.sources.max_length or configured or 512)
 
     def _per_checkpoint(self, statistic: Callable[..., dict], tokens: int) -> list[dict]:
         """``statistic(model, tokenizer, texts, tokens, max_length)`` of each checkpoint, loaded in turn."""

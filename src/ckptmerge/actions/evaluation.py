@@ -128,7 +128,7 @@ class EvalSession:
             tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust)
         except (OSError, ValueError) as e:
             raise CheckpointError(f"the written merge in {folder} does not load: {str(e).splitlines()[0]}") from None
-        model.to(self._resident.device).eval()
+        model.to(self._resident.device).eval()  # type: ignore[arg-type]  # transformers' wrapped .to() stub
         return model, tok, self._make_lm(model, tok, self._resident.device)
 
     @torch.no_grad()

@@ -203,7 +203,7 @@ def load_registered(name: str, version: str, tracking_uri: str, device: str, dty
             raise CheckpointError(f"models:/{name}/{version} does not load: {str(e).splitlines()[0][:300]}") from None
     if device == "cpu" and dtype == "auto" and model.dtype in (torch.float16, torch.bfloat16):
         model = model.float()  # half precision is slow and lossy on a CPU
-    return model.to(device).eval(), tok
+    return model.to(device).eval(), tok  # type: ignore[arg-type]  # transformers' wrapped .to() stub
 
 
 def _device(name: str) -> str:

@@ -35,7 +35,7 @@ class Action:
 
     def load(self) -> Callable[..., dict[str, Any]]:
         module, _, function = self.target.partition(":")
-        return getattr(importlib.import_module(module), function)  # type: ignore[no-any-return]
+        return getattr(importlib.import_module(module), function)
 
 
 ACTIONS: Registry[Action] = Registry("action", "action")

@@ -147,7 +147,7 @@ class TrialLoop:
                 break
             self._record(self._trial(index, proposal))
             self._log_line(self.trials[-1], budget, desc)
-            if self.best is not None:
+            if self.best is not None and self.best.objective is not None:
                 self.tracker.log_metrics({names.METRIC_BEST_OBJECTIVE: self.best.objective}, step=index,
                                          run_id=self.best_metric_run_id)
                 bar.set_postfix(best_newest_weight=f"{list(self.best.weights.values())[-1]:.3f}",

@@ -24,6 +24,7 @@ import logging
 import math
 import re
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -209,7 +210,7 @@ def check_tokenizers(cset: CheckpointSet, required: bool = True) -> None:
 
 
 # -- the streamed pass -------------------------------------------------------------------------
-def _chunks(c: Checkpoint, key: str):  # type: ignore[no-untyped-def]
+def _chunks(c: Checkpoint, key: str) -> Iterator[torch.Tensor]:
     flat = c.reader.get(key).reshape(-1)
     for s in range(0, flat.numel(), CHUNK_ELEMS):
         yield flat[s:s + CHUNK_ELEMS]

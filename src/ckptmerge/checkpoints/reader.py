@@ -123,7 +123,7 @@ class CheckpointReader:
                 raise CheckpointError(f"{self.folder}: index names tensor {missing[0]} that no shard holds")
 
     def _add_safetensors_entry(self, file: Path, key: str, info: dict, data_start: int) -> None:
-        dtype = _ST_DTYPES.get(info.get("dtype"))
+        dtype = _ST_DTYPES.get(str(info.get("dtype")))
         if dtype is None:
             raise CheckpointError(f"{file}: tensor {key} has unsupported dtype {info.get('dtype')}")
         meta = TensorMeta(tuple(int(d) for d in info["shape"]), dtype)

@@ -90,7 +90,7 @@ def unique_names(refs: list[CheckpointRef]) -> list[str]:
         return names
     out = []
     for r in refs:
-        parent = r.repo.split("/")[-1] if r.is_hub else (r.path.parent.name if r.path else "")
+        parent = (r.repo or "").split("/")[-1] if r.is_hub else (r.path.parent.name if r.path else "")
         out.append(f"{parent}-{r.name}" if parent else r.name)
     if len(set(out)) != len(out):
         out = [f"{i}-{n}" for i, n in enumerate(out)]
@@ -115,6 +115,7 @@ def _snapshot(ref: CheckpointRef) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
+    assert ref.repo is not None, "a hub reference names its repo"
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
     log.info("Resolving %s@%s from the hub cache%s", ref.repo, ref.revision, " (offline)" if offline else "")
     try:

@@ -93,7 +93,7 @@ class ResidentModel:
             self.tokenizer = AutoTokenizer.from_pretrained(newest.folder, trust_remote_code=cset.trust_remote_code)
         except (OSError, ValueError) as e:
             raise CheckpointError(f"cannot load checkpoint {newest.ref.text}: {str(e).splitlines()[0]}") from None
-        self.model.to(self.device).eval()
+        self.model.to(self.device).eval()  # type: ignore[arg-type]  # transformers' wrapped .to() stub
         self.weights: tuple[float, ...] = tuple(0.0 for _ in cset.checkpoints[:-1]) + (1.0,)
         self._device_full = False
         self._targets = self._map_sources()

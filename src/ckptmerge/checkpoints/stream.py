@@ -310,8 +310,8 @@ class MergeStream:
                     item = self._get(self.inq)
                     if item is _DONE:
                         break
-                    p, s, e, parts, n = item
-                    out = self._merge_unit(p, s, e, parts)
+                    p, s, end, parts, n = item
+                    out = self._merge_unit(p, s, end, parts)
                     if not self.write_budget.acquire(out.numel() * out.element_size()):
                         break
                     # The writer drops the sources' pages (and returns their budget) once the result is

@@ -118,14 +118,14 @@ class TaskSuite:
         tasks = self._task_dict["tasks"]
         if name in tasks:
             task = tasks[name]
-            hib = dict(task.higher_is_better())
+            hib: dict[str, bool] = dict(task.higher_is_better())
             metrics = tuple(m["metric"] for m in (task.config.metric_list or []) if isinstance(m.get("metric"), str))
             metrics = metrics or tuple(hib)
             split = "test" if task.has_test_docs() else ("validation" if task.has_validation_docs() else "train")
             return TaskInfo(name=name, metrics=metrics, higher_is_better=hib, split=split)
         # A group or tag: the objective uses its aggregate; splits are those of its children.
         children = [t for t in tasks.values()]
-        hib: dict[str, bool] = {}
+        hib = {}
         for t in children:
             hib.update(t.higher_is_better())
         split = "test" if any(t.has_test_docs() for t in children) else "validation"
@@ -187,7 +187,7 @@ def _without_bars(base: type) -> type:
     environment's TQDM_DISABLE does not reach those bars; each request entry point is told instead.
     """
 
-    class QuietHFLM(base):  # type: ignore[misc, valid-type]
+    class QuietHFLM(base):
         def loglikelihood(self, requests: Any, disable_tqdm: bool = False) -> Any:
             return super().loglikelihood(requests, disable_tqdm=True)
 
@@ -213,7 +213,7 @@ def _data_parallel_lm(base: type) -> type:
     import torch
     import torch.distributed as dist
 
-    class DataParallelHFLM(base):  # type: ignore[misc, valid-type]
+    class DataParallelHFLM(base):
         def __init__(self, *, rank: int, world_size: int, **kwargs: Any) -> None:
             super().__init__(logits_cache=False, **kwargs)
             self._rank, self._world_size = rank, world_size

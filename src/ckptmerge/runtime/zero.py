@@ -117,7 +117,7 @@ class ZeroResidentModel(ResidentModel):
         import torch.distributed as dist
 
         meta = self.cset.meta()
-        params = dict(self.model.named_parameters())
+        params: dict[str, Any] = dict(self.model.named_parameters())  # ZeRO adds ds_* attributes at run time
         buffers = dict(self.model.named_buffers())
         shapes = {n: tuple(p.ds_shape) for n, p in params.items()}
         shapes.update({n: tuple(b.shape) for n, b in buffers.items()})
@@ -159,7 +159,8 @@ class ZeroResidentModel(ResidentModel):
         """Drop any parameter still gathered whole, so the next forward gathers the new partitions."""
         from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
 
-        stale = [p for p in self.model.parameters() if p.ds_status == ZeroParamStatus.AVAILABLE]
+        params: list[Any] = list(self.model.parameters())  # ZeRO adds ds_status, partition() at run time
+        stale = [p for p in params if p.ds_status == ZeroParamStatus.AVAILABLE]
         if stale:
             stale[0].partition(param_list=stale, has_been_updated=False)
 

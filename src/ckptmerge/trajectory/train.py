@@ -77,7 +77,7 @@ def make_config(shape: ModelShape, tokenizer: PreTrainedTokenizerFast) -> GPTNeo
         intermediate_size=4 * shape.hidden_size,
         # Rotary positions have no learned table; this is the longest context lm-eval may feed.
         max_position_embeddings=shape.seq_len,
-        rotary_pct=0.25,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25},
         use_parallel_residual=True,
         tie_word_embeddings=False,
         hidden_dropout=0.0,
