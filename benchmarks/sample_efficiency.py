@@ -72,13 +72,22 @@ def evaluations_to(gains: list[float], target: float) -> int | None:
     return None
 
 
+def for_space(cfg, name: str):  # type: ignore[no-untyped-def]
+    """``cfg`` with ``search/space=name``; ``pair-warm`` is the pair started from the baselines (λ=1, λ=½)
+    instead of the paper's λ=α, λ=1."""
+    space = {"name": "pair", "last": 2, "warm_start": True} if name == "pair-warm" else {
+        "name": name, "last": 2 if name == "pair" else cfg.search.space.last, "warm_start": name != "pair"}
+    return replace(cfg, search=replace(cfg.search, space=type(cfg.search.space)(**space)))
+
+
 def run_searcher(cfg, k: int, space_name: str, kind: str, seed: int, f: Objective) -> list[float]:  # type: ignore[no-untyped-def]
     """The objective of each evaluation, in order, of one search as src/main.py would run it."""
     from ckptmerge.actions.setup import search_space
     from ckptmerge.evaluation.uncertainty import relative_standard_errors
     from ckptmerge.search.searchers import make_searcher
 
-    space, initial = search_space(cfg, k, space_name)
+    cfg = for_space(cfg, space_name)
+    space, initial = search_space(cfg, k, cfg.search.space.name)
     searcher = make_searcher(replace(cfg.search, kind=kind, seed=seed), space, initial)
     ys, draws = [], []
     for _ in range(cfg.search.budget):
@@ -124,7 +133,7 @@ def main() -> None:
         "model": {"name": "local", "source": "local", "checkpoints": ckpts},
         "eval": {"tasks": ["bench_unseen_bpb"], "include_path": str(tasks), "max_length": traj.max_length,
                  "limit": a.limit},
-        "search": {"budget": a.budget},
+        "search": {"budget": a.budget, "space": {"name": "pair", "last": a.last}},
         "registry": {"enabled": False},
     })
     seed_everything(0)
@@ -139,8 +148,9 @@ def main() -> None:
     runs: dict[str, dict[str, list[list[float]]]] = {}
     reference: dict[str, float] = {}
     for name in a.spaces:
-        k = 2 if name == "pair" else len(ckpts)
-        space, initial = search_space(cfg, k, name)
+        k = 2 if name.startswith("pair") else len(ckpts)
+        scfg = for_space(cfg, name)
+        space, initial = search_space(scfg, k, scfg.search.space.name)
         pad = [0.0] * (len(ckpts) - k)
         seen: list[float] = []  # every objective evaluated in this space: the reference is the best of them
         if space.dims == 1:

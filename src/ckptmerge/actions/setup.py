@@ -139,7 +139,9 @@ def search_space(cfg: Config, k: int, name: str | None = None) -> tuple[SearchSp
     name = name or sp.name
     settings = sp.settings if name == sp.name else {}
     space = make_space(name, k, float(cfg.search.alpha), settings)
-    if space.is_pair or (name == sp.name and not sp.warm_start):
+    configured = name == sp.name
+    # the pair starts as in the paper (λ=α, λ=1) unless its config asks for the warm start
+    if (configured and not sp.warm_start) or (not configured and space.is_pair):
         return space, None
     baselines = baseline_weightings(k, cfg.compare.lawa_k, cfg.compare.ema_beta)
     return space, warm_start(space, baselines, float(cfg.search.min_distance))
