@@ -96,6 +96,10 @@ def _run_action(cfg, run_dir: Path, cwd: Path, config_yaml: str) -> dict:  # typ
         from ckptmerge.actions.promote import run_promote
 
         return run_promote(cfg, run_dir, cwd, config_yaml)
+    if cfg.action == "watch":
+        from ckptmerge.actions.watch import run_watch
+
+        return run_watch(cfg, run_dir, cwd, config_yaml)
     from ckptmerge.errors import ConfigError
 
     raise ConfigError(f"action={cfg.action} is not available in this version yet")
@@ -233,7 +237,7 @@ def _report_stop(e: KeyboardInterrupt) -> None:
     from ckptmerge.errors import Stopped
 
     name, code = (e.signal_name, e.exit_code) if isinstance(e, Stopped) else ("SIGINT", 130)
-    then = "resume" if _action == "search" else "start it again"
+    then = "resume" if _action in ("search", "watch") else "start it again"
     _error_line(f"stopped by {name}; run the same command again to {then}")
     sys.exit(code)
 
@@ -247,6 +251,8 @@ def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
     cwd = Path(hydra.utils.get_original_cwd())
     try:
+        if cfg.get("action") == "watch" and "model" in cfg and OmegaConf.is_missing(cfg.model, "checkpoints"):
+            cfg.model.checkpoints = []  # model=local's mandatory list: action=watch fills it from watch.dir
         cfg_dict = _to_dict(cfg)
         _action = str(cfg_dict.get("action", _action))
         _warn_credentials(cfg_dict)
