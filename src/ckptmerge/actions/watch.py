@@ -75,10 +75,13 @@ class WatchRun:
         self.searched_here: list[str] = []
         self.last_activity = time.monotonic()
         self.rows: list[dict] = []
+        self._results: dict[str, dict] = {}           # search run id -> its result.json, read once
 
     # -- the whole thing ---------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
+        # each pair's result.json is read back from MLflow; its progress bar would be one more line per pair
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         self.tracker = tracker = SearchTracker(cfg.tracking, self.cwd)
         self.key = ledger.watch_key(cfg, self.dir)
         earlier = ledger.resumable_watch(tracker.client, tracker.experiment_id, self.key)
@@ -96,6 +99,7 @@ class WatchRun:
 
     def _loop(self) -> str:
         w = self.cfg.watch
+        self.last_activity = time.monotonic()  # idle time counts from here, not from the store's start-up
         while True:
             self._poll()
             idle = time.monotonic() - self.last_activity
@@ -137,6 +141,12 @@ class WatchRun:
             self.done[pair] = finished
             say(f"pair {older.name} → {newer.name}: already searched (run {finished}); skipped")
             self._refresh_timeline()
+            return
+        running = ledger.running_search(client, exp, self.key, pair)
+        if running:
+            if self.said.get(newer.path) != running:
+                say(f"pair {older.name} → {newer.name}: being searched by another process (run {running}); looking again next poll")
+                self.said[newer.path] = running
             return
         self._search(older, newer, pair)
 
@@ -227,14 +237,12 @@ class WatchRun:
     def _refresh_timeline(self) -> None:
         """Log every done pair's row on the watch run that is not there yet; redraw the plot; result.json."""
         client, exp = self.tracker.client, self.tracker.experiment_id
-        pairs = ledger.done_pairs(client, exp, self.key)
+        pairs = ledger.done_pairs(client, exp, self.key, self._results)
         self.rows = timeline.timeline_rows(pairs)
         have = ledger.logged_steps(client, self.run_id, "merged_objective")
         new = [r for r in self.rows if r["step"] not in have]
         for r in new:
             self.tracker.log_metrics(timeline.row_metrics(r), step=r["step"], run_id=self.run_id)
-        for p in pairs:
-            self.done.setdefault(",".join(p.names), p.run_id)
         if new and self.tracker.log_plots:
             self.tracker.log_figure(self.run_id, timeline.plot_timeline(self.rows), ARTIFACT_TIMELINE_PLOT)
         self._write_result("running")

@@ -70,6 +70,20 @@ def finished_search(client: Any, experiment_id: str, key: str, pair_names: str) 
     return runs[0].info.run_id if runs else None
 
 
+def running_search(client: Any, experiment_id: str, key: str, pair_names: str) -> str | None:
+    """A RUNNING search of this pair whose process on this host is alive: a hint to leave the pair
+    alone this poll without building a model (the search's own lock decides; this only saves work)."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=(f"tags.`{TAG_WATCH_KEY}` = '{key}' and tags.`{names.TAG_KIND}` = 'search' and "
+                       f"tags.`{names.TAG_CHECKPOINTS}` = '{_escape(pair_names)}' and attributes.status = 'RUNNING'"),
+        max_results=5)
+    for run in runs:
+        if resume._owner_alive(run.data.tags.get(resume.TAG_OWNER)):
+            return run.info.run_id
+    return None
+
+
 @dataclass
 class DonePair:
     """A finished search of one adjacent pair, as the timeline needs it."""
@@ -91,8 +105,10 @@ class DonePair:
         return None
 
 
-def done_pairs(client: Any, experiment_id: str, key: str) -> list[DonePair]:
-    """Every finished search under this watch key, with its ``result.json`` artifact, oldest step first."""
+def done_pairs(client: Any, experiment_id: str, key: str, cache: dict[str, dict] | None = None) -> list[DonePair]:
+    """Every finished search under this watch key, with its ``result.json`` artifact, oldest step first.
+    ``cache`` (run id -> result) spares downloading a finished run's result again."""
+    cache = {} if cache is None else cache
     runs = client.search_runs(
         [experiment_id],
         filter_string=(f"tags.`{TAG_WATCH_KEY}` = '{key}' and tags.`{names.TAG_KIND}` = 'search' "
@@ -104,7 +120,10 @@ def done_pairs(client: Any, experiment_id: str, key: str) -> list[DonePair]:
         try:
             older, newer = tags[names.TAG_CHECKPOINTS].split(",")
             s_old, s_new = (int(s) for s in tags[TAG_WATCH_STEPS].split(","))
-            result = json.loads(Path(client.download_artifacts(run.info.run_id, names.ARTIFACT_RESULT)).read_text())
+            if run.info.run_id not in cache:
+                cache[run.info.run_id] = json.loads(
+                    Path(client.download_artifacts(run.info.run_id, names.ARTIFACT_RESULT)).read_text())
+            result = cache[run.info.run_id]
         except (KeyError, ValueError, OSError) as e:
             log.warning("search run %s has no readable pair or result (%s); left off the timeline", run.info.run_id, e)
             continue
