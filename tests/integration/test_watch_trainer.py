@@ -33,7 +33,9 @@ def test_trainer_callback_starts_a_watcher_that_searches_the_saved_pair(tmp_path
     callback = CkptMergeCallback(
         overrides=["eval.tasks=[ckptmerge_dev_bpb]", f"eval.include_path={tiny_trajectory.tasks_dir}", "eval.limit=12",
                    "search.budget=3", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "registry.name=trainer-test",
-                   "tracking.log_plots=false", "watch.settle_s=30", f"hydra.run.dir={tmp_path / 'watch-run'}"],
+                   "tracking.log_plots=false", "watch.settle_s=30", f"hydra.run.dir={tmp_path / 'watch-run'}",
+                   # the whole flow down to the champion: register whatever the gain, then promote
+                   "registry.require_significant_gain=false", "watch.promote=true", "eval.test_tasks=[ckptmerge_test_bpb]"],
         idle_exit_s=4, poll_s=0.3, cwd=tmp_path, env=os.environ.copy())
     args = TrainingArguments(output_dir=str(out), max_steps=4, save_steps=2, save_strategy="steps",
                              per_device_train_batch_size=4, learning_rate=5e-3, logging_steps=100, report_to=[],
@@ -60,3 +62,9 @@ def test_trainer_callback_starts_a_watcher_that_searches_the_saved_pair(tmp_path
     watch = client.search_runs([exp], "tags.`ckptmerge.kind` = 'watch'")
     assert len(watch) == 1 and watch[0].info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(watch[0].info.run_id, "gain")] == [4]
+    # registered as candidate, then the promotion policy made the first candidate champion
+    assert str(client.get_model_version_by_alias("trainer-test", "candidate").version) == "1"
+    assert str(client.get_model_version_by_alias("trainer-test", "champion").version) == "1"
+    promotion = json.loads((tmp_path / "watch-run" / "promotions" / "checkpoint-2+checkpoint-4" / "result.json").read_text())
+    assert promotion["decision"] == "first"
+    assert "promotion after checkpoint-2+checkpoint-4: first" in log

@@ -220,7 +220,7 @@ class WatchRun:
             parts.append(f"λ={result['lambda']:.4f},")
         parts.append(f"merged {result['objective']:.5f}")
         if result.get("baseline_objective") is not None:
-            parts.append(f"vs newest {result['baseline_objective']:.5f}")
+            parts.append(f"vs newest {result['baseline_objective']:.5f};")
         if result.get("gain"):
             parts.append(f"gain {gain_text(result['gain'])};")
         if row is not None:
