@@ -29,7 +29,7 @@ BUDGET = 4
 def _args(work: Path, traj, watch: Path, idle_exit_s: float | None, run_dir: Path) -> list[str]:
     return ["action=watch", "model=local", f"watch.dir={watch}", "watch.poll_s=0.3", "watch.settle_s=1",
             f"watch.idle_exit_s={'null' if idle_exit_s is None else idle_exit_s}",
-            "'eval.tasks=[ckptmerge_dev_bpb]'".strip("'"), f"eval.include_path={traj.tasks_dir}", "eval.limit=12",
+            "eval.tasks=[ckptmerge_dev_bpb]", f"eval.include_path={traj.tasks_dir}", "eval.limit=12",
             f"search.budget={BUDGET}", f"tracking.uri=sqlite:///{work / 'mlflow.db'}", "registry.name=watch-test",
             "tracking.log_plots=false", f"hydra.run.dir={run_dir}"]
 
@@ -72,9 +72,12 @@ def _searches(client, exp_id):
     return client.search_runs([exp_id], "tags.`ckptmerge.kind` = 'search'")
 
 
-def _history(client, run_id, metric):
-    return {m.step: m.value for m in client.get_metric_history(run_id, metric)}, \
-        [m.step for m in client.get_metric_history(run_id, metric)]
+def _history(client, run_id, metric) -> dict[int, float]:
+    """A metric's values by step; a step logged twice fails here (the timeline logs each pair once)."""
+    history = client.get_metric_history(run_id, metric)
+    steps = [m.step for m in history]
+    assert len(steps) == len(set(steps)), (metric, steps)
+    return {m.step: m.value for m in history}
 
 
 def test_watch_written_slowly_killed_mid_search_and_restarted(tmp_path, tiny_trajectory):
@@ -139,9 +142,8 @@ def test_watch_written_slowly_killed_mid_search_and_restarted(tmp_path, tiny_tra
     assert result["state"] == "idle" and result["searched_by_this_process"] == ["step00060,step00090"]
     assert [row["step"] for row in result["pairs"]] == [60, 90]
     for metric in ("gain", "newest_objective", "merged_objective", "lambda", "gain.ci_low", "gain.ci_high"):
-        values, steps = _history(client, wid, metric)
-        assert steps == [60, 90] or sorted(steps) == [60, 90] and len(steps) == 2, (metric, steps)
-    gains, _ = _history(client, wid, "gain")
+        assert sorted(_history(client, wid, metric)) == [60, 90], metric
+    gains = _history(client, wid, "gain")
     for row in result["pairs"]:
         pair_result = by_pair[",".join(row["checkpoints"])]
         assert gains[row["step"]] == pytest.approx(row["gain"]["value"])
@@ -150,7 +152,7 @@ def test_watch_written_slowly_killed_mid_search_and_restarted(tmp_path, tiny_tra
         if row["steps_gained"] is None:
             assert row["steps_gained_undefined_because"]
         else:
-            assert _history(client, wid, "steps_gained")[0][row["step"]] == pytest.approx(row["steps_gained"])
+            assert _history(client, wid, "steps_gained")[row["step"]] == pytest.approx(row["steps_gained"])
 
 
 def test_two_watchers_on_one_folder_search_each_pair_once(tmp_path, tiny_trajectory):
@@ -176,8 +178,7 @@ def test_two_watchers_on_one_folder_search_each_pair_once(tmp_path, tiny_traject
     assert sorted(p for r in results for p in r["searched_by_this_process"]) == pairs
     for r in results:  # each watch's timeline holds both pairs, whoever searched them
         assert [row["step"] for row in r["pairs"]] == [60, 90]
-        _, steps = _history(client, r["mlflow"]["run_id"], "gain")
-        assert sorted(steps) == [60, 90]
+        assert sorted(_history(client, r["mlflow"]["run_id"], "gain")) == [60, 90]
 
 
 def test_sigterm_ends_the_watch_killed_with_one_line(tmp_path):
@@ -201,6 +202,7 @@ def test_sigterm_ends_the_watch_killed_with_one_line(tmp_path):
         "tags.`ckptmerge.kind` = 'watch'")[0]
     assert run.info.status == "KILLED" and run.data.tags["ckptmerge.stopped_by"] == "SIGTERM"
     assert "waiting for checkpoint-10" not in rest  # said once, not every poll
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["state"] == "stopped by SIGTERM"
 
 
 def test_a_missing_watch_dir_is_one_line(tmp_path):

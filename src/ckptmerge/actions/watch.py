@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from ckptmerge.config import Config
 from ckptmerge.errors import CkptMergeError, ConfigError
 from ckptmerge.report import gain_text
@@ -93,9 +95,13 @@ class WatchRun:
         say(f"watching {self.dir} (MLflow watch run {self.run_id}{', continued' if earlier else ''}); "
             f"a new pair is searched when its newer checkpoint is complete")
         with tracker.finishing():
-            self._refresh_timeline()
-            ended = self._loop()
-        return self._result(ended)
+            try:
+                self._refresh_timeline()
+                ended = self._loop()
+            except KeyboardInterrupt as e:  # SIGTERM/SIGINT: result.json says so, then the run ends KILLED
+                self._write_result(f"stopped by {getattr(e, 'signal_name', 'SIGINT')}")
+                raise
+        return self._write_result(ended)
 
     def _loop(self) -> str:
         w = self.cfg.watch
@@ -170,7 +176,10 @@ class WatchRun:
         say(f"pair {older.name} → {newer.name}: searching (budget {cfg.search.budget})")
         pair_dir = self.run_dir / "pairs" / label
         pair_dir.mkdir(parents=True, exist_ok=True)
-        search = SearchRun(pair_cfg, pair_dir, self.cwd, self.config_yaml,
+        # the pair's own resolved config: the watch's names no checkpoints, and action=promote reads it back
+        pair_yaml = (f"# the search action=watch ran for {older.name} → {newer.name} in {self.dir}\n"
+                     + yaml.safe_dump(pair_cfg.to_dict(), sort_keys=False, allow_unicode=True))
+        search = SearchRun(pair_cfg, pair_dir, self.cwd, pair_yaml,
                            tags=dict(ledger.search_tags(self.run_id, self.key, self.dir, (older.step, newer.step))),
                            on_locked=not_done_meanwhile)
         try:
@@ -246,9 +255,6 @@ class WatchRun:
         if new and self.tracker.log_plots:
             self.tracker.log_figure(self.run_id, timeline.plot_timeline(self.rows), ARTIFACT_TIMELINE_PLOT)
         self._write_result("running")
-
-    def _result(self, ended: str) -> dict[str, Any]:
-        return self._write_result(ended)
 
     def _write_result(self, state: str) -> dict[str, Any]:
         result = {

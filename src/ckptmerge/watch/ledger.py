@@ -32,8 +32,9 @@ TAG_WATCH_DIR = "ckptmerge.watch.dir"
 def watch_key(cfg: Config, directory: Path) -> str:
     """The hash that ties a watch and its searches together across restarts."""
     d = cfg.to_dict()
-    d.pop("watch", None)
-    d.pop("action", None)
+    for section in ("watch", "action", "pilot", "compare"):  # the watch's timing and other actions' settings
+        d.pop(section, None)
+    d["tracking"].pop("log_plots", None)
     d["search"].pop("budget", None)   # a restart may give more evaluations, as a resumed search may
     d["search"].pop("resume", None)
     d["merge"].pop("output_dir", None)
