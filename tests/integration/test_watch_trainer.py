@@ -36,7 +36,7 @@ def test_trainer_callback_starts_a_watcher_that_searches_the_saved_pair(tmp_path
                    "tracking.log_plots=false", "watch.settle_s=30", f"hydra.run.dir={tmp_path / 'watch-run'}",
                    # the whole flow down to the champion: register whatever the gain, then promote
                    "registry.require_significant_gain=false", "watch.promote=true", "eval.test_tasks=[ckptmerge_test_bpb]"],
-        idle_exit_s=4, poll_s=0.3, cwd=tmp_path, env=os.environ.copy())
+        idle_exit_s=3, poll_s=0.3, cwd=tmp_path, env=os.environ.copy())
     args = TrainingArguments(output_dir=str(out), max_steps=4, save_steps=2, save_strategy="steps",
                              per_device_train_batch_size=4, learning_rate=5e-3, logging_steps=100, report_to=[],
                              use_cpu=True, disable_tqdm=True, dataloader_num_workers=0, seed=0)

@@ -107,7 +107,9 @@ class WatchRun:
         w = self.cfg.watch
         self.last_activity = time.monotonic()  # idle time counts from here, not from the store's start-up
         while True:
-            self._poll()
+            open_pairs = self._poll()
+            if open_pairs:  # another process is searching one: not idle until its result is on the timeline
+                self.last_activity = time.monotonic()
             idle = time.monotonic() - self.last_activity
             if w.idle_exit_s is not None and idle >= w.idle_exit_s:
                 say(f"nothing new in {self.dir} for {idle:.0f}s (watch.idle_exit_s={w.idle_exit_s:g}); the watch ends")
@@ -115,7 +117,9 @@ class WatchRun:
             time.sleep(float(w.poll_s))
 
     # -- one look at the folder ----------------------------------------------------------------
-    def _poll(self) -> None:
+    def _poll(self) -> int:
+        """One look: note complete folders, search the pairs they complete; how many pairs are still open
+        (complete, neither finished nor failed here: another process holds them)."""
         latest = latest_pointer_step(self.dir)
         folders = step_folders(self.dir)
         for f in folders:
@@ -133,9 +137,13 @@ class WatchRun:
                     say(f"waiting for {f.name}: {reason}")
                     self.said[f.path] = reason
         # adjacent pairs of the folders present, oldest first; both must be complete
+        open_pairs = 0
         for older, newer in zip(folders, folders[1:]):
             if older.path in self.ready and newer.path in self.ready:
                 self._pair(older, newer)
+                pair = f"{older.name},{newer.name}"
+                open_pairs += pair not in self.done and pair not in self.failed
+        return open_pairs
 
     def _pair(self, older: StepFolder, newer: StepFolder) -> None:
         pair = f"{older.name},{newer.name}"
@@ -189,8 +197,8 @@ class WatchRun:
             say(f"pair {older.name} → {newer.name}: finished by another watcher (run {e.run_id}); skipped")
             self._refresh_timeline()
             return
-        except SearchRunning as e:
-            say(f"pair {older.name} → {newer.name}: {e}; looking again next poll")
+        except SearchRunning as e:  # its line tells a user of action=search to wait; the watcher does so itself
+            say(f"pair {older.name} → {newer.name}: {str(e).replace('; wait for it or stop it', '')}; looking again next poll")
             return
         except CkptMergeError as e:  # this pair cannot be searched; the next one may be
             self.failed.add(pair)
