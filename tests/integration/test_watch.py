@@ -210,3 +210,11 @@ def test_a_missing_watch_dir_is_one_line(tmp_path):
                      f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")] == [f"error: watch.dir={tmp_path / 'nope'} does not exist; create it (the trainer's output folder)"]
+
+
+def test_a_watch_under_mlflow_run_is_refused_with_one_line(tmp_path):
+    proc = run_main(["action=watch", "model=local", f"watch.dir={tmp_path}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+                     f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, env_extra={"MLFLOW_RUN_ID": "0123456789abcdef"})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "unset MLFLOW_RUN_ID" in errors[0]

@@ -69,6 +69,9 @@ class WatchRun:
     def __init__(self, cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") -> None:
         self.cfg, self.run_dir, self.cwd, self.config_yaml = cfg, Path(run_dir).resolve(), Path(cwd), config_yaml
         self.dir = _watched_dir(cfg)
+        if os.environ.get("MLFLOW_RUN_ID"):  # every pair's search would take that one run as its own
+            raise ConfigError("action=watch opens its own MLflow runs (one per pair and one for the watch); "
+                              "unset MLFLOW_RUN_ID (`mlflow run` sets it) and start the watcher directly")
         self.settling = Settling(float(cfg.watch.settle_s))
         self.ready: dict[Path, StepFolder] = {}       # complete checkpoints (they stay complete)
         self.said: dict[Path, str] = {}               # the last "waiting" line printed per folder
