@@ -22,7 +22,13 @@ def _dataset(traj, tokenizer, n: int = 16, length: int = 64):
 
 
 def test_trainer_callback_starts_a_watcher_that_searches_the_saved_pair(tmp_path, tiny_trajectory):
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, default_data_collator
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        Trainer,
+        TrainingArguments,
+        default_data_collator,
+    )
 
     from ckptmerge.integrations.hf_trainer import CkptMergeCallback
 

@@ -7,8 +7,13 @@ import shutil
 
 import pytest
 
-from ckptmerge.watch.completeness import (Settling, latest_pointer_step, missing_part, safetensors_shortfall,
-                                          why_not_ready)
+from ckptmerge.watch.completeness import (
+    Settling,
+    latest_pointer_step,
+    missing_part,
+    safetensors_shortfall,
+    why_not_ready,
+)
 from tests.helpers import tiny_neox
 
 

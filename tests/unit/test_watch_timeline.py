@@ -35,3 +35,38 @@ def test_undefined_cases_say_why():
     assert "fewer than two" in steps_gained([(100, -3.0)], 100, -2.9).reason
     flat = [(100, -2.0), (200, -2.1)]  # the newest scored worse: pooled flat, no slope to price with
     assert "did not improve" in steps_gained(flat, 200, -1.9).reason
+
+
+def _done(steps, older, newest, merged, ci=(0.05, 0.15)):
+    from ckptmerge.watch.ledger import DonePair
+
+    gain = {"value": merged - newest, "ci_low": ci[0], "ci_high": ci[1], "p_value": 0.01, "significant": ci[0] > 0}
+    result = {"baseline_objective": newest, "objective": merged, "lambda": 0.7, "gain": gain, "decision": "registered",
+              "registered_model": None, "trials": [{"lambda": 0.0, "objective": older}, {"lambda": 1.0, "objective": newest}]}
+    return DonePair((f"step{steps[0]}", f"step{steps[1]}"), steps, f"run{steps[1]}", result)
+
+
+def test_timeline_rows_price_the_gain_and_its_interval_in_steps():
+    from ckptmerge.watch.timeline import row_metrics, timeline_rows
+
+    # the curve: 100 → -3.0 (the older alone in the first search), 200 → -2.5, 300 → -2.3
+    rows = timeline_rows([_done((100, 200), -3.0, -2.5, -2.45), _done((200, 300), -2.5, -2.3, -2.2)])
+    assert [r["step"] for r in rows] == [200, 300]
+    last = rows[1]
+    assert last["steps_gained"] == pytest.approx(50.0)  # +0.1 at +0.2 per 100 steps
+    assert last["steps_gained_ci"] == [pytest.approx(25.0), pytest.approx(75.0)]  # +0.05, +0.15
+    assert rows[0]["steps_gained"] == pytest.approx(10.0)  # +0.05 at +0.5 per 100 steps
+    m = row_metrics(last)
+    assert m["gain"] == pytest.approx(0.1) and m["gain.ci_low"] == 0.05 and m["lambda"] == 0.7
+    assert m["newest_objective"] == -2.3 and m["merged_objective"] == -2.2
+    assert m["steps_gained.ci_high"] == pytest.approx(75.0)
+
+
+def test_an_interval_that_could_not_be_computed_is_left_out():
+    from ckptmerge.watch.timeline import row_metrics, timeline_rows
+
+    nan = float("nan")
+    row = timeline_rows([_done((100, 200), -3.0, -2.5, -2.45, ci=(nan, nan))])[0]
+    assert row["steps_gained_ci"] == [None, None]
+    m = row_metrics(row)
+    assert "gain.ci_low" not in m and "steps_gained.ci_low" not in m and m["steps_gained"] == pytest.approx(10.0)

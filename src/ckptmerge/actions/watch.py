@@ -38,8 +38,6 @@ from ckptmerge.watch.folders import StepFolder, step_folders
 
 log = logging.getLogger(__name__)
 
-ARTIFACT_TIMELINE_PLOT = "watch_timeline.png"
-
 
 class PairAlreadySearched(Exception):
     """Raised under the search's lock when another process finished the pair meanwhile."""
@@ -259,12 +257,12 @@ class WatchRun:
         client, exp = self.tracker.client, self.tracker.experiment_id
         pairs = ledger.done_pairs(client, exp, self.key, self._results)
         self.rows = timeline.timeline_rows(pairs)
-        have = ledger.logged_steps(client, self.run_id, "merged_objective")
+        have = ledger.logged_steps(client, self.run_id, names.METRIC_MERGED_OBJECTIVE)
         new = [r for r in self.rows if r["step"] not in have]
         for r in new:
             self.tracker.log_metrics(timeline.row_metrics(r), step=r["step"], run_id=self.run_id)
         if new and self.tracker.log_plots:
-            self.tracker.log_figure(self.run_id, timeline.plot_timeline(self.rows), ARTIFACT_TIMELINE_PLOT)
+            self.tracker.log_figure(self.run_id, timeline.plot_timeline(self.rows), names.ARTIFACT_TIMELINE_PLOT)
         self._write_result("running")
 
     def _write_result(self, state: str) -> dict[str, Any]:

@@ -22,11 +22,8 @@ from ckptmerge.tracking import names, resume
 
 log = logging.getLogger(__name__)
 
-KIND_WATCH = "watch"
-TAG_WATCH_KEY = "ckptmerge.watch.key"
-TAG_WATCH_RUN = "ckptmerge.watch.run_id"     # on each search: the watch run that started (or resumed) it
-TAG_WATCH_STEPS = "ckptmerge.watch.steps"    # on each search: "<older step>,<newer step>"
-TAG_WATCH_DIR = "ckptmerge.watch.dir"
+KIND_WATCH, TAG_WATCH_KEY, TAG_WATCH_RUN = names.KIND_WATCH, names.TAG_WATCH_KEY, names.TAG_WATCH_RUN
+TAG_WATCH_STEPS, TAG_WATCH_DIR = names.TAG_WATCH_STEPS, names.TAG_WATCH_DIR
 
 
 def watch_key(cfg: Config, directory: Path) -> str:

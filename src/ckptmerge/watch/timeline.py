@@ -18,8 +18,16 @@ priced the same way (``steps_gained.ci_low`` / ``.ci_high``), so the number come
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
+
+from ckptmerge.tracking import names
+
+
+def _is_number(v: object) -> bool:
+    """A value a metric can hold: present and not NaN (a bootstrap with too few finite resamples gives NaN)."""
+    return isinstance(v, (int, float)) and not math.isnan(v)
 
 
 def isotonic(values: Sequence[float]) -> list[float]:
@@ -99,7 +107,7 @@ def timeline_rows(pairs: Sequence) -> list[dict]:  # type: ignore[type-arg]
         if gain and newest is not None:
             for b in bounds:
                 v = gain.get(b)
-                if v is not None and v == v:  # NaN: no interval
+                if _is_number(v):
                     bounds[b] = steps_gained(curve, step, newest + v).value
         rows.append({
             "step": step, "checkpoints": list(p.names), "steps": list(p.steps), "search_run_id": p.run_id,
@@ -113,15 +121,16 @@ def timeline_rows(pairs: Sequence) -> list[dict]:  # type: ignore[type-arg]
 
 def row_metrics(row: dict) -> dict[str, float]:
     """The watch run's metrics for one row (logged at the row's step); undefined values are left out."""
+    steps = names.METRIC_STEPS_GAINED
     m: dict[str, float | None] = {
-        "newest_objective": row["newest_objective"], "merged_objective": row["merged_objective"],
-        "lambda": row["lambda"], "steps_gained": row["steps_gained"],
-        "steps_gained.ci_low": row["steps_gained_ci"][0], "steps_gained.ci_high": row["steps_gained_ci"][1],
+        names.METRIC_NEWEST_OBJECTIVE: row["newest_objective"], names.METRIC_MERGED_OBJECTIVE: row["merged_objective"],
+        names.METRIC_WATCH_LAMBDA: row["lambda"], steps: row["steps_gained"],
+        f"{steps}.ci_low": row["steps_gained_ci"][0], f"{steps}.ci_high": row["steps_gained_ci"][1],
     }
-    gain = row["gain"] or {}
-    for k, name in (("value", "gain"), ("ci_low", "gain.ci_low"), ("ci_high", "gain.ci_high"), ("p_value", "gain.p_value")):
+    gain, g = row["gain"] or {}, names.METRIC_WATCH_GAIN
+    for k, name in (("value", g), ("ci_low", f"{g}.ci_low"), ("ci_high", f"{g}.ci_high"), ("p_value", f"{g}.p_value")):
         m[name] = gain.get(k)
-    return {k: float(v) for k, v in m.items() if v is not None and v == v}
+    return {k: float(v) for k, v in m.items() if _is_number(v)}
 
 
 def plot_timeline(rows: Sequence[dict]):  # type: ignore[no-untyped-def]
@@ -136,7 +145,7 @@ def plot_timeline(rows: Sequence[dict]):  # type: ignore[no-untyped-def]
     gains = [(r["gain"] or {}).get("value") for r in rows]
     for r, g in zip(rows, gains):
         lo, hi = (r["gain"] or {}).get("ci_low"), (r["gain"] or {}).get("ci_high")
-        if g is not None and lo is not None and hi is not None and lo == lo:
+        if _is_number(g) and _is_number(lo) and _is_number(hi):
             ax1.plot([r["step"]] * 2, [lo, hi], color="tab:blue", alpha=0.5)
     ax1.plot(steps, [g if g is not None else float("nan") for g in gains], "o-", color="tab:blue")
     ax1.axhline(0, color="grey", lw=0.8)
