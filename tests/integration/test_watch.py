@@ -26,11 +26,11 @@ pytestmark = pytest.mark.slow
 BUDGET = 4
 
 
-def _args(work: Path, traj, watch: Path, idle_exit_s: float | None, run_dir: Path) -> list[str]:
+def _args(work: Path, traj, watch: Path, idle_exit_s: float | None, run_dir: Path, budget: int = BUDGET) -> list[str]:
     return ["action=watch", "model=local", f"watch.dir={watch}", "watch.poll_s=0.3", "watch.settle_s=1",
             f"watch.idle_exit_s={'null' if idle_exit_s is None else idle_exit_s}",
             "eval.tasks=[ckptmerge_dev_bpb]", f"eval.include_path={traj.tasks_dir}", "eval.limit=12",
-            f"search.budget={BUDGET}", f"tracking.uri=sqlite:///{work / 'mlflow.db'}", "registry.name=watch-test",
+            f"search.budget={budget}", f"tracking.uri=sqlite:///{work / 'mlflow.db'}", "registry.name=watch-test",
             "tracking.log_plots=false", f"hydra.run.dir={run_dir}"]
 
 
@@ -160,7 +160,7 @@ def test_two_watchers_on_one_folder_search_each_pair_once(tmp_path, tiny_traject
     watch.mkdir()
     for c in tiny_trajectory.checkpoints:  # DeepSpeed-style names this time
         shutil.copytree(c, watch / f"global_step{int(c.name[4:])}")
-    procs = [subprocess.Popen([sys.executable, str(MAIN), *_args(tmp_path, tiny_trajectory, watch, 3, tmp_path / f"run{i}")],
+    procs = [subprocess.Popen([sys.executable, str(MAIN), *_args(tmp_path, tiny_trajectory, watch, 3, tmp_path / f"run{i}", budget=3)],
                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
              for i in range(2)]
     outs = [p.communicate(timeout=400)[0] for p in procs]
@@ -173,7 +173,7 @@ def test_two_watchers_on_one_folder_search_each_pair_once(tmp_path, tiny_traject
     assert pairs == ["global_step30,global_step60", "global_step60,global_step90"]  # one search each, no more
     assert all(r.info.status == "FINISHED" for r in searches)
     trials = client.search_runs([exp], "tags.`ckptmerge.kind` = 'trial' and attributes.status = 'FINISHED'")
-    assert len(trials) == 2 * BUDGET  # nothing evaluated twice
+    assert len(trials) == 2 * 3  # nothing evaluated twice
     results = [json.loads((tmp_path / f"run{i}" / "result.json").read_text()) for i in range(2)]
     assert sorted(p for r in results for p in r["searched_by_this_process"]) == pairs
     for r in results:  # each watch's timeline holds both pairs, whoever searched them
