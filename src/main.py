@@ -3,6 +3,7 @@
     python src/main.py                                   # search λ on the embedded trajectory
     python src/main.py model=local 'model.checkpoints=[A,B]' 'eval.tasks=[T]' eval.include_path=DIR
     python src/main.py action=merge 'merge.weights=[0.3,0.7]' merge.output_dir=DIR
+    python src/main.py action=watch model=local watch.dir=DIR 'eval.tasks=[T]'   # beside a training run
 
 Hydra composes ``conf/``; the result becomes a validated :class:`ckptmerge.config.Config`; the action
 runs; ``result.json`` lands in the Hydra run directory. A problem the user can fix ends the run with
