@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 from ckptmerge.config import Config
-from ckptmerge.tracking import names, resume
+from ckptmerge.tracking import names, resume, search_lock
 
 log = logging.getLogger(__name__)
 
@@ -69,15 +70,18 @@ def finished_search(client: Any, experiment_id: str, key: str, pair_names: str) 
 
 
 def running_search(client: Any, experiment_id: str, key: str, pair_names: str) -> str | None:
-    """A RUNNING search of this pair whose process on this host is alive: a hint to leave the pair
-    alone this poll without building a model (the search's own lock decides; this only saves work)."""
+    """A RUNNING search of this pair whose process is alive (on this host: its pid; on another, with a
+    remote store: a fresh heartbeat on its claim): a hint to leave the pair alone this poll without
+    building a model, which for a large one takes minutes. The search's own lock decides; this saves work."""
     runs = client.search_runs(
         [experiment_id],
         filter_string=(f"tags.`{TAG_WATCH_KEY}` = '{key}' and tags.`{names.TAG_KIND}` = 'search' and "
                        f"tags.`{names.TAG_CHECKPOINTS}` = '{_escape(pair_names)}' and attributes.status = 'RUNNING'"),
         max_results=5)
+    now = time.time()
     for run in runs:
-        if resume._owner_alive(run.data.tags.get(resume.TAG_OWNER)):
+        tags = run.data.tags
+        if resume._owner_alive(tags.get(resume.TAG_OWNER)) or search_lock.claim_tag_live(tags.get(search_lock.TAG_CLAIM), now):
             return run.info.run_id
     return None
 
