@@ -3,6 +3,7 @@
     python src/main.py                                   # search λ on the embedded trajectory
     python src/main.py model=local 'model.checkpoints=[A,B]' 'eval.tasks=[T]' eval.include_path=DIR
     python src/main.py action=merge 'merge.weights=[0.3,0.7]' merge.output_dir=DIR
+    python src/main.py action=watch model=local watch.dir=DIR 'eval.tasks=[T]'   # beside a training run
 
 Hydra composes ``conf/``; the result becomes a validated :class:`ckptmerge.config.Config`; the action
 runs; ``result.json`` lands in the Hydra run directory. A problem the user can fix ends the run with
@@ -219,7 +220,7 @@ def _report_stop(e: KeyboardInterrupt) -> None:
     from ckptmerge.errors import Stopped
 
     name, code = (e.signal_name, e.exit_code) if isinstance(e, Stopped) else ("SIGINT", 130)
-    then = "resume" if _action == "search" else "start it again"
+    then = "resume" if _action in ("search", "watch") else "start it again"
     _error_line(f"stopped by {name}; run the same command again to {then}")
     sys.exit(code)
 
@@ -233,6 +234,8 @@ def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
     cwd = Path(hydra.utils.get_original_cwd())
     try:
+        if cfg.get("action") == "watch" and "model" in cfg and OmegaConf.is_missing(cfg.model, "checkpoints"):
+            cfg.model.checkpoints = []  # model=local's mandatory list: action=watch fills it from watch.dir
         cfg_dict = _to_dict(cfg)
         _action = str(cfg_dict.get("action", _action))
         _warn_credentials(cfg_dict)

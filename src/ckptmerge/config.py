@@ -384,6 +384,37 @@ class CompareConfig:
 
 
 @dataclass(frozen=True)
+class WatchConfig:
+    """``action=watch``: search each new adjacent pair of checkpoints a trainer writes into ``dir``."""
+
+    dir: str | None = None
+    poll_s: float = 30.0
+    # exit 0 after this long with nothing new (no new checkpoint, no pending one changing); null: until stopped
+    idle_exit_s: float | None = None
+    # a checkpoint without a trainer's completion marker is used once its files are unchanged this long
+    settle_s: float = 10.0
+    # run action=promote's policy after each registered candidate
+    promote: bool = False
+
+    def __post_init__(self) -> None:
+        for key in ("poll_s", "settle_s"):
+            v = getattr(self, key)
+            if not _is_number(v) or not math.isfinite(float(v)) or v < 0 or (key == "poll_s" and v == 0):
+                raise ConfigError(f"watch.{key} must be a number of seconds {'> 0' if key == 'poll_s' else '>= 0'}, got {v!r}")
+        if self.idle_exit_s is not None and (not _is_number(self.idle_exit_s) or not math.isfinite(float(self.idle_exit_s))
+                                             or self.idle_exit_s < 0):
+            raise ConfigError(f"watch.idle_exit_s must be a number of seconds >= 0 or null, got {self.idle_exit_s!r}")
+        if not isinstance(self.promote, bool):
+            raise ConfigError(f"watch.promote must be true or false, got {self.promote!r}")
+        if self.dir is not None and (not isinstance(self.dir, str) or not self.dir.strip()):
+            raise ConfigError(f"watch.dir must be a folder path, got {self.dir!r}")
+
+
+# action=watch fills model.checkpoints pair by pair from watch.dir; these stand in while the config is checked.
+WATCH_PLACEHOLDERS = ("<older from watch.dir>", "<newer from watch.dir>")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole run: one action over one set of checkpoints."""
 
@@ -397,11 +428,17 @@ class Config:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     pilot: PilotConfig = field(default_factory=PilotConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    watch: WatchConfig = field(default_factory=WatchConfig)
 
     def __post_init__(self) -> None:
         from ckptmerge.actions.registry import ACTIONS
 
         action = ACTIONS.get(self.action)  # an unknown action names the key, with a suggestion
+        if self.action == "watch":
+            if not self.watch.dir:
+                raise ConfigError("action=watch needs watch.dir=DIR (the folder the trainer writes checkpoints into)")
+            if self.model.source != "local":
+                raise ConfigError(f"action=watch reads its checkpoints from watch.dir; use model=local, not model={self.model.name}")
         if self.action == "merge":
             if self.merge.weights is None:
                 raise ConfigError("action=merge needs merge.weights=[w1,...,wk]")
@@ -482,6 +519,7 @@ _SECTIONS = {
     "runtime": RuntimeConfig,
     "pilot": PilotConfig,
     "compare": CompareConfig,
+    "watch": WatchConfig,
 }
 
 
@@ -524,6 +562,11 @@ def _space(data: Any, prefix: str) -> SpaceConfig:
 def config_from_dict(data: Mapping[str, Any]) -> Config:
     """Validate a plain nested dict (as Hydra composes it) into a :class:`Config`."""
     kwargs: dict[str, Any] = {}
+    if data.get("action") == "watch" and isinstance(data.get("model"), Mapping):
+        given = data["model"].get("checkpoints") or ()
+        if given:
+            raise ConfigError("model.checkpoints is filled by action=watch from watch.dir; leave it out")
+        data = {**data, "model": {**data["model"], "checkpoints": list(WATCH_PLACEHOLDERS)}}
     for key, value in data.items():
         if key in _SECTIONS:
             kwargs[key] = _build(_SECTIONS[key], value or {}, key)

@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -42,8 +42,15 @@ OWNER_SEARCH = "search:"  # merged folders record "search:RUN_ID" as their owner
 class SearchRun:
     """One search from checks to registry; :meth:`run` returns the ``result.json`` dict."""
 
-    def __init__(self, cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") -> None:
+    def __init__(self, cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "",
+                 tags: dict[str, str] | None = None,
+                 on_locked: Callable[[SearchTracker], None] | None = None) -> None:
+        """``tags``: extra tags on the parent run (a watch links its searches so). ``on_locked``: called
+        once this search holds its key's lock, before it looks for a run to resume; it may raise to
+        stop the search there (a watch checks, under the lock, that no one finished the pair meanwhile)."""
         self.cfg = cfg
+        self.extra_tags = dict(tags or {})
+        self.on_locked = on_locked
         self.run_dir = Path(run_dir).resolve()
         self.cwd = Path(cwd)
         self.config_yaml = config_yaml
@@ -84,6 +91,8 @@ class SearchRun:
         # one search per key on this store: taken before looking for a run to resume, so two resumes
         # of one crashed search serialise instead of one resuming and the other starting afresh
         self._lock = search_lock.acquire(tracker.uri, tracker.client, tracker.experiment_id, resume.key_hash(key))
+        if self.on_locked is not None:
+            self.on_locked(tracker)
         resume_id = self._resumable(tracker, key)
         run_id = tracker.start(
             run_name=f"search-{'-'.join(cset.names)}",
@@ -91,7 +100,7 @@ class SearchRun:
             config_yaml=self.config_yaml,
             checkpoints=[{"name": c.name, **c.identity()} for c in cset.checkpoints],
             tags={names.TAG_OBJECTIVE: session.objective.describe(), names.TAG_CHECKPOINTS: ",".join(cset.names),
-                  resume.TAG_RESUME_HASH: resume.key_hash(key), resume.TAG_OWNER: resume.owner()},
+                  resume.TAG_RESUME_HASH: resume.key_hash(key), resume.TAG_OWNER: resume.owner(), **self.extra_tags},
             resume_run_id=resume_id,
         )
         # (a loser of a remote store's claim race ends its own run KILLED here, outside finishing())

@@ -146,6 +146,12 @@ def _claim_live(claim: dict[str, Any], now: float) -> bool:
     return now - float(claim.get("beat", 0)) < STALE_S
 
 
+def claim_tag_live(value: str | None, now: float) -> bool:
+    """Whether a run's ``ckptmerge.claim`` tag names a live holder (for callers outside the lock, e.g. a watcher)."""
+    claim = _parse_claim(value)
+    return claim is not None and _claim_live(claim, now)
+
+
 def live_claims(client: Any, experiment_id: str, resume_hash: str) -> list[tuple[dict[str, Any], str]]:
     """Live claims on RUNNING search runs with this key, oldest first, as ``(claim, run_id)``."""
     runs = client.search_runs(

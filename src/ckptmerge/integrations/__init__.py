@@ -1,0 +1,1 @@
+"""Hooks that connect ckptmerge to training frameworks (see hf_trainer.py)."""
