@@ -450,8 +450,12 @@ class Config:
                               f"{supported}); use runtime=cpu or runtime=cuda")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain nested dict (tuples as lists), e.g. for logging the resolved config."""
-        return _plain(dataclasses.asdict(self))
+        """Plain nested dict (tuples as lists), e.g. for logging the resolved config; it reads back
+        through :func:`config_from_dict` (the search space's settings in its YAML's form, flat)."""
+        out = _plain(dataclasses.asdict(self))
+        space = out["search"]["space"]
+        out["search"]["space"] = {**{k: v for k, v in space.items() if k != "settings"}, **space.get("settings", {})}
+        return out
 
 
 def _plain(obj: Any) -> Any:

@@ -187,3 +187,11 @@ def test_a_space_registered_from_outside_the_package_is_configured_searched_and_
         assert max(s.ys) > max(s.ys[:len(initial)])  # the GP, over the outside space, beat its warm start
     finally:
         SPACES.unregister("heavy")
+
+
+def test_a_logged_config_reads_back_with_its_space_settings():
+    """Promote and resume read a search's logged config back: the space's settings are flat, as in its YAML."""
+    cfg = config_from_dict({"search": {"space": {"name": "ema", "last": 3, "beta_max": 0.8}}})
+    back = config_from_dict(cfg.to_dict())
+    assert back.search.space == cfg.search.space
+    assert cfg.to_dict()["search"]["space"] == {"name": "ema", "last": 3, "warm_start": True, "beta_max": 0.8}
