@@ -17,6 +17,7 @@ from ckptmerge.evaluation.uncertainty import relative_standard_errors
 from ckptmerge.search.searchers import Proposal, SearchExhausted, Searcher
 from ckptmerge.search.space import WeightSpace
 from ckptmerge.tracking import names
+from ckptmerge.tracking.datasets import CONTEXT_DEV
 from ckptmerge.tracking.mlflow_run import SearchTracker
 
 log = logging.getLogger(__name__)
@@ -165,6 +166,7 @@ class TrialLoop:
             params.update({f"{names.PARAM_POINT_PREFIX}{i + 1}": v for i, v in enumerate(prop.x)})
         params.update({names.weight_param(n): w for n, w in named.items()})
         trial.run_id = tracker.start_trial(index, params, parent_run_id=self.parent_run_id)
+        tracker.log_datasets(trial.run_id, session.datasets("dev"), CONTEXT_DEV)  # what this trial evaluated
         t0 = time.perf_counter()
         try:
             resident.apply([0.0] * self._pad + weights)

@@ -33,6 +33,11 @@ TAG_OBJECTIVE = "ckptmerge.objective"
 TAG_CHECKPOINTS = "ckptmerge.checkpoints"
 TAG_ERROR = "ckptmerge.error"              # first line of the error that ended a run (or trial) FAILED
 TAG_STOPPED_BY = "ckptmerge.stopped_by"    # SIGTERM | SIGINT: the signal that ended a run (or trial) KILLED
+# What MLflow's UI reads: the experiment kind picks the page an experiment opens on (untagged, MLflow 3
+# opens the GenAI traces overview); the note is the run's (or experiment's) markdown description.
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND_MODEL_DEVELOPMENT = "custom_model_development"
+TAG_NOTE = "mlflow.note.content"
 ARTIFACT_CONFIG = "config.yaml"
 ARTIFACT_CHECKPOINTS = "checkpoints.json"
 ARTIFACT_RESULT = "result.json"
