@@ -127,6 +127,8 @@ class MergeConfig:
     dtype: str = "auto"
     # action=merge only: write a merge of checkpoints holding NaN/Inf instead of refusing them.
     allow_nonfinite: bool = False
+    # action=merge only: a mergekit YAML (linear) giving the checkpoints, weights and dtype instead.
+    mergekit_config: str | None = None
 
     def __post_init__(self) -> None:
         _choice("merge.dtype", self.dtype, DTYPES)
@@ -374,8 +376,8 @@ class Config:
     def __post_init__(self) -> None:
         _choice("action", self.action, ACTIONS)
         if self.action == "merge":
-            if self.merge.weights is None:
-                raise ConfigError("action=merge needs merge.weights=[w1,...,wk]")
+            if self.merge.weights is None and not self.merge.mergekit_config:
+                raise ConfigError("action=merge needs merge.weights=[w1,...,wk] (or merge.mergekit_config=FILE)")
             if not self.merge.output_dir:
                 raise ConfigError("action=merge needs merge.output_dir=DIR")
         if self.runtime.backend == "deepspeed" and self.action not in DEEPSPEED_ACTIONS:
