@@ -10,6 +10,19 @@ from urllib.parse import quote
 from ckptmerge.interop.facts import MergeFacts
 
 
+# MLflow 3.17's UI picks an experiment's page from its "workflow type" (the GenAI / Model training switch,
+# kept in the browser, GenAI by default), not from the experiment's mlflow.experimentKind tag; a link
+# that names the type opens the runs, and the switch stays there for the user's next visits.
+UI_WORKFLOW = "workflowType=machine_learning"
+MLFLOW_UI_DEFAULT = "http://127.0.0.1:5000"   # where `mlflow ui` listens unless told otherwise
+
+
+def ui_url(base: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The page of an experiment's runs (or of one run) in MLflow's UI at ``base``, as model training."""
+    page = f"#/experiments/{experiment_id}/runs" + (f"/{run_id}" if run_id else "")
+    return f"{base.rstrip('/')}/{page}?{UI_WORKFLOW}"
+
+
 def artifact_link(run_id: str, path: str) -> str:
     """A link MLflow's UI serves: relative to the UI's root, so it works behind any host and port."""
     return f"get-artifact?path={quote(path)}&run_uuid={run_id}"
