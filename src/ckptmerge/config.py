@@ -380,6 +380,8 @@ class Config:
                 raise ConfigError("action=merge needs merge.weights=[w1,...,wk] (or merge.mergekit_config=FILE)")
             if not self.merge.output_dir:
                 raise ConfigError("action=merge needs merge.output_dir=DIR")
+        elif self.merge.mergekit_config:
+            raise ConfigError(f"merge.mergekit_config is read by action=merge only, not action={self.action}")
         if self.runtime.backend == "deepspeed" and self.action not in DEEPSPEED_ACTIONS:
             raise ConfigError(f"action={self.action} does not run under runtime=deepspeed (it supports "
                               f"{', '.join(DEEPSPEED_ACTIONS)}); use runtime=cpu or runtime=cuda")

@@ -54,3 +54,12 @@ def test_refused_with_one_line_naming_what(tmp_path, text, says):
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="cannot read it"):
         read_linear(tmp_path / "nope.yml")
+
+
+def test_only_action_merge_reads_it():
+    from ckptmerge.config import config_from_dict
+
+    with pytest.raises(ConfigError, match="merge.mergekit_config is read by action=merge only, not action=search"):
+        config_from_dict({"action": "search", "merge": {"mergekit_config": "m.yml"}})
+    cfg = config_from_dict({"action": "merge", "merge": {"mergekit_config": "m.yml", "output_dir": "out"}})
+    assert cfg.merge.weights is None  # the YAML gives them (read by action=merge, see tests/scale)

@@ -21,7 +21,7 @@ def base_model_id(entry: dict[str, str] | Any) -> str:
     return entry["model"].split("@")[0] if entry.get("hub") else entry["model"]
 
 
-def _results(facts: MergeFacts, model_name: str) -> list[Any]:
+def _results(facts: MergeFacts) -> list[Any]:
     from huggingface_hub import EvalResult
 
     out = []
@@ -96,7 +96,7 @@ def model_card(facts: MergeFacts) -> str:
     from huggingface_hub import ModelCard, ModelCardData
 
     model_name = "merge of " + " + ".join(facts.weights)
-    results = _results(facts, model_name)
+    results = _results(facts)
     data = ModelCardData(
         base_model=[base_model_id(c) for c in facts.checkpoints], library_name="transformers",
         pipeline_tag="text-generation", tags=["ckptmerge", "merge", "checkpoint-merging"],
