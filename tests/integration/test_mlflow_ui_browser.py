@@ -47,28 +47,34 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait_up(base: str, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"mlflow ui did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+
+
 @pytest.fixture(scope="module")
 def ui(e2e_search):
-    """``mlflow ui`` on the finished search's store, as the summary tells the user to start it."""
+    """``mlflow ui`` on the finished search's store, as the summary tells the user to start it (the
+    browser fixture waits for it, after starting the browser meanwhile)."""
+    _browser()  # skip before starting anything when there is no browser
     work, uri, _, result = e2e_search
     port = _free_port()
-    log = open(work / "mlflow-ui.log", "w")
+    log_path = work / "mlflow-ui.log"
+    log = open(log_path, "w")
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
                              "--port", str(port), "--workers", "1"], cwd=work, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + WAIT_S
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"mlflow ui did not start:\n{(work / 'mlflow-ui.log').read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield base, uri, result
+        yield base, uri, result, lambda: _wait_up(base, proc, log_path)
     finally:
         proc.terminate()
         try:
@@ -80,7 +86,7 @@ def ui(e2e_search):
 
 
 @pytest.fixture(scope="module")
-def browser():
+def browser(ui):
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
@@ -92,8 +98,11 @@ def browser():
         opts.add_argument(arg)
     # An explicit driver path: Selenium Manager (which would download one) is never asked.
     d = webdriver.Chrome(service=Service(executable_path=driver), options=opts)
-    yield d
-    d.quit()
+    try:
+        ui[3]()  # the server has been starting meanwhile
+        yield d
+    finally:
+        d.quit()
 
 
 def _text(d) -> str:
@@ -142,7 +151,7 @@ def _row_text(d, run_id: str) -> dict[str, str]:
 def test_the_summary_link_opens_the_runs_with_trials_lambda_and_objective(ui, browser):
     from ckptmerge.report import runs_url
 
-    base, uri, result = ui
+    base, uri, result, _ = ui
     exp, parent = result["mlflow"]["experiment_id"], result["mlflow"]["run_id"]
     t0 = time.monotonic()
     # the link the summary prints, with mlflow ui's default address replaced by this server's
@@ -175,7 +184,7 @@ def test_the_summary_link_opens_the_runs_with_trials_lambda_and_objective(ui, br
 def test_search_run_shows_description_plot_and_artifacts(ui, browser):
     from ckptmerge.tracking.description import ui_url
 
-    base, _, result = ui
+    base, _, result, _ = ui
     exp, parent = result["mlflow"]["experiment_id"], result["mlflow"]["run_id"]
     browser.get(ui_url(base, exp, parent))
     _wait(browser, lambda: "ckptmerge search" in _text(browser), "the run's description")
@@ -189,7 +198,7 @@ def test_search_run_shows_description_plot_and_artifacts(ui, browser):
 
 
 def test_registered_model_shows_candidate_alias(ui, browser):
-    base, _, result = ui
+    base, _, result, _ = ui
     name = result["registered_model"]["name"]
     browser.get(f"{base}/#/models/{name}")
     _wait(browser, lambda: "candidate" in _text(browser) and "Version 1" in _text(browser),
