@@ -38,3 +38,26 @@ def run_main(args: list[str], cwd: Path, env_extra: dict | None = None, timeout:
     env = {**os.environ, **(env_extra or {})}
     return subprocess.run([sys.executable, str(MAIN), *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)
+
+
+E2E_BUDGET = 4
+E2E_SECRETS = {"HF_TOKEN": "hf_e2eSecretToken123", "AWS_SECRET_ACCESS_KEY": "e2eAwsSecretKey/987"}
+
+
+@pytest.fixture(scope="session")
+def e2e_search(tmp_path_factory, traj_cache, tiny_trajectory):
+    """One finished, registered search through ``src/main.py`` (sqlite store), shared by the tests that
+    inspect what it left: MLflow, the registry, the merged folder, the UI in a browser.
+    Returns ``(work dir, tracking uri, CompletedProcess, result.json)``."""
+    import json
+
+    work = tmp_path_factory.mktemp("e2e")
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    proc = run_main([
+        "model.trajectory.preset=tiny", f"model.trajectory.cache_dir={traj_cache}",
+        f"search.budget={E2E_BUDGET}", f"tracking.uri={uri}", "tracking.experiment=e2e",
+        "registry.name=tiny-merge", "registry.require_significant_gain=false", f"hydra.run.dir={work / 'run'}",
+    ], cwd=work, env_extra=E2E_SECRETS)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((work / "run" / "result.json").read_text())
+    return work, uri, proc, result

@@ -113,6 +113,8 @@ class MergeConfig:
     dtype: str = "auto"
     # action=merge only: write a merge of checkpoints holding NaN/Inf instead of refusing them.
     allow_nonfinite: bool = False
+    # action=merge only: a mergekit YAML (linear) giving the checkpoints, weights and dtype instead.
+    mergekit_config: str | None = None
 
     def __post_init__(self) -> None:
         _choice("merge.dtype", self.dtype, DTYPES)
@@ -440,10 +442,12 @@ class Config:
             if self.model.source != "local":
                 raise ConfigError(f"action=watch reads its checkpoints from watch.dir; use model=local, not model={self.model.name}")
         if self.action == "merge":
-            if self.merge.weights is None:
-                raise ConfigError("action=merge needs merge.weights=[w1,...,wk]")
+            if self.merge.weights is None and not self.merge.mergekit_config:
+                raise ConfigError("action=merge needs merge.weights=[w1,...,wk] (or merge.mergekit_config=FILE)")
             if not self.merge.output_dir:
                 raise ConfigError("action=merge needs merge.output_dir=DIR")
+        elif self.merge.mergekit_config:
+            raise ConfigError(f"merge.mergekit_config is read by action=merge only, not action={self.action}")
         if self.runtime.backend == "deepspeed" and not action.deepspeed:
             supported = ", ".join(n for n in ACTIONS if ACTIONS.get(n).deepspeed)
             raise ConfigError(f"action={self.action} does not run under runtime=deepspeed (it supports "

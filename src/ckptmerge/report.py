@@ -40,6 +40,15 @@ def mlflow_ui_command(tracking_uri: str) -> str:
     return f"mlflow ui --backend-store-uri {tracking_uri}"
 
 
+def runs_url(tracking_uri: str, experiment_id: str) -> str:
+    """The experiment's runs in the UI that :func:`mlflow_ui_command` opens (``mlflow ui``: port 5000)."""
+    from ckptmerge.tracking.description import MLFLOW_UI_DEFAULT, ui_url
+
+    tracking_uri = redact(tracking_uri)
+    base = tracking_uri if tracking_uri.startswith(("http://", "https://")) else MLFLOW_UI_DEFAULT
+    return ui_url(base, experiment_id)
+
+
 def print_search_summary(result: dict[str, Any], run_dir: Path, console: Console | None = None) -> None:
     """Best λ, dev objective against the newest checkpoint alone, test metrics, MLflow and registry."""
     console = console or Console(width=None if sys.stdout.isatty() else 160)
@@ -86,3 +95,4 @@ def print_search_summary(result: dict[str, Any], run_dir: Path, console: Console
         console.print(f"merged checkpoint: {result['output_dir']}")
     console.print(f"result: {Path(run_dir) / 'result.json'}")
     console.print(f"see it: {mlflow_ui_command(ml['tracking_uri'])}")
+    console.print(f"runs:   {runs_url(ml['tracking_uri'], ml['experiment_id'])}", soft_wrap=True)

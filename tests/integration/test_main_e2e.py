@@ -6,26 +6,17 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import run_main
+from tests.conftest import E2E_BUDGET, E2E_SECRETS, run_main
 
 pytestmark = pytest.mark.slow
 
-BUDGET = 4
-SECRETS = {"HF_TOKEN": "hf_e2eSecretToken123", "AWS_SECRET_ACCESS_KEY": "e2eAwsSecretKey/987"}
+BUDGET = E2E_BUDGET
+SECRETS = E2E_SECRETS
 
 
 @pytest.fixture(scope="module")
-def search_run(tmp_path_factory, traj_cache, tiny_trajectory):
-    work = tmp_path_factory.mktemp("e2e")
-    uri = f"sqlite:///{work / 'mlflow.db'}"
-    proc = run_main([
-        "model.trajectory.preset=tiny", f"model.trajectory.cache_dir={traj_cache}",
-        f"search.budget={BUDGET}", f"tracking.uri={uri}", "tracking.experiment=e2e",
-        "registry.name=tiny-merge", "registry.require_significant_gain=false", f"hydra.run.dir={work / 'run'}",
-    ], cwd=work, env_extra=SECRETS)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads((work / "run" / "result.json").read_text())
-    return work, uri, proc, result
+def search_run(e2e_search):
+    return e2e_search
 
 
 def test_summary_is_printed(search_run):

@@ -35,6 +35,7 @@ class EvalSession:
         self._lm: Any = None
         self._resident: ResidentModel | None = None
         self._ranks: tuple[int, int] | None = None   # (rank, world size) under runtime=deepspeed
+        self._datasets: dict[str, list[Any]] = {}
 
     @classmethod
     def with_resident(cls, cfg: Config, sources: Sources) -> tuple["EvalSession", ResidentModel]:
@@ -97,6 +98,15 @@ class EvalSession:
 
             distributed.channel.send(distributed.EVAL, which)
         return suite.evaluate_with_scores(lm or self._lm)
+
+    def datasets(self, which: str) -> list[Any]:
+        """The ``dev`` or ``test`` tasks as MLflow datasets (the documents scored), built once."""
+        from ckptmerge.tracking.datasets import suite_datasets
+
+        if which not in self._datasets:
+            suite = self.dev if which == "dev" else self.test
+            self._datasets[which] = [] if suite is None else suite_datasets(suite.task_objects(), suite.samples)
+        return self._datasets[which]
 
     def objective_se(self, scores: DocScores) -> float:
         """The bootstrap standard error of the objective from one evaluation's per-document scores."""

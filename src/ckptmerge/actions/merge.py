@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,40 @@ from ckptmerge.checkpoints.atomic import check_target, refuse_inputs
 from ckptmerge.checkpoints.writer import write_merged
 from ckptmerge.config import Config, parse_size
 from ckptmerge.errors import ConfigError
+from ckptmerge.interop import folder_files
+from ckptmerge.interop.facts import MergeFacts, checkpoint_entries, floating_dtype
 from ckptmerge.merge import get_method
 
 log = logging.getLogger(__name__)
+
+
+def from_mergekit(cfg: Config) -> Config:
+    """``cfg`` with the checkpoints, weights and dtype of ``merge.mergekit_config`` (a linear mergekit YAML).
+
+    The YAML says everything a merge needs, so a second source for the same facts is refused rather than
+    silently overridden.
+    """
+    from ckptmerge.interop.mergekit import KEY, read_linear
+
+    if cfg.merge.weights is not None:
+        raise ConfigError(f"{KEY} gives the weights; leave out merge.weights")
+    if cfg.model.source != "embedded":
+        raise ConfigError(f"{KEY} names the checkpoints; leave out model={cfg.model.name} and model.checkpoints")
+    if cfg.merge.method != "linear":
+        raise ConfigError(f"{KEY} is a linear merge; merge.method={cfg.merge.method} cannot apply it")
+    recipe = read_linear(cfg.merge.mergekit_config)  # type: ignore[arg-type]
+    if cfg.merge.dtype != "auto" and recipe.dtype != "auto" and cfg.merge.dtype != recipe.dtype:
+        raise ConfigError(f"merge.dtype={cfg.merge.dtype} contradicts {KEY}'s output dtype {recipe.dtype}")
+    model = replace(cfg.model, name="local", source="local", checkpoints=recipe.models, pair=None)
+    merge = replace(cfg.merge, weights=recipe.weights, dtype=recipe.dtype if recipe.dtype != "auto" else cfg.merge.dtype)
+    return replace(cfg, model=model, merge=merge)
+
+
+def merge_facts(cfg: Config, cset: Any, weights: list[float]) -> MergeFacts:
+    """What the merged folder's model card and mergekit config say about a plain merge (no evaluation)."""
+    return MergeFacts(checkpoints=checkpoint_entries(cset), weights=dict(zip(cset.names, weights)),
+                      method=cfg.merge.method, out_dtype=None if cfg.merge.dtype == "auto" else cfg.merge.dtype,
+                      in_dtype=floating_dtype(cset))
 
 
 def run_merge(cfg: Config) -> dict[str, Any]:
@@ -24,8 +56,11 @@ def run_merge(cfg: Config) -> dict[str, Any]:
 
     Tensor by tensor (chunk by chunk for an elementwise method), fp32 arithmetic, output in
     ``merge.dtype`` as sharded safetensors of ``merge.shard_size``; memory stays flat whatever the size
-    (see :mod:`ckptmerge.checkpoints.stream`).
+    (see :mod:`ckptmerge.checkpoints.stream`). ``merge.mergekit_config`` gives checkpoints, weights and
+    dtype as a mergekit YAML instead. The folder also carries a model card and a mergekit config.
     """
+    if cfg.merge.mergekit_config:
+        cfg = from_mergekit(cfg)
     fn = get_method(cfg.merge.method)
     target = Path(cfg.merge.output_dir).expanduser().resolve()  # type: ignore[arg-type]
     check_target(target, cfg.merge.overwrite)
@@ -40,7 +75,8 @@ def run_merge(cfg: Config) -> dict[str, Any]:
     stats = StreamStats()
     write_merged([c.reader for c in cset.checkpoints], cset.newest.folder, weights, target, fn, shard_bytes,
                  out_dtype=out_dtype, overwrite=cfg.merge.overwrite,
-                 extra_files={"ckptmerge.json": json.dumps({"weights": named, "method": cfg.merge.method}, indent=2)},
+                 extra_files={"ckptmerge.json": json.dumps({"weights": named, "method": cfg.merge.method}, indent=2),
+                              **folder_files(merge_facts(cfg, cset, weights))},
                  progress=True, stats=stats)
     rate = stats.bytes_written / max(stats.seconds, 1e-9) / 1e9
     print(f"merged {len(cset)} checkpoints {named} into {target} "

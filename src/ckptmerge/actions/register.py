@@ -28,16 +28,17 @@ log = logging.getLogger(__name__)
 
 def write_and_verify(cfg: Config, session: EvalSession, resident: ResidentModel, weights: Mapping[str, float] | None,
                      objective: float, target: Path, info: Mapping[str, Any],
-                     owner: str | None = None) -> tuple[Any, Any, Any, float]:
+                     owner: str | None = None, files: Mapping[str, str] | None = None) -> tuple[Any, Any, Any, float]:
     """Write the merge to ``target``; return ``(model, tokenizer, lm, rescored_objective)`` of the reloaded copy.
 
     ``weights`` None means the merge is not linear: the resident model's parameters are saved as they are.
     ``owner`` (e.g. ``search:RUN_ID``) is recorded in the folder, so that the same search may replace
     its own earlier output after a crash; any other existing folder is refused at the rename.
+    ``files`` (name → text: the model card, the mergekit config) are written inside the atomic publish.
     Raises (and leaves no folder) when the reloaded merge does not reproduce ``objective``.
     """
     cset = resident.cset
-    extra = {OWNER_FILE: json.dumps({**dict(info), "owner": owner}, indent=2, default=str)}
+    extra = {**dict(files or {}), OWNER_FILE: json.dumps({**dict(info), "owner": owner}, indent=2, default=str)}
     if weights is not None:
         out_dtype = None if cfg.merge.dtype == "auto" else getattr(torch, cfg.merge.dtype)
         write_merged([c.reader for c in cset.checkpoints], cset.newest.folder, list(weights.values()), target,

@@ -28,10 +28,14 @@ from ckptmerge.checkpoints.writer import check_space, merged_size
 from ckptmerge.config import Config, parse_size
 from ckptmerge.errors import EvaluationError
 from ckptmerge.evaluation.doc_scores import scores_json
+from ckptmerge.interop import folder_files, update_card
+from ckptmerge.interop.facts import MergeFacts, checkpoint_entries, floating_dtype
 from ckptmerge.merge import searchable
 from ckptmerge.runtime import seed_everything
 from ckptmerge.search.searchers import Searcher, make_searcher
 from ckptmerge.tracking import names, resume, search_lock
+from ckptmerge.tracking.datasets import CONTEXT_DEV, CONTEXT_TEST
+from ckptmerge.tracking.description import run_note, version_description
 from ckptmerge.tracking.mlflow_run import SearchTracker
 
 log = logging.getLogger(__name__)
@@ -115,6 +119,9 @@ class SearchRun:
             else:
                 tracker.log_text(run_id, json.dumps(key, indent=2, sort_keys=True, default=str), resume.ARTIFACT_RESUME_KEY)
             log.info("MLflow parent run %s; objective %s", run_id, session.objective.describe())
+            self.facts = self._facts(tracker, sources, session)
+            tracker.describe(run_note(self.facts, running=True))
+            tracker.log_datasets(run_id, session.datasets("dev"), CONTEXT_DEV)
             check_target(self.output_dir, cfg.merge.overwrite, owner=self.owner)  # before any trial
             try:
                 result = self._search_and_register(tracker, sources, session, resident, searcher, past)
@@ -123,6 +130,18 @@ class SearchRun:
                     shutil.rmtree(self.output_dir, ignore_errors=True)
                 raise
         return result
+
+    def _facts(self, tracker: SearchTracker, sources: Sources, session: EvalSession) -> MergeFacts:
+        """What is known before the first trial; the result's facts are added as they are learnt."""
+        c, cset = self.cfg, sources.cset
+        suites = [session.dev] + ([session.test] if session.test else [])
+        return MergeFacts(
+            checkpoints=checkpoint_entries(cset), weights={},
+            method=c.merge.method, out_dtype=None if c.merge.dtype == "auto" else c.merge.dtype,
+            in_dtype=floating_dtype(cset), objective_definition=session.objective.describe(),
+            task_splits={n: i.split for s in suites for n, i in s.info.items()},
+            search={"kind": c.search.kind, "budget": c.search.budget, "seed": c.search.seed, "alpha": c.search.alpha},
+            mlflow={"tracking_uri": tracker.display_uri, "experiment_id": tracker.experiment_id, "run_id": tracker.run_id or ""})
 
     def _runtime_info(self, resident: ResidentModel) -> dict[str, Any]:
         """Where the trials ran: backend, ranks (a partitioned model's world size), device, dtype."""
@@ -178,8 +197,10 @@ class SearchRun:
         self.trials = loop.run(cfg.search.budget, desc=f"search ({cfg.search.kind}{over})")
         if loop.best is None:
             raise EvaluationError(f"every trial failed, nothing to merge; the first failure: {self.trials[0].error}")
+        plot = None
         if tracker.log_plots and searcher.posterior() is not None:
             loop.log_plot(tracker.run_id, cfg.search.budget)  # type: ignore[arg-type]
+            plot = names.ARTIFACT_PLOT
         best, selected_by = evidence.select_result(self.trials, searcher, cfg.search.select)
         newest = evidence.newest_alone(self.trials)
         baseline = newest.objective if newest else None
@@ -190,11 +211,17 @@ class SearchRun:
         # The best merge: written from the checkpoint tensors, verified, reloaded and re-scored. Only once
         # it is in place is the folder ours to remove on a later failure (a refused rename leaves the
         # existing folder, someone else's, as it was).
+        facts = self.facts.with_(weights=dict(best.weights), objective=best.objective, dev_metrics=dict(best.metrics),
+                                 gain=gain.as_json() if gain else None, decision=verdict.decision,
+                                 decision_reason=verdict.reason, plot_artifact=plot)
         merged_model, merged_tok, reloaded, rescored = write_and_verify(
             cfg, session, resident, best.weights, best.objective, self.output_dir,  # type: ignore[arg-type]
-            {"weights": best.weights, "lambda": best.lam, "point": best.x}, owner=self.owner)
+            {"weights": best.weights, "lambda": best.lam, "point": best.x}, owner=self.owner,
+            files=folder_files(facts))
         self._written = True
         test, test_scores = session.test_report(reloaded, resident)
+        tracker.log_datasets(None, session.datasets("test"), CONTEXT_TEST)
+        facts = facts.with_(test_metrics=dict(test.get("best", {})))
         test_gains = session.test_gains(test_scores, cset.names[-1])
         if test_scores:  # per reported model, so that later comparisons need not evaluate again
             tracker.log_text(None, "{" + ",".join(f"{json.dumps(who)}:{scores_json(sc)}" for who, sc in test_scores.items()) + "}",
@@ -243,13 +270,14 @@ class SearchRun:
             "output_dir": str(self.output_dir),
         }
         if verdict.decision == evidence.REGISTERED:
-            description = (f"Merge {' + '.join(f'{w:.4f}·{n}' for n, w in best.weights.items())}, "
-                           f"found by ckptmerge ({cfg.search.kind}, {cfg.search.budget} evaluations); "
-                           f"dev objective {best.objective:.5f} ({session.objective.describe()}); {verdict.reason}.")
-            gain_tags = {"gain": json.dumps(gain.as_json()) if gain else "", "significant": str(verdict.significant_gain).lower()}
+            gain_tags = {"gain": json.dumps(gain.as_json()) if gain else "", "significant": str(verdict.significant_gain).lower(),
+                         "decision": verdict.decision, "checkpoints": ",".join(cset.names)}
             result["registered_model"] = register(
-                cfg, tracker, merged_model, merged_tok, best.weights, best.objective, session, description,  # type: ignore[arg-type]
+                cfg, tracker, merged_model, merged_tok, best.weights, best.objective, session, version_description(facts),  # type: ignore[arg-type]
                 {"sources": ",".join(c.ref.text for c in cset.checkpoints), **gain_tags}, folder=self.output_dir)
+            facts = facts.with_(registered=result["registered_model"])
+        update_card(self.output_dir, facts)  # now with test results and the registered version
+        tracker.describe(run_note(facts, tracker.run_id))
         tracker.log_text(None, json.dumps(result, indent=2), names.ARTIFACT_RESULT)
         return result
 

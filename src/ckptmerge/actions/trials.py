@@ -17,6 +17,7 @@ from ckptmerge.evaluation.uncertainty import relative_standard_errors
 from ckptmerge.search.searchers import Proposal, SearchExhausted, Searcher
 from ckptmerge.search.space import SearchSpace
 from ckptmerge.tracking import names
+from ckptmerge.tracking.datasets import CONTEXT_DEV
 from ckptmerge.tracking.mlflow_run import SearchTracker
 
 log = logging.getLogger(__name__)
@@ -177,6 +178,7 @@ class TrialLoop:
         params.update(zip(self.space.coordinates, prop.x))  # λ for a pair; u1.., beta, window, shape otherwise
         params.update({names.weight_param(n): w for n, w in named.items()})
         trial.run_id = tracker.start_trial(index, params, parent_run_id=self.parent_run_id)
+        tracker.log_datasets(trial.run_id, session.datasets("dev"), CONTEXT_DEV)  # what this trial evaluated
         t0 = time.perf_counter()
         try:
             resident.apply([0.0] * self._pad + weights)

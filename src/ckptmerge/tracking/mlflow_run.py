@@ -237,6 +237,7 @@ class SearchTracker:
             self.experiment_id = self._env_run_experiment(env_run)
         else:
             self.experiment_id = self._experiment(cfg, cwd)
+        self._tag_experiment_kind()
         self.run_id: str | None = None
         self._env_run = env_run
         self._open_children: dict[str, None] = {}  # child runs started and not yet ended, in order
@@ -270,6 +271,25 @@ class SearchTracker:
             if exp is None:
                 raise
             return exp.experiment_id
+
+    def _tag_experiment_kind(self) -> None:
+        """Mark the experiment as model development, so that MLflow's UI opens it on its runs (untagged,
+        MLflow 3 opens the GenAI traces overview). A kind someone already chose is left as it is."""
+        tags = self.client.get_experiment(self.experiment_id).tags or {}
+        if not tags.get(names.TAG_EXPERIMENT_KIND):
+            self.client.set_experiment_tag(self.experiment_id, names.TAG_EXPERIMENT_KIND,
+                                           names.EXPERIMENT_KIND_MODEL_DEVELOPMENT)
+
+    def log_datasets(self, run_id: str | None, datasets: list[Any], context: str) -> None:
+        """Record ``datasets`` (see :mod:`ckptmerge.tracking.datasets`) as inputs of the run, as ``context``."""
+        from ckptmerge.tracking.datasets import dataset_inputs
+
+        if datasets:
+            self.client.log_inputs(run_id or self.run_id, datasets=dataset_inputs(datasets, context))
+
+    def describe(self, markdown: str, run_id: str | None = None) -> None:
+        """The run's description in MLflow's UI (markdown)."""
+        self.set_tags({names.TAG_NOTE: markdown}, run_id)
 
     # -- parent ------------------------------------------------------------------------------
     def start(self, run_name: str, config: Mapping[str, Any], config_yaml: str, checkpoints: list[dict[str, str]],

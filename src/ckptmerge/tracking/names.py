@@ -45,6 +45,11 @@ METRIC_WATCH_GAIN = "gain"                     # their difference; gain.ci_low, 
 METRIC_WATCH_LAMBDA = "lambda"
 METRIC_STEPS_GAINED = "steps_gained"           # steps_gained.ci_low, .ci_high (see ckptmerge.watch.timeline)
 ARTIFACT_TIMELINE_PLOT = "watch_timeline.png"
+# What MLflow's UI reads: the experiment kind picks the page an experiment opens on (untagged, MLflow 3
+# opens the GenAI traces overview); the note is the run's (or experiment's) markdown description.
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND_MODEL_DEVELOPMENT = "custom_model_development"
+TAG_NOTE = "mlflow.note.content"
 ARTIFACT_CONFIG = "config.yaml"
 ARTIFACT_CHECKPOINTS = "checkpoints.json"
 ARTIFACT_RESULT = "result.json"
