@@ -13,6 +13,7 @@ and prints their ratio (target: <= 2% of a trial).
 
     python benchmarks/bootstrap_cost.py          # ~1 min once the embedded trajectory is cached
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,7 +65,11 @@ def bootstrap_seconds(docs: int, resamples: int, repeats: int) -> list[float]:
     out = []
     for _ in range(repeats):
         nbytes = rng.integers(50, 2000, size=docs).astype(float)
-        scores = {"dev/bits_per_byte": MetricScores("bits_per_byte", np.arange(docs), -nbytes * rng.uniform(1, 2, docs), nbytes)}
+        scores = {
+            "dev/bits_per_byte": MetricScores(
+                "bits_per_byte", np.arange(docs), -nbytes * rng.uniform(1, 2, docs), nbytes
+            )
+        }
         t0 = time.perf_counter()
         boot.standard_error(objective, scores)
         out.append(time.perf_counter() - t0)
@@ -81,8 +86,10 @@ def main() -> None:
     trial = statistics.median(trials[1:])
     boot = statistics.median(boots[1:])
     print(f"\nmedian trial (embedded, merge + eval with per-document scores): {trial:.2f} s")
-    print(f"bootstrap s.e. ({args.docs} documents x {args.resamples} resamples): first {boots[0]:.3f} s "
-          f"(draws the resamples), then median {boot:.3f} s")
+    print(
+        f"bootstrap s.e. ({args.docs} documents x {args.resamples} resamples): first {boots[0]:.3f} s "
+        f"(draws the resamples), then median {boot:.3f} s"
+    )
     print(f"bootstrap / trial = {100 * boot / trial:.2f}% (first: {100 * boots[0] / trial:.2f}%)  target <= 2%")
 
 

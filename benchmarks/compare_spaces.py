@@ -15,6 +15,7 @@ of the best baseline on test.
     python benchmarks/compare_spaces.py                  # ~15 min on 2 cores
     python benchmarks/compare_spaces.py --traj-seed 0    # the embedded default trajectory
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,7 +55,9 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=8)
     ap.add_argument("--test-margin", type=float, default=0.001, help="bits per byte")
     ap.add_argument("--limit", type=int, default=None, help="eval.limit: a seeded sample of each task's documents")
-    ap.add_argument("--methods", default="newest,uniform,lawa,ema,greedy,fisher,regmean,bo,bo_simplex,bo_ema,bo_window,bo_decay")
+    ap.add_argument(
+        "--methods", default="newest,uniform,lawa,ema,greedy,fisher,regmean,bo,bo_simplex,bo_ema,bo_window,bo_decay"
+    )
     ap.add_argument("--work", type=Path, default=None)
     a = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -66,11 +69,21 @@ def main() -> None:
     work = a.work or Path(tempfile.mkdtemp(prefix="ckptmerge-compare-spaces-"))
     tasks = split_tasks(traj, work / "tasks")
     run_dir = work / "run"
-    cmd = [sys.executable, str(REPO / "src" / "main.py"), "action=compare", f"model.trajectory.seed={a.traj_seed}",
-           f"search.budget={a.budget}", "eval.tasks=[unseen_dev_bpb]", "eval.test_tasks=[unseen_test_bpb]",
-           f"eval.include_path={tasks}", f"compare.methods=[{a.methods}]",
-           *([f"eval.limit={a.limit}"] if a.limit else []), f"tracking.uri=sqlite:///{work / 'mlflow.db'}", "tracking.log_plots=false",
-           f"hydra.run.dir={run_dir}"]
+    cmd = [
+        sys.executable,
+        str(REPO / "src" / "main.py"),
+        "action=compare",
+        f"model.trajectory.seed={a.traj_seed}",
+        f"search.budget={a.budget}",
+        "eval.tasks=[unseen_dev_bpb]",
+        "eval.test_tasks=[unseen_test_bpb]",
+        f"eval.include_path={tasks}",
+        f"compare.methods=[{a.methods}]",
+        *([f"eval.limit={a.limit}"] if a.limit else []),
+        f"tracking.uri=sqlite:///{work / 'mlflow.db'}",
+        "tracking.log_plots=false",
+        f"hydra.run.dir={run_dir}",
+    ]
     print("$ " + " ".join(cmd[1:]), flush=True)
     proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -86,9 +99,12 @@ def main() -> None:
     best_base_test = min(r["test_metrics"][test_key] for r in base.values())
     dev_ok = best_ours["objective"] >= best_base_dev["objective"] - 1e-12
     test_ok = best_ours["test_metrics"][test_key] <= best_base_test + a.test_margin
-    print(f"best of ours: {best_ours['method']} dev {best_ours['objective']:.5f} test {best_ours['test_metrics'][test_key]:.5f}; "
-          f"best baseline on dev: {best_base_dev['method']} {best_base_dev['objective']:.5f}; best baseline test "
-          f"{best_base_test:.5f}")
+    print(
+        f"best of ours: {best_ours['method']} dev {best_ours['objective']:.5f} test "
+        f"{best_ours['test_metrics'][test_key]:.5f}; "
+        f"best baseline on dev: {best_base_dev['method']} {best_base_dev['objective']:.5f}; best baseline test "
+        f"{best_base_test:.5f}"
+    )
     print(f"dev: ours >= every baseline: {dev_ok}; test: ours within {a.test_margin} of the best baseline: {test_ok}")
     print(f"work folder {work}")
 

@@ -21,6 +21,7 @@ ratios against the targets (>= 5x faster than mergekit, <= 2x the copy floor, pe
     python benchmarks/merge_throughput.py --shape pythia-6.9b    # ~14 GB per checkpoint, ~45 GB free disk
     python benchmarks/merge_throughput.py --cache DIR --clean    # where inputs live; delete them after
 """
+
 from __future__ import annotations
 
 import argparse
@@ -96,14 +97,22 @@ def measure(name: str, cmd: list[str], log: Path, cwd: Path | None = None) -> Me
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     busy0, t0 = _cpu_busy_s(), time.perf_counter()
     with open(log, "w") as out:
-        subprocess.run([sys.executable, "-S", "-c", _LAUNCHER, *cmd], stdout=out, stderr=subprocess.STDOUT,
-                       cwd=cwd, env=env, check=False)
+        subprocess.run(
+            [sys.executable, "-S", "-c", _LAUNCHER, *cmd],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env=env,
+            check=False,
+        )
     wall, busy = time.perf_counter() - t0, _cpu_busy_s() - busy0
     found = re.findall(r"^@@rusage (.*)$", log.read_text(), flags=re.M)
     ru = json.loads(found[-1]) if found else {"rc": -1, "maxrss_kb": 0, "cpu_s": 0.0}
     m = Measured(name, wall, ru["maxrss_kb"] * 1024, ru["cpu_s"], max(0.0, busy - ru["cpu_s"]) / wall)
     if ru["rc"] != 0:
-        m.failed = f"exit {ru['rc']}: {log.read_text()[-600:].strip().splitlines()[-1] if log.read_text().strip() else ''}"
+        m.failed = (
+            f"exit {ru['rc']}: {log.read_text()[-600:].strip().splitlines()[-1] if log.read_text().strip() else ''}"
+        )
         print(f"{name} failed ({m.failed}); log: {log}", flush=True)
     return m
 
@@ -153,7 +162,7 @@ def compare(ours: Path, theirs: Path) -> tuple[int, int]:
         if x.dtype != y.dtype:
             sys.exit(f"{key}: dtype {x.dtype} vs {y.dtype}")
         for s in range(0, x.numel(), 1 << 22):
-            xs, ys = x[s:s + (1 << 22)], y[s:s + (1 << 22)]
+            xs, ys = x[s : s + (1 << 22)], y[s : s + (1 << 22)]
             if x.is_floating_point():
                 itype = {2: torch.int16, 4: torch.int32}[x.element_size()]
                 lo = -(1 << (8 * x.element_size() - 1))
@@ -175,8 +184,12 @@ def main() -> None:
     ap.add_argument("--cold", action="store_true", help="drop the inputs from the page cache before each run")
     ap.add_argument("--clean", action="store_true", help="delete the cached inputs at the end")
     ap.add_argument("--json", type=Path, help="also write the figures here")
-    ap.add_argument("--repeat", type=int, default=None,
-                    help="rounds of the three runs, median reported (default: 3 for a warm cache, 1 for a cold one)")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        help="rounds of the three runs, median reported (default: 3 for a warm cache, 1 for a cold one)",
+    )
     args = ap.parse_args()
 
     per_ckpt = sum(m.nbytes for m in neox_tensors(SHAPES[args.shape]).values())
@@ -212,12 +225,16 @@ def run_all(args: argparse.Namespace, srcs: list[Path], work: Path, cold: bool) 
             if r is not None:
                 runs[r.name].append(r)
         if rounds > 1:
-            print(f"round {i + 1}/{rounds}: " + ", ".join(f"{r.name} {r.wall_s:.2f} s" for r in (m, mk, cp) if r), flush=True)
+            print(
+                f"round {i + 1}/{rounds}: " + ", ".join(f"{r.name} {r.wall_s:.2f} s" for r in (m, mk, cp) if r),
+                flush=True,
+            )
     return [median_run(runs[n]) for n in names], out_bytes, copied
 
 
-def one_round(args: argparse.Namespace, srcs: list[Path], work: Path, cold: bool,
-              compare_outputs: bool) -> tuple[Measured, Measured | None, Measured, int, int]:
+def one_round(
+    args: argparse.Namespace, srcs: list[Path], work: Path, cold: bool, compare_outputs: bool
+) -> tuple[Measured, Measured | None, Measured, int, int]:
     """The three timed runs (and, once, the comparison of the two merges); outputs are deleted as they go."""
     mergekit = shutil.which("mergekit-yaml") or str(Path(sys.executable).with_name("mergekit-yaml"))
     ours_out, mk_out, cp_out = work / "ours", work / "mergekit", work / "copy"
@@ -225,9 +242,21 @@ def one_round(args: argparse.Namespace, srcs: list[Path], work: Path, cold: bool
 
     warm(srcs, cold)
     ckpts = ",".join(str(s) for s in srcs)
-    m = measure("ckptmerge", [sys.executable, str(REPO / "src" / "main.py"), "model=local", f"model.checkpoints=[{ckpts}]",
-                              "action=merge", f"merge.weights=[{WEIGHTS[0]},{WEIGHTS[1]}]", f"merge.output_dir={ours_out}",
-                              f"hydra.run.dir={work / 'run'}"], work / "ckptmerge.log", cwd=work)
+    m = measure(
+        "ckptmerge",
+        [
+            sys.executable,
+            str(REPO / "src" / "main.py"),
+            "model=local",
+            f"model.checkpoints=[{ckpts}]",
+            "action=merge",
+            f"merge.weights=[{WEIGHTS[0]},{WEIGHTS[1]}]",
+            f"merge.output_dir={ours_out}",
+            f"hydra.run.dir={work / 'run'}",
+        ],
+        work / "ckptmerge.log",
+        cwd=work,
+    )
     if m.failed:
         sys.exit(f"ckptmerge failed:\n{(work / 'ckptmerge.log').read_text()[-3000:]}")
     engine = re.search(r"Wrote merged checkpoint .* in ([0-9.]+) s", (work / "ckptmerge.log").read_text())
@@ -237,11 +266,16 @@ def one_round(args: argparse.Namespace, srcs: list[Path], work: Path, cold: bool
     mk = None
     if not args.no_mergekit:
         cfg = work / "linear.yml"
-        cfg.write_text("merge_method: linear\nmodels:\n" + "".join(
-            f"  - model: {s}\n    parameters:\n      weight: {w}\n" for s, w in zip(srcs, WEIGHTS)))
+        cfg.write_text(
+            "merge_method: linear\nmodels:\n"
+            + "".join(f"  - model: {s}\n    parameters:\n      weight: {w}\n" for s, w in zip(srcs, WEIGHTS))
+        )
         warm(srcs, cold)
-        mk = measure("mergekit", [mergekit, str(cfg), str(mk_out), "--no-copy-tokenizer", "--no-write-model-card",
-                                  "--quiet"], work / "mergekit.log")
+        mk = measure(
+            "mergekit",
+            [mergekit, str(cfg), str(mk_out), "--no-copy-tokenizer", "--no-write-model-card", "--quiet"],
+            work / "mergekit.log",
+        )
         if not mk.failed and compare_outputs:
             worst, n = compare(ours_out, mk_out)
             print(f"ckptmerge vs mergekit: {n} tensors, largest difference {worst} ulp (fp16)", flush=True)
@@ -258,20 +292,28 @@ def one_round(args: argparse.Namespace, srcs: list[Path], work: Path, cold: bool
     return m, mk, cp, out_bytes, copied
 
 
-def report(args: argparse.Namespace, results: list[Measured], per_ckpt: int, out_bytes: int, copied: int,
-           cold: bool) -> None:
+def report(
+    args: argparse.Namespace, results: list[Measured], per_ckpt: int, out_bytes: int, copied: int, cold: bool
+) -> None:
     """The table, the ratios against the targets, and optionally a JSON file."""
     by = {r.name: r for r in results}
-    print(f"\n{args.shape}: 2 x {per_ckpt / 1e9:.2f} GB fp16 in, {out_bytes / 1e9:.2f} GB out "
-          f"(copy floor: {copied / 1e9:.2f} GB); {'cold' if cold else 'warm'} page cache; {os.cpu_count()} CPUs")
-    print(f"{'run':<10} {'wall s':>8} {'GB/s out':>9} {'peak RSS GB':>12} {'CPU s':>7} {'others CPU':>11}  rounds (wall s)")
+    print(
+        f"\n{args.shape}: 2 x {per_ckpt / 1e9:.2f} GB fp16 in, {out_bytes / 1e9:.2f} GB out "
+        f"(copy floor: {copied / 1e9:.2f} GB); {'cold' if cold else 'warm'} page cache; {os.cpu_count()} CPUs"
+    )
+    print(
+        f"{'run':<10} {'wall s':>8} {'GB/s out':>9} {'peak RSS GB':>12} {'CPU s':>7} {'others CPU':>11}  rounds "
+        "(wall s)"
+    )
     for r in results:
         if r.failed:
             print(f"{r.name:<10} FAILED after {r.wall_s:.1f} s, peak RSS {r.peak_rss_bytes / 1e9:.2f} GB ({r.failed})")
             continue
         rounds = " ".join(f"{w:.2f}" for w in r.walls) if r.walls and len(r.walls) > 1 else ""
-        print(f"{r.name:<10} {r.wall_s:>8.2f} {out_bytes / r.wall_s / 1e9:>9.2f} {r.peak_rss_bytes / 1e9:>12.2f} "
-              f"{r.cpu_s:>7.1f} {r.others_cpu_cores:>10.2f}c  {rounds}")
+        print(
+            f"{r.name:<10} {r.wall_s:>8.2f} {out_bytes / r.wall_s / 1e9:>9.2f} {r.peak_rss_bytes / 1e9:>12.2f} "
+            f"{r.cpu_s:>7.1f} {r.others_cpu_cores:>10.2f}c  {rounds}"
+        )
     ours = by["ckptmerge"]
     if ours.engine_s:
         print(f"(ckptmerge's merge itself, without interpreter start-up and checks: {ours.engine_s:.2f} s)")
@@ -283,18 +325,38 @@ def report(args: argparse.Namespace, results: list[Measured], per_ckpt: int, out
     floor = ours.wall_s / by["copy"].wall_s
     verdicts.append(("time / copy floor", f"{floor:.2f}x", "<= 2x", floor <= 2))
     if ours.engine_s:
-        verdicts.append(("merge itself / copy floor", f"{ours.engine_s / by['copy'].wall_s:.2f}x", "<= 2x",
-                         ours.engine_s / by["copy"].wall_s <= 2))
+        verdicts.append(
+            (
+                "merge itself / copy floor",
+                f"{ours.engine_s / by['copy'].wall_s:.2f}x",
+                "<= 2x",
+                ours.engine_s / by["copy"].wall_s <= 2,
+            )
+        )
     if rss_target:
-        verdicts.append(("peak RSS", f"{ours.peak_rss_bytes / 1e9:.2f} GB", f"<= {rss_target / 1e9:.0f} GB",
-                         ours.peak_rss_bytes <= rss_target))
+        verdicts.append(
+            (
+                "peak RSS",
+                f"{ours.peak_rss_bytes / 1e9:.2f} GB",
+                f"<= {rss_target / 1e9:.0f} GB",
+                ours.peak_rss_bytes <= rss_target,
+            )
+        )
     for name, got, target, ok in verdicts:
         print(f"{name:<28} {got:>10}   target {target:<8} {'ok' if ok else 'MISSED'}")
     if args.json:
-        args.json.write_text(json.dumps({"shape": args.shape, "out_bytes": out_bytes, "copy_bytes": copied,
-                                         "runs": [asdict(r) for r in results],
-                                         "verdicts": [dict(zip(("name", "value", "target", "ok"), v)) for v in verdicts]},
-                                        indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "shape": args.shape,
+                    "out_bytes": out_bytes,
+                    "copy_bytes": copied,
+                    "runs": [asdict(r) for r in results],
+                    "verdicts": [dict(zip(("name", "value", "target", "ok"), v)) for v in verdicts],
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

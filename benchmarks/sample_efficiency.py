@@ -20,6 +20,7 @@ spaces: the best of their sweep and of every run in them).
     python benchmarks/sample_efficiency.py --limit 100           # ~40 min on 2 idle cores
     python benchmarks/sample_efficiency.py --traj-seed 0 --spaces pair ema --seeds 0 1 2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,8 +76,11 @@ def evaluations_to(gains: list[float], target: float) -> int | None:
 def for_space(cfg, name: str):  # type: ignore[no-untyped-def]
     """``cfg`` with ``search/space=name``; ``pair-warm`` is the pair started from the baselines (λ=1, λ=½)
     instead of the paper's λ=α, λ=1."""
-    space = {"name": "pair", "last": 2, "warm_start": True} if name == "pair-warm" else {
-        "name": name, "last": 2 if name == "pair" else cfg.search.space.last, "warm_start": name != "pair"}
+    space = (
+        {"name": "pair", "last": 2, "warm_start": True}
+        if name == "pair-warm"
+        else {"name": name, "last": 2 if name == "pair" else cfg.search.space.last, "warm_start": name != "pair"}
+    )
     return replace(cfg, search=replace(cfg.search, space=type(cfg.search.space)(**space)))
 
 
@@ -128,21 +132,30 @@ def main() -> None:
     traj = build_trajectory(spec, default_cache_dir())
     work = Path(tempfile.mkdtemp(prefix="ckptmerge-sample-eff-"))
     tasks = make_task(traj, work / "tasks")
-    ckpts = [str(c) for c in traj.checkpoints[-a.last:]]
-    cfg = config_from_dict({
-        "model": {"name": "local", "source": "local", "checkpoints": ckpts},
-        "eval": {"tasks": ["bench_unseen_bpb"], "include_path": str(tasks), "max_length": traj.max_length,
-                 "limit": a.limit},
-        "search": {"budget": a.budget, "space": {"name": "pair", "last": a.last}},
-        "registry": {"enabled": False},
-    })
+    ckpts = [str(c) for c in traj.checkpoints[-a.last :]]
+    cfg = config_from_dict(
+        {
+            "model": {"name": "local", "source": "local", "checkpoints": ckpts},
+            "eval": {
+                "tasks": ["bench_unseen_bpb"],
+                "include_path": str(tasks),
+                "max_length": traj.max_length,
+                "limit": a.limit,
+            },
+            "search": {"budget": a.budget, "space": {"name": "pair", "last": a.last}},
+            "registry": {"enabled": False},
+        }
+    )
     seed_everything(0)
     sources = resolve_sources(cfg, progress=False)
     session, resident = EvalSession.with_resident(cfg, sources)
     f = Objective(session, resident, len(ckpts))
     newest = f([0.0] * (len(ckpts) - 1) + [1.0])
-    print(f"trajectory seed {a.traj_seed}, checkpoints {[Path(c).name for c in ckpts]}, objective "
-          f"{session.objective.describe()}; newest alone {newest:.5f}", flush=True)
+    print(
+        f"trajectory seed {a.traj_seed}, checkpoints {[Path(c).name for c in ckpts]}, objective "
+        f"{session.objective.describe()}; newest alone {newest:.5f}",
+        flush=True,
+    )
 
     t0 = time.perf_counter()
     runs: dict[str, dict[str, list[list[float]]]] = {}
@@ -154,16 +167,22 @@ def main() -> None:
         pad = [0.0] * (len(ckpts) - k)
         seen: list[float] = []  # every objective evaluated in this space: the reference is the best of them
         if space.dims == 1:
-            (lo, hi), = space.bounds()
+            ((lo, hi),) = space.bounds()
             points = [(float(x),) for x in np.linspace(lo, hi, a.dense)] + [p.x for p in (initial or [])]
             seen += [f(pad + space.weights(x)) for x in points]
-            print(f"{name}: dense sweep of {len(points)} points done ({f.evaluations} evaluations, "
-                  f"{time.perf_counter() - t0:.0f} s)", flush=True)
+            print(
+                f"{name}: dense sweep of {len(points)} points done ({f.evaluations} evaluations, "
+                f"{time.perf_counter() - t0:.0f} s)",
+                flush=True,
+            )
         runs[name] = {}
         for kind in a.searchers:
             runs[name][kind] = [[y - newest for y in run_searcher(cfg, k, name, kind, s, f)] for s in a.seeds]
-            print(f"{name}/{kind}: {len(a.seeds)} seeds done ({f.evaluations} evaluations, "
-                  f"{time.perf_counter() - t0:.0f} s)", flush=True)
+            print(
+                f"{name}/{kind}: {len(a.seeds)} seeds done ({f.evaluations} evaluations, "
+                f"{time.perf_counter() - t0:.0f} s)",
+                flush=True,
+            )
         seen += [g + newest for rs in runs[name].values() for g in sum(rs, [])]
         # the simplex has no dense sweep: its reference is also the best of every space's evaluations,
         # all of which are weightings of the same checkpoints that it can express
@@ -172,8 +191,10 @@ def main() -> None:
         print(f"{name}: reference gain {reference[name]:+.5f}", flush=True)
 
     B = a.budget
-    print(f"\n| space | searcher | evals to 90% (median) | evals to 99% (median) | gain at {B} (median) | "
-          f"reference gain (dense) | per seed: evals to 90% / 99% |")
+    print(
+        f"\n| space | searcher | evals to 90% (median) | evals to 99% (median) | gain at {B} (median) | "
+        f"reference gain (dense) | per seed: evals to 90% / 99% |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name in a.spaces:
         ref = reference[name]

@@ -15,6 +15,7 @@ It prints, per pair and seed, the gain over the newest checkpoint alone and the 
     python benchmarks/search_vs_grid.py                 # ~10 min on 2 cores
     python benchmarks/search_vs_grid.py --grid 21 --pairs 1 --seeds 0
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,7 +50,9 @@ def make_task(traj, folder: Path) -> Path:
 
 def run(args: list[str], cwd: Path) -> dict:
     t = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(REPO / "src" / "main.py"), *args], cwd=cwd, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "src" / "main.py"), *args], cwd=cwd, capture_output=True, text=True
+    )
     if proc.returncode != 0:
         raise SystemExit(f"main.py failed: {proc.stderr[-2000:]}")
     run_dir = next(a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir="))
@@ -81,29 +84,60 @@ def main() -> None:
     rows = []
     for p in range(a.first_pair, a.first_pair + a.pairs):
         old, new = ckpts[-2 - p], ckpts[-1 - p]
-        common = ["model=local", f"model.checkpoints=[{old},{new}]", "eval.tasks=[bench_unseen_bpb]",
-                  f"eval.include_path={tasks}", f"eval.max_length={traj.max_length}", "registry.enabled=false",
-                  f"tracking.uri=sqlite:///{work / 'mlflow.db'}", "tracking.experiment=search-vs-grid",
-                  "tracking.log_plots=false"]
+        common = [
+            "model=local",
+            f"model.checkpoints=[{old},{new}]",
+            "eval.tasks=[bench_unseen_bpb]",
+            f"eval.include_path={tasks}",
+            f"eval.max_length={traj.max_length}",
+            "registry.enabled=false",
+            f"tracking.uri=sqlite:///{work / 'mlflow.db'}",
+            "tracking.experiment=search-vs-grid",
+            "tracking.log_plots=false",
+        ]
         grid = run(common + ["search=grid", f"search.budget={a.grid}", f"hydra.run.dir={work / f'grid-{p}'}"], work)
         f1 = next(t["objective"] for t in grid["trials"] if t["lambda"] == 1.0)
         gain_grid = grid["objective"] - f1
         for seed in a.seeds:
-            bo = run(common + ["search=bo", f"search.budget={a.budget}", f"search.seed={seed}",
-                               f"hydra.run.dir={work / f'bo-{p}-{seed}'}"], work)
+            bo = run(
+                common
+                + [
+                    "search=bo",
+                    f"search.budget={a.budget}",
+                    f"search.seed={seed}",
+                    f"hydra.run.dir={work / f'bo-{p}-{seed}'}",
+                ],
+                work,
+            )
             gain_bo = bo["objective"] - f1
             frac = gain_bo / gain_grid if gain_grid > 0 else float("nan")
-            rows.append((f"{old.name}->{new.name}", seed, grid["lambda"], gain_grid, bo["lambda"], gain_bo, frac,
-                         grid["_seconds"], bo["_seconds"]))
-            print(f"pair {old.name}->{new.name} seed {seed}: grid λ*={grid['lambda']:.3f} gain={gain_grid:.5f} | "
-                  f"bo λ={bo['lambda']:.3f} gain={gain_bo:.5f} | captured {frac:.1%}", flush=True)
+            rows.append(
+                (
+                    f"{old.name}->{new.name}",
+                    seed,
+                    grid["lambda"],
+                    gain_grid,
+                    bo["lambda"],
+                    gain_bo,
+                    frac,
+                    grid["_seconds"],
+                    bo["_seconds"],
+                )
+            )
+            print(
+                f"pair {old.name}->{new.name} seed {seed}: grid λ*={grid['lambda']:.3f} gain={gain_grid:.5f} | "
+                f"bo λ={bo['lambda']:.3f} gain={gain_bo:.5f} | captured {frac:.1%}",
+                flush=True,
+            )
     print("\n| pair | BO seed | grid λ* | grid gain | BO λ | BO gain | captured |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r[0]} | {r[1]} | {r[2]:.3f} | {r[3]:.5f} | {r[4]:.3f} | {r[5]:.5f} | {r[6]:.1%} |")
     fracs = [r[6] for r in rows]
-    print(f"\nminimum captured: {min(fracs):.1%}; mean: {sum(fracs) / len(fracs):.1%} "
-          f"(grid of {a.grid} vs BO budget {a.budget}); work folder {work}")
+    print(
+        f"\nminimum captured: {min(fracs):.1%}; mean: {sum(fracs) / len(fracs):.1%} "
+        f"(grid of {a.grid} vs BO budget {a.budget}); work folder {work}"
+    )
 
 
 if __name__ == "__main__":

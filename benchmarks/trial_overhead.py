@@ -17,6 +17,7 @@ not k extra models of anonymous memory.
     python benchmarks/trial_overhead.py                  # both; ~5 min on 2 cores
     python benchmarks/trial_overhead.py --only embedded  # ~1 min once the trajectory is cached
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
-from ckptmerge.trajectory.tasks import bpb_task_yaml  # noqa: E402
 
+from ckptmerge.trajectory.tasks import bpb_task_yaml  # noqa: E402
 
 
 def memory() -> dict[str, float]:
@@ -45,8 +46,15 @@ def memory() -> dict[str, float]:
     return {k: int(fields[k].split()[0]) / 2**20 for k in ("RssAnon", "RssFile", "VmHWM")}
 
 
-def run_trials(label: str, folders: list[Path], tasks: list[str], include: list[str], max_length: int | None,
-               lambdas: list[float], limit: int | None) -> dict:
+def run_trials(
+    label: str,
+    folders: list[Path],
+    tasks: list[str],
+    include: list[str],
+    max_length: int | None,
+    lambdas: list[float],
+    limit: int | None,
+) -> dict:
     from ckptmerge.checkpoints import CheckpointSet
     from ckptmerge.checkpoints.resident import ResidentModel
     from ckptmerge.evaluation.harness import TaskSuite, make_lm
@@ -58,8 +66,11 @@ def run_trials(label: str, folders: list[Path], tasks: list[str], include: list[
     lm = make_lm(resident.model, resident.tokenizer, 16, max_length, "cpu")
     build_s = time.perf_counter() - t0
     params = sum(p.numel() for p in resident.model.parameters())
-    print(f"[{label}] {params / 1e6:.1f}M parameters, resident model built in {build_s:.1f} s; "
-          f"sources {resident.nbytes_sources() / 1e9:.2f} GB mapped; memory {memory()}", flush=True)
+    print(
+        f"[{label}] {params / 1e6:.1f}M parameters, resident model built in {build_s:.1f} s; "
+        f"sources {resident.nbytes_sources() / 1e9:.2f} GB mapped; memory {memory()}",
+        flush=True,
+    )
     rows = []
     for lam in lambdas:
         t = time.perf_counter()
@@ -69,22 +80,40 @@ def run_trials(label: str, folders: list[Path], tasks: list[str], include: list[
         metrics = suite.evaluate(lm)
         eval_s = time.perf_counter() - t
         rows.append({"lambda": lam, "merge_s": merge_s, "eval_s": eval_s, "metrics": metrics})
-        print(f"[{label}] λ={lam:.2f}: merge {merge_s:.3f} s, eval {eval_s:.2f} s ({100 * merge_s / eval_s:.2f}%)",
-              flush=True)
+        print(
+            f"[{label}] λ={lam:.2f}: merge {merge_s:.3f} s, eval {eval_s:.2f} s ({100 * merge_s / eval_s:.2f}%)",
+            flush=True,
+        )
     steady = rows[1:] or rows  # the first trial also faults the mapped sources in
     merge_med = statistics.median(r["merge_s"] for r in steady)
     eval_med = statistics.median(r["eval_s"] for r in steady)
-    return {"label": label, "parameters": params, "build_s": build_s, "trials": rows,
-            "first_merge_s": rows[0]["merge_s"], "median_merge_s": merge_med, "median_eval_s": eval_med,
-            "ratio": merge_med / eval_med, "memory_gb": memory(), "torch_threads": torch.get_num_threads()}
+    return {
+        "label": label,
+        "parameters": params,
+        "build_s": build_s,
+        "trials": rows,
+        "first_merge_s": rows[0]["merge_s"],
+        "median_merge_s": merge_med,
+        "median_eval_s": eval_med,
+        "ratio": merge_med / eval_med,
+        "memory_gb": memory(),
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def embedded(lambdas: list[float]) -> dict:
     from ckptmerge.trajectory import TrajectorySpec, build_trajectory, default_cache_dir
 
     traj = build_trajectory(TrajectorySpec.default(), default_cache_dir())
-    return run_trials("embedded", list(traj.checkpoints[-2:]), list(traj.dev_tasks), [str(traj.tasks_dir)],
-                      traj.max_length, lambdas, None)
+    return run_trials(
+        "embedded",
+        list(traj.checkpoints[-2:]),
+        list(traj.dev_tasks),
+        [str(traj.tasks_dir)],
+        traj.max_length,
+        lambdas,
+        None,
+    )
 
 
 def pythia(cache: Path, docs: int, lambdas: list[float], work: Path) -> dict:
@@ -110,7 +139,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", choices=["embedded", "pythia-1b"])
     ap.add_argument("--cache", type=Path, default=Path(os.environ.get("CKPTMERGE_BENCH_CACHE", "/tmp/ckptmerge-bench")))
-    ap.add_argument("--docs", type=int, default=16, help="documents in the Pythia-1B eval (400 characters each at most)")
+    ap.add_argument(
+        "--docs", type=int, default=16, help="documents in the Pythia-1B eval (400 characters each at most)"
+    )
     ap.add_argument("--lambdas", type=float, nargs="+", default=[1.0, 0.0, 0.5, 0.8, 0.9])
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -124,9 +155,11 @@ def main() -> None:
     print(f"\n{'pair':<10} {'params':>8} {'merge s':>9} {'eval s':>8} {'merge/eval':>11}  target <= 5%")
     for r in out:
         ok = "ok" if r["ratio"] <= 0.05 else "MISSED"
-        print(f"{r['label']:<10} {r['parameters'] / 1e6:>7.0f}M {r['median_merge_s']:>9.3f} {r['median_eval_s']:>8.2f} "
-              f"{100 * r['ratio']:>10.2f}%  {ok}   (first trial merge {r['first_merge_s']:.2f} s; "
-              f"RSS anon {r['memory_gb']['RssAnon']:.2f} GB, file {r['memory_gb']['RssFile']:.2f} GB)")
+        print(
+            f"{r['label']:<10} {r['parameters'] / 1e6:>7.0f}M {r['median_merge_s']:>9.3f} {r['median_eval_s']:>8.2f} "
+            f"{100 * r['ratio']:>10.2f}%  {ok}   (first trial merge {r['first_merge_s']:.2f} s; "
+            f"RSS anon {r['memory_gb']['RssAnon']:.2f} GB, file {r['memory_gb']['RssFile']:.2f} GB)"
+        )
     if args.json:
         args.json.write_text(json.dumps(out, indent=2, default=str))
 

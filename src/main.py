@@ -13,6 +13,7 @@ one line says so, exit status 143 / 130, and the same command resumes.
 Secrets (URI passwords, secret-named environment values) are masked in everything this process
 prints or writes: stdout, stderr, the log, ``result.json`` and the Hydra run folder's ``.hydra/*.yaml``.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,8 +52,10 @@ def _run(cfg_dict: dict, run_dir: Path, cwd: Path, config_yaml: str) -> dict:
     world = distributed.launched_world_size()
     if cfg.runtime.backend != "deepspeed":
         if world > 1:
-            raise ConfigError(f"started as {world} processes (a distributed launcher) but runtime={cfg.runtime.name} "
-                              "runs in one; use runtime=deepspeed")
+            raise ConfigError(
+                f"started as {world} processes (a distributed launcher) but runtime={cfg.runtime.name} "
+                "runs in one; use runtime=deepspeed"
+            )
         return _run_action(cfg, run_dir, cwd, config_yaml)
     if cfg.runtime.deepspeed_config:  # a missing or invalid file fails on every rank before any work
         import torch
@@ -109,8 +112,12 @@ def _launcher_argv(argv: list[str]) -> list[str]:
     if rank not in ("", "0"):
         import tempfile
 
-        out += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled",
-                f"hydra.run.dir={Path(tempfile.gettempdir()) / f'ckptmerge-rank{rank}'}"]
+        out += [
+            "hydra.output_subdir=null",
+            "hydra/job_logging=disabled",
+            "hydra/hydra_logging=disabled",
+            f"hydra.run.dir={Path(tempfile.gettempdir()) / f'ckptmerge-rank{rank}'}",
+        ]
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     return out
 
@@ -287,8 +294,10 @@ def _check_run_dir(argv: list[str]) -> None:
             os.unlink(probe)
         except OSError as e:
             reason = e.strerror or type(e).__name__
-            print(f"error: {key}={redact(value)} cannot be created or written ({reason}); choose a writable folder",
-                  file=sys.stderr)
+            print(
+                f"error: {key}={redact(value)} cannot be created or written ({reason}); choose a writable folder",
+                file=sys.stderr,
+            )
             sys.exit(EXIT_USER_ERROR)
 
 

@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny real trajectory (built once per session) and offline settings."""
+
 from __future__ import annotations
 
 import os
@@ -36,8 +37,9 @@ def run_main(args: list[str], cwd: Path, env_extra: dict | None = None, timeout:
     import subprocess
 
     env = {**os.environ, **(env_extra or {})}
-    return subprocess.run([sys.executable, str(MAIN), *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(MAIN), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 E2E_BUDGET = 4
@@ -53,11 +55,20 @@ def e2e_search(tmp_path_factory, traj_cache, tiny_trajectory):
 
     work = tmp_path_factory.mktemp("e2e")
     uri = f"sqlite:///{work / 'mlflow.db'}"
-    proc = run_main([
-        "model.trajectory.preset=tiny", f"model.trajectory.cache_dir={traj_cache}",
-        f"search.budget={E2E_BUDGET}", f"tracking.uri={uri}", "tracking.experiment=e2e",
-        "registry.name=tiny-merge", "registry.require_significant_gain=false", f"hydra.run.dir={work / 'run'}",
-    ], cwd=work, env_extra=E2E_SECRETS)
+    proc = run_main(
+        [
+            "model.trajectory.preset=tiny",
+            f"model.trajectory.cache_dir={traj_cache}",
+            f"search.budget={E2E_BUDGET}",
+            f"tracking.uri={uri}",
+            "tracking.experiment=e2e",
+            "registry.name=tiny-merge",
+            "registry.require_significant_gain=false",
+            f"hydra.run.dir={work / 'run'}",
+        ],
+        cwd=work,
+        env_extra=E2E_SECRETS,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((work / "run" / "result.json").read_text())
     return work, uri, proc, result

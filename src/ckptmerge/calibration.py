@@ -10,12 +10,14 @@ trajectory writes ``calib.jsonl``); it is read from a JSONL file with a ``text``
 * **Gram**: for every ``nn.Linear`` of the model, ``G = Σ x·xᵀ`` over all calibration tokens of the
   layer's inputs (forward hooks), the statistic RegMean needs.
 """
+
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -53,8 +55,9 @@ def sequences(tokenizer: Any, texts: list[str], tokens: int, max_length: int) ->
             return
 
 
-def diagonal_fisher(model: torch.nn.Module, tokenizer: Any, texts: list[str], tokens: int,
-                    max_length: int) -> dict[str, torch.Tensor]:
+def diagonal_fisher(
+    model: torch.nn.Module, tokenizer: Any, texts: list[str], tokens: int, max_length: int
+) -> dict[str, torch.Tensor]:
     """Empirical diagonal Fisher of ``model``'s parameters (name → tensor, fp32, on the CPU)."""
     params = {n: p for n, p in model.named_parameters()}
     fisher = {n: torch.zeros(p.shape, dtype=torch.float32) for n, p in params.items()}
@@ -78,8 +81,9 @@ def diagonal_fisher(model: torch.nn.Module, tokenizer: Any, texts: list[str], to
 
 
 @torch.no_grad()
-def linear_input_grams(model: torch.nn.Module, tokenizer: Any, texts: list[str], tokens: int,
-                       max_length: int) -> dict[str, torch.Tensor]:
+def linear_input_grams(
+    model: torch.nn.Module, tokenizer: Any, texts: list[str], tokens: int, max_length: int
+) -> dict[str, torch.Tensor]:
     """``Σ x·xᵀ`` of the inputs of every ``nn.Linear`` (module name → (in, in) fp64 tensor)."""
     grams: dict[str, torch.Tensor] = {}
     hooks = []
@@ -88,6 +92,7 @@ def linear_input_grams(model: torch.nn.Module, tokenizer: Any, texts: list[str],
         def fn(module: torch.nn.Module, args: tuple, _out: Any) -> None:
             x = args[0].detach().reshape(-1, args[0].shape[-1]).double().cpu()
             grams[name] = grams.get(name, torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64)) + x.T @ x
+
         return fn
 
     for name, module in model.named_modules():

@@ -4,13 +4,15 @@ Hydra stays in ``src/main.py``; it turns the composed config into a :class:`Conf
 :func:`config_from_dict`. Every error names the config key that is wrong, e.g.
 ``search.alpha must be in [0, 1), got 1.5``.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from ckptmerge.errors import ConfigError
 from ckptmerge.registry import did_you_mean  # noqa: F401  - re-exported: older imports take it from here
@@ -89,7 +91,9 @@ class ModelConfig:
         """``pair=i`` overrides ``select`` (embedded) or narrows ``checkpoints`` (local, hub) to i, i+1."""
         i = self.pair
         if not isinstance(i, int) or isinstance(i, bool) or i < 0:
-            raise ConfigError(f"model.pair must be an integer >= 0 (checkpoints i and i+1, oldest first) or null, got {i!r}")
+            raise ConfigError(
+                f"model.pair must be an integer >= 0 (checkpoints i and i+1, oldest first) or null, got {i!r}"
+            )
         if self.source == "embedded":
             object.__setattr__(self, "select", (i, i + 1))
             return
@@ -98,7 +102,7 @@ class ModelConfig:
                 f"model.pair={i} needs checkpoints {i} and {i + 1}, but model.checkpoints has {len(self.checkpoints)} "
                 f"(pairs 0..{max(len(self.checkpoints) - 2, 0)})"
             )
-        object.__setattr__(self, "checkpoints", tuple(self.checkpoints[i:i + 2]))
+        object.__setattr__(self, "checkpoints", tuple(self.checkpoints[i : i + 2]))
 
 
 @dataclass(frozen=True)
@@ -133,7 +137,7 @@ class SpaceConfig:
 
     name: str = "pair"
     last: int = 2
-    warm_start: bool = True      # spaces other than the pair begin with the cheap baselines' weightings
+    warm_start: bool = True  # spaces other than the pair begin with the cheap baselines' weightings
     settings: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -171,7 +175,9 @@ class SearchConfig:
         SEARCHERS.get(self.kind)  # an unknown searcher names search.kind
         _choice("search.select", self.select, ("posterior_mean", "observed"))
         if not isinstance(self.budget, int) or isinstance(self.budget, bool) or self.budget < 2:
-            raise ConfigError(f"search.budget must be an integer >= 2 (λ=alpha and λ=1 come first), got {self.budget!r}")
+            raise ConfigError(
+                f"search.budget must be an integer >= 2 (λ=alpha and λ=1 come first), got {self.budget!r}"
+            )
         if not _is_number(self.alpha) or not 0.0 <= float(self.alpha) < 1.0:
             raise ConfigError(f"search.alpha must be in [0, 1), got {self.alpha!r}")
         # skopt, numpy and torch all take this seed; numpy accepts only [0, 2**32).
@@ -220,7 +226,11 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if not _is_number(self.confidence) or not 0.5 <= float(self.confidence) < 1:
             raise ConfigError(f"eval.confidence must be in [0.5, 1), got {self.confidence!r}")
-        if not isinstance(self.bootstrap, int) or isinstance(self.bootstrap, bool) or not 100 <= self.bootstrap <= 100_000:
+        if (
+            not isinstance(self.bootstrap, int)
+            or isinstance(self.bootstrap, bool)
+            or not 100 <= self.bootstrap <= 100_000
+        ):
             raise ConfigError(f"eval.bootstrap must be an integer in [100, 100000], got {self.bootstrap!r}")
         for key, tasks in (("eval.tasks", self.tasks), ("eval.test_tasks", self.test_tasks)):
             for i, t in enumerate(tasks):
@@ -239,7 +249,11 @@ class EvalConfig:
         for task, w in self.weights.items():
             if not _is_number(w) or not math.isfinite(float(w)) or float(w) < 0:
                 raise ConfigError(f"eval.weights.{task} must be a number >= 0 (0: tracked, not optimised), got {w!r}")
-        if self.weights and not any(float(w) > 0 for w in self.weights.values()) and set(self.weights) >= set(self.tasks):
+        if (
+            self.weights
+            and not any(float(w) > 0 for w in self.weights.values())
+            and set(self.weights) >= set(self.tasks)
+        ):
             raise ConfigError("eval.weights gives every dev task weight 0; nothing would be optimised")
 
 
@@ -289,10 +303,16 @@ class RegistryConfig:
                 raise ConfigError(f"{key} must be a name of letters, digits, '_' and '-', got {alias!r}")
         if self.alias == self.champion_alias:
             raise ConfigError(f"registry.champion_alias must differ from registry.alias (both {self.alias!r})")
-        if not _is_number(self.promote_margin) or not math.isfinite(float(self.promote_margin)) or self.promote_margin < 0:
+        if (
+            not _is_number(self.promote_margin)
+            or not math.isfinite(float(self.promote_margin))
+            or self.promote_margin < 0
+        ):
             raise ConfigError(f"registry.promote_margin must be a number >= 0, got {self.promote_margin!r}")
         if not isinstance(self.allow_task_regression, bool):
-            raise ConfigError(f"registry.allow_task_regression must be true or false, got {self.allow_task_regression!r}")
+            raise ConfigError(
+                f"registry.allow_task_regression must be true or false, got {self.allow_task_regression!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -307,8 +327,8 @@ class RuntimeConfig:
     # (ZeRO stage 3); rank 0 searches and tracks, every rank merges its own partition and evaluates
     # its share of the requests.
     backend: str = "single"
-    deepspeed_config: str | None = None   # a DeepSpeed JSON whose keys override ours (e.g. offload)
-    timeout_s: int = 1800                 # a collective that waits longer than this fails the run
+    deepspeed_config: str | None = None  # a DeepSpeed JSON whose keys override ours (e.g. offload)
+    timeout_s: int = 1800  # a collective that waits longer than this fails the run
 
     def __post_init__(self) -> None:
         _choice("runtime.device", self.device, DEVICES)
@@ -355,14 +375,14 @@ class CompareConfig:
     """``action=compare``: merge methods run on the same checkpoints, dev objective and budget."""
 
     methods: tuple[str, ...] = COMPARE_METHODS
-    last: int = 4                      # multi-checkpoint methods use the last N checkpoints of the trajectory
+    last: int = 4  # multi-checkpoint methods use the last N checkpoints of the trajectory
     lawa_k: int = 3
     ema_beta: float = 0.5
     fisher_tokens: int = 8192
     fisher_floor: float = 1e-8
     regmean_alpha: float = 0.9
     gram_tokens: int = 8192
-    calibration_path: str | None = None   # JSONL with "text"; the embedded trajectory brings its own
+    calibration_path: str | None = None  # JSONL with "text"; the embedded trajectory brings its own
     register: bool = False
 
     def __post_init__(self) -> None:
@@ -402,9 +422,12 @@ class WatchConfig:
         for key in ("poll_s", "settle_s"):
             v = getattr(self, key)
             if not _is_number(v) or not math.isfinite(float(v)) or v < 0 or (key == "poll_s" and v == 0):
-                raise ConfigError(f"watch.{key} must be a number of seconds {'> 0' if key == 'poll_s' else '>= 0'}, got {v!r}")
-        if self.idle_exit_s is not None and (not _is_number(self.idle_exit_s) or not math.isfinite(float(self.idle_exit_s))
-                                             or self.idle_exit_s < 0):
+                raise ConfigError(
+                    f"watch.{key} must be a number of seconds {'> 0' if key == 'poll_s' else '>= 0'}, got {v!r}"
+                )
+        if self.idle_exit_s is not None and (
+            not _is_number(self.idle_exit_s) or not math.isfinite(float(self.idle_exit_s)) or self.idle_exit_s < 0
+        ):
             raise ConfigError(f"watch.idle_exit_s must be a number of seconds >= 0 or null, got {self.idle_exit_s!r}")
         if not isinstance(self.promote, bool):
             raise ConfigError(f"watch.promote must be true or false, got {self.promote!r}")
@@ -440,7 +463,9 @@ class Config:
             if not self.watch.dir:
                 raise ConfigError("action=watch needs watch.dir=DIR (the folder the trainer writes checkpoints into)")
             if self.model.source != "local":
-                raise ConfigError(f"action=watch reads its checkpoints from watch.dir; use model=local, not model={self.model.name}")
+                raise ConfigError(
+                    f"action=watch reads its checkpoints from watch.dir; use model=local, not model={self.model.name}"
+                )
         if self.action == "merge":
             if self.merge.weights is None and not self.merge.mergekit_config:
                 raise ConfigError("action=merge needs merge.weights=[w1,...,wk] (or merge.mergekit_config=FILE)")
@@ -450,8 +475,10 @@ class Config:
             raise ConfigError(f"merge.mergekit_config is read by action=merge only, not action={self.action}")
         if self.runtime.backend == "deepspeed" and not action.deepspeed:
             supported = ", ".join(n for n in ACTIONS if ACTIONS.get(n).deepspeed)
-            raise ConfigError(f"action={self.action} does not run under runtime=deepspeed (it supports "
-                              f"{supported}); use runtime=cpu or runtime=cuda")
+            raise ConfigError(
+                f"action={self.action} does not run under runtime=deepspeed (it supports "
+                f"{supported}); use runtime=cpu or runtime=cuda"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (tuples as lists), e.g. for logging the resolved config; it reads back
@@ -493,7 +520,9 @@ def check_registry_name(name: Any) -> None:
         raise ConfigError("registry.name must be a non-empty string")
     bad = set(name) & set("/:@%?#\\\n\t")
     if bad or name != name.strip():
-        raise ConfigError(f"registry.name={name!r} contains characters MLflow model URIs reject: {sorted(bad) or 'spaces'}")
+        raise ConfigError(
+            f"registry.name={name!r} contains characters MLflow model URIs reject: {sorted(bad) or 'spaces'}"
+        )
 
 
 _SIZE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}

@@ -1,4 +1,5 @@
 """Errors that end a run with one clear line and a non-zero exit."""
+
 from __future__ import annotations
 
 
@@ -26,7 +27,8 @@ class TrackingError(CkptMergeError):
 
 
 class Stopped(KeyboardInterrupt):
-    """SIGTERM, SIGINT or SIGHUP arrived (``timeout``, ``docker stop``, Kubernetes, SLURM, Ctrl-C, a dropped ssh session).
+    """SIGTERM, SIGINT or SIGHUP arrived (``timeout``, ``docker stop``, Kubernetes, SLURM, Ctrl-C, a dropped
+    ssh session).
 
     Raised by the signal handler ``src/main.py`` installs, so that ``finally`` blocks and
     ``except BaseException`` cleanups run (the parent and trial runs end KILLED, a half-written merge

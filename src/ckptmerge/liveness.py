@@ -1,4 +1,5 @@
 """Whether a process of this host is still running: how ckptmerge tells a crashed writer or search from a live one."""
+
 from __future__ import annotations
 
 import os

@@ -5,6 +5,7 @@ log file (CI, SLURM, ``nohup``, docker logs) each redraw is a line, hundreds per
 stderr is not a terminal turns those bars off before the libraries are imported, and the trial loop
 logs one line per trial instead.
 """
+
 from __future__ import annotations
 
 import os

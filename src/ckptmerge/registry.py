@@ -8,10 +8,12 @@ from a user's own module imported before the run)::
     @SPACES.register("cosine")
     class CosineSpace(SearchSpace): ...
 """
+
 from __future__ import annotations
 
 import difflib
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, TypeVar
 
 from ckptmerge.errors import ConfigError
 
@@ -32,12 +34,13 @@ class Registry(Generic[T]):
     """Named entries of one kind; an unknown name is a :class:`ConfigError` naming the config key."""
 
     def __init__(self, what: str, key: str) -> None:
-        self.what = what    # "search space": for messages
-        self.key = key      # "search.space": the config key that names an entry
+        self.what = what  # "search space": for messages
+        self.key = key  # "search.space": the config key that names an entry
         self._entries: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator: add the decorated class or function under ``name`` (twice is a programming error)."""
+
         def add(entry: T) -> T:
             if name in self._entries:
                 raise ValueError(f"{self.what} {name!r} registered twice")
@@ -45,6 +48,7 @@ class Registry(Generic[T]):
             if isinstance(entry, type):
                 entry.name = name  # type: ignore[attr-defined]  # the name lives in one place: here
             return entry
+
         return add
 
     def unregister(self, name: str) -> None:
@@ -55,7 +59,9 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except (KeyError, TypeError):
-            raise ConfigError(f"{self.key}={name!r} is not a known {self.what}{did_you_mean(name, self._entries)}") from None
+            raise ConfigError(
+                f"{self.key}={name!r} is not a known {self.what}{did_you_mean(name, self._entries)}"
+            ) from None
 
     def names(self) -> tuple[str, ...]:
         return tuple(self._entries)

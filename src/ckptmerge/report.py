@@ -1,4 +1,5 @@
 """Terminal summaries (rich tables) of what an action did."""
+
 from __future__ import annotations
 
 import sys
@@ -63,8 +64,10 @@ def print_search_summary(result: dict[str, Any], run_dir: Path, console: Console
         at = ", ".join(f"{c}={v:.4g}" for c, v in space.get("point", {}).items())
         where = f"   ({space['name']} at {at})" if space.get("name") and at else ""
         console.print(f"[bold]best weights[/bold] {{{weights}}}{where}")
-    console.print(f"[bold]dev objective[/bold] = {_fmt(best)}{se}   [{result.get('objective_definition', '')}]"
-                  f"   chosen by {result.get('selected_by', 'observed')}")
+    console.print(
+        f"[bold]dev objective[/bold] = {_fmt(best)}{se}   [{result.get('objective_definition', '')}]"
+        f"   chosen by {result.get('selected_by', 'observed')}"
+    )
     if result.get("gain"):
         console.print(f"[bold]dev gain[/bold] over {newest} alone ({_fmt(base)}): {gain_text(result['gain'])}")
     tests = {"best merge": result.get("test_metrics", {}), **result.get("test_metrics_by_checkpoint", {})}
@@ -78,7 +81,9 @@ def print_search_summary(result: dict[str, Any], run_dir: Path, console: Console
         pct = f"{next(iter(gains.values()))['confidence']:.0%}" if gains else ""
         table.add_column(f"merge vs {newest}, {pct} CI", justify="right")
         for k in keys:
-            table.add_row(k, *[_fmt(tests[w].get(k)) for w in tests], gain_text(gains[k], compact=True) if k in gains else "-")
+            table.add_row(
+                k, *[_fmt(tests[w].get(k)) for w in tests], gain_text(gains[k], compact=True) if k in gains else "-"
+            )
         console.print(table)
         if gains:
             console.print(f"gains: + means the merge is better; * significant at {pct}, the rest within noise")
@@ -88,9 +93,13 @@ def print_search_summary(result: dict[str, Any], run_dir: Path, console: Console
     console.print(f"MLflow run {ml['run_id']} (experiment {ml['experiment_id']})")
     reg = result.get("registered_model")
     if reg:
-        console.print(f"registered model [bold]{reg['name']}[/bold] version {reg['version']} (alias {reg.get('alias', '')})")
+        console.print(
+            f"registered model [bold]{reg['name']}[/bold] version {reg['version']} (alias {reg.get('alias', '')})"
+        )
     if result.get("decision") == "keep-newest":  # written and verified, but not shown to be better
-        console.print(f"merged checkpoint (not better than {newest} beyond noise; not registered): {result['output_dir']}")
+        console.print(
+            f"merged checkpoint (not better than {newest} beyond noise; not registered): {result['output_dir']}"
+        )
     else:
         console.print(f"merged checkpoint: {result['output_dir']}")
     console.print(f"result: {Path(run_dir) / 'result.json'}")

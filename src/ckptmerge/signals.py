@@ -11,13 +11,15 @@ lock and then fails. A signal that arrives there is held: raised when a call mad
 :class:`HoldingStops` (the tracker's MLflow client) returns, or else when ``SIGALRM``, every 10 ms,
 finds no store code running (MLflow calls made elsewhere, e.g. model logging).
 """
+
 from __future__ import annotations
 
 import contextlib
 import functools
 import signal
+from collections.abc import Iterator
 from types import FrameType
-from typing import Any, Iterator
+from typing import Any
 
 from ckptmerge.errors import Stopped
 
@@ -25,7 +27,7 @@ from ckptmerge.errors import Stopped
 _STORE_MODULES = ("sqlalchemy", "alembic", "mlflow.store.db")
 _RECHECK_S = 0.01
 _pending: int | None = None  # a signal held until the store call in progress returns
-_holding = 0                 # depth of holding() blocks
+_holding = 0  # depth of holding() blocks
 
 
 def _in_store_call(frame: FrameType | None) -> bool:

@@ -1,4 +1,5 @@
 """Bad input: one clear line naming the problem, exit status 2, nothing registered, nothing written."""
+
 from __future__ import annotations
 
 import json
@@ -61,51 +62,123 @@ def _cases(traj, tmp):
     merge = ["action=merge", "model=local", f"model.checkpoints=[{a},{b}]"]
     return {
         "folder without weights": (local + [f"model.checkpoints=[{a},{no_weights}]"], "no weights in"),
-        "truncated safetensors": (local + [f"model.checkpoints=[{a},{_variant(b, tmp / 't', _truncate)}]"], "truncated"),
-        "unsafe .bin": (local + [f"model.checkpoints=[{a},{_variant(b, tmp / 'u', _unsafe_bin)}]"], "unsafe unpickling"),
-        "different dtypes": (local + [f"model.checkpoints=[{tiny_neox(tmp / 'f32')},"
-                                      f"{tiny_neox(tmp / 'f16', dtype=torch.float16)}]"], "dtype"),
-        "tokenizer mismatch": (local + [f"model.checkpoints=[{a},{_variant(b, tmp / 'k', _other_tokenizer)}]"],
-                               "different tokenizers"),
+        "truncated safetensors": (
+            local + [f"model.checkpoints=[{a},{_variant(b, tmp / 't', _truncate)}]"],
+            "truncated",
+        ),
+        "unsafe .bin": (
+            local + [f"model.checkpoints=[{a},{_variant(b, tmp / 'u', _unsafe_bin)}]"],
+            "unsafe unpickling",
+        ),
+        "different dtypes": (
+            local + [f"model.checkpoints=[{tiny_neox(tmp / 'f32')},{tiny_neox(tmp / 'f16', dtype=torch.float16)}]"],
+            "dtype",
+        ),
+        "tokenizer mismatch": (
+            local + [f"model.checkpoints=[{a},{_variant(b, tmp / 'k', _other_tokenizer)}]"],
+            "different tokenizers",
+        ),
         "single checkpoint": (local + [f"model.checkpoints=[{b}]"], "model.checkpoints needs at least 2"),
         "weights not summing to 1": (merge + ["merge.weights=[0.5,0.6]", f"merge.output_dir={tmp / 'o'}"], "sum to 1"),
         "negative weight": (merge + ["merge.weights=[1.5,-0.5]", f"merge.output_dir={tmp / 'o'}"], "negative"),
-        "unknown merge method": (local + [f"model.checkpoints=[{a},{b}]", "merge.method=lienar"], "did you mean 'linear'"),
+        "unknown merge method": (
+            local + [f"model.checkpoints=[{a},{b}]", "merge.method=lienar"],
+            "did you mean 'linear'",
+        ),
         "unknown config group option": (["model=pythia-7b"], "model=pythia-7b is not a config"),
         "output folder exists": (merge + ["merge.weights=[0.5,0.5]", f"merge.output_dir={exists}"], "already exists"),
         # copies: were the check missing, overwrite=true would replace the input checkpoint itself
-        "output is an input checkpoint": (["action=merge", "model=local", f"model.checkpoints=[{_variant(a, tmp / 'ia', lambda f: None)},"
-                                           f"{_variant(b, tmp / 'ib', lambda f: None)}]", "merge.weights=[0.5,0.5]",
-                                           f"merge.output_dir={tmp / 'ib'}", "merge.overwrite=true"], "is the input checkpoint"),
-        "registry name rejected": (local + [f"model.checkpoints=[{a},{b}]", "registry.name=team/merge"], "registry.name"),
-        "remote code without trust": (local + [f"model.checkpoints=[{_variant(a, tmp / 'r1', _remote_code)},"
-                                               f"{_variant(b, tmp / 'r2', _remote_code)}]"], "trust_remote_code"),
+        "output is an input checkpoint": (
+            [
+                "action=merge",
+                "model=local",
+                f"model.checkpoints=[{_variant(a, tmp / 'ia', lambda f: None)},"
+                f"{_variant(b, tmp / 'ib', lambda f: None)}]",
+                "merge.weights=[0.5,0.5]",
+                f"merge.output_dir={tmp / 'ib'}",
+                "merge.overwrite=true",
+            ],
+            "is the input checkpoint",
+        ),
+        "registry name rejected": (
+            local + [f"model.checkpoints=[{a},{b}]", "registry.name=team/merge"],
+            "registry.name",
+        ),
+        "remote code without trust": (
+            local
+            + [f"model.checkpoints=[{_variant(a, tmp / 'r1', _remote_code)},{_variant(b, tmp / 'r2', _remote_code)}]"],
+            "trust_remote_code",
+        ),
         "missing path": (local + [f"model.checkpoints=[{tmp / 'nope'},{b}]"], "does not exist"),
         "mismatched checkpoints": (local + [f"model.checkpoints=[{other},{b}]"], "different architectures"),
         "budget below 2": (local + [f"model.checkpoints=[{a},{b}]", "search.budget=1"], "search.budget"),
         "alpha out of range": (local + [f"model.checkpoints=[{a},{b}]", "search.alpha=1.0"], "search.alpha"),
-        "unknown task": (["model=local", f"model.checkpoints=[{a},{b}]", "eval.tasks=[ckptmerge_dev_bpx]",
-                          f"eval.include_path={traj.tasks_dir}"], "did you mean 'ckptmerge_dev_bpb'"),
-        "unknown metric": (local + [f"model.checkpoints=[{a},{b}]", "eval.metrics={ckptmerge_dev_bpb: acc}"],
-                           "eval.metrics.ckptmerge_dev_bpb"),
-        "test split as dev": (["model=local", f"model.checkpoints=[{a},{b}]", "eval.tasks=[ckptmerge_test_bpb]",
-                               f"eval.include_path={traj.tasks_dir}"], "test split"),
-        "unreachable tracking": (local + [f"model.checkpoints=[{a},{b}]", "tracking.uri=http://127.0.0.1:9"],
-                                 "tracking.uri=http://127.0.0.1:9"),
+        "unknown task": (
+            [
+                "model=local",
+                f"model.checkpoints=[{a},{b}]",
+                "eval.tasks=[ckptmerge_dev_bpx]",
+                f"eval.include_path={traj.tasks_dir}",
+            ],
+            "did you mean 'ckptmerge_dev_bpb'",
+        ),
+        "unknown metric": (
+            local + [f"model.checkpoints=[{a},{b}]", "eval.metrics={ckptmerge_dev_bpb: acc}"],
+            "eval.metrics.ckptmerge_dev_bpb",
+        ),
+        "test split as dev": (
+            [
+                "model=local",
+                f"model.checkpoints=[{a},{b}]",
+                "eval.tasks=[ckptmerge_test_bpb]",
+                f"eval.include_path={traj.tasks_dir}",
+            ],
+            "test split",
+        ),
+        "unreachable tracking": (
+            local + [f"model.checkpoints=[{a},{b}]", "tracking.uri=http://127.0.0.1:9"],
+            "tracking.uri=http://127.0.0.1:9",
+        ),
         "local without checkpoints": (["model=local"], "model.checkpoints"),
-        "deepspeed config missing": (local + [f"model.checkpoints=[{a},{b}]", "runtime=deepspeed",
-                                              f"runtime.deepspeed_config={tmp / 'ds.json'}"], "runtime.deepspeed_config does not exist"),
-        "pilot under deepspeed": (["action=pilot", "runtime=deepspeed"], "action=pilot does not run under runtime=deepspeed"),
+        "deepspeed config missing": (
+            local
+            + [f"model.checkpoints=[{a},{b}]", "runtime=deepspeed", f"runtime.deepspeed_config={tmp / 'ds.json'}"],
+            "runtime.deepspeed_config does not exist",
+        ),
+        "pilot under deepspeed": (
+            ["action=pilot", "runtime=deepspeed"],
+            "action=pilot does not run under runtime=deepspeed",
+        ),
     }
 
 
-CASES = ["missing path", "folder without weights", "truncated safetensors", "unsafe .bin", "mismatched checkpoints",
-         "different dtypes", "tokenizer mismatch", "single checkpoint", "weights not summing to 1", "negative weight",
-         "budget below 2", "alpha out of range", "unknown task", "unknown metric", "unknown merge method",
-         "unknown config group option", "test split as dev", "output folder exists", "output is an input checkpoint",
-         "unreachable tracking",
-         "registry name rejected", "remote code without trust", "local without checkpoints",
-         "deepspeed config missing", "pilot under deepspeed"]
+CASES = [
+    "missing path",
+    "folder without weights",
+    "truncated safetensors",
+    "unsafe .bin",
+    "mismatched checkpoints",
+    "different dtypes",
+    "tokenizer mismatch",
+    "single checkpoint",
+    "weights not summing to 1",
+    "negative weight",
+    "budget below 2",
+    "alpha out of range",
+    "unknown task",
+    "unknown metric",
+    "unknown merge method",
+    "unknown config group option",
+    "test split as dev",
+    "output folder exists",
+    "output is an input checkpoint",
+    "unreachable tracking",
+    "registry name rejected",
+    "remote code without trust",
+    "local without checkpoints",
+    "deepspeed config missing",
+    "pilot under deepspeed",
+]
 
 
 @pytest.mark.parametrize("case", CASES)

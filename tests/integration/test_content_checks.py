@@ -3,10 +3,10 @@
 Each bad case ends with one `error:` line naming the problem, exit status 2, nothing registered and
 nothing written; each case was measured to run a pointless or wrong search (or a traceback) before.
 """
+
 from __future__ import annotations
 
 import json
-
 import os
 import shutil
 
@@ -65,30 +65,54 @@ def _cases(traj, tmp):
     # action=merge where the check is the same for every action: it fails in ~4 s, a search spends
     # ~15 s opening its MLflow store first. The search cases show the checks run before any trial.
     return {
-        "no tokenizer in newest": (merge + [f"model.checkpoints=[{a},{_no_tokenizer(b, tmp / 'nt')}]"],
-                                   "has no tokenizer files"),
-        "NaN in newest, search": (search + [f"model.checkpoints=[{a},{_edit_tensors(b, tmp / 'nan1', _nan)}]"],
-                                  f"step00090 has NaN or Inf in tensor {NAN_KEY}"),
-        "NaN in older, merge": (merge + [f"model.checkpoints=[{_edit_tensors(a, tmp / 'nan2', _nan)},{b}]"],
-                                f"step00060 has NaN or Inf in tensor {NAN_KEY}: every merge that gives it weight is "
-                                "NaN there; set merge.allow_nonfinite=true"),
+        "no tokenizer in newest": (
+            merge + [f"model.checkpoints=[{a},{_no_tokenizer(b, tmp / 'nt')}]"],
+            "has no tokenizer files",
+        ),
+        "NaN in newest, search": (
+            search + [f"model.checkpoints=[{a},{_edit_tensors(b, tmp / 'nan1', _nan)}]"],
+            f"step00090 has NaN or Inf in tensor {NAN_KEY}",
+        ),
+        "NaN in older, merge": (
+            merge + [f"model.checkpoints=[{_edit_tensors(a, tmp / 'nan2', _nan)},{b}]"],
+            f"step00060 has NaN or Inf in tensor {NAN_KEY}: every merge that gives it weight is "
+            "NaN there; set merge.allow_nonfinite=true",
+        ),
         "same checkpoint, trailing slash": (merge + [f"model.checkpoints=[{b},{b}/]"], "are the same checkpoint"),
         "same checkpoint, ..": (merge + [f"model.checkpoints=[{b},{b}/../{b.name}]"], "are the same checkpoint"),
         "same checkpoint, symlink": (merge + [f"model.checkpoints=[{b},{link}]"], "are the same checkpoint"),
-        "same checkpoint, copy": (merge + [f"model.checkpoints=[{b},{copy}]"],
-                                  "are the same checkpoint (identical weights)"),
-        "float8 tensor, search": (search + [f"model.checkpoints=[{f8a},{f8b}]"],
-                                  f"tensor {F8_KEY} has dtype float8_e4m3fn"),
-        "float8 tensor, merge": (merge + [f"model.checkpoints=[{f8a},{f8b}]"], f"tensor {F8_KEY} has dtype float8_e4m3fn"),
+        "same checkpoint, copy": (
+            merge + [f"model.checkpoints=[{b},{copy}]"],
+            "are the same checkpoint (identical weights)",
+        ),
+        "float8 tensor, search": (
+            search + [f"model.checkpoints=[{f8a},{f8b}]"],
+            f"tensor {F8_KEY} has dtype float8_e4m3fn",
+        ),
+        "float8 tensor, merge": (
+            merge + [f"model.checkpoints=[{f8a},{f8b}]"],
+            f"tensor {F8_KEY} has dtype float8_e4m3fn",
+        ),
         "symlink loop": (merge + [f"model.checkpoints=[{a},{loop}]"], "symlink loop"),
         "negative seed": (search + [f"model.checkpoints=[{a},{b}]", "search.seed=-1"], "search.seed"),
         "alpha next to 1": (search + [f"model.checkpoints=[{a},{b}]", "search.alpha=0.99999"], "search.alpha=0.99999"),
     }
 
 
-CASES = ["no tokenizer in newest", "NaN in newest, search", "NaN in older, merge", "same checkpoint, trailing slash",
-         "same checkpoint, ..", "same checkpoint, symlink", "same checkpoint, copy", "float8 tensor, search",
-         "float8 tensor, merge", "symlink loop", "negative seed", "alpha next to 1"]
+CASES = [
+    "no tokenizer in newest",
+    "NaN in newest, search",
+    "NaN in older, merge",
+    "same checkpoint, trailing slash",
+    "same checkpoint, ..",
+    "same checkpoint, symlink",
+    "same checkpoint, copy",
+    "float8 tensor, search",
+    "float8 tensor, merge",
+    "symlink loop",
+    "negative seed",
+    "alpha next to 1",
+]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -112,12 +136,19 @@ def test_bad_content_fails_cleanly(case, tmp_path, tiny_trajectory):
 def test_newest_first_names_the_override(tmp_path, tiny_trajectory):
     """Newest-first is refused, naming the steps and the override; with model.order=given the same list is merged."""
     a, b = tiny_trajectory.checkpoints[-2], tiny_trajectory.checkpoints[-1]
-    base = ["action=merge", "model=local", f"model.checkpoints=[{b},{a}]", "merge.weights=[0.25,0.75]",
-            f"hydra.run.dir={tmp_path / 'run'}"]
+    base = [
+        "action=merge",
+        "model=local",
+        f"model.checkpoints=[{b},{a}]",
+        "merge.weights=[0.25,0.75]",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
     proc = run_main(base + [f"merge.output_dir={tmp_path / 'refused'}"], cwd=tmp_path, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1 and "not oldest first: step00090 (step 90), step00060 (step 60)" in lines[0], proc.stderr[-2000:]
+    assert len(lines) == 1 and "not oldest first: step00090 (step 90), step00060 (step 60)" in lines[0], proc.stderr[
+        -2000:
+    ]
     assert "model.order=given" in lines[0]
     assert not (tmp_path / "refused").exists()
     proc = run_main(base + [f"merge.output_dir={tmp_path / 'given'}", "model.order=given"], cwd=tmp_path, timeout=300)
@@ -138,9 +169,19 @@ def test_merge_allow_nonfinite_writes_the_nan_merge(tmp_path, tiny_trajectory):
     a, b = tiny_trajectory.checkpoints[-2], tiny_trajectory.checkpoints[-1]
     bad = _edit_tensors(a, tmp_path / "nan", _nan)
     out = tmp_path / "merged"
-    proc = run_main(["action=merge", "model=local", f"model.checkpoints=[{bad},{b}]", "merge.weights=[0.5,0.5]",
-                     f"merge.output_dir={out}", "merge.allow_nonfinite=true", f"hydra.run.dir={tmp_path / 'run'}"],
-                    cwd=tmp_path, timeout=300)
+    proc = run_main(
+        [
+            "action=merge",
+            "model=local",
+            f"model.checkpoints=[{bad},{b}]",
+            "merge.weights=[0.5,0.5]",
+            f"merge.output_dir={out}",
+            "merge.allow_nonfinite=true",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"NaN or Inf in tensor {NAN_KEY}" in proc.stdout + proc.stderr
     merged = load_file(str(out / "model.safetensors"))

@@ -1,6 +1,7 @@
 """runtime=deepspeed: two ranks started by the ``deepspeed`` launcher (CPU accelerator, gloo) run the
 same search as one process: rank 0 searches and tracks, each rank merges its ZeRO-3 partition in place
 and evaluates half of the requests, lm-eval gathers the metrics."""
+
 from __future__ import annotations
 
 import json
@@ -21,9 +22,16 @@ BUDGET = 4
 
 
 def _args(work: Path, traj_cache: Path, name: str) -> list[str]:
-    return ["model.trajectory.preset=tiny", f"model.trajectory.cache_dir={traj_cache}", f"search.budget={BUDGET}",
-            f"tracking.uri=sqlite:///{work / (name + '.db')}", "tracking.experiment=ds", "registry.name=ds-merge", "registry.require_significant_gain=false",
-            f"hydra.run.dir={work / name}"]
+    return [
+        "model.trajectory.preset=tiny",
+        f"model.trajectory.cache_dir={traj_cache}",
+        f"search.budget={BUDGET}",
+        f"tracking.uri=sqlite:///{work / (name + '.db')}",
+        "tracking.experiment=ds",
+        "registry.name=ds-merge",
+        "registry.require_significant_gain=false",
+        f"hydra.run.dir={work / name}",
+    ]
 
 
 def run_deepspeed(args: list[str], cwd: Path, nproc: int = 2, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -85,5 +93,8 @@ def test_rank_zero_alone_tracks_and_registers(both):
 def test_launched_without_runtime_deepspeed_is_refused(tmp_path, traj_cache, tiny_trajectory):
     proc = run_deepspeed(_args(tmp_path, traj_cache, "x"), cwd=tmp_path, timeout=300)
     assert proc.returncode == 2
-    assert "error: started as 2 processes (a distributed launcher) but runtime=cpu runs in one; use runtime=deepspeed" in proc.stderr
+    assert (
+        "error: started as 2 processes (a distributed launcher) but runtime=cpu runs in one; use runtime=deepspeed"
+        in proc.stderr
+    )
     assert not (tmp_path / "x" / "result.json").exists()

@@ -1,5 +1,6 @@
 """What a finished search leaves for the tools its users live in: MLflow's UI (experiment kind, run
 description, dataset inputs, model version text), a Hugging Face model card and a mergekit config."""
+
 from __future__ import annotations
 
 import json
@@ -52,7 +53,9 @@ def test_tasks_are_dataset_inputs_of_the_runs_that_evaluated_them(e2e_search, ti
         # no eval.limit: every document was scored, and the digest is that of their content
         assert json.loads(ds.profile)["num_rows"] == len(docs) > 0
         assert ds.digest == content_digest(docs)
-    children = client.search_runs([result["mlflow"]["experiment_id"]], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    children = client.search_runs(
+        [result["mlflow"]["experiment_id"]], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
     assert len(children) == len(result["trials"])
     for child in children:
         got = _inputs(child)
@@ -76,9 +79,14 @@ def test_merged_folder_has_a_model_card(e2e_search):
     card = ModelCard.load(Path(result["output_dir"]) / "README.md")
     assert card.data.base_model == [c["folder"] for c in result["checkpoints"]]
     assert card.data.base_model_relation == "merge" and card.data.library_name == "transformers"
-    got = {(r.dataset_name, r.metric_type, r.metric_name.endswith("(test)")): r.metric_value for r in card.data.eval_results}
-    want = {**{(k.split("/")[0], k.split("/")[1], False): v for k, v in result["metrics"].items()},
-            **{(k.split("/")[0], k.split("/")[1], True): v for k, v in result["test_metrics"].items()}}
+    got = {
+        (r.dataset_name, r.metric_type, r.metric_name.endswith("(test)")): r.metric_value
+        for r in card.data.eval_results
+    }
+    want = {
+        **{(k.split("/")[0], k.split("/")[1], False): v for k, v in result["metrics"].items()},
+        **{(k.split("/")[0], k.split("/")[1], True): v for k, v in result["test_metrics"].items()},
+    }
     assert got == pytest.approx(want)
     for n, w in result["weights"].items():
         assert f"| {n} |" in card.text and f"{w:.6f}" in card.text

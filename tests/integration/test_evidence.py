@@ -6,6 +6,7 @@ same model plus independent noise (as SGD leaves them). Their average halves the
 at λ≈0.5 scores better than the newest alone on the same documents, by far more than the noise of
 the score. The no-gain case: a multiple-choice task on which the tiny model is at chance.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,10 +36,21 @@ def _noisy_copy(src, dst, seed: int, scale: float):
 
 def _search(tmp_path, traj, checkpoints, task, extra=()):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    proc = run_main(["model=local", f"model.checkpoints=[{','.join(map(str, checkpoints))}]", f"eval.tasks=[{task}]",
-                     f"eval.include_path={traj.tasks_dir}", "search.budget=4", f"tracking.uri={uri}",
-                     "registry.name=evidence", "tracking.log_plots=false", f"hydra.run.dir={tmp_path / 'run'}", *extra],
-                    cwd=tmp_path)
+    proc = run_main(
+        [
+            "model=local",
+            f"model.checkpoints=[{','.join(map(str, checkpoints))}]",
+            f"eval.tasks=[{task}]",
+            f"eval.include_path={traj.tasks_dir}",
+            "search.budget=4",
+            f"tracking.uri={uri}",
+            "registry.name=evidence",
+            "tracking.log_plots=false",
+            f"hydra.run.dir={tmp_path / 'run'}",
+            *extra,
+        ],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc, json.loads((tmp_path / "run" / "result.json").read_text()), MlflowClient(uri)
 
@@ -69,7 +81,11 @@ def test_a_gain_within_noise_registers_nothing_and_says_why(tmp_path, tiny_traje
     assert res["decision"] == "keep-newest" and res["registered_model"] is None
     assert client.search_registered_models() == []
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("decision:"))
-    assert f"no merge is significantly better than {b.name}" in line and "95% CI [" in line and "nothing registered" in line
+    assert (
+        f"no merge is significantly better than {b.name}" in line
+        and "95% CI [" in line
+        and "nothing registered" in line
+    )
     assert all(t["objective_se"] > 0 for t in res["trials"])
     assert f"merged checkpoint (not better than {b.name} beyond noise; not registered)" in proc.stdout
     # eval.limit is a seeded sample of the task, not its first documents

@@ -1,4 +1,5 @@
 """Faults with real processes and real signals: a kill while the best merge is written, a failing trial."""
+
 from __future__ import annotations
 
 import json
@@ -17,9 +18,17 @@ pytestmark = pytest.mark.slow
 
 
 def _args(work, traj_cache, run_dir, budget=3):
-    return ["model.trajectory.preset=tiny", f"model.trajectory.cache_dir={traj_cache}", f"search.budget={budget}",
-            f"tracking.uri=sqlite:///{work / 'mlflow.db'}", "registry.name=fault-test", "registry.require_significant_gain=false", "tracking.log_plots=false",
-            "eval.limit=8", f"hydra.run.dir={run_dir}"]
+    return [
+        "model.trajectory.preset=tiny",
+        f"model.trajectory.cache_dir={traj_cache}",
+        f"search.budget={budget}",
+        f"tracking.uri=sqlite:///{work / 'mlflow.db'}",
+        "registry.name=fault-test",
+        "registry.require_significant_gain=false",
+        "tracking.log_plots=false",
+        "eval.limit=8",
+        f"hydra.run.dir={run_dir}",
+    ]
 
 
 @pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace to deliver SIGKILL at the swap")
@@ -30,8 +39,22 @@ def test_sigkill_while_the_best_merge_replaces_an_existing_one(tmp_path, traj_ca
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     args = _args(tmp_path, traj_cache, tmp_path / "run1") + [f"merge.output_dir={out}", "merge.overwrite=true"]
     # strace delivers SIGKILL on the first rename touching the target: mid-swap, after the merge is written
-    cmd = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(out), "-e", "trace=rename,renameat,renameat2",
-           "-e", "inject=rename,renameat,renameat2:signal=SIGKILL", sys.executable, str(MAIN), *args]
+    cmd = [
+        "strace",
+        "-f",
+        "-qq",
+        "-o",
+        "/dev/null",
+        "-P",
+        str(out),
+        "-e",
+        "trace=rename,renameat,renameat2",
+        "-e",
+        "inject=rename,renameat,renameat2:signal=SIGKILL",
+        sys.executable,
+        str(MAIN),
+        *args,
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0, proc.stdout[-2000:]
     assert not (tmp_path / "run1" / "result.json").exists()
@@ -44,8 +67,10 @@ def test_sigkill_while_the_best_merge_replaces_an_existing_one(tmp_path, traj_ca
     parent = client.search_runs([exp.experiment_id], "tags.`ckptmerge.kind` = 'search'")[0]
     assert parent.info.status == "RUNNING"  # died, never finished
 
-    proc = run_main(args[:-3] + [f"hydra.run.dir={tmp_path / 'run2'}", f"merge.output_dir={out}", "merge.overwrite=true"],
-                    cwd=tmp_path)  # the same command again
+    proc = run_main(
+        args[:-3] + [f"hydra.run.dir={tmp_path / 'run2'}", f"merge.output_dir={out}", "merge.overwrite=true"],
+        cwd=tmp_path,
+    )  # the same command again
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads((tmp_path / "run2" / "result.json").read_text())
     assert res["mlflow"]["run_id"] == parent.info.run_id and res["registered_model"]["version"] == "1"
@@ -65,9 +90,21 @@ def test_a_failing_trial_is_recorded_and_the_search_goes_on(tmp_path, tiny_traje
     state[key] = torch.full_like(state[key], 1e9)
     save_file(state, str(broken / "model.safetensors"), metadata={"format": "pt"})
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    proc = run_main(["model=local", f"model.checkpoints=[{broken},{new}]", "eval.tasks=[ckptmerge_dev_bpb]",
-                     f"eval.include_path={tiny_trajectory.tasks_dir}", "search.budget=4", "eval.limit=8",
-                     "runtime.dtype=float16", f"tracking.uri={uri}", "registry.name=nan-test", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    proc = run_main(
+        [
+            "model=local",
+            f"model.checkpoints=[{broken},{new}]",
+            "eval.tasks=[ckptmerge_dev_bpb]",
+            f"eval.include_path={tiny_trajectory.tasks_dir}",
+            "search.budget=4",
+            "eval.limit=8",
+            "runtime.dtype=float16",
+            f"tracking.uri={uri}",
+            "registry.name=nan-test",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads((tmp_path / "run" / "result.json").read_text())
     failed = [t for t in res["trials"] if t.get("error")]
@@ -76,7 +113,9 @@ def test_a_failing_trial_is_recorded_and_the_search_goes_on(tmp_path, tiny_traje
     assert len(failed) == 3 and all("not finite" in t["error"] for t in failed)
     assert res["lambda"] == 1.0
     client = MlflowClient(uri)
-    runs = client.search_runs([res["mlflow"]["experiment_id"]], f"tags.mlflow.parentRunId = '{res['mlflow']['run_id']}'")
+    runs = client.search_runs(
+        [res["mlflow"]["experiment_id"]], f"tags.mlflow.parentRunId = '{res['mlflow']['run_id']}'"
+    )
     statuses = sorted(r.info.status for r in runs)
     assert statuses == ["FAILED", "FAILED", "FAILED", "FINISHED"]
     for r in runs:
@@ -89,14 +128,26 @@ def test_a_dev_task_whose_code_raises_stops_the_search_at_the_first_trial(tmp_pa
     tasks = tmp_path / "tasks"
     tasks.mkdir()
     src = (tiny_trajectory.tasks_dir / "ckptmerge_dev_mc.yaml").read_text()
-    (tasks / "broken_mc.yaml").write_text(src.replace("task: ckptmerge_dev_mc", "task: broken_mc")
-                                          + "process_results: !function broken.process_results\n")
+    (tasks / "broken_mc.yaml").write_text(
+        src.replace("task: ckptmerge_dev_mc", "task: broken_mc") + "process_results: !function broken.process_results\n"
+    )
     (tasks / "broken.py").write_text("def process_results(doc, results):\n    raise KeyError('label_text')\n")
     a, b = tiny_trajectory.checkpoints[-2], tiny_trajectory.checkpoints[-1]
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    proc = run_main(["model=local", f"model.checkpoints=[{a},{b}]", "eval.tasks=[broken_mc]", f"eval.include_path={tasks}",
-                     "search.budget=6", "eval.limit=8", f"tracking.uri={uri}", "registry.name=broken-task",
-                     f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    proc = run_main(
+        [
+            "model=local",
+            f"model.checkpoints=[{a},{b}]",
+            "eval.tasks=[broken_mc]",
+            f"eval.include_path={tasks}",
+            "search.budget=6",
+            "eval.limit=8",
+            f"tracking.uri={uri}",
+            "registry.name=broken-task",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and "fail on the first trial" in lines[0] and "label_text" in lines[0], proc.stderr[-2000:]

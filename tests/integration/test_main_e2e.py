@@ -1,4 +1,5 @@
 """`python src/main.py` end to end on a tiny real trajectory, checked against what MLflow holds."""
+
 from __future__ import annotations
 
 import json
@@ -107,11 +108,20 @@ def test_local_checkpoints_with_own_tasks(tmp_path, tiny_trajectory):
     """Contract: model=local with folders and our own lm-eval YAML tasks; grid search for comparison."""
     a, b = tiny_trajectory.checkpoints[0], tiny_trajectory.checkpoints[1]
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    proc = run_main([
-        "model=local", f"model.checkpoints=[{a},{b}]", "eval.tasks=[ckptmerge_dev_bpb]",
-        f"eval.include_path={tiny_trajectory.tasks_dir}", "search=grid", "search.budget=3", f"tracking.uri={uri}",
-        "registry.enabled=false", f"hydra.run.dir={tmp_path / 'run'}",
-    ], cwd=tmp_path)
+    proc = run_main(
+        [
+            "model=local",
+            f"model.checkpoints=[{a},{b}]",
+            "eval.tasks=[ckptmerge_dev_bpb]",
+            f"eval.include_path={tiny_trajectory.tasks_dir}",
+            "search=grid",
+            "search.budget=3",
+            f"tracking.uri={uri}",
+            "registry.enabled=false",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     assert [t["lambda"] for t in result["trials"]] == [0.0, 1.0, 0.5]

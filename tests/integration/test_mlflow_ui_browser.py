@@ -8,6 +8,7 @@ the search run holds its trials, whose ``lambda`` and ``objective`` can be shown
 description is ckptmerge's summary with the GP posterior plot rendered in it; the plot is among the
 artifacts; the registered model shows its ``candidate`` alias.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,20 +25,31 @@ from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
 
-WAIT_S = 60        # generous: the first page load compiles MLflow's JS bundle on a busy 2-core machine
+WAIT_S = 60  # generous: the first page load compiles MLflow's JS bundle on a busy 2-core machine
 
 
 def _browser() -> tuple[str, str]:
     """The system's chromium (or chrome) and its chromedriver; skip, saying what to install, without them."""
     pytest.importorskip("selenium", reason="selenium is a dev dependency: pip install -e '.[dev]'")
-    browser = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-                    if shutil.which(b)), None)
+    browser = next(
+        (
+            shutil.which(b)
+            for b in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+            if shutil.which(b)
+        ),
+        None,
+    )
     driver = shutil.which("chromedriver") or next(
-        (p for p in ("/usr/lib/chromium/chromedriver", "/usr/bin/chromedriver") if Path(p).is_file()), None)
+        (p for p in ("/usr/lib/chromium/chromedriver", "/usr/bin/chromedriver") if Path(p).is_file()), None
+    )
     if not browser or not driver:
         if os.environ.get("CKPTMERGE_REQUIRE_BROWSER"):  # CI installed one: its absence is a failure
-            pytest.fail(f"CKPTMERGE_REQUIRE_BROWSER is set but no browser/driver was found (browser={browser}, driver={driver})")
-        pytest.skip("no browser to drive: install chromium and its driver (Debian: apt-get install chromium chromium-driver)")
+            pytest.fail(
+                f"CKPTMERGE_REQUIRE_BROWSER is set but no browser/driver was found (browser={browser}, driver={driver})"
+            )
+        pytest.skip(
+            "no browser to drive: install chromium and its driver (Debian: apt-get install chromium chromium-driver)"
+        )
     return browser, driver
 
 
@@ -70,8 +82,25 @@ def ui(e2e_search):
     port = _free_port()
     log_path = work / "mlflow-ui.log"
     log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
-                             "--port", str(port), "--workers", "1"], cwd=work, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "ui",
+            "--backend-store-uri",
+            uri,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd=work,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         yield base, uri, result, lambda: _wait_up(base, proc, log_path)
@@ -94,7 +123,13 @@ def browser(ui):
     binary, driver = _browser()
     opts = Options()
     opts.binary_location = binary
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=2000,1300"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=2000,1300",
+    ):
         opts.add_argument(arg)
     # An explicit driver path: Selenium Manager (which would download one) is never asked.
     d = webdriver.Chrome(service=Service(executable_path=driver), options=opts)
@@ -135,8 +170,12 @@ def _show_column(d, name: str) -> None:
     search = _find(d, "//input[@placeholder='Search columns']", "the column search box")
     search.send_keys(name)
     node = f"//div[contains(@class, 'tree-treenode')][normalize-space(.)='{name}']"
-    _find(d, f"{node}//span[contains(@class, 'tree-checkbox')] | {node}//span[contains(@class, 'tree-node-content-wrapper')]",
-          f"column {name} in the menu").click()
+    _find(
+        d,
+        f"{node}//span[contains(@class, 'tree-checkbox')] | {node}//span[contains(@class, "
+        "'tree-node-content-wrapper')]",
+        f"column {name} in the menu",
+    ).click()
     search.send_keys(Keys.ESCAPE)
 
 
@@ -164,17 +203,22 @@ def test_the_summary_link_opens_the_runs_with_trials_lambda_and_objective(ui, br
     children = MlflowClient(uri).search_runs([exp], f"tags.mlflow.parentRunId = '{parent}'")
     assert len(children) == len(result["trials"])
     # the search's row expands to its trials (nested runs)
-    _find(browser, f"//*[@role='row'][@row-id='{parent}']//button[contains(@data-component-id, 'runnamecellrenderer')]",
-          "the search row's expander").click()
+    _find(
+        browser,
+        f"//*[@role='row'][@row-id='{parent}']//button[contains(@data-component-id, 'runnamecellrenderer')]",
+        "the search row's expander",
+    ).click()
     _wait(browser, lambda: all(c.info.run_name in _text(browser) for c in children), "every trial under the search")
     _show_column(browser, "lambda")
     _show_column(browser, "objective")
     for c in children:  # each trial's row shows its own λ and objective
+
         def cells(c=c):
             row = _row_text(browser, c.info.run_id)
             lam = next((v for k, v in row.items() if "lambda" in k), None)
             obj = next((v for k, v in row.items() if "objective" in k and "objective_se" not in k), None)
             return (lam, obj) if lam and obj else None
+
         lam, obj = _wait(browser, cells, f"lambda and objective of {c.info.run_name}")
         assert float(lam) == pytest.approx(float(c.data.params["lambda"]), abs=1e-3), (c.info.run_name, lam)
         assert float(obj) == pytest.approx(c.data.metrics["objective"], abs=1e-3), (c.info.run_name, obj)
@@ -191,15 +235,23 @@ def test_search_run_shows_description_plot_and_artifacts(ui, browser):
     text = _text(browser)
     assert f"λ = {result['lambda']:.4f}" in text and "Gain over" in text and f"Decision: {result['decision']}" in text
     img = _find(browser, "//img[contains(@src, 'gp_posterior.png')]", "the plot's image")
-    _wait(browser, lambda: browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img) > 100,
-          "the GP posterior plot rendered in the description")
+    _wait(
+        browser,
+        lambda: browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img) > 100,
+        "the GP posterior plot rendered in the description",
+    )
     browser.get(ui_url(base, exp, parent).replace(f"/runs/{parent}", f"/runs/{parent}/artifacts"))
-    _wait(browser, lambda: "gp_posterior.png" in _text(browser) and "result.json" in _text(browser), "the run's artifacts")
+    _wait(
+        browser, lambda: "gp_posterior.png" in _text(browser) and "result.json" in _text(browser), "the run's artifacts"
+    )
 
 
 def test_registered_model_shows_candidate_alias(ui, browser):
     base, _, result, _ = ui
     name = result["registered_model"]["name"]
     browser.get(f"{base}/#/models/{name}")
-    _wait(browser, lambda: "candidate" in _text(browser) and "Version 1" in _text(browser),
-          f"version 1 of {name} with its alias candidate")
+    _wait(
+        browser,
+        lambda: "candidate" in _text(browser) and "Version 1" in _text(browser),
+        f"version 1 of {name} with its alias candidate",
+    )

@@ -5,6 +5,7 @@ while a search runs is left as it was; two merges into one folder cannot both "w
 after its merge is in place, or after it registered, ends with exactly one registered version when the
 same command is run again.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,9 +25,18 @@ pytestmark = pytest.mark.slow
 
 
 def _args(work, traj_cache, run_dir, out, budget=3):
-    return ["model.trajectory.preset=tiny", f"model.trajectory.cache_dir={traj_cache}", f"search.budget={budget}",
-            f"tracking.uri=sqlite:///{work / 'mlflow.db'}", "registry.name=own-test", "registry.require_significant_gain=false", "tracking.log_plots=false",
-            "eval.limit=8", f"merge.output_dir={out}", f"hydra.run.dir={run_dir}"]
+    return [
+        "model.trajectory.preset=tiny",
+        f"model.trajectory.cache_dir={traj_cache}",
+        f"search.budget={budget}",
+        f"tracking.uri=sqlite:///{work / 'mlflow.db'}",
+        "registry.name=own-test",
+        "registry.require_significant_gain=false",
+        "tracking.log_plots=false",
+        "eval.limit=8",
+        f"merge.output_dir={out}",
+        f"hydra.run.dir={run_dir}",
+    ]
 
 
 def _error_lines(stderr: str) -> list[str]:
@@ -35,8 +45,14 @@ def _error_lines(stderr: str) -> list[str]:
 
 def test_a_folder_created_at_the_output_path_during_the_search_is_never_deleted(tmp_path, traj_cache, tiny_trajectory):
     out = tmp_path / "out"
-    p = subprocess.Popen([sys.executable, str(MAIN), *_args(tmp_path, traj_cache, tmp_path / "run", out)], cwd=tmp_path,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    p = subprocess.Popen(
+        [sys.executable, str(MAIN), *_args(tmp_path, traj_cache, tmp_path / "run", out)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+    )
     deadline = time.time() + 300
     while time.time() < deadline and p.poll() is None and _count_finished_trials(tmp_path / "mlflow.db") < 1:
         time.sleep(0.2)
@@ -62,10 +78,22 @@ def test_two_merges_into_one_folder_one_wins_the_other_says_so(tmp_path, tiny_tr
     out = tmp_path / "out"
     procs = {}
     for w in ("0.25", "0.75"):
-        args = ["action=merge", "model=local", f"model.checkpoints=[{a},{b}]", f"merge.weights=[{w},{1 - float(w)}]",
-                f"merge.output_dir={out}", f"hydra.run.dir={tmp_path / ('run' + w)}"]
-        procs[w] = subprocess.Popen([sys.executable, str(MAIN), *args], cwd=tmp_path, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+        args = [
+            "action=merge",
+            "model=local",
+            f"model.checkpoints=[{a},{b}]",
+            f"merge.weights=[{w},{1 - float(w)}]",
+            f"merge.output_dir={out}",
+            f"hydra.run.dir={tmp_path / ('run' + w)}",
+        ]
+        procs[w] = subprocess.Popen(
+            [sys.executable, str(MAIN), *args],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=os.environ.copy(),
+        )
     done = {w: (p.wait(timeout=300), p.stdout.read(), p.stderr.read()) for w, p in procs.items()}
     winners = [w for w, (rc, _, _) in done.items() if rc == 0]
     assert len(winners) == 1, {w: (rc, err[-500:]) for w, (rc, _, err) in done.items()}
@@ -79,12 +107,27 @@ def test_two_merges_into_one_folder_one_wins_the_other_says_so(tmp_path, tiny_tr
 
 @pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace to deliver SIGKILL when the merge is reloaded")
 def test_killed_after_the_merge_is_in_place_or_registered_the_same_command_ends_with_one_version(
-        tmp_path, traj_cache, tiny_trajectory):
+    tmp_path, traj_cache, tiny_trajectory
+):
     out = tmp_path / "out"
     args = _args(tmp_path, traj_cache, tmp_path / "run1", out)
     # SIGKILL when the written merge is first opened for the re-score: it is complete and in place.
-    cmd = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(out / "model.safetensors"), "-e", "trace=openat,open",
-           "-e", "inject=openat,open:signal=SIGKILL", sys.executable, str(MAIN), *args]
+    cmd = [
+        "strace",
+        "-f",
+        "-qq",
+        "-o",
+        "/dev/null",
+        "-P",
+        str(out / "model.safetensors"),
+        "-e",
+        "trace=openat,open",
+        "-e",
+        "inject=openat,open:signal=SIGKILL",
+        sys.executable,
+        str(MAIN),
+        *args,
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0, proc.stdout[-2000:]
     assert (out / "model.safetensors").is_file(), "the kill did not happen after the merge was in place"
@@ -119,7 +162,9 @@ def test_killed_after_the_merge_is_in_place_or_registered_the_same_command_ends_
 def test_an_output_disk_too_small_for_the_merge_fails_before_any_trial(tmp_path, traj_cache, tiny_trajectory):
     mnt = tmp_path / "small"
     mnt.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:

@@ -1,5 +1,6 @@
 """A merge method registered from outside the package, by a user's own launcher, is the merge a search
 evaluates in its trials and the merge it writes (issue: trials used to be linear whatever merge.method said)."""
+
 from __future__ import annotations
 
 import json
@@ -31,10 +32,20 @@ runpy.run_path({main!r}, run_name="__main__")
 def test_a_search_evaluates_and_writes_with_an_outside_method(tmp_path, traj_cache, tiny_trajectory):
     launcher = tmp_path / "my_launcher.py"
     launcher.write_text(LAUNCHER.format(main=str(MAIN)))
-    args = ["model.trajectory.preset=tiny", f"model.trajectory.cache_dir={traj_cache}", "merge.method=pick",
-            "search.budget=4", "eval.limit=10", "registry.enabled=false", "tracking.log_plots=false",
-            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", f"hydra.run.dir={tmp_path / 'run'}"]
-    proc = subprocess.run([sys.executable, str(launcher), *args], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    args = [
+        "model.trajectory.preset=tiny",
+        f"model.trajectory.cache_dir={traj_cache}",
+        "merge.method=pick",
+        "search.budget=4",
+        "eval.limit=10",
+        "registry.enabled=false",
+        "tracking.log_plots=false",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
+    proc = subprocess.run(
+        [sys.executable, str(launcher), *args], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     by_lambda = {t["lambda"]: t["objective"] for t in result["trials"]}
@@ -53,7 +64,12 @@ def test_a_search_evaluates_and_writes_with_an_outside_method(tmp_path, traj_cac
 
 
 def test_an_unknown_merge_method_is_one_line_before_anything_runs(tmp_path):
-    proc = subprocess.run([sys.executable, str(MAIN), "merge.method=pik", f"hydra.run.dir={tmp_path / 'run'}"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(MAIN), "merge.method=pik", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: merge.method='pik' is not a known merge method")

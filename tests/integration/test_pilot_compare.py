@@ -1,4 +1,5 @@
 """`action=pilot` and `action=compare` end to end on the tiny trajectory."""
+
 from __future__ import annotations
 
 import csv
@@ -14,8 +15,16 @@ pytestmark = pytest.mark.slow
 
 def test_pilot_evaluates_singles_and_pairs(tmp_path, traj_cache, tiny_trajectory):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    proc = run_main(["action=pilot", "model.trajectory.preset=tiny", f"model.trajectory.cache_dir={traj_cache}",
-                     f"tracking.uri={uri}", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    proc = run_main(
+        [
+            "action=pilot",
+            "model.trajectory.preset=tiny",
+            f"model.trajectory.cache_dir={traj_cache}",
+            f"tracking.uri={uri}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     n = len(tiny_trajectory.checkpoints)
     rows = list(csv.DictReader((tmp_path / "run" / "pilot.csv").open()))
@@ -36,12 +45,38 @@ def test_pilot_evaluates_singles_and_pairs(tmp_path, traj_cache, tiny_trajectory
 
 def test_compare_runs_every_method_on_the_same_budget_and_registers_the_best(tmp_path, traj_cache, tiny_trajectory):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    methods = ["newest", "uniform", "lawa", "ema", "greedy", "fisher", "regmean", "bo", "bo_simplex", "bo_window", "random"]
+    methods = [
+        "newest",
+        "uniform",
+        "lawa",
+        "ema",
+        "greedy",
+        "fisher",
+        "regmean",
+        "bo",
+        "bo_simplex",
+        "bo_window",
+        "random",
+    ]
     budget = 3
-    proc = run_main(["action=compare", "model.trajectory.preset=tiny", f"model.trajectory.cache_dir={traj_cache}",
-                     f"compare.methods=[{','.join(methods)}]", f"search.budget={budget}", "compare.fisher_tokens=512",
-                     "compare.gram_tokens=512", "compare.lawa_k=2", "compare.register=true", "registry.name=cmp",
-                     "eval.limit=10", f"tracking.uri={uri}", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    proc = run_main(
+        [
+            "action=compare",
+            "model.trajectory.preset=tiny",
+            f"model.trajectory.cache_dir={traj_cache}",
+            f"compare.methods=[{','.join(methods)}]",
+            f"search.budget={budget}",
+            "compare.fisher_tokens=512",
+            "compare.gram_tokens=512",
+            "compare.lawa_k=2",
+            "compare.register=true",
+            "registry.name=cmp",
+            "eval.limit=10",
+            f"tracking.uri={uri}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads((tmp_path / "run" / "compare.json").read_text())
     result = json.loads((tmp_path / "run" / "result.json").read_text())  # every action writes one
@@ -85,7 +120,7 @@ def test_compare_runs_every_method_on_the_same_budget_and_registers_the_best(tmp
     reg = out["registered_model"]
     mv = client.get_model_version_by_alias("cmp", "candidate")
     assert str(mv.version) == reg["version"] and mv.tags["method"] == best["method"]
-    table = proc.stdout[proc.stdout.index("compare on "):]
+    table = proc.stdout[proc.stdout.index("compare on ") :]
     assert all(m in table for m in methods) and "gain" in table and "95% CI" in table
     # every method's gain over newest is paired on the same documents, with its interval
     assert by["newest"]["gain"]["value"] == 0 and not by["newest"]["gain"]["significant"]

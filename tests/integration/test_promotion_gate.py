@@ -15,6 +15,7 @@ MLflow's global state stays out of this one):
 bootstrap sees even a 2% weight perturbation shift every document the same way, a real if tiny difference.)
 Then, as searches would, the `candidate` alias moves v2 → v3 → v4 while promote decides.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,8 +54,10 @@ def _register(uri: str, artifacts: Path, checkpoints: Path) -> None:
     experiment = client.create_experiment("registered", artifact_location=artifacts.as_uri())
 
     def load(step: str):
-        return (AutoModelForCausalLM.from_pretrained(checkpoints / step).eval(),
-                AutoTokenizer.from_pretrained(checkpoints / step))
+        return (
+            AutoModelForCausalLM.from_pretrained(checkpoints / step).eval(),
+            AutoTokenizer.from_pretrained(checkpoints / step),
+        )
 
     def noisy(model):  # independent noise on every weight: worse overall, not the same way on every document
         gen = torch.Generator().manual_seed(3)
@@ -66,13 +69,17 @@ def _register(uri: str, artifacts: Path, checkpoints: Path) -> None:
 
     def on_code(model, tok):  # 30 AdamW steps on stdlib source: a code specialist
         torch.manual_seed(0)
-        text = "".join(inspect.getsource(m) for m in (textwrap, shlex, string, json_module.decoder, json_module.encoder))
-        chunks = [text[i:i + 400] for i in range(0, len(text), 400)]
+        text = "".join(
+            inspect.getsource(m) for m in (textwrap, shlex, string, json_module.decoder, json_module.encoder)
+        )
+        chunks = [text[i : i + 400] for i in range(0, len(text), 400)]
         tok.pad_token = tok.pad_token or tok.eos_token
         opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
         model.train()
         for step in range(30):
-            batch = tok(chunks[4 * step:4 * step + 4], return_tensors="pt", padding=True, truncation=True, max_length=128)
+            batch = tok(
+                chunks[4 * step : 4 * step + 4], return_tensors="pt", padding=True, truncation=True, max_length=128
+            )
             labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
             model(**batch, labels=labels).loss.backward()
             opt.step()
@@ -80,8 +87,12 @@ def _register(uri: str, artifacts: Path, checkpoints: Path) -> None:
         return model.eval()
 
     step90 = load("step00090")
-    versions = [("step 60", load("step00060")), ("step 90 + noise", (noisy(load("step00090")[0]), step90[1])),
-                ("step 90", step90), ("step 90 + code", (on_code(*load("step00090")), step90[1]))]
+    versions = [
+        ("step 60", load("step00060")),
+        ("step 90 + noise", (noisy(load("step00090")[0]), step90[1])),
+        ("step 90", step90),
+        ("step 90 + code", (on_code(*load("step00090")), step90[1])),
+    ]
     for description, (model, tok) in versions:
         run = client.create_run(experiment, run_name=description)
         log_and_register(run.info.run_id, model, tok, NAME, "candidate", {}, description, uri)
@@ -89,9 +100,21 @@ def _register(uri: str, artifacts: Path, checkpoints: Path) -> None:
 
 
 def _promote(work: Path, uri: str, tasks_dir: Path, step: str, tasks: list[str], *extra: str) -> dict:
-    proc = run_main(["action=promote", f"registry.name={NAME}", f"tracking.uri={uri}", "tracking.experiment=promotions",
-                     f"eval.test_tasks=[{','.join(tasks)}]", f"eval.include_path={tasks_dir}", f"eval.limit={LIMIT}",
-                     "eval.max_length=128", f"hydra.run.dir={work / step}", *extra], cwd=work)
+    proc = run_main(
+        [
+            "action=promote",
+            f"registry.name={NAME}",
+            f"tracking.uri={uri}",
+            "tracking.experiment=promotions",
+            f"eval.test_tasks=[{','.join(tasks)}]",
+            f"eval.include_path={tasks_dir}",
+            f"eval.limit={LIMIT}",
+            "eval.max_length=128",
+            f"hydra.run.dir={work / step}",
+            *extra,
+        ],
+        cwd=work,
+    )
     assert proc.returncode == 0, f"{step} failed:\n{proc.stderr[-4000:]}"
     client = MlflowClient(uri)
     result = json.loads((work / step / "result.json").read_text())
@@ -106,19 +129,38 @@ def _promote(work: Path, uri: str, tasks_dir: Path, step: str, tasks: list[str],
 def gate_steps(tmp_path_factory, tiny_trajectory):
     work = tmp_path_factory.mktemp("promotion-gate")
     uri = f"sqlite:///{work / 'mlflow.db'}"
-    proc = subprocess.run([sys.executable, "-m", "tests.integration.test_promotion_gate", uri, str(work / "artifacts"),
-                           str(tiny_trajectory.checkpoints[0].parent)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tests.integration.test_promotion_gate",
+            uri,
+            str(work / "artifacts"),
+            str(tiny_trajectory.checkpoints[0].parent),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     client = MlflowClient(uri)
-    assert [str(mv.version) for mv in client.search_model_versions(f"name='{NAME}'", order_by=["version_number"])] == ["1", "2", "3", "4"]
+    assert [str(mv.version) for mv in client.search_model_versions(f"name='{NAME}'", order_by=["version_number"])] == [
+        "1",
+        "2",
+        "3",
+        "4",
+    ]
     client.set_registered_model_alias(NAME, "champion", "1")
     tasks_dir = tiny_trajectory.tasks_dir
     steps: dict[str, dict] = {}
     weights = f"eval.weights={{{OOD}:2}}"
-    plan = [("noise", "2", [BPB], ()),
-            ("better", "3", [BPB], ()),
-            ("tradeoff", "4", [BPB, OOD], (weights,)),
-            ("tradeoff_allowed", "4", [BPB, OOD], (weights, "registry.allow_task_regression=true"))]
+    plan = [
+        ("noise", "2", [BPB], ()),
+        ("better", "3", [BPB], ()),
+        ("tradeoff", "4", [BPB, OOD], (weights,)),
+        ("tradeoff_allowed", "4", [BPB, OOD], (weights, "registry.allow_task_regression=true")),
+    ]
     for step, candidate, tasks, extra in plan:
         client.set_registered_model_alias(NAME, "candidate", candidate)  # as a search that registered it would
         steps[step] = _promote(work, uri, tasks_dir, step, tasks, *extra)
@@ -166,7 +208,9 @@ def test_a_clearly_better_candidate_is_promoted(gate_steps):
     assert r["reason"] in r["_stdout"] and "decision: promoted" in r["_stdout"]
     metrics = r["_run"].data.metrics
     assert metrics["score_gain.significant"] == 1.0 and metrics["regressions"] == 0.0
-    assert metrics[f"task_gain.{BPB}/bits_per_byte.ci_high"] == pytest.approx(r["task_gains"][f"{BPB}/bits_per_byte"]["ci_high"])
+    assert metrics[f"task_gain.{BPB}/bits_per_byte.ci_high"] == pytest.approx(
+        r["task_gains"][f"{BPB}/bits_per_byte"]["ci_high"]
+    )
     assert gate_steps["client"].get_model_version(NAME, "1").tags["promotion.replaced_by"] == "3"
 
 
@@ -203,5 +247,7 @@ def test_allow_task_regression_accepts_the_trade_off(gate_steps):
     assert gate_steps["client"].get_model_version(NAME, "3").tags["promotion.replaced_by"] == "4"
 
 
-if __name__ == "__main__":  # the fixture's child: python -m tests.integration.test_promotion_gate URI ARTIFACTS CHECKPOINTS
+if (
+    __name__ == "__main__"
+):  # the fixture's child: python -m tests.integration.test_promotion_gate URI ARTIFACTS CHECKPOINTS
     _register(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]))

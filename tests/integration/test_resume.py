@@ -1,4 +1,5 @@
 """A search killed with SIGKILL resumes with the same command: nothing evaluated twice, same result."""
+
 from __future__ import annotations
 
 import json
@@ -21,9 +22,17 @@ BUDGET = 5
 
 
 def _args(work, traj_cache, run_dir):
-    return ["model.trajectory.preset=tiny", f"model.trajectory.cache_dir={traj_cache}", f"search.budget={BUDGET}",
-            f"tracking.uri=sqlite:///{work / 'mlflow.db'}", "registry.name=resume-test", "registry.require_significant_gain=false", "tracking.log_plots=false",
-            "eval.limit=12", f"hydra.run.dir={run_dir}"]
+    return [
+        "model.trajectory.preset=tiny",
+        f"model.trajectory.cache_dir={traj_cache}",
+        f"search.budget={BUDGET}",
+        f"tracking.uri=sqlite:///{work / 'mlflow.db'}",
+        "registry.name=resume-test",
+        "registry.require_significant_gain=false",
+        "tracking.log_plots=false",
+        "eval.limit=12",
+        f"hydra.run.dir={run_dir}",
+    ]
 
 
 def _finished_trials(client, exp_id):
@@ -40,7 +49,8 @@ def _count_finished_trials(db) -> int:
         try:
             return con.execute(
                 "select count(*) from runs r join tags t on r.run_uuid = t.run_uuid "
-                "where t.key = 'ckptmerge.kind' and t.value = 'trial' and r.status = 'FINISHED'").fetchone()[0]
+                "where t.key = 'ckptmerge.kind' and t.value = 'trial' and r.status = 'FINISHED'"
+            ).fetchone()[0]
         finally:
             con.close()
     except sqlite3.Error:
@@ -58,8 +68,13 @@ def test_sigkill_then_same_command_resumes(tmp_path, traj_cache, tiny_trajectory
     work = tmp_path / "killed"
     work.mkdir()
     kill_after = random.Random(os.getpid()).randint(1, BUDGET - 2)  # a random trial
-    p = subprocess.Popen([sys.executable, str(MAIN), *_args(work, traj_cache, work / "run1")], cwd=work,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    p = subprocess.Popen(
+        [sys.executable, str(MAIN), *_args(work, traj_cache, work / "run1")],
+        cwd=work,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=os.environ.copy(),
+    )
     deadline = time.time() + 300
     while time.time() < deadline and p.poll() is None:
         time.sleep(0.2)

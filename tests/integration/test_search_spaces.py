@@ -1,5 +1,6 @@
 """A search over an averaging family (search/space=decay) end to end: the space's checkpoints, its warm
 start, its coordinate and weights per trial, its GP plot, and the gain over the newest checkpoint."""
+
 from __future__ import annotations
 
 import json
@@ -12,12 +13,24 @@ from tests.conftest import run_main
 pytestmark = pytest.mark.slow
 
 
-def test_a_family_search_covers_the_newest_checkpoints_and_starts_from_the_baselines(tmp_path, traj_cache, tiny_trajectory):
+def test_a_family_search_covers_the_newest_checkpoints_and_starts_from_the_baselines(
+    tmp_path, traj_cache, tiny_trajectory
+):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     budget = 5
-    proc = run_main(["model.trajectory.preset=tiny", f"model.trajectory.cache_dir={traj_cache}", "search/space=decay",
-                     f"search.budget={budget}", "eval.limit=10", "registry.enabled=false", f"tracking.uri={uri}",
-                     f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    proc = run_main(
+        [
+            "model.trajectory.preset=tiny",
+            f"model.trajectory.cache_dir={traj_cache}",
+            "search/space=decay",
+            f"search.budget={budget}",
+            "eval.limit=10",
+            "registry.enabled=false",
+            f"tracking.uri={uri}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     names = [c.name for c in tiny_trajectory.checkpoints][-4:]  # search.space.last=4; the tiny one has 3
@@ -33,8 +46,9 @@ def test_a_family_search_covers_the_newest_checkpoints_and_starts_from_the_basel
     assert result["baseline_objective"] == trials[0]["objective"]
     assert result["gain"]["value"] == pytest.approx(result["objective"] - trials[0]["objective"], abs=1e-9)
     client = MlflowClient(uri)
-    runs = client.search_runs([result["mlflow"]["experiment_id"]],
-                              f"tags.mlflow.parentRunId = '{result['mlflow']['run_id']}'")
+    runs = client.search_runs(
+        [result["mlflow"]["experiment_id"]], f"tags.mlflow.parentRunId = '{result['mlflow']['run_id']}'"
+    )
     assert len(runs) == budget
     for r in runs:
         shape = float(r.data.params["shape"])

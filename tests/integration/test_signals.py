@@ -1,5 +1,6 @@
 """SIGTERM and SIGINT with real processes and real signals: the runs end KILLED, one line, exit 143 /
 130, and the same command resumes. And secrets: a password in a URI appears nowhere we print or write."""
+
 from __future__ import annotations
 
 import json
@@ -22,9 +23,17 @@ BUDGET = 4
 
 def _args(work, traj_cache):
     # batch_size=2 makes a trial last long enough (about a second) for the signal to land inside one
-    return ["model.trajectory.preset=tiny", f"model.trajectory.cache_dir={traj_cache}", f"search.budget={BUDGET}",
-            f"tracking.uri=sqlite:///{work / 'mlflow.db'}", "registry.enabled=false", "tracking.log_plots=false",
-            "eval.limit=8", "eval.batch_size=2", f"hydra.run.dir={work / 'run'}"]
+    return [
+        "model.trajectory.preset=tiny",
+        f"model.trajectory.cache_dir={traj_cache}",
+        f"search.budget={BUDGET}",
+        f"tracking.uri=sqlite:///{work / 'mlflow.db'}",
+        "registry.enabled=false",
+        "tracking.log_plots=false",
+        "eval.limit=8",
+        "eval.batch_size=2",
+        f"hydra.run.dir={work / 'run'}",
+    ]
 
 
 def _running_trial(db) -> str | None:
@@ -37,7 +46,8 @@ def _running_trial(db) -> str | None:
         try:
             row = con.execute(
                 "select r.run_uuid from runs r join tags t on r.run_uuid = t.run_uuid "
-                "where t.key = 'ckptmerge.kind' and t.value = 'trial' and r.status = 'RUNNING'").fetchone()
+                "where t.key = 'ckptmerge.kind' and t.value = 'trial' and r.status = 'RUNNING'"
+            ).fetchone()
         finally:
             con.close()
     except sqlite3.Error:
@@ -45,12 +55,19 @@ def _running_trial(db) -> str | None:
     return row[0] if row else None
 
 
-@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)],
-                         ids=["SIGTERM", "SIGINT", "SIGHUP"])
+@pytest.mark.parametrize(
+    "sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)], ids=["SIGTERM", "SIGINT", "SIGHUP"]
+)
 def test_a_signal_ends_the_runs_killed_and_the_same_command_resumes(tmp_path, traj_cache, tiny_trajectory, sig, code):
     args = _args(tmp_path, traj_cache)
-    p = subprocess.Popen([sys.executable, str(MAIN), *args], cwd=tmp_path, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    p = subprocess.Popen(
+        [sys.executable, str(MAIN), *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+    )
     deadline, seen = time.time() + 240, None
     while time.time() < deadline and p.poll() is None and seen is None:
         time.sleep(0.05)
@@ -123,8 +140,14 @@ for n in range(8):
 def test_a_signal_inside_a_store_write_still_ends_every_run(tmp_path):
     """A signal that lands inside an MLflow write is raised once the write has returned: raised inside
     it, it left the sqlite store locked, and marking the runs KILLED failed after a 20 s wait."""
-    proc = subprocess.run([sys.executable, "-c", _STORE_WRITES, str(tmp_path)], capture_output=True, text=True,
-                          timeout=300, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(MAIN.parent)})
+    proc = subprocess.run(
+        [sys.executable, "-c", _STORE_WRITES, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(MAIN.parent)},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [ln.split() for ln in proc.stdout.splitlines()]
     assert len(rows) == 8
@@ -138,9 +161,16 @@ def _files(folder):
 
 def test_a_password_in_the_tracking_uri_is_printed_and_written_nowhere(tmp_path, traj_cache):
     run_dir = tmp_path / "run"
-    proc = run_main(["model.trajectory.preset=tiny", f"model.trajectory.cache_dir={traj_cache}",
-                     "tracking.uri=http://alice:s3cret-pw@127.0.0.1:9", f"hydra.run.dir={run_dir}"], cwd=tmp_path,
-                    timeout=120)
+    proc = run_main(
+        [
+            "model.trajectory.preset=tiny",
+            f"model.trajectory.cache_dir={traj_cache}",
+            "tracking.uri=http://alice:s3cret-pw@127.0.0.1:9",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert proc.returncode == 2
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith("error: tracking.uri=http://alice:***@127.0.0.1:9 is unreachable")
@@ -161,10 +191,20 @@ def test_a_secret_in_a_successful_search_stays_out_of_the_run_folder(tmp_path, t
     store = tmp_path / token
     store.mkdir()
     run_dir = tmp_path / "run"
-    proc = run_main(["model.trajectory.preset=tiny", f"model.trajectory.cache_dir={traj_cache}", "search.budget=2",
-                     f"tracking.uri=sqlite:///{store / 'mlflow.db'}", "registry.enabled=false",
-                     "tracking.log_plots=false", "eval.limit=8", f"hydra.run.dir={run_dir}"], cwd=tmp_path,
-                    env_extra={"HF_TOKEN": token})
+    proc = run_main(
+        [
+            "model.trajectory.preset=tiny",
+            f"model.trajectory.cache_dir={traj_cache}",
+            "search.budget=2",
+            f"tracking.uri=sqlite:///{store / 'mlflow.db'}",
+            "registry.enabled=false",
+            "tracking.log_plots=false",
+            "eval.limit=8",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=tmp_path,
+        env_extra={"HF_TOKEN": token},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert token not in proc.stdout + proc.stderr
     assert "***/mlflow.db" in proc.stdout  # the "see it" line, masked

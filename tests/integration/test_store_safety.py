@@ -6,6 +6,7 @@
 - the store locked by another process mid-search: one line, not SQLAlchemy's traceback;
 - a run folder that cannot be created: one line naming ``hydra.run.dir``.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,15 +27,28 @@ pytestmark = pytest.mark.slow
 
 
 def _args(work, traj_cache, run_dir, budget=3):
-    return ["model.trajectory.preset=tiny", f"model.trajectory.cache_dir={traj_cache}", f"search.budget={budget}",
-            f"tracking.uri=sqlite:///{work / 'mlflow.db'}", "registry.name=lock-test",
-            "registry.require_significant_gain=false", "tracking.log_plots=false", "eval.limit=8",
-            f"hydra.run.dir={run_dir}"]
+    return [
+        "model.trajectory.preset=tiny",
+        f"model.trajectory.cache_dir={traj_cache}",
+        f"search.budget={budget}",
+        f"tracking.uri=sqlite:///{work / 'mlflow.db'}",
+        "registry.name=lock-test",
+        "registry.require_significant_gain=false",
+        "tracking.log_plots=false",
+        "eval.limit=8",
+        f"hydra.run.dir={run_dir}",
+    ]
 
 
 def _popen(args, cwd):
-    return subprocess.Popen([sys.executable, str(MAIN), *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    return subprocess.Popen(
+        [sys.executable, str(MAIN), *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+    )
 
 
 def _error_lines(stderr: str) -> list[str]:
@@ -52,8 +66,11 @@ def test_two_identical_searches_one_runs_the_other_refuses(tmp_path, traj_cache,
     result = json.loads((tmp_path / f"run{winner}" / "result.json").read_text())
     run_id = result["mlflow"]["run_id"]
     # the line names the running search by its run and its process
-    assert re.fullmatch(rf"error: an identical search is already running \(run {run_id}, owner \S+:{procs[winner].pid}\); "
-                        r"wait for it or stop it", lines[0]), lines[0]
+    assert re.fullmatch(
+        rf"error: an identical search is already running \(run {run_id}, owner \S+:{procs[winner].pid}\); "
+        r"wait for it or stop it",
+        lines[0],
+    ), lines[0]
     assert not (tmp_path / f"run{loser}" / "result.json").exists()
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     versions = client.search_model_versions("name = 'lock-test'")
@@ -79,12 +96,15 @@ def test_unrelated_sqlite_database_is_refused_untouched(tmp_path, tiny_trajector
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = _error_lines(proc.stderr)
     assert len(lines) == 1, proc.stderr[-2000:]
-    assert "the sqlite file holds tables that are not MLflow's (e.g. 'users'); refusing to add MLflow's tables" in lines[0]
+    assert (
+        "the sqlite file holds tables that are not MLflow's (e.g. 'users'); refusing to add MLflow's tables" in lines[0]
+    )
     assert db.read_bytes() == before
     # no journal, no lock file, nothing else beside it (the run folder is Hydra's)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "run") == files_before
     assert sqlite3.connect(f"file:{db}?mode=ro", uri=True).execute(
-        "select name from sqlite_master where type = 'table'").fetchall() == [("users",)]
+        "select name from sqlite_master where type = 'table'"
+    ).fetchall() == [("users",)]
 
 
 def test_store_locked_mid_search_is_one_line(tmp_path, traj_cache, tiny_trajectory):
@@ -113,12 +133,14 @@ def test_store_locked_mid_search_is_one_line(tmp_path, traj_cache, tiny_trajecto
     assert p.returncode == 2, (p.returncode, err[-3000:])
     lines = _error_lines(err)
     assert len(lines) == 1, err[-3000:]
-    assert lines[0].startswith(f"error: the MLflow store sqlite:///{db} is locked by another process (database is locked); "), lines[0]
+    assert lines[0].startswith(
+        f"error: the MLflow store sqlite:///{db} is locked by another process (database is locked); "
+    ), lines[0]
     assert "Traceback" not in err and "OperationalError" not in err, err[-3000:]
     assert not (tmp_path / "run" / "result.json").exists()
     client = MlflowClient(f"sqlite:///{db}")
     exp = client.get_experiment_by_name("ckptmerge")
-    parent, = client.search_runs([exp.experiment_id], "tags.`ckptmerge.kind` = 'search'")
+    (parent,) = client.search_runs([exp.experiment_id], "tags.`ckptmerge.kind` = 'search'")
     assert parent.info.status == "FAILED"  # and the same command resumes it
     assert client.search_registered_models() == []
 

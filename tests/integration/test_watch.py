@@ -3,6 +3,7 @@
 A simulated trainer writes the tiny trajectory's checkpoints into a folder one at a time, in chunks
 with a pause mid-file; the watcher is SIGKILLed mid-search and started again with the same command.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,11 +28,22 @@ BUDGET = 4
 
 
 def _args(work: Path, traj, watch: Path, idle_exit_s: float | None, run_dir: Path, budget: int = BUDGET) -> list[str]:
-    return ["action=watch", "model=local", f"watch.dir={watch}", "watch.poll_s=0.3", "watch.settle_s=1",
-            f"watch.idle_exit_s={'null' if idle_exit_s is None else idle_exit_s}",
-            "eval.tasks=[ckptmerge_dev_bpb]", f"eval.include_path={traj.tasks_dir}", "eval.limit=12",
-            f"search.budget={budget}", f"tracking.uri=sqlite:///{work / 'mlflow.db'}", "registry.name=watch-test",
-            "tracking.log_plots=false", f"hydra.run.dir={run_dir}"]
+    return [
+        "action=watch",
+        "model=local",
+        f"watch.dir={watch}",
+        "watch.poll_s=0.3",
+        "watch.settle_s=1",
+        f"watch.idle_exit_s={'null' if idle_exit_s is None else idle_exit_s}",
+        "eval.tasks=[ckptmerge_dev_bpb]",
+        f"eval.include_path={traj.tasks_dir}",
+        "eval.limit=12",
+        f"search.budget={budget}",
+        f"tracking.uri=sqlite:///{work / 'mlflow.db'}",
+        "registry.name=watch-test",
+        "tracking.log_plots=false",
+        f"hydra.run.dir={run_dir}",
+    ]
 
 
 def _write_slowly(src: Path, dst: Path, pause_s: float) -> float:
@@ -42,7 +54,7 @@ def _write_slowly(src: Path, dst: Path, pause_s: float) -> float:
     data = (src / "model.safetensors").read_bytes()
     with open(dst / "model.safetensors", "wb") as fh:
         for i in range(4):
-            fh.write(data[i * len(data) // 4:(i + 1) * len(data) // 4])
+            fh.write(data[i * len(data) // 4 : (i + 1) * len(data) // 4])
             fh.flush()
             os.fsync(fh.fileno())
             time.sleep(pause_s if i == 1 else 0.1)  # longer than watch.settle_s: only the length check can tell
@@ -61,7 +73,8 @@ def _finished_trials(db: Path) -> int:
         try:
             return con.execute(
                 "select count(*) from runs r join tags t on r.run_uuid = t.run_uuid "
-                "where t.key = 'ckptmerge.kind' and t.value = 'trial' and r.status = 'FINISHED'").fetchone()[0]
+                "where t.key = 'ckptmerge.kind' and t.value = 'trial' and r.status = 'FINISHED'"
+            ).fetchone()[0]
         finally:
             con.close()
     except sqlite3.Error:
@@ -86,8 +99,9 @@ def test_watch_written_slowly_killed_mid_search_and_restarted(tmp_path, tiny_tra
     watch.mkdir()
     args = _args(tmp_path, tiny_trajectory, watch, 4, tmp_path / "run")
     out1 = open(tmp_path / "watch1.out", "w")
-    p = subprocess.Popen([sys.executable, str(MAIN), *args], cwd=tmp_path, stdout=out1, stderr=subprocess.STDOUT,
-                         env=os.environ.copy())
+    p = subprocess.Popen(
+        [sys.executable, str(MAIN), *args], cwd=tmp_path, stdout=out1, stderr=subprocess.STDOUT, env=os.environ.copy()
+    )
     deadline = time.time() + 240
     while "watching " not in (tmp_path / "watch1.out").read_text() and time.time() < deadline and p.poll() is None:
         time.sleep(0.1)  # the watcher is looking before the trainer writes: it sees the files half-written
@@ -98,7 +112,9 @@ def test_watch_written_slowly_killed_mid_search_and_restarted(tmp_path, tiny_tra
     while _finished_trials(db) < BUDGET and time.time() < deadline and p.poll() is None:
         time.sleep(0.2)  # the first pair's search
     assert p.poll() is None, (tmp_path / "watch1.out").read_text()[-3000:]
-    writer = threading.Thread(target=lambda: done_writing.__setitem__(src[2].name, _write_slowly(src[2], watch / src[2].name, 2.0)))
+    writer = threading.Thread(
+        target=lambda: done_writing.__setitem__(src[2].name, _write_slowly(src[2], watch / src[2].name, 2.0))
+    )
     writer.start()
     while _finished_trials(db) < BUDGET + 1 and time.time() < deadline and p.poll() is None:
         time.sleep(0.1)  # the second pair's search is under way
@@ -131,7 +147,9 @@ def test_watch_written_slowly_killed_mid_search_and_restarted(tmp_path, tiny_tra
     for pair, run in by_pair.items():
         newer = pair.split(",")[1]
         assert run.info.start_time >= done_writing[newer] * 1000, f"{pair} searched before {newer} was whole"
-        trials = client.search_runs([exp], f"tags.mlflow.parentRunId = '{run.info.run_id}' and attributes.status = 'FINISHED'")
+        trials = client.search_runs(
+            [exp], f"tags.mlflow.parentRunId = '{run.info.run_id}' and attributes.status = 'FINISHED'"
+        )
         assert len(trials) == BUDGET  # every trial evaluated to completion once
 
     watches = client.search_runs([exp], "tags.`ckptmerge.kind` = 'watch'")
@@ -160,9 +178,17 @@ def test_two_watchers_on_one_folder_search_each_pair_once(tmp_path, tiny_traject
     watch.mkdir()
     for c in tiny_trajectory.checkpoints:  # DeepSpeed-style names this time
         shutil.copytree(c, watch / f"global_step{int(c.name[4:])}")
-    procs = [subprocess.Popen([sys.executable, str(MAIN), *_args(tmp_path, tiny_trajectory, watch, 3, tmp_path / f"run{i}", budget=3)],
-                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
-             for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(MAIN), *_args(tmp_path, tiny_trajectory, watch, 3, tmp_path / f"run{i}", budget=3)],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=os.environ.copy(),
+        )
+        for i in range(2)
+    ]
     outs = [p.communicate(timeout=400)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n-----\n".join(o[-2000:] for o in outs)
     assert all("Traceback" not in o for o in outs)
@@ -185,9 +211,23 @@ def test_sigterm_ends_the_watch_killed_with_one_line(tmp_path):
     watch = tmp_path / "ckpts"
     watch.mkdir()
     (watch / "checkpoint-10").mkdir()  # a folder the trainer has only started
-    p = subprocess.Popen([sys.executable, str(MAIN), "action=watch", "model=local", f"watch.dir={watch}", "watch.poll_s=0.3",
-                          f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", f"hydra.run.dir={tmp_path / 'run'}"],
-                         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            str(MAIN),
+            "action=watch",
+            "model=local",
+            f"watch.dir={watch}",
+            "watch.poll_s=0.3",
+            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+    )
     first = p.stdout.readline()
     assert first.startswith(f"watching {watch}"), first + p.stderr.read()
     assert p.stdout.readline().strip() == "waiting for checkpoint-10: config.json is missing"
@@ -195,26 +235,47 @@ def test_sigterm_ends_the_watch_killed_with_one_line(tmp_path):
     rest, err = p.communicate(timeout=60)
     assert p.returncode == 143, err
     assert [ln for ln in err.splitlines() if ln.startswith("error:")] == [
-        "error: stopped by SIGTERM; run the same command again to resume"]
+        "error: stopped by SIGTERM; run the same command again to resume"
+    ]
     assert "Traceback" not in err
     run = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").search_runs(
         [MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_experiment_by_name("ckptmerge").experiment_id],
-        "tags.`ckptmerge.kind` = 'watch'")[0]
+        "tags.`ckptmerge.kind` = 'watch'",
+    )[0]
     assert run.info.status == "KILLED" and run.data.tags["ckptmerge.stopped_by"] == "SIGTERM"
     assert "waiting for checkpoint-10" not in rest  # said once, not every poll
     assert json.loads((tmp_path / "run" / "result.json").read_text())["state"] == "stopped by SIGTERM"
 
 
 def test_a_missing_watch_dir_is_one_line(tmp_path):
-    proc = run_main(["action=watch", "model=local", f"watch.dir={tmp_path / 'nope'}",
-                     f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    proc = run_main(
+        [
+            "action=watch",
+            "model=local",
+            f"watch.dir={tmp_path / 'nope'}",
+            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")] == [f"error: watch.dir={tmp_path / 'nope'} does not exist; create it (the trainer's output folder)"]
+    assert [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")] == [
+        f"error: watch.dir={tmp_path / 'nope'} does not exist; create it (the trainer's output folder)"
+    ]
 
 
 def test_a_watch_under_mlflow_run_is_refused_with_one_line(tmp_path):
-    proc = run_main(["action=watch", "model=local", f"watch.dir={tmp_path}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
-                     f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, env_extra={"MLFLOW_RUN_ID": "0123456789abcdef"})
+    proc = run_main(
+        [
+            "action=watch",
+            "model=local",
+            f"watch.dir={tmp_path}",
+            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+        env_extra={"MLFLOW_RUN_ID": "0123456789abcdef"},
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "unset MLFLOW_RUN_ID" in errors[0]

@@ -5,6 +5,7 @@ folders removed) when the fixture ends, also when a test fails. PostgreSQL is us
 binaries are installed (`.ci/run` installs them); otherwise the MLflow server falls back to sqlite,
 unless CKPTMERGE_REQUIRE_POSTGRES=1 (CI sets it once PostgreSQL is installed) makes that an error.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,8 +19,8 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -78,25 +79,61 @@ def local_postgres() -> Iterator[tuple[str | None, str]]:
         try:
             if prefix:
                 shutil.chown(root, user="postgres")
-            subprocess.run([*prefix, str(bindir / "initdb"), "-D", str(data), "-U", "mlflow", "--auth=trust",
-                            "-E", "UTF8", "--locale=C", "--no-sync"],
-                           check=True, capture_output=True, timeout=PG_START_TIMEOUT)
+            subprocess.run(
+                [
+                    *prefix,
+                    str(bindir / "initdb"),
+                    "-D",
+                    str(data),
+                    "-U",
+                    "mlflow",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    "--no-sync",
+                ],
+                check=True,
+                capture_output=True,
+                timeout=PG_START_TIMEOUT,
+            )
             port = free_port()
             opts = f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off -c full_page_writes=off"
             started = True  # from here on, stop it whatever happens (pg_ctl may time out with it running)
-            subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "postgres.log"), "-w",
-                            "-t", str(PG_START_TIMEOUT), "-o", opts, "start"],
-                           check=True, capture_output=True, timeout=PG_START_TIMEOUT + 10)
+            subprocess.run(
+                [
+                    *prefix,
+                    str(bindir / "pg_ctl"),
+                    "-D",
+                    str(data),
+                    "-l",
+                    str(root / "postgres.log"),
+                    "-w",
+                    "-t",
+                    str(PG_START_TIMEOUT),
+                    "-o",
+                    opts,
+                    "start",
+                ],
+                check=True,
+                capture_output=True,
+                timeout=PG_START_TIMEOUT + 10,
+            )
             uri = f"postgresql+psycopg://mlflow@127.0.0.1:{port}/postgres"
         except (subprocess.SubprocessError, OSError) as e:
-            log = (root / "postgres.log").read_text(errors="replace")[-1500:] if (root / "postgres.log").exists() else ""
+            log = (
+                (root / "postgres.log").read_text(errors="replace")[-1500:] if (root / "postgres.log").exists() else ""
+            )
             err = (getattr(e, "stderr", b"") or b"").decode(errors="replace")[-1000:]
             why = f"PostgreSQL did not start: {e} {err} {log}".strip()
         yield uri, why
     finally:
         if started:
-            subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "-t", "30",
-                            "stop"], capture_output=True, timeout=60)
+            subprocess.run(
+                [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "-t", "30", "stop"],
+                capture_output=True,
+                timeout=60,
+            )
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -114,18 +151,35 @@ def mlflow_server(backend_uri: str, artifacts: Path, log_path: Path, port: int |
     yields its URL."""
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
-           "--artifacts-destination", str(artifacts), "--serve-artifacts",
-           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        backend_uri,
+        "--artifacts-destination",
+        str(artifacts),
+        "--serve-artifacts",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     log = open(log_path, "ab")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True)  # its own process group: the workers go with it
+    proc = subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+    )  # its own process group: the workers go with it
     try:
         deadline = time.monotonic() + SERVER_START_TIMEOUT
         while not _healthy(url):
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not come up (exit {proc.poll()}):\n"
-                                   f"{log_path.read_text(errors='replace')[-3000:]}")
+                raise RuntimeError(
+                    f"mlflow server did not come up (exit {proc.poll()}):\n"
+                    f"{log_path.read_text(errors='replace')[-3000:]}"
+                )
             time.sleep(0.5)
         yield url
     finally:
@@ -153,4 +207,10 @@ def tracking_server(tmp_path_factory) -> Iterator[dict]:
         t0 = time.perf_counter()
         with mlflow_server(backend, root / "artifacts", root / "server.log") as url:
             print(f"mlflow server up in {time.perf_counter() - t0:.1f} s")
-            yield {"url": url, "backend": kind, "artifacts": root / "artifacts", "root": root, "log": root / "server.log"}
+            yield {
+                "url": url,
+                "backend": kind,
+                "artifacts": root / "artifacts",
+                "root": root,
+                "log": root / "server.log",
+            }

@@ -1,6 +1,7 @@
 """docker/ checked without a Docker engine: the compose file renders with .env.example and validates
 against the compose-spec schema, every service's image or build exists, the Dockerfiles lint clean
 (hadolint, from its PyPI wheel) and their ENTRYPOINT/CMD name real entry points and options."""
+
 from __future__ import annotations
 
 import json
@@ -19,7 +20,8 @@ DOCKER = REPO / "docker"
 COMPOSE = DOCKER / "compose.yaml"
 ENV_EXAMPLE = REPO / ".env.example"
 DOCKERFILES = sorted(DOCKER.glob("*Dockerfile*"))
-# ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?message}, ${VAR?message}; $${VAR} is a literal for the container's shell.
+# ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?message}, ${VAR?message};
+# $${VAR} is a literal for the container's shell.
 INTERPOLATION = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
 
 
@@ -35,6 +37,7 @@ def env_example() -> dict[str, str]:
 
 def render(text: str, env: dict[str, str]) -> dict:
     """Interpolate as `docker compose --env-file .env.example config` would, then parse."""
+
     def sub(m: re.Match) -> str:
         name, op, arg = m.group(1), m.group(2), m.group(3)
         if env.get(name, "") != "" or (op in ("-", "?") and name in env):
@@ -42,6 +45,7 @@ def render(text: str, env: dict[str, str]) -> dict:
         if op in (":?", "?"):
             raise AssertionError(f"compose requires {name}: {arg}")
         return arg if op in (":-", "-") else ""
+
     return yaml.safe_load(INTERPOLATION.sub(sub, text).replace("$$", "$"))
 
 
@@ -65,8 +69,12 @@ def test_compose_validates_against_the_compose_spec(compose, tmp_path):
     rendered = tmp_path / "compose.rendered.json"
     rendered.write_text(json.dumps(compose))
     for target in (COMPOSE, rendered):  # the file as written, and as rendered with .env.example
-        proc = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec",
-                               str(target)], capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec", str(target)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -90,8 +98,9 @@ def test_services_images_builds_and_wiring(compose):
     assert services["minio-init"]["environment"]["MLFLOW_BUCKET"] == env["MLFLOW_BUCKET"]
     args = services["mlflow"]["command"]
     store = args[args.index("--backend-store-uri") + 1]
-    assert store == (f"postgresql+psycopg://{env['POSTGRES_USER']}:{env['POSTGRES_PASSWORD']}@postgres:5432/"
-                     f"{env['POSTGRES_DB']}")
+    assert store == (
+        f"postgresql+psycopg://{env['POSTGRES_USER']}:{env['POSTGRES_PASSWORD']}@postgres:5432/{env['POSTGRES_DB']}"
+    )
     assert args[args.index("--artifacts-destination") + 1] == f"s3://{env['MLFLOW_BUCKET']}/mlartifacts"
     assert "--serve-artifacts" in args
     assert services["mlflow"]["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"

@@ -1,5 +1,6 @@
 """The config keys operations added: model.pair, registry.champion_alias / promote_margin, and how
 action=promote finds the test tasks of a candidate."""
+
 from __future__ import annotations
 
 import pytest
@@ -30,8 +31,14 @@ def test_pair_must_be_a_non_negative_integer(bad):
 def test_pair_out_of_range_of_the_trajectory_names_the_key(tiny_trajectory, traj_cache):
     from ckptmerge.actions.setup import resolve_sources
 
-    cfg = config_from_dict({"model": {"pair": len(tiny_trajectory.checkpoints) - 1,
-                                      "trajectory": {"preset": "tiny", "cache_dir": str(traj_cache)}}})
+    cfg = config_from_dict(
+        {
+            "model": {
+                "pair": len(tiny_trajectory.checkpoints) - 1,
+                "trajectory": {"preset": "tiny", "cache_dir": str(traj_cache)},
+            }
+        }
+    )
     with pytest.raises(ConfigError, match=r"model.pair=2 is out of range: the embedded trajectory has 3 checkpoints"):
         resolve_sources(cfg, progress=False)
 
@@ -53,8 +60,9 @@ def test_promotion_takes_the_test_tasks_of_the_candidates_search(tiny_trajectory
     """Embedded source: its trajectory's test tasks and task folder; eval.test_tasks wins when given."""
     from ckptmerge.actions.promote import promotion_tasks
 
-    source = config_from_dict({"model": {"trajectory": {"preset": "tiny", "cache_dir": str(traj_cache)}},
-                               "eval": {"limit": 7}})
+    source = config_from_dict(
+        {"model": {"trajectory": {"preset": "tiny", "cache_dir": str(traj_cache)}}, "eval": {"limit": 7}}
+    )
     tasks = promotion_tasks(Config(action="promote"), source, {})
     assert tasks.names == tuple(tiny_trajectory.test_tasks)
     assert str(tiny_trajectory.tasks_dir) in tasks.include_paths

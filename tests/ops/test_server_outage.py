@@ -1,4 +1,5 @@
 """The tracking server goes away in the middle of a search and comes back: the search carries on."""
+
 from __future__ import annotations
 
 import json
@@ -35,12 +36,26 @@ def test_search_survives_a_server_restart(tmp_path, traj_cache, tiny_trajectory)
     backend = f"sqlite:///{tmp_path / 'server.db'}"
     artifacts, log = tmp_path / "artifacts", tmp_path / "server.log"
     env = {**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "8", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
-    args = ["model.trajectory.preset=tiny", f"model.trajectory.cache_dir={traj_cache}", f"search.budget={BUDGET}",
-            "eval.limit=8", "tracking.log_plots=false", "tracking.experiment=outage", "registry.name=outage", "registry.require_significant_gain=false",
-            f"hydra.run.dir={tmp_path / 'run'}"]
+    args = [
+        "model.trajectory.preset=tiny",
+        f"model.trajectory.cache_dir={traj_cache}",
+        f"search.budget={BUDGET}",
+        "eval.limit=8",
+        "tracking.log_plots=false",
+        "tracking.experiment=outage",
+        "registry.name=outage",
+        "registry.require_significant_gain=false",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
     with mlflow_server(backend, artifacts, log, port=port) as url:
-        search = subprocess.Popen([sys.executable, str(MAIN), *args, f"tracking.uri={url}"], cwd=tmp_path, env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        search = subprocess.Popen(
+            [sys.executable, str(MAIN), *args, f"tracking.uri={url}"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         deadline = time.time() + 300
         while _finished_trials(url) < 2 and search.poll() is None and time.time() < deadline:
             time.sleep(0.5)

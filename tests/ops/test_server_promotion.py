@@ -2,6 +2,7 @@
 two searches register two candidates, `action=promote` runs three times (first / kept / promoted),
 and `models:/NAME@champion` loads with mlflow.pyfunc and generates text. The first search and the
 first promotion go through `mlflow run` (MLproject), whose run must be the one top-level run."""
+
 from __future__ import annotations
 
 import json
@@ -28,31 +29,69 @@ def run_clean(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """``python src/main.py ARGS`` without any MLflow run/store inherited from the caller's shell."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-    return subprocess.run([sys.executable, str(MAIN), *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=STEP_TIMEOUT)
+    return subprocess.run(
+        [sys.executable, str(MAIN), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=STEP_TIMEOUT
+    )
 
 
 def mlflow_run(entry: str, overrides: list[str], url: str, cwd: Path) -> subprocess.CompletedProcess:
     """``mlflow run REPO -e ENTRY --env-manager local -P overrides=...`` with MLFLOW_TRACKING_URI=url."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update(MLFLOW_TRACKING_URI=url, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")  # `python` = this one
+    env.update(
+        MLFLOW_TRACKING_URI=url,
+        MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+    )  # `python` = this one
     words = " ".join(shlex.quote(o) for o in overrides)
-    return subprocess.run([sys.executable, "-m", "mlflow", "run", str(REPO), "-e", entry, "--env-manager", "local",
-                           "--experiment-name", EXPERIMENT, "-P", f"overrides={words}"],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=STEP_TIMEOUT)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "run",
+            str(REPO),
+            "-e",
+            entry,
+            "--env-manager",
+            "local",
+            "--experiment-name",
+            EXPERIMENT,
+            "-P",
+            f"overrides={words}",
+        ],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=STEP_TIMEOUT,
+    )
 
 
 def search(url: str, cache: Path, pair: int, run_dir: Path) -> list[str]:
-    return ["model.trajectory.preset=tiny", f"model.trajectory.cache_dir={cache}", f"model.pair={pair}",
-            "search.budget=2", "eval.limit=4", "eval.test_tasks=[ckptmerge_test_bpb]",
-            f"tracking.uri={url}", f"tracking.experiment={EXPERIMENT}", f"registry.name={NAME}", "registry.require_significant_gain=false",
-            f"hydra.run.dir={run_dir}"]
+    return [
+        "model.trajectory.preset=tiny",
+        f"model.trajectory.cache_dir={cache}",
+        f"model.pair={pair}",
+        "search.budget=2",
+        "eval.limit=4",
+        "eval.test_tasks=[ckptmerge_test_bpb]",
+        f"tracking.uri={url}",
+        f"tracking.experiment={EXPERIMENT}",
+        f"registry.name={NAME}",
+        "registry.require_significant_gain=false",
+        f"hydra.run.dir={run_dir}",
+    ]
 
 
 def promote(url: str, run_dir: Path, *extra: str) -> list[str]:
-    return ["action=promote", f"registry.name={NAME}", f"tracking.uri={url}", f"tracking.experiment={EXPERIMENT}",
-            f"hydra.run.dir={run_dir}", *extra]
+    return [
+        "action=promote",
+        f"registry.name={NAME}",
+        f"tracking.uri={url}",
+        f"tracking.experiment={EXPERIMENT}",
+        f"hydra.run.dir={run_dir}",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +116,9 @@ def round_trip(tracking_server, tmp_path_factory, traj_cache, tiny_trajectory):
         t0 = time.perf_counter()
         proc = mlflow_run(entry, args, url, work) if entry else run_clean(args, work)
         print(f"{step}: {time.perf_counter() - t0:.1f} s")
-        assert proc.returncode == 0, f"{step} failed:\n{proc.stderr[-4000:]}\n{tracking_server['log'].read_text()[-2000:]}"
+        assert proc.returncode == 0, (
+            f"{step} failed:\n{proc.stderr[-4000:]}\n{tracking_server['log'].read_text()[-2000:]}"
+        )
         steps[step] = json.loads((work / step / "result.json").read_text())
         steps[step]["_stdout"] = proc.stdout
         if step.startswith("promote"):  # a version's promotion.* tags hold its latest decision: keep each
@@ -152,7 +193,10 @@ def test_first_candidate_becomes_champion(round_trip):
     assert "decision: first" in p1["_stdout"]
     # Nothing to compare with: no gain, no interval.
     assert p1["gain"] is None and p1["task_gains"] == {} and p1["regressions"] == []
-    assert p1["reason"] == "first candidate v1 becomes champion (there was none to compare with)" and p1["reason"] in p1["_stdout"]
+    assert (
+        p1["reason"] == "first candidate v1 becomes champion (there was none to compare with)"
+        and p1["reason"] in p1["_stdout"]
+    )
     assert tags["promotion.gain"] == "" and tags["promotion.gain_ci_low"] == ""
 
 
@@ -186,7 +230,9 @@ def test_candidate_promoted_when_its_gain_clears_the_margin_with_significance(ro
     # Pair 1 (the two newest checkpoints) beats pair 0 on held-out bits per byte by more than the
     # documents' noise: the interval's lower bound is above the margin 0.
     gain = p3["gain"]
-    assert gain["significant"] and gain["ci_low"] > 0, f"the newer pair is not significantly better ({gain}); the trajectory changed?"
+    assert gain["significant"] and gain["ci_low"] > 0, (
+        f"the newer pair is not significantly better ({gain}); the trajectory changed?"
+    )
     assert p3["regressions"] == [] and list(p3["task_gains"]) == ["ckptmerge_test_bpb/bits_per_byte"]
     assert p3["reason"].startswith("promoted candidate v2 over champion v1: gains +") and p3["reason"] in p3["_stdout"]
     assert p3["_tags"]["promotion.gain_significant"] == "true"
@@ -220,8 +266,15 @@ def test_champion_loads_with_pyfunc_and_generates(round_trip):
 
 
 def test_promote_of_an_unknown_model_is_one_line(round_trip, tmp_path):
-    proc = run_clean(["action=promote", "registry.name=no-such-model", f"tracking.uri={round_trip['url']}",
-                      f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    proc = run_clean(
+        [
+            "action=promote",
+            "registry.name=no-such-model",
+            f"tracking.uri={round_trip['url']}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        tmp_path,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert lines[-1].startswith("error: registry.name=no-such-model: no such registered model")
@@ -233,9 +286,28 @@ def test_mlflow_run_marks_a_failed_search_failed(round_trip, tmp_path):
     client = round_trip["client"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.update(MLFLOW_TRACKING_URI=round_trip["url"], PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}")
-    proc = subprocess.run([sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "main", "--env-manager", "local",
-                           "--experiment-name", "ops-failed", "-P", f"overrides=search.budget=1 hydra.run.dir={tmp_path}"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=STEP_TIMEOUT)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "run",
+            str(REPO),
+            "-e",
+            "main",
+            "--env-manager",
+            "local",
+            "--experiment-name",
+            "ops-failed",
+            "-P",
+            f"overrides=search.budget=1 hydra.run.dir={tmp_path}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=STEP_TIMEOUT,
+    )
     assert proc.returncode != 0
     assert "error: search.budget must be an integer >= 2" in proc.stderr
     runs = client.search_runs([client.get_experiment_by_name("ops-failed").experiment_id])

@@ -1,5 +1,6 @@
 """Hydra sweeps over adjacent pairs: joblib locally (a real 2-pair sweep), the SLURM launcher composed
 and rendered. (`mlflow run` is tested against a real server in test_server_promotion.py.)"""
+
 from __future__ import annotations
 
 import json
@@ -28,11 +29,30 @@ def test_sweep_over_adjacent_pairs_lands_in_one_experiment(tmp_path, traj_cache,
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     sweep_dir = tmp_path / "multirun"
     proc = subprocess.run(
-        [sys.executable, str(MAIN), "-m", "hydra/launcher=local", "hydra.launcher.n_jobs=2", "runtime.threads=1",
-         "model.pair=0,1", "model.trajectory.preset=tiny", f"model.trajectory.cache_dir={traj_cache}",
-         "search.budget=2", "eval.limit=4", "eval.test_tasks=[ckptmerge_test_bpb]", "registry.enabled=false",
-         f"tracking.uri={uri}", "tracking.experiment=sweep", f"hydra.sweep.dir={sweep_dir}"],
-        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            str(MAIN),
+            "-m",
+            "hydra/launcher=local",
+            "hydra.launcher.n_jobs=2",
+            "runtime.threads=1",
+            "model.pair=0,1",
+            "model.trajectory.preset=tiny",
+            f"model.trajectory.cache_dir={traj_cache}",
+            "search.budget=2",
+            "eval.limit=4",
+            "eval.test_tasks=[ckptmerge_test_bpb]",
+            "registry.enabled=false",
+            f"tracking.uri={uri}",
+            "tracking.experiment=sweep",
+            f"hydra.sweep.dir={sweep_dir}",
+        ],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     names = [p.name for p in tiny_trajectory.checkpoints]
     results = [json.loads((sweep_dir / str(i) / "result.json").read_text()) for i in (0, 1)]
@@ -80,12 +100,19 @@ def test_slurm_launcher_composes_and_renders_an_sbatch_script(tmp_path, monkeypa
     monkeypatch.setenv("PATH", f"{stub}{os.pathsep}{os.environ['PATH']}")
     # As hydra_submitit_launcher's SlurmLauncher.launch builds its executor:
     params.pop("submitit_folder")
-    executor = submitit.AutoExecutor(cluster="slurm", folder=tmp_path / "submitit",
-                                     slurm_max_num_timeout=params.pop("max_num_timeout"))
+    executor = submitit.AutoExecutor(
+        cluster="slurm", folder=tmp_path / "submitit", slurm_max_num_timeout=params.pop("max_num_timeout")
+    )
     params["name"] = "ckptmerge"
     base = set(OmegaConf.structured(BaseQueueConf).keys())
     executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
     script = executor._executor._make_submission_file_text("python src/main.py", "uid")
-    for line in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=2", "#SBATCH --time=240",
-                 "#SBATCH --cpus-per-task=8", "#SBATCH --mem=64GB", "#SBATCH --job-name=ckptmerge"):
+    for line in (
+        "#SBATCH --partition=gpu",
+        "#SBATCH --gpus-per-node=2",
+        "#SBATCH --time=240",
+        "#SBATCH --cpus-per-task=8",
+        "#SBATCH --mem=64GB",
+        "#SBATCH --job-name=ckptmerge",
+    ):
         assert line in script

@@ -10,6 +10,7 @@ Files are written tensor by tensor at offsets planned up front (``ckptmerge.chec
 a 14 GB checkpoint is generated in constant memory. Used by ``tests/scale`` (tiny shapes) and by
 ``benchmarks/`` (Pythia-1B and 6.9B shapes).
 """
+
 from __future__ import annotations
 
 import json
@@ -49,23 +50,25 @@ def neox_tensors(s: NeoXShape, dtype: torch.dtype = torch.float16) -> dict[str, 
     out = {"gpt_neox.embed_in.weight": TensorMeta((s.vocab, h), dtype)}
     for i in range(s.layers):
         p = f"gpt_neox.layers.{i}."
-        out.update({
-            p + "input_layernorm.weight": TensorMeta((h,), dtype),
-            p + "input_layernorm.bias": TensorMeta((h,), dtype),
-            p + "post_attention_layernorm.weight": TensorMeta((h,), dtype),
-            p + "post_attention_layernorm.bias": TensorMeta((h,), dtype),
-            p + "attention.bias": TensorMeta((1, 1, s.max_pos, s.max_pos), torch.bool),
-            p + "attention.masked_bias": TensorMeta((), dtype),
-            p + "attention.rotary_emb.inv_freq": TensorMeta((rot // 2,), dtype),
-            p + "attention.query_key_value.weight": TensorMeta((3 * h, h), dtype),
-            p + "attention.query_key_value.bias": TensorMeta((3 * h,), dtype),
-            p + "attention.dense.weight": TensorMeta((h, h), dtype),
-            p + "attention.dense.bias": TensorMeta((h,), dtype),
-            p + "mlp.dense_h_to_4h.weight": TensorMeta((s.intermediate, h), dtype),
-            p + "mlp.dense_h_to_4h.bias": TensorMeta((s.intermediate,), dtype),
-            p + "mlp.dense_4h_to_h.weight": TensorMeta((h, s.intermediate), dtype),
-            p + "mlp.dense_4h_to_h.bias": TensorMeta((h,), dtype),
-        })
+        out.update(
+            {
+                p + "input_layernorm.weight": TensorMeta((h,), dtype),
+                p + "input_layernorm.bias": TensorMeta((h,), dtype),
+                p + "post_attention_layernorm.weight": TensorMeta((h,), dtype),
+                p + "post_attention_layernorm.bias": TensorMeta((h,), dtype),
+                p + "attention.bias": TensorMeta((1, 1, s.max_pos, s.max_pos), torch.bool),
+                p + "attention.masked_bias": TensorMeta((), dtype),
+                p + "attention.rotary_emb.inv_freq": TensorMeta((rot // 2,), dtype),
+                p + "attention.query_key_value.weight": TensorMeta((3 * h, h), dtype),
+                p + "attention.query_key_value.bias": TensorMeta((3 * h,), dtype),
+                p + "attention.dense.weight": TensorMeta((h, h), dtype),
+                p + "attention.dense.bias": TensorMeta((h,), dtype),
+                p + "mlp.dense_h_to_4h.weight": TensorMeta((s.intermediate, h), dtype),
+                p + "mlp.dense_h_to_4h.bias": TensorMeta((s.intermediate,), dtype),
+                p + "mlp.dense_4h_to_h.weight": TensorMeta((h, s.intermediate), dtype),
+                p + "mlp.dense_4h_to_h.bias": TensorMeta((h,), dtype),
+            }
+        )
     out["gpt_neox.final_layer_norm.weight"] = TensorMeta((h,), dtype)
     out["gpt_neox.final_layer_norm.bias"] = TensorMeta((h,), dtype)
     out["embed_out.weight"] = TensorMeta((s.vocab, h), dtype)
@@ -89,18 +92,32 @@ def _values(key: str, m: TensorMeta, gen: torch.Generator, start: int, n: int, s
     return (0.02 * torch.randn(n, generator=gen)).to(m.dtype)
 
 
-def write_neox_checkpoint(folder: Path, shape: str | NeoXShape, dtype: torch.dtype = torch.float16, seed: int = 0,
-                          shard_bytes: int = 1 << 30, tokenizer_from: Path | None = None, fmt: str = "safetensors",
-                          chunk: int = 1 << 24) -> Path:
+def write_neox_checkpoint(
+    folder: Path,
+    shape: str | NeoXShape,
+    dtype: torch.dtype = torch.float16,
+    seed: int = 0,
+    shard_bytes: int = 1 << 30,
+    tokenizer_from: Path | None = None,
+    fmt: str = "safetensors",
+    chunk: int = 1 << 24,
+) -> Path:
     """A transformers GPT-NeoX folder (config, weights, optional tokenizer files) with random values."""
     from transformers import GPTNeoXConfig
 
     s = SHAPES[shape] if isinstance(shape, str) else shape
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    cfg = GPTNeoXConfig(vocab_size=s.vocab, hidden_size=s.hidden, num_hidden_layers=s.layers,
-                        num_attention_heads=s.heads, intermediate_size=s.intermediate,
-                        max_position_embeddings=s.max_pos, rotary_pct=s.rotary_pct, tie_word_embeddings=False)
+    cfg = GPTNeoXConfig(
+        vocab_size=s.vocab,
+        hidden_size=s.hidden,
+        num_hidden_layers=s.layers,
+        num_attention_heads=s.heads,
+        intermediate_size=s.intermediate,
+        max_position_embeddings=s.max_pos,
+        rotary_pct=s.rotary_pct,
+        tie_word_embeddings=False,
+    )
     cfg.architectures = ["GPTNeoXForCausalLM"]
     cfg.dtype = str(dtype).replace("torch.", "")
     cfg.save_pretrained(folder)
@@ -138,8 +155,7 @@ def write_neox_checkpoint(folder: Path, shape: str | NeoXShape, dtype: torch.dty
 
 def folder_bytes(folder: Path) -> int:
     """Bytes of a checkpoint folder's weight files."""
-    return sum(p.stat().st_size for p in Path(folder).iterdir()
-               if p.suffix in (".safetensors", ".bin") and p.is_file())
+    return sum(p.stat().st_size for p in Path(folder).iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file())
 
 
 def drop_from_page_cache(folder: Path) -> None:

@@ -6,6 +6,7 @@ Inputs are the Pythia-shaped synthetic checkpoints of the oracle (with the buffe
 GPT-NeoX definition requires: it refuses checkpoints saved without them, as transformers 5 saves them,
 whatever the config). Both mergekit runs start in parallel (start-up dominates); the module takes ~30 s.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,13 +38,26 @@ def _mergekit_yaml() -> str:
 
 
 def _main(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(MAIN), *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(MAIN), *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300
+    )
 
 
 def _merge(srcs: list[Path], weights: list[float], out: Path, dtype: str, cwd: Path) -> None:
-    proc = _main(["action=merge", "model=local", f"model.checkpoints=[{','.join(map(str, srcs))}]",
-                  f"merge.weights=[{','.join(map(str, weights))}]", f"merge.dtype={dtype}", f"merge.output_dir={out}",
-                  "merge.allow_nonfinite=true", "merge.shard_size=50KB", f"hydra.run.dir={cwd / 'run'}"], cwd)
+    proc = _main(
+        [
+            "action=merge",
+            "model=local",
+            f"model.checkpoints=[{','.join(map(str, srcs))}]",
+            f"merge.weights=[{','.join(map(str, weights))}]",
+            f"merge.dtype={dtype}",
+            f"merge.output_dir={out}",
+            "merge.allow_nonfinite=true",
+            "merge.shard_size=50KB",
+            f"hydra.run.dir={cwd / 'run'}",
+        ],
+        cwd,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
@@ -53,14 +67,22 @@ def merged(tmp_path_factory):
     root = tmp_path_factory.mktemp("mkconfig")
     out = {}
     for name, (dtype, weights, out_dtype) in CASES.items():
-        srcs = [write_neox_checkpoint(root / name / f"step{i + 1}", SHAPE, dtype, seed=7 * i + 3, shard_bytes=60_000)
-                for i in range(len(weights))]
+        srcs = [
+            write_neox_checkpoint(root / name / f"step{i + 1}", SHAPE, dtype, seed=7 * i + 3, shard_bytes=60_000)
+            for i in range(len(weights))
+        ]
         _merge(srcs, weights, root / name / "ours", out_dtype, root / name)
         out[name] = (root / name / "ours", root / name / "mergekit", srcs)
-    procs = {name: subprocess.Popen([_mergekit_yaml(), str(ours / "mergekit_config.yml"), str(theirs),
-                                     "--no-copy-tokenizer", "--quiet"],
-                                    env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for name, (ours, theirs, _) in out.items()}
+    procs = {
+        name: subprocess.Popen(
+            [_mergekit_yaml(), str(ours / "mergekit_config.yml"), str(theirs), "--no-copy-tokenizer", "--quiet"],
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for name, (ours, theirs, _) in out.items()
+    }
     for name, p in procs.items():
         log, _ = p.communicate(timeout=300)
         assert p.returncode == 0, f"mergekit-yaml failed on {name}'s config:\n{log[-3000:]}"
@@ -100,17 +122,35 @@ def test_merge_reads_a_mergekit_config(merged):
     root, out = merged
     ours, _, srcs = out["fp16"]
     again = root / "again"
-    proc = _main(["action=merge", f"merge.mergekit_config={ours / 'mergekit_config.yml'}", f"merge.output_dir={again}",
-                  "merge.allow_nonfinite=true", f"hydra.run.dir={root / 'run_again'}"], root)
+    proc = _main(
+        [
+            "action=merge",
+            f"merge.mergekit_config={ours / 'mergekit_config.yml'}",
+            f"merge.output_dir={again}",
+            "merge.allow_nonfinite=true",
+            f"hydra.run.dir={root / 'run_again'}",
+        ],
+        root,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = CheckpointReader(ours), CheckpointReader(again)
     assert all(torch.equal(a.get(k), b.get(k)) for k in a.keys())
 
     recipe = root / "normalized.yml"
-    recipe.write_text("merge_method: linear\ndtype: float16\nmodels:\n" + "".join(
-        f"  - model: {s}\n    parameters:\n      weight: {w}\n" for s, w in zip(srcs, [1, 3])))
-    proc = _main(["action=merge", f"merge.mergekit_config={recipe}", f"merge.output_dir={root / 'normalized'}",
-                  "merge.allow_nonfinite=true", f"hydra.run.dir={root / 'run_norm'}"], root)
+    recipe.write_text(
+        "merge_method: linear\ndtype: float16\nmodels:\n"
+        + "".join(f"  - model: {s}\n    parameters:\n      weight: {w}\n" for s, w in zip(srcs, [1, 3]))
+    )
+    proc = _main(
+        [
+            "action=merge",
+            f"merge.mergekit_config={recipe}",
+            f"merge.output_dir={root / 'normalized'}",
+            "merge.allow_nonfinite=true",
+            f"hydra.run.dir={root / 'run_norm'}",
+        ],
+        root,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "{'step1': 0.25, 'step2': 0.75}" in proc.stdout
 
@@ -119,12 +159,24 @@ def test_unsupported_mergekit_config_is_one_line(merged):
     root, out = merged
     _, _, srcs = out["fp16"]
     ties = root / "ties.yml"
-    ties.write_text("merge_method: ties\nbase_model: " + str(srcs[0]) + "\nmodels:\n" + "".join(
-        f"  - model: {s}\n    parameters:\n      weight: 0.5\n      density: 0.5\n" for s in srcs))
-    proc = _main(["action=merge", f"merge.mergekit_config={ties}", f"merge.output_dir={root / 'ties'}",
-                  f"hydra.run.dir={root / 'run_ties'}"], root)
+    ties.write_text(
+        "merge_method: ties\nbase_model: "
+        + str(srcs[0])
+        + "\nmodels:\n"
+        + "".join(f"  - model: {s}\n    parameters:\n      weight: 0.5\n      density: 0.5\n" for s in srcs)
+    )
+    proc = _main(
+        [
+            "action=merge",
+            f"merge.mergekit_config={ties}",
+            f"merge.output_dir={root / 'ties'}",
+            f"hydra.run.dir={root / 'run_ties'}",
+        ],
+        root,
+    )
     assert proc.returncode != 0
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-    assert lines == ["error: merge.mergekit_config: merge_method='ties' is not supported; "
-                     "ckptmerge and mergekit share only 'linear'"], proc.stderr[-2000:]
+    assert lines == [
+        "error: merge.mergekit_config: merge_method='ties' is not supported; ckptmerge and mergekit share only 'linear'"
+    ], proc.stderr[-2000:]
     assert not (root / "ties").exists()

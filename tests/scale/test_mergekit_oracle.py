@@ -1,12 +1,14 @@
 """Correctness oracle: our streaming merge equals mergekit's ``linear`` merge within one ulp.
 
-Real mergekit, run through its CLI (``mergekit-multi``: every case's recipe in one process, one start-up), on the same Pythia-shaped
+Real mergekit, run through its CLI (``mergekit-multi``: every case's recipe in one process, one start-up),
+on the same Pythia-shaped
 inputs (with the ``attention.bias``/``masked_bias``/``inv_freq`` buffers real Pythia checkpoints carry,
 which mergekit's GPT-NeoX architecture requires): fp32, fp16 and bf16, sharded inputs, 2 and 3
 checkpoints, and an output dtype different from the inputs'. Our side runs through the library with
 tiny chunks (every chunk boundary exercised) and, for one case, through ``src/main.py action=merge``,
 in parallel with mergekit (start-up dominates both), so the module takes ~15 s.
 """
+
 from __future__ import annotations
 
 import os
@@ -60,29 +62,69 @@ def merged(tmp_path_factory):
     root = tmp_path_factory.mktemp("oracle")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     procs, out, recipes = {}, {}, []
-    sources = {name: [write_neox_checkpoint(root / name / f"step{i}", SHAPE, c[0], seed=10 * i + 1, shard_bytes=60_000)
-                      for i in range(len(c[1]))] for name, c in CASES.items()}
-    for name, (dtype, weights, out_dtype, extra) in CASES.items():
-        recipes.append(f"name: {name}\nmerge_method: linear\n" + extra + "models:\n" + "".join(
-            f"  - model: {s}\n    parameters:\n      weight: {w}\n" for s, w in zip(sources[name], weights)))
+    sources = {
+        name: [
+            write_neox_checkpoint(root / name / f"step{i}", SHAPE, c[0], seed=10 * i + 1, shard_bytes=60_000)
+            for i in range(len(c[1]))
+        ]
+        for name, c in CASES.items()
+    }
+    for name, (_dtype, weights, _out_dtype, extra) in CASES.items():
+        recipes.append(
+            f"name: {name}\nmerge_method: linear\n"
+            + extra
+            + "models:\n"
+            + "".join(f"  - model: {s}\n    parameters:\n      weight: {w}\n" for s, w in zip(sources[name], weights))
+        )
     (root / "mergekit.yml").write_text("---\n".join(recipes))
     procs["all", "mergekit"] = subprocess.Popen(
-        [_mergekit_multi(), str(root / "mergekit.yml"), "-I", str(root / "mergekit"),
-         "--no-copy-tokenizer", "--no-write-model-card", "--quiet"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for name, (dtype, weights, out_dtype, extra) in CASES.items():
+        [
+            _mergekit_multi(),
+            str(root / "mergekit.yml"),
+            "-I",
+            str(root / "mergekit"),
+            "--no-copy-tokenizer",
+            "--no-write-model-card",
+            "--quiet",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    for name, (_dtype, weights, out_dtype, _extra) in CASES.items():
         srcs = sources[name]
         assert all(len(list(s.glob("*.safetensors"))) > 1 for s in srcs)  # sharded inputs
         ours = root / name / "ours"
         if name.endswith("_cli"):
-            args = [f"model.checkpoints=[{','.join(str(s) for s in srcs)}]", "model=local", "action=merge",
-                    f"merge.weights=[{','.join(map(str, weights))}]", f"merge.output_dir={ours}",
-                    "merge.shard_size=50KB", f"hydra.run.dir={root / name / 'run'}"]
-            procs[name, "ours"] = subprocess.Popen([sys.executable, str(MAIN), *args], cwd=root, env=env,
-                                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            args = [
+                f"model.checkpoints=[{','.join(str(s) for s in srcs)}]",
+                "model=local",
+                "action=merge",
+                f"merge.weights=[{','.join(map(str, weights))}]",
+                f"merge.output_dir={ours}",
+                "merge.shard_size=50KB",
+                f"hydra.run.dir={root / name / 'run'}",
+            ]
+            procs[name, "ours"] = subprocess.Popen(
+                [sys.executable, str(MAIN), *args],
+                cwd=root,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
         else:
-            write_merged([CheckpointReader(s) for s in srcs], srcs[-1], weights, ours, linear_merge, 50_000,
-                         out_dtype=out_dtype, chunk_elems=1000)
+            write_merged(
+                [CheckpointReader(s) for s in srcs],
+                srcs[-1],
+                weights,
+                ours,
+                linear_merge,
+                50_000,
+                out_dtype=out_dtype,
+                chunk_elems=1000,
+            )
         out[name] = (ours, root / "mergekit" / name, srcs)
     for (name, who), p in procs.items():
         log, _ = p.communicate(timeout=300)

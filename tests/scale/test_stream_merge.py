@@ -1,4 +1,5 @@
 """The streaming writer and memory-mapped reads: bounded memory, zero copies, laziness, failure paths."""
+
 from __future__ import annotations
 
 import builtins
@@ -37,8 +38,17 @@ def _readers(folders):
 def test_output_is_standard_safetensors_with_index_and_progress(tmp_path, pair, capsys):
     from safetensors.torch import load_file
 
-    out = write_merged(_readers(pair), pair[1], [0.4, 0.6], tmp_path / "m", linear_merge, 30_000,
-                       out_dtype=torch.float32, chunk_elems=777, progress=True)
+    out = write_merged(
+        _readers(pair),
+        pair[1],
+        [0.4, 0.6],
+        tmp_path / "m",
+        linear_merge,
+        30_000,
+        out_dtype=torch.float32,
+        chunk_elems=777,
+        progress=True,
+    )
     index = json.loads((out / "model.safetensors.index.json").read_text())
     files = sorted(out.glob("*.safetensors"))
     assert len(files) > 2 and sorted(set(index["weight_map"].values())) == [f.name for f in files]
@@ -47,7 +57,9 @@ def test_output_is_standard_safetensors_with_index_and_progress(tmp_path, pair, 
     for f in files:  # safetensors' own loader agrees, every tensor aligned to its element size
         for key, t in load_file(str(f)).items():
             assert t.data_ptr() % t.element_size() == 0 or t.numel() <= 1
-            expect = linear_merge([r.get(key) for r in srcs], [0.4, 0.6], torch.float32 if t.is_floating_point() else None)
+            expect = linear_merge(
+                [r.get(key) for r in srcs], [0.4, 0.6], torch.float32 if t.is_floating_point() else None
+            )
             assert torch.equal(t, expect), key
     assert json.loads((out / "config.json").read_text())["dtype"] == "float32"
     err = capsys.readouterr().err
@@ -173,10 +185,14 @@ _RSS_CHILD = textwrap.dedent("""
 
 def test_peak_memory_stays_near_the_budget_not_the_model_size(tmp_path, pair):
     shape = NeoXShape(hidden=1024, layers=2, heads=8, intermediate=4096, vocab=8192, max_pos=256)
-    srcs = [str(write_neox_checkpoint(tmp_path / f"m{i}", shape, torch.float16, seed=i, shard_bytes=30_000_000))
-            for i in (1, 2)]
+    srcs = [
+        str(write_neox_checkpoint(tmp_path / f"m{i}", shape, torch.float16, seed=i, shard_bytes=30_000_000))
+        for i in (1, 2)
+    ]
     total = sum(CheckpointReader(s).nbytes() for s in srcs)  # ~170 MB of inputs, ~85 MB written
-    code = _RSS_CHILD.format(repo=str(REPO / "src"), srcs=srcs, warm=[str(p) for p in pair], out=str(tmp_path / "merged"))
+    code = _RSS_CHILD.format(
+        repo=str(REPO / "src"), srcs=srcs, warm=[str(p) for p in pair], out=str(tmp_path / "merged")
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads(r.stdout.strip().splitlines()[-1])

@@ -1,4 +1,5 @@
 """The embedded trajectory: real training, caching, determinism, disjoint splits, lm-eval tasks."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -216,8 +217,13 @@ def test_concurrent_finisher_wins(tmp_path, monkeypatch):
             (root / "checkpoints" / "step00030").mkdir(parents=True)
             (root / "checkpoints" / "step00030" / "config.json").write_text("{}")
             (root / "tasks").mkdir()
-            meta = {"checkpoints": [{"name": "step00030"}], "max_length": 64, "who": marker,
-                    "dev_tasks": ["a"], "test_tasks": ["b"]}
+            meta = {
+                "checkpoints": [{"name": "step00030"}],
+                "max_length": 64,
+                "who": marker,
+                "dev_tasks": ["a"],
+                "test_tasks": ["b"],
+            }
             (root / "trajectory.json").write_text(json.dumps(meta))
 
     monkeypatch.setattr(build_module, "_build_into", fake_build)
@@ -237,9 +243,9 @@ def test_lm_eval_runs_all_tasks(traj):
     tok = AutoTokenizer.from_pretrained(checkpoint)
     lm = HFLM(pretrained=model, tokenizer=tok, batch_size=8, max_length=traj.max_length)
     manager = TaskManager(include_path=str(traj.tasks_dir))
-    results = simple_evaluate(
-        model=lm, tasks=list(ALL_TASKS), task_manager=manager, limit=None, bootstrap_iters=0
-    )["results"]
+    results = simple_evaluate(model=lm, tasks=list(ALL_TASKS), task_manager=manager, limit=None, bootstrap_iters=0)[
+        "results"
+    ]
     for task in ("ckptmerge_dev_bpb", "ckptmerge_test_bpb", "ckptmerge_test_ood_bpb"):
         metrics = results[task]
         assert 0 < metrics["bits_per_byte,none"] < 8

@@ -1,4 +1,5 @@
 """Publishing a folder: never replace or remove what this process did not write."""
+
 from __future__ import annotations
 
 import json
@@ -107,7 +108,9 @@ def tiny_filesystem(tmp_path):
     """A real 256 KiB tmpfs (needs root and mount permission; skipped where the sandbox refuses)."""
     mnt = tmp_path / "tinyfs"
     mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True, text=True
+    )
     if proc.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
     yield mnt

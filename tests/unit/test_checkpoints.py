@@ -1,4 +1,5 @@
 """Checkpoint I/O on real files: lazy reads, compatibility checks, atomic verified writes, resident model."""
+
 from __future__ import annotations
 
 import pickle
@@ -153,5 +154,7 @@ def test_resident_model_merges_in_place_without_rereading(tmp_path, pair):
     res.apply([0.25, 0.75])
     sd = res.model.state_dict()
     assert torch.equal(sd[name], linear_merge([oldest[name], newest[name]], [0.25, 0.75]))
-    assert torch.equal(sd["lm_head.weight"], linear_merge([oldest["embed_out.weight"], newest["embed_out.weight"]], [0.25, 0.75]))
+    assert torch.equal(
+        sd["lm_head.weight"], linear_merge([oldest["embed_out.weight"], newest["embed_out.weight"]], [0.25, 0.75])
+    )
     assert {k: v.data_ptr() for k, v in sd.items()} == ptrs

@@ -1,4 +1,5 @@
 """Every option of every config group composes and validates into a typed Config."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -45,9 +46,20 @@ def test_every_option_composes(group, option):
 
 
 def test_contract_overrides():
-    cfg = _compose(["search.budget=8", "search.alpha=0.3", "search.seed=5", "tracking.uri=sqlite:///x.db",
-                    "tracking.experiment=e", "registry.name=R", "eval.tasks=[a,b]", "eval.test_tasks=[c]",
-                    "eval.limit=3", "eval.include_path=/tmp"])
+    cfg = _compose(
+        [
+            "search.budget=8",
+            "search.alpha=0.3",
+            "search.seed=5",
+            "tracking.uri=sqlite:///x.db",
+            "tracking.experiment=e",
+            "registry.name=R",
+            "eval.tasks=[a,b]",
+            "eval.test_tasks=[c]",
+            "eval.limit=3",
+            "eval.include_path=/tmp",
+        ]
+    )
     assert (cfg.search.budget, cfg.search.alpha, cfg.search.seed) == (8, 0.3, 5)
     assert cfg.tracking.uri == "sqlite:///x.db" and cfg.registry.name == "R"
     assert cfg.eval.tasks == ("a", "b") and cfg.eval.test_tasks == ("c",) and cfg.eval.limit == 3

@@ -1,5 +1,8 @@
 """Config validation: every bad value is refused with an error that names the key."""
+
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 
@@ -80,6 +83,6 @@ def test_weights_and_sizes():
 
 def test_frozen():
     cfg = Config()
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.search.budget = 3  # type: ignore[misc]
     assert MergeConfig().method == "linear" and EvalConfig().batch_size > 0

@@ -1,4 +1,5 @@
 """Content checks on real checkpoint files (ckptmerge.checkpoints.content) and the rules they rely on."""
+
 from __future__ import annotations
 
 import json
@@ -10,7 +11,13 @@ from safetensors.torch import load_file, save_file
 
 from ckptmerge.checkpoints import CheckpointSet
 from ckptmerge.checkpoints.content import (
-    check_distinct_content, check_dtypes, check_order, check_tokenizers, scan, step_from_name, training_step,
+    check_distinct_content,
+    check_dtypes,
+    check_order,
+    check_tokenizers,
+    scan,
+    step_from_name,
+    training_step,
     training_steps,
 )
 from ckptmerge.checkpoints.refs import parse_ref, resolve
@@ -21,11 +28,24 @@ from tests.helpers import tiny_neox
 KEY = "gpt_neox.layers.0.attention.dense.weight"
 
 
-@pytest.mark.parametrize("name,step", [
-    ("step00250", 250), ("step0", 0), ("checkpoint-500", 500), ("global_step500", 500), ("iter_0000500", 500),
-    ("Checkpoint-7", 7), ("pythia-160m-step1000", 1000), ("step1000/", 1000),
-    ("main", None), ("final", None), ("step1000-final", None), ("train_02200B", None), ("stepping", None),
-])
+@pytest.mark.parametrize(
+    "name,step",
+    [
+        ("step00250", 250),
+        ("step0", 0),
+        ("checkpoint-500", 500),
+        ("global_step500", 500),
+        ("iter_0000500", 500),
+        ("Checkpoint-7", 7),
+        ("pythia-160m-step1000", 1000),
+        ("step1000/", 1000),
+        ("main", None),
+        ("final", None),
+        ("step1000-final", None),
+        ("train_02200B", None),
+        ("stepping", None),
+    ],
+)
 def test_step_from_name(name, step):
     assert step_from_name(name) == step
 
@@ -50,7 +70,9 @@ def test_trainer_state_step_wins_over_the_name(tmp_path, pair):
     (a / "trainer_state.json").write_text(json.dumps({"global_step": 1200, "log_history": []}))
     cset = CheckpointSet.from_refs([str(a), str(b)])
     assert [training_step(c) for c in cset.checkpoints] == [1200, 50]
-    with pytest.raises(CheckpointError, match=r"not oldest first: final \(step 1200\), step50 \(step 50\).*model.order=given"):
+    with pytest.raises(
+        CheckpointError, match=r"not oldest first: final \(step 1200\), step50 \(step 50\).*model.order=given"
+    ):
         check_order(cset, training_steps(cset), allow_equal=True)
 
 
@@ -81,9 +103,11 @@ def test_nan_is_refused_naming_checkpoint_and_tensor(tmp_path, pair):
 
 def test_same_inf_everywhere_is_a_constant_buffer_but_nan_is_not(tmp_path, pair):
     """A -inf mask buffer stored in fp16 (Pythia's masked_bias) is kept; NaN in every checkpoint is not."""
+
     def mask(value):
         def edit(state):
             state["gpt_neox.layers.0.attention.masked_bias"] = torch.tensor(value, dtype=torch.float16)
+
         return edit
 
     a = _edit(shutil.copytree(pair[0], tmp_path / "inf" / "step100"), mask(-1e9))  # -inf in fp16
@@ -91,7 +115,9 @@ def test_same_inf_everywhere_is_a_constant_buffer_but_nan_is_not(tmp_path, pair)
     scan(CheckpointSet.from_refs([str(a), str(b)]), allow_nonfinite=False, nonfinite_hint="")
     c = _edit(shutil.copytree(pair[0], tmp_path / "nan" / "step100"), mask(float("nan")))
     d = _edit(shutil.copytree(pair[1], tmp_path / "nan" / "step200"), mask(float("nan")))
-    with pytest.raises(CheckpointError, match="step100 has NaN or Inf in tensor gpt_neox.layers.0.attention.masked_bias"):
+    with pytest.raises(
+        CheckpointError, match="step100 has NaN or Inf in tensor gpt_neox.layers.0.attention.masked_bias"
+    ):
         scan(CheckpointSet.from_refs([str(c), str(d)]), allow_nonfinite=False, nonfinite_hint="")
     e = _edit(shutil.copytree(pair[1], tmp_path / "mixed" / "step200"), mask(1.0))
     with pytest.raises(CheckpointError, match="step100 has NaN or Inf"):
@@ -166,8 +192,14 @@ def test_integer_tensors_are_the_newest_in_trials_and_in_the_written_merge(tmp_p
     res.apply([0.5, 0.5])
     trial = res.model.state_dict()[KEY].clone()
     assert torch.equal(trial, newest.float())
-    out = write_merged([c.reader for c in cset.checkpoints], folders[1], [0.5, 0.5], tmp_path / "merged",
-                       linear_merge, shard_bytes=10**9)
+    out = write_merged(
+        [c.reader for c in cset.checkpoints],
+        folders[1],
+        [0.5, 0.5],
+        tmp_path / "merged",
+        linear_merge,
+        shard_bytes=10**9,
+    )
     assert torch.equal(load_file(str(out / "model.safetensors"))[KEY], newest)
     assert torch.equal(AutoModelForCausalLM.from_pretrained(out).state_dict()[KEY], trial)
 

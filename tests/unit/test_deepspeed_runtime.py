@@ -1,4 +1,5 @@
 """Pieces of runtime=deepspeed that need no second process: config, tensor pairing, launcher argv."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -33,7 +34,11 @@ def test_user_json_overrides_keys_but_not_the_stage(tmp_path):
     over = tmp_path / "ds.json"
     over.write_text(json.dumps({"zero_optimization": {"offload_param": {"device": "cpu"}}}))
     cfg = deepspeed_config(torch.float32, str(over))
-    assert cfg["zero_optimization"] == {"stage": 3, "stage3_param_persistence_threshold": 0, "offload_param": {"device": "cpu"}}
+    assert cfg["zero_optimization"] == {
+        "stage": 3,
+        "stage3_param_persistence_threshold": 0,
+        "offload_param": {"device": "cpu"},
+    }
     over.write_text(json.dumps({"zero_optimization": {"stage": 2}}))
     with pytest.raises(ConfigError, match="stage=2; the resident model needs stage 3"):
         deepspeed_config(torch.float32, str(over))
@@ -47,8 +52,11 @@ def test_user_json_overrides_keys_but_not_the_stage(tmp_path):
 def test_tensors_pair_by_name_then_by_the_one_free_tensor_of_that_shape():
     files = {"embed_in.weight": (10, 4), "embed_out.weight": (10, 4), "ln.weight": (4,), "attn.masked_bias": ()}
     model = {"embed_in.weight": (10, 4), "lm_head.weight": (10, 4), "ln.weight": (4,)}
-    assert pair_tensor_names(files, model) == {"embed_in.weight": "embed_in.weight", "ln.weight": "ln.weight",
-                                                   "embed_out.weight": "lm_head.weight"}
+    assert pair_tensor_names(files, model) == {
+        "embed_in.weight": "embed_in.weight",
+        "ln.weight": "ln.weight",
+        "embed_out.weight": "lm_head.weight",
+    }
 
 
 def test_runtime_config_is_validated():

@@ -1,4 +1,5 @@
 """Hub checkpoints load offline from a standard hub cache laid out on disk (repo, revision ref, snapshot)."""
+
 from __future__ import annotations
 
 import shutil

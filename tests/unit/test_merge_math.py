@@ -1,4 +1,5 @@
 """Merge math against direct computation."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """Each baseline merge method against a direct computation."""
+
 from __future__ import annotations
 
 import numpy as np

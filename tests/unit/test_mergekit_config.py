@@ -1,4 +1,5 @@
 """Reading mergekit YAML: the linear subset both tools share, everything else refused in one line."""
+
 from __future__ import annotations
 
 import pytest
@@ -25,26 +26,49 @@ def test_emitted_config_reads_back_to_the_same_merge(tmp_path):
 
 
 def test_global_weight_normalize_and_dtype(tmp_path):
-    r = read_linear(_write(tmp_path, "merge_method: linear\ndtype: bf16\nparameters:\n  weight: 2\n"
-                                     "models:\n  - model: /a\n  - model: /b\n    parameters: {weight: 6}\n"))
+    r = read_linear(
+        _write(
+            tmp_path,
+            "merge_method: linear\ndtype: bf16\nparameters:\n  weight: 2\n"
+            "models:\n  - model: /a\n  - model: /b\n    parameters: {weight: 6}\n",
+        )
+    )
     assert r.weights == (0.25, 0.75) and r.dtype == "bfloat16"
 
 
-@pytest.mark.parametrize("text, says", [
-    ("merge_method: ties\nmodels: [{model: /a}, {model: /b}]\n", "merge_method='ties' is not supported"),
-    ("merge_method: linear\nslices: []\nmodels: [{model: /a}, {model: /b}]\n", "'slices' is not supported"),
-    ("merge_method: linear\nmodels: [{model: /a, parameters: {weight: 1}}]\n", "at least 2 models"),
-    ("merge_method: linear\nmodels: [{model: /a, parameters: {weight: [0, 1]}}, {model: /b, parameters: {weight: 1}}]\n",
-     "models[0].parameters.weight must be one number"),
-    ("merge_method: linear\nmodels: [{model: /a+/lora, parameters: {weight: 1}}, {model: /b, parameters: {weight: 1}}]\n",
-     "LoRA adapter"),
-    ("merge_method: linear\nmodels: [{model: /a}, {model: /b, parameters: {weight: 1}}]\n", "models[0] has no weight"),
-    ("merge_method: linear\ntokenizer_source: union\nmodels: [{model: /a}, {model: /b}]\n", "'tokenizer_source' is not supported"),
-    ("merge_method: linear\nout_dtype: int8\nmodels: [{model: /a, parameters: {weight: 1}}, {model: /b, parameters: {weight: 1}}]\n",
-     "out_dtype='int8'"),
-    ("- just a list\n", "not a mergekit config"),
-    ("merge_method: [\n", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        ("merge_method: ties\nmodels: [{model: /a}, {model: /b}]\n", "merge_method='ties' is not supported"),
+        ("merge_method: linear\nslices: []\nmodels: [{model: /a}, {model: /b}]\n", "'slices' is not supported"),
+        ("merge_method: linear\nmodels: [{model: /a, parameters: {weight: 1}}]\n", "at least 2 models"),
+        (
+            "merge_method: linear\nmodels: [{model: /a, parameters: {weight: [0, 1]}}, "
+            "{model: /b, parameters: {weight: 1}}]\n",
+            "models[0].parameters.weight must be one number",
+        ),
+        (
+            "merge_method: linear\nmodels: [{model: /a+/lora, parameters: {weight: 1}}, "
+            "{model: /b, parameters: {weight: 1}}]\n",
+            "LoRA adapter",
+        ),
+        (
+            "merge_method: linear\nmodels: [{model: /a}, {model: /b, parameters: {weight: 1}}]\n",
+            "models[0] has no weight",
+        ),
+        (
+            "merge_method: linear\ntokenizer_source: union\nmodels: [{model: /a}, {model: /b}]\n",
+            "'tokenizer_source' is not supported",
+        ),
+        (
+            "merge_method: linear\nout_dtype: int8\nmodels: [{model: /a, parameters: {weight: 1}}, "
+            "{model: /b, parameters: {weight: 1}}]\n",
+            "out_dtype='int8'",
+        ),
+        ("- just a list\n", "not a mergekit config"),
+        ("merge_method: [\n", "not valid YAML"),
+    ],
+)
 def test_refused_with_one_line_naming_what(tmp_path, text, says):
     with pytest.raises(ConfigError) as e:
         read_linear(_write(tmp_path, text))

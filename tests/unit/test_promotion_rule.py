@@ -1,5 +1,6 @@
 """The promotion rule on given intervals: lower bound above the margin, no significant regression
 (unless allowed); every refusal says why. (End to end, with real models: tests/integration/test_promotion_gate.py.)"""
+
 from __future__ import annotations
 
 import math
@@ -22,7 +23,9 @@ def test_a_gain_within_noise_keeps_the_champion_even_above_the_margin():
     # The point gain beats the margin 0: the old rule (score difference >= margin) promoted this.
     v = gate(g(0.0031, -0.012, 0.018, 0.62), {BPB: g(0.0031, -0.012, 0.018)}, 0.0, False, "2", "1")
     assert v.decision == KEPT and v.regressions == ()
-    assert v.reason == "kept champion v1: candidate v2 gains +0.00310, 95% CI [-0.01200, +0.01800], p=0.62: within noise"
+    assert (
+        v.reason == "kept champion v1: candidate v2 gains +0.00310, 95% CI [-0.01200, +0.01800], p=0.62: within noise"
+    )
 
 
 def test_the_lower_bound_must_be_strictly_above_the_margin():
@@ -31,14 +34,18 @@ def test_the_lower_bound_must_be_strictly_above_the_margin():
     assert v.decision == KEPT and v.reason.endswith("significant, but the lower bound does not clear the margin 0.02")
     v = gate(g(0.05, 0.021, 0.08, 0.002), {BPB: g(0.05, 0.021, 0.08)}, 0.02, False, "2", "1")
     assert v.decision == PROMOTED
-    assert v.reason == ("promoted candidate v2 over champion v1: gains +0.05000, 95% CI [+0.02100, +0.08000], "
-                        "p=0.002, lower bound above the margin 0.02")
+    assert v.reason == (
+        "promoted candidate v2 over champion v1: gains +0.05000, 95% CI [+0.02100, +0.08000], "
+        "p=0.002, lower bound above the margin 0.02"
+    )
 
 
 def test_a_significantly_worse_candidate_is_said_to_be():
     v = gate(g(-0.05, -0.08, -0.02, 0.002), {BPB: g(-0.05, -0.08, -0.02)}, 0.0, False, "2", "1")
     assert v.decision == KEPT and v.regressions == (BPB,)
-    assert v.reason.endswith(": significantly worse; regresses on t_bpb/bits_per_byte (-0.05000, 95% CI [-0.08000, -0.02000])")
+    assert v.reason.endswith(
+        ": significantly worse; regresses on t_bpb/bits_per_byte (-0.05000, 95% CI [-0.08000, -0.02000])"
+    )
 
 
 def test_a_significant_regression_on_one_task_blocks_a_significant_total_gain_unless_allowed():
@@ -46,8 +53,10 @@ def test_a_significant_regression_on_one_task_blocks_a_significant_total_gain_un
     total = g(0.58, 0.5, 0.66, 0.002)
     kept = gate(total, tasks, 0.0, False, "4", "2")
     assert kept.decision == KEPT and kept.regressions == (BPB,)
-    assert kept.reason == ("kept champion v2: candidate v4 gains +0.58000, 95% CI [+0.50000, +0.66000], p=0.002: "
-                           "regresses on t_bpb/bits_per_byte (-0.02100, 95% CI [-0.03000, -0.01100])")
+    assert kept.reason == (
+        "kept champion v2: candidate v4 gains +0.58000, 95% CI [+0.50000, +0.66000], p=0.002: "
+        "regresses on t_bpb/bits_per_byte (-0.02100, 95% CI [-0.03000, -0.01100])"
+    )
     allowed = gate(total, tasks, 0.0, True, "4", "2")
     assert allowed.decision == PROMOTED and allowed.regressions == (BPB,)
     assert "allowed by registry.allow_task_regression=true: regresses on t_bpb/bits_per_byte" in allowed.reason

@@ -1,4 +1,5 @@
 """The README's two commands are the ones CI and users run."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,8 +34,9 @@ def test_the_ckptmerge_command_is_python_src_main_py(tmp_path):
     assert script.exists(), "pip install -e . installs the ckptmerge command"
     bad = ["search.budget=1", f"hydra.run.dir={tmp_path / 'run'}"]  # refused while the config is validated
     via_script = subprocess.run([str(script), *bad], capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    via_main = subprocess.run([sys.executable, str(REPO / "src" / "main.py"), *bad], capture_output=True, text=True,
-                              cwd=tmp_path, timeout=300)
+    via_main = subprocess.run(
+        [sys.executable, str(REPO / "src" / "main.py"), *bad], capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
     assert via_script.returncode == via_main.returncode == 2
     assert via_script.stderr.strip().splitlines()[-1] == via_main.stderr.strip().splitlines()[-1]
     assert "search.budget must be an integer >= 2" in via_script.stderr

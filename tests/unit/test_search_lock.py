@@ -1,5 +1,6 @@
 """The per-resume-key lock: a flock that dies with its holder, and the claim used on remote stores
 (exercised here on a real sqlite MLflow store: the claim logic only talks to the MLflow client)."""
+
 from __future__ import annotations
 
 import os
@@ -27,8 +28,9 @@ HOLDER = textwrap.dedent("""
 
 
 def _holder(uri):
-    p = subprocess.Popen([sys.executable, "-c", HOLDER, uri], stdout=subprocess.PIPE, text=True,
-                         env={**os.environ, "PYTHONPATH": SRC})
+    p = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, uri], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": SRC}
+    )
     assert p.stdout.readline().strip() == "held"
     return p
 
@@ -39,8 +41,10 @@ def test_file_lock_refuses_a_second_holder_and_dies_with_the_first(tmp_path):
     try:
         with pytest.raises(SearchRunning) as err:
             search_lock.acquire(uri, None, None, "k123")
-        assert str(err.value) == (f"an identical search is already running (run RUN42, owner "
-                                  f"{search_lock.owner().rpartition(':')[0]}:{p.pid}); wait for it or stop it")
+        assert str(err.value) == (
+            f"an identical search is already running (run RUN42, owner "
+            f"{search_lock.owner().rpartition(':')[0]}:{p.pid}); wait for it or stop it"
+        )
         search_lock.acquire(uri, None, None, "other-key").release()  # another key is free
     finally:
         p.send_signal(signal.SIGKILL)
@@ -104,12 +108,21 @@ def test_claim_of_a_dead_process_on_this_host_is_stale(tmp_path):
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     p.wait()  # a pid that no longer runs
     host = search_lock.owner().rpartition(":")[0]
-    client.set_tag(run, search_lock.TAG_CLAIM, json.dumps({"token": "t", "owner": f"{host}:{p.pid}",
-                                                           "t": time.time(), "beat": time.time()}))
+    client.set_tag(
+        run,
+        search_lock.TAG_CLAIM,
+        json.dumps({"token": "t", "owner": f"{host}:{p.pid}", "t": time.time(), "beat": time.time()}),
+    )
     assert search_lock.live_claims(client, exp, "k") == []
-    client.set_tag(run, search_lock.TAG_CLAIM, json.dumps({"token": "t", "owner": "elsewhere:1",
-                                                           "t": time.time(), "beat": time.time()}))
+    client.set_tag(
+        run,
+        search_lock.TAG_CLAIM,
+        json.dumps({"token": "t", "owner": "elsewhere:1", "t": time.time(), "beat": time.time()}),
+    )
     assert [r for _, r in search_lock.live_claims(client, exp, "k")] == [run]  # another host: its heartbeat decides
-    client.set_tag(run, search_lock.TAG_CLAIM, json.dumps({"token": "t", "owner": "elsewhere:1", "t": 0,
-                                                           "beat": time.time() - search_lock.STALE_S - 1}))
+    client.set_tag(
+        run,
+        search_lock.TAG_CLAIM,
+        json.dumps({"token": "t", "owner": "elsewhere:1", "t": 0, "beat": time.time() - search_lock.STALE_S - 1}),
+    )
     assert search_lock.live_claims(client, exp, "k") == []

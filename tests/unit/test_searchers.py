@@ -1,4 +1,5 @@
 """Searchers: α and 1 first, never the same λ twice, budget respected, deterministic for a seed."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Secrets never reach MLflow: URI passwords and secret environment values are masked."""
+
 from __future__ import annotations
 
 from ckptmerge.tracking.mlflow_run import flatten
@@ -25,10 +26,16 @@ def test_structured_outputs_are_masked_value_by_value(monkeypatch):
     from ckptmerge.tracking.secrets import redact_data, redact_yaml, uri_password_keys
 
     monkeypatch.setenv("HF_TOKEN", "hf_abcdefghijklmnop")
-    result = {"mlflow": {"tracking_uri": "http://u:pw123@h:5000", "run_id": "abc"}, "n": 3,
-              "trials": [{"source": "hf_abcdefghijklmnop"}, None]}
-    assert redact_data(result) == {"mlflow": {"tracking_uri": "http://u:***@h:5000", "run_id": "abc"}, "n": 3,
-                                   "trials": [{"source": "***"}, None]}
+    result = {
+        "mlflow": {"tracking_uri": "http://u:pw123@h:5000", "run_id": "abc"},
+        "n": 3,
+        "trials": [{"source": "hf_abcdefghijklmnop"}, None],
+    }
+    assert redact_data(result) == {
+        "mlflow": {"tracking_uri": "http://u:***@h:5000", "run_id": "abc"},
+        "n": 3,
+        "trials": [{"source": "***"}, None],
+    }
     import yaml
 
     doc = "tracking:\n  uri: http://u:pw123@h\ntoken: hf_abcdefghijklmnop\n"
@@ -37,6 +44,8 @@ def test_structured_outputs_are_masked_value_by_value(monkeypatch):
     assert yaml.safe_load(masked) == {"tracking": {"uri": "http://u:***@h"}, "token": "***"}
     clean = "a: 1\nb: [x, y]  # a comment\n"
     assert redact_yaml(clean) == clean  # untouched byte for byte
-    cfg = {"tracking": {"uri": "postgresql://u:pw@db/x", "artifact_location": "s3://b/p"},
-           "model": {"checkpoints": ["/a", "https://me:tok@host/b"]}}
+    cfg = {
+        "tracking": {"uri": "postgresql://u:pw@db/x", "artifact_location": "s3://b/p"},
+        "model": {"checkpoints": ["/a", "https://me:tok@host/b"]},
+    }
     assert uri_password_keys(cfg) == ["tracking.uri", "model.checkpoints[1]"]

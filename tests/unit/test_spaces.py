@@ -1,4 +1,5 @@
 """Search spaces (search/space): the map from a point to weights, the warm start, the registry, the config."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -101,10 +102,12 @@ def test_when_the_optimum_is_an_evaluated_corner_the_search_refines_near_it_not_
     """All acquisitions re-propose the newest checkpoint alone (β=0); the fallback used to be the least
     explored point, the far end of the box, where the model expects the worst."""
     sp = make_space("ema", 4)
-    s = make_searcher(SearchConfig(kind="bo", budget=8, seed=0), sp, warm_start(sp, baseline_weightings(4, 3, 0.5), 1e-3))
+    s = make_searcher(
+        SearchConfig(kind="bo", budget=8, seed=0), sp, warm_start(sp, baseline_weightings(4, 3, 0.5), 1e-3)
+    )
     for _ in range(8):
         p = s.ask()
-        s.tell(p.x, -p.x[0] ** 2)
+        s.tell(p.x, -(p.x[0] ** 2))
     later = [x[0] for x in s.xs[4:]]
     assert all(b < 0.5 for b in later), later
     assert len({round(b[0], 6) for b in s.xs}) == len(s.xs)  # never the same point twice
@@ -131,7 +134,9 @@ def test_space_config_errors_name_the_key():
     assert _cfg(name="ema", last=4, beta_max=0.9).search.space.settings == {"beta_max": 0.9}
     with pytest.raises(ConfigError, match=r"search.space='emma' is not a known search space \(did you mean 'ema'\?\)"):
         _cfg(name="emma")
-    with pytest.raises(ConfigError, match=r"unknown config key search.space.beta for search space ema \(did you mean 'beta_max'\?\)"):
+    with pytest.raises(
+        ConfigError, match=r"unknown config key search.space.beta for search space ema \(did you mean 'beta_max'\?\)"
+    ):
         _cfg(name="ema", beta=0.3)
     with pytest.raises(ConfigError, match=r"search.space \(ema\): beta_max must be in \(0, 1\)"):
         _cfg(name="ema", beta_max=1.5)
@@ -184,7 +189,7 @@ def test_a_space_registered_from_outside_the_package_is_configured_searched_and_
         for _ in range(6):
             p = s.ask()
             s.tell(p.x, -abs(sp.weights(p.x)[-1] - 0.7))
-        assert max(s.ys) > max(s.ys[:len(initial)])  # the GP, over the outside space, beat its warm start
+        assert max(s.ys) > max(s.ys[: len(initial)])  # the GP, over the outside space, beat its warm start
     finally:
         SPACES.unregister("heavy")
 

@@ -1,4 +1,5 @@
 """How SearchTracker.finishing() ends runs after a stop or an error, on a real sqlite store."""
+
 from __future__ import annotations
 
 import signal

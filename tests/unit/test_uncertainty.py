@@ -1,4 +1,5 @@
 """Bootstrap intervals over documents: coverage of a known truth, pairing, and what lm-eval aggregates."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -46,6 +47,7 @@ def test_paired_gain_intervals_cover_the_true_difference_about_95_percent_of_the
 
 def test_bits_per_byte_standard_error_matches_the_spread_across_samples():
     """Ratio of sums: the bootstrap s.e. of bits per byte agrees with its spread over fresh samples."""
+
     def sample(rng, n=400):
         nbytes = rng.integers(50, 2000, size=n).astype(float)
         ll = -nbytes * np.log(2) * (1.9 + 0.3 * rng.normal(size=n))
@@ -78,9 +80,12 @@ def test_identical_models_gain_nothing_and_a_clear_gain_is_significant():
     a, b = _paired_accuracy(rng, 500, 0.8, 0.5)
     clear = boot.objective_gain(ACC, {"t/acc": _acc(a)}, {"t/acc": _acc(b)})
     assert clear.significant and clear.ci_low > 0 and clear.p_value < 0.01
-    worse = boot.metric_gain("t/bits_per_byte", False, MetricScores("bits_per_byte", np.arange(3), np.array([-10., -10, -10]),
-                                                                    np.array([5., 5, 5])),
-                             MetricScores("bits_per_byte", np.arange(3), np.array([-5., -5, -5]), np.array([5., 5, 5])))
+    worse = boot.metric_gain(
+        "t/bits_per_byte",
+        False,
+        MetricScores("bits_per_byte", np.arange(3), np.array([-10.0, -10, -10]), np.array([5.0, 5, 5])),
+        MetricScores("bits_per_byte", np.arange(3), np.array([-5.0, -5, -5]), np.array([5.0, 5, 5])),
+    )
     assert worse.value < 0  # higher bits per byte is worse: the gain is negative
 
 
@@ -91,7 +96,11 @@ def test_scores_on_different_documents_are_refused():
 
 
 def test_per_document_scores_round_trip_through_json():
-    s = {"t/bits_per_byte": MetricScores("bits_per_byte", np.array([3, 7]), np.array([-12.5, -3.25]), np.array([10., 4.]))}
+    s = {
+        "t/bits_per_byte": MetricScores(
+            "bits_per_byte", np.array([3, 7]), np.array([-12.5, -3.25]), np.array([10.0, 4.0])
+        )
+    }
     back = scores_from_json(scores_json(s))
     assert back["t/bits_per_byte"].value() == s["t/bits_per_byte"].value()
     assert back["t/bits_per_byte"].doc_ids.tolist() == [3, 7]
@@ -104,7 +113,7 @@ def test_the_gp_told_the_noise_selects_by_posterior_mean_not_the_luckiest_draw()
     noise = dict(zip(lams, [0.01, -0.01, 0.0, 0.08, -0.005, 0.0, 0.005, -0.01]))
     for lam in lams:
         searcher.ask()
-        searcher.tell((lam,), -(lam - 0.6) ** 2 + noise[lam], 0.04)
+        searcher.tell((lam,), -((lam - 0.6) ** 2) + noise[lam], 0.04)
     observed, rule_o = searcher.select("observed")
     chosen, rule_p = searcher.select("posterior_mean")
     assert rule_o == "observed" and searcher.xs[observed] == (0.4,)
@@ -124,7 +133,7 @@ def test_a_gp_that_sees_only_noise_falls_back_to_the_best_observation():
 def test_noise_shared_by_every_trial_is_not_noise_between_trials():
     """Scores on the same documents move together; only what differs between trials is told to the GP."""
     rng = np.random.default_rng(0)
-    shared = rng.normal(scale=0.1, size=1000)          # how hard the resampled documents are
+    shared = rng.normal(scale=0.1, size=1000)  # how hard the resampled documents are
     draws = [shared + rng.normal(scale=0.002, size=1000) for _ in range(4)]
     total = [float(np.std(d, ddof=1)) for d in draws]
     relative = relative_standard_errors(draws + [None])

@@ -1,4 +1,5 @@
 """A checkpoint folder is used only when complete: checked on real tiny safetensors checkpoints."""
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """The watch's state in MLflow, on a real sqlite store: which pairs are done, running, and which watch to continue."""
+
 from __future__ import annotations
 
 import json
@@ -22,7 +23,12 @@ def store(tmp_path_factory):
 
 
 def _search(client, exp, key, pair, owner, claim=None):
-    tags = {"ckptmerge.kind": "search", ledger.TAG_WATCH_KEY: key, "ckptmerge.checkpoints": pair, "ckptmerge.owner": owner}
+    tags = {
+        "ckptmerge.kind": "search",
+        ledger.TAG_WATCH_KEY: key,
+        "ckptmerge.checkpoints": pair,
+        "ckptmerge.owner": owner,
+    }
     if claim is not None:
         tags["ckptmerge.claim"] = json.dumps(claim)
     return client.create_run(exp, tags=tags).info.run_id

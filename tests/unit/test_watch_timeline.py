@@ -1,4 +1,5 @@
 """steps_gained: the merged objective read off the trajectory's own objective-versus-step curve."""
+
 from __future__ import annotations
 
 import pytest
@@ -41,8 +42,15 @@ def _done(steps, older, newest, merged, ci=(0.05, 0.15)):
     from ckptmerge.watch.ledger import DonePair
 
     gain = {"value": merged - newest, "ci_low": ci[0], "ci_high": ci[1], "p_value": 0.01, "significant": ci[0] > 0}
-    result = {"baseline_objective": newest, "objective": merged, "lambda": 0.7, "gain": gain, "decision": "registered",
-              "registered_model": None, "trials": [{"lambda": 0.0, "objective": older}, {"lambda": 1.0, "objective": newest}]}
+    result = {
+        "baseline_objective": newest,
+        "objective": merged,
+        "lambda": 0.7,
+        "gain": gain,
+        "decision": "registered",
+        "registered_model": None,
+        "trials": [{"lambda": 0.0, "objective": older}, {"lambda": 1.0, "objective": newest}],
+    }
     return DonePair((f"step{steps[0]}", f"step{steps[1]}"), steps, f"run{steps[1]}", result)
 
 

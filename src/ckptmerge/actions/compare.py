@@ -8,6 +8,7 @@ parent run holds a child run per method (searched methods nest their trials unde
 (dev objective, every test metric, evaluations used, wall time) is written as markdown and CSV with a
 bar chart, logged, and printed. ``compare.register=true`` registers the best merge like a search's.
 """
+
 from __future__ import annotations
 
 import csv
@@ -17,18 +18,19 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from ckptmerge.actions.evaluation import EvalSession
+from ckptmerge.actions.setup import search_space
 from ckptmerge.actions.study import start_study
 from ckptmerge.actions.trials import TrialLoop
 from ckptmerge.calibration import diagonal_fisher, linear_input_grams, read_texts
 from ckptmerge.checkpoints.resident import ResidentModel
-from ckptmerge.actions.setup import search_space
 from ckptmerge.config import Config, ConfigError, searched_method
 from ckptmerge.errors import EvaluationError
 from ckptmerge.evaluation.doc_scores import DocScores
@@ -52,35 +54,48 @@ class MethodResult:
     objective: float
     evaluations: int
     seconds: float
-    weights: dict[str, float] | None          # None for merges that are not linear (Fisher, RegMean)
+    weights: dict[str, float] | None  # None for merges that are not linear (Fisher, RegMean)
     dev_metrics: dict[str, float] = field(default_factory=dict)
     test_metrics: dict[str, float] = field(default_factory=dict)
     run_id: str = ""
-    dev_scores: DocScores | None = field(default=None, repr=False)     # per-document, for paired gains
+    dev_scores: DocScores | None = field(default=None, repr=False)  # per-document, for paired gains
     test_scores: DocScores | None = field(default=None, repr=False)
-    gain: Gain | None = None                      # dev objective vs the newest checkpoint alone, paired
+    gain: Gain | None = None  # dev objective vs the newest checkpoint alone, paired
     test_gains: dict[str, Gain] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
-        return {"method": self.method, "objective": self.objective, "evaluations": self.evaluations,
-                "seconds": self.seconds, "weights": self.weights, "dev_metrics": self.dev_metrics,
-                "test_metrics": self.test_metrics, "run_id": self.run_id,
-                "gain": self.gain.as_json() if self.gain else None,
-                "test_gains": {k: g.as_json() for k, g in self.test_gains.items()}}
+        return {
+            "method": self.method,
+            "objective": self.objective,
+            "evaluations": self.evaluations,
+            "seconds": self.seconds,
+            "weights": self.weights,
+            "dev_metrics": self.dev_metrics,
+            "test_metrics": self.test_metrics,
+            "run_id": self.run_id,
+            "gain": self.gain.as_json() if self.gain else None,
+            "test_gains": {k: g.as_json() for k, g in self.test_gains.items()},
+        }
 
 
 class Comparison:
     """Runs each method into the resident model, scores it, and keeps the table."""
 
-    def __init__(self, cfg: Config, tracker: SearchTracker, session: EvalSession, resident: ResidentModel,
-                 calib_path: Path | None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        tracker: SearchTracker,
+        session: EvalSession,
+        resident: ResidentModel,
+        calib_path: Path | None,
+    ) -> None:
         self.cfg, self.tracker, self.session, self.resident = cfg, tracker, session, resident
         self.names = resident.cset.names
         self.k = len(self.names)
         self.calib_path = calib_path
         self._texts: list[str] | None = None
         self.evaluations = 0
-        self.scores: DocScores | None = None   # per-document dev scores of the method's merge
+        self.scores: DocScores | None = None  # per-document dev scores of the method's merge
 
     # -- helpers -------------------------------------------------------------------------------
     def _score(self) -> tuple[float, dict[str, float]]:
@@ -99,8 +114,10 @@ class Comparison:
         if self._texts is None:
             path = self.cfg.compare.calibration_path or self.calib_path
             if path is None:
-                raise ConfigError("compare.calibration_path is needed for fisher/regmean (a JSONL file with a 'text' "
-                                  "field, never dev or test text)")
+                raise ConfigError(
+                    "compare.calibration_path is needed for fisher/regmean (a JSONL file with a 'text' "
+                    "field, never dev or test text)"
+                )
             self._texts = read_texts(Path(path))
         return self._texts
 
@@ -181,8 +198,15 @@ class Comparison:
         kind, space_name = searched_method(method)  # type: ignore[misc]  # validated with the config
         space, initial = search_space(self.cfg, 2 if space_name == "pair" else self.k, space_name)
         search_cfg = dataclasses.replace(self.cfg.search, kind=kind)
-        loop = TrialLoop(self.resident, self.session, self.tracker, make_searcher(search_cfg, space, initial), space,
-                         parent_run_id=run_id, best_metric_run_id=run_id)
+        loop = TrialLoop(
+            self.resident,
+            self.session,
+            self.tracker,
+            make_searcher(search_cfg, space, initial),
+            space,
+            parent_run_id=run_id,
+            best_metric_run_id=run_id,
+        )
         loop.run(search_cfg.budget, desc=f"compare {method}")
         self.evaluations += len(loop.trials)
         if loop.best is None:
@@ -197,8 +221,9 @@ class Comparison:
     def run(self, method: str) -> MethodResult:
         run_id = self.tracker.start_trial(0, {"method": method}, run_name=method, kind="method")
         self.evaluations, self.scores, t0 = 0, None, time.perf_counter()
-        fn: Callable[[], tuple] = (getattr(self, method) if searched_method(method) is None
-                                   else (lambda: self.searched(method, run_id)))
+        fn: Callable[[], tuple] = (
+            getattr(self, method) if searched_method(method) is None else (lambda: self.searched(method, run_id))
+        )
         try:
             weights, objective, dev = fn()
         except Exception:
@@ -206,11 +231,25 @@ class Comparison:
             raise
         seconds = time.perf_counter() - t0
         test, test_scores = self.session.evaluate_with_scores("test") if self.session.test else ({}, None)
-        res = MethodResult(method, objective, self.evaluations, seconds,
-                           dict(zip(self.names, weights)) if weights is not None else None, dev, test, run_id,
-                           dev_scores=self.scores, test_scores=test_scores)
-        metrics = {names.METRIC_OBJECTIVE: objective, "evaluations": self.evaluations, "seconds": seconds,
-                   **dev, **{names.PREFIX_TEST + k: v for k, v in test.items()}}
+        res = MethodResult(
+            method,
+            objective,
+            self.evaluations,
+            seconds,
+            dict(zip(self.names, weights)) if weights is not None else None,
+            dev,
+            test,
+            run_id,
+            dev_scores=self.scores,
+            test_scores=test_scores,
+        )
+        metrics = {
+            names.METRIC_OBJECTIVE: objective,
+            "evaluations": self.evaluations,
+            "seconds": seconds,
+            **dev,
+            **{names.PREFIX_TEST + k: v for k, v in test.items()},
+        }
         if weights is not None:
             metrics.update({names.weight_param(n): w for n, w in zip(self.names, weights)})
         self.tracker.log_metrics(metrics, run_id=run_id)
@@ -224,8 +263,11 @@ def add_gains(results: list[MethodResult], session: EvalSession) -> None:
     newest = next((r for r in results if r.method == "newest"), None)
     if newest is None or newest.dev_scores is None:
         return
-    hib = {f"{t}/{m}": bool(v) for t, info in (session.test.info.items() if session.test else ())
-           for m, v in info.higher_is_better.items()}
+    hib = {
+        f"{t}/{m}": bool(v)
+        for t, info in (session.test.info.items() if session.test else ())
+        for m, v in info.higher_is_better.items()
+    }
     for r in results:
         if r.dev_scores is not None:
             r.gain = session.bootstrap.objective_gain(session.objective, r.dev_scores, newest.dev_scores)
@@ -233,8 +275,9 @@ def add_gains(results: list[MethodResult], session: EvalSession) -> None:
             r.test_gains = gains_by_metric(session.bootstrap, hib, r.test_scores, newest.test_scores)
 
 
-def _tables(results: list[MethodResult], baseline: float | None, objective: str,
-            confidence: float) -> tuple[str, str, list[str], list[list[str]]]:
+def _tables(
+    results: list[MethodResult], baseline: float | None, objective: str, confidence: float
+) -> tuple[str, str, list[str], list[list[str]]]:
     """Markdown, CSV, and the header and rows of the printed table.
 
     Markdown and the printed table mark a test value ``*`` when it differs significantly from the newest
@@ -243,30 +286,71 @@ def _tables(results: list[MethodResult], baseline: float | None, objective: str,
     test_keys = sorted({k for r in results for k in r.test_metrics})
     pct = f"{confidence:.0%}"
     header = ["method", "dev objective", "gain vs newest", f"{pct} CI", "p", *test_keys, "evaluations", "seconds"]
-    csv_header = ["method", "dev objective", "gain vs newest", "gain ci_low", "gain ci_high", "gain p_value",
-                  "gain significant", *[f"{k}{s}" for k in test_keys for s in ("", " gain", " ci_low", " ci_high", " significant")],
-                  "evaluations", "seconds"]
+    csv_header = [
+        "method",
+        "dev objective",
+        "gain vs newest",
+        "gain ci_low",
+        "gain ci_high",
+        "gain p_value",
+        "gain significant",
+        *[f"{k}{s}" for k in test_keys for s in ("", " gain", " ci_low", " ci_high", " significant")],
+        "evaluations",
+        "seconds",
+    ]
     rows, csv_rows = [], []
     for r in results:
         g = r.gain
         gain = g.value if g else (r.objective - baseline if baseline is not None else float("nan"))
         mark = "*" if g and g.significant else ""
         ci = f"[{g.ci_low:+.5f}, {g.ci_high:+.5f}]" if g else "-"
-        tests = [f"{r.test_metrics.get(k, float('nan')):.5g}{'*' if k in r.test_gains and r.test_gains[k].significant else ''}"
-                 for k in test_keys]
-        rows.append([r.method, f"{r.objective:.5f}", f"{gain:+.5f}{mark}", ci, f"{g.p_value:.3g}" if g else "-",
-                     *tests, str(r.evaluations), f"{r.seconds:.1f}"])
+        significant = {k for k, tg in r.test_gains.items() if tg.significant}
+        tests = [f"{r.test_metrics.get(k, float('nan')):.5g}{'*' if k in significant else ''}" for k in test_keys]
+        rows.append(
+            [
+                r.method,
+                f"{r.objective:.5f}",
+                f"{gain:+.5f}{mark}",
+                ci,
+                f"{g.p_value:.3g}" if g else "-",
+                *tests,
+                str(r.evaluations),
+                f"{r.seconds:.1f}",
+            ]
+        )
         cells = []
         for k in test_keys:
             tg = r.test_gains.get(k)
-            cells += [f"{r.test_metrics.get(k, float('nan')):.6g}", *([f"{tg.value:.6g}", f"{tg.ci_low:.6g}", f"{tg.ci_high:.6g}",
-                                                                       str(tg.significant).lower()] if tg else ["", "", "", ""])]
-        csv_rows.append([r.method, f"{r.objective:.6f}", f"{gain:.6f}",
-                         *([f"{g.ci_low:.6f}", f"{g.ci_high:.6f}", f"{g.p_value:.4g}", str(g.significant).lower()] if g else ["", "", "", ""]),
-                         *cells, str(r.evaluations), f"{r.seconds:.1f}"])
-    md = [f"Dev objective: `{objective}` (higher is better). Gains are paired against `newest` on the same documents, "
-          f"with {pct} bootstrap intervals; `*` marks a significant difference, the rest is within noise.", "",
-          "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            cells += [
+                f"{r.test_metrics.get(k, float('nan')):.6g}",
+                *(
+                    [f"{tg.value:.6g}", f"{tg.ci_low:.6g}", f"{tg.ci_high:.6g}", str(tg.significant).lower()]
+                    if tg
+                    else ["", "", "", ""]
+                ),
+            ]
+        csv_rows.append(
+            [
+                r.method,
+                f"{r.objective:.6f}",
+                f"{gain:.6f}",
+                *(
+                    [f"{g.ci_low:.6f}", f"{g.ci_high:.6f}", f"{g.p_value:.4g}", str(g.significant).lower()]
+                    if g
+                    else ["", "", "", ""]
+                ),
+                *cells,
+                str(r.evaluations),
+                f"{r.seconds:.1f}",
+            ]
+        )
+    md = [
+        f"Dev objective: `{objective}` (higher is better). Gains are paired against `newest` on the same documents, "
+        f"with {pct} bootstrap intervals; `*` marks a significant difference, the rest is within noise.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
     md += ["| " + " | ".join(row) + " |" for row in rows]
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -298,7 +382,13 @@ def run_compare(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") ->
     from rich.table import Table
 
     study = start_study(cfg, cwd, config_yaml, "compare", last=cfg.compare.last)
-    tracker, sources, session, resident, parent = study.tracker, study.sources, study.session, study.resident, study.run_id
+    tracker, sources, session, resident, parent = (
+        study.tracker,
+        study.sources,
+        study.session,
+        study.resident,
+        study.run_id,
+    )
     cset = sources.cset
     comp = Comparison(cfg, tracker, session, resident, sources.calib_path)
     results: list[MethodResult] = []
@@ -328,8 +418,10 @@ def run_compare(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") ->
         tracker.log_metrics({names.METRIC_BEST_OBJECTIVE: best.objective})
         tracker.set_tags({"ckptmerge.best_method": best.method})
         out: dict[str, Any] = {
-            "objective_definition": session.objective.describe(), "checkpoints": cset.names,
-            "best_method": best.method, "baseline_objective": baseline,
+            "objective_definition": session.objective.describe(),
+            "checkpoints": cset.names,
+            "best_method": best.method,
+            "baseline_objective": baseline,
             "methods": [r.as_json() for r in results],
             "mlflow": {"tracking_uri": tracker.display_uri, "experiment_id": tracker.experiment_id, "run_id": parent},
             "registered_model": None,
@@ -342,8 +434,17 @@ def run_compare(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") ->
             else:
                 assert snapshot is not None
                 resident.model.load_state_dict(snapshot)
-            reg = register_merge(cfg, tracker, session, resident, best.weights, best.objective, run_dir / "merged",
-                                 description=f"Best of ckptmerge compare: {best.method}", tags={"method": best.method})
+            reg = register_merge(
+                cfg,
+                tracker,
+                session,
+                resident,
+                best.weights,
+                best.objective,
+                run_dir / "merged",
+                description=f"Best of ckptmerge compare: {best.method}",
+                tags={"method": best.method},
+            )
             out["registered_model"] = reg
             out["output_dir"] = str(run_dir / "merged")
         out = redact_data(json.loads(json.dumps(out, default=str)))  # no password or token in the run folder

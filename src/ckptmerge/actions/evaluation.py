@@ -1,4 +1,5 @@
 """The evaluation side of an action: dev suite + objective, test suite, models bound to lm-eval."""
+
 from __future__ import annotations
 
 import logging
@@ -29,16 +30,19 @@ class EvalSession:
         seed = cfg.search.seed  # one seed: the documents sampled under eval.limit and the bootstrap resamples
         self.dev = TaskSuite(sources.dev_tasks, sources.include_paths, e.limit, "eval.tasks", sample_seed=seed)
         self.objective = build_objective(self.dev.info, e.metrics, sources.dev_weights, e.allow_test_split)
-        self.test = (TaskSuite(sources.test_tasks, sources.include_paths, e.limit, "eval.test_tasks", sample_seed=seed)
-                     if sources.test_tasks else None)
+        self.test = (
+            TaskSuite(sources.test_tasks, sources.include_paths, e.limit, "eval.test_tasks", sample_seed=seed)
+            if sources.test_tasks
+            else None
+        )
         self.bootstrap = Bootstrap(e.bootstrap, e.confidence, seed)
         self._lm: Any = None
         self._resident: ResidentModel | None = None
-        self._ranks: tuple[int, int] | None = None   # (rank, world size) under runtime=deepspeed
+        self._ranks: tuple[int, int] | None = None  # (rank, world size) under runtime=deepspeed
         self._datasets: dict[str, list[Any]] = {}
 
     @classmethod
-    def with_resident(cls, cfg: Config, sources: Sources) -> tuple["EvalSession", ResidentModel]:
+    def with_resident(cls, cfg: Config, sources: Sources) -> tuple[EvalSession, ResidentModel]:
         """Tasks first (bad task names fail before the model is built), then the resident model, bound.
 
         Under ``runtime=deepspeed`` the model is partitioned over the ranks; rank 0 first tells the
@@ -53,14 +57,17 @@ class EvalSession:
             assert ranks is not None, "runtime=deepspeed: the process group is joined in main"
             distributed.channel.send(distributed.START)
             session._ranks = (ranks.rank, ranks.world_size)
-            resident: ResidentModel = ZeroResidentModel(sources.cset, dtype=cfg.runtime.dtype,
-                                                        deepspeed_config_path=cfg.runtime.deepspeed_config)
+            resident: ResidentModel = ZeroResidentModel(
+                sources.cset, dtype=cfg.runtime.dtype, deepspeed_config_path=cfg.runtime.deepspeed_config
+            )
         else:
             resident = ResidentModel(sources.cset, device=cfg.runtime.device, dtype=cfg.runtime.dtype)
         if cfg.merge.method != "linear":  # trials evaluate the merge that will be written, not a linear one
             if cfg.runtime.backend == "deepspeed":
-                raise ConfigError(f"merge.method={cfg.merge.method} needs whole tensors; under runtime=deepspeed only "
-                                  "linear merges run on the partitions")
+                raise ConfigError(
+                    f"merge.method={cfg.merge.method} needs whole tensors; under runtime=deepspeed only "
+                    "linear merges run on the partitions"
+                )
             resident.merge_fn = searchable(cfg.merge.method).fn
         session.bind(resident)
         return session, resident
@@ -130,7 +137,9 @@ class EvalSession:
                 AutoConfig.from_pretrained(folder, trust_remote_code=trust)
                 tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust)
             except (OSError, ValueError) as e:
-                raise CheckpointError(f"the written merge in {folder} does not load: {str(e).splitlines()[0]}") from None
+                raise CheckpointError(
+                    f"the written merge in {folder} does not load: {str(e).splitlines()[0]}"
+                ) from None
             self._resident.load_folder(folder)
             return None, tok, self._lm
         try:
@@ -142,7 +151,9 @@ class EvalSession:
         return model, tok, self._make_lm(model, tok, self._resident.device)
 
     @torch.no_grad()
-    def test_report(self, best_lm: Any, resident: ResidentModel) -> tuple[dict[str, dict[str, float]], dict[str, DocScores]]:
+    def test_report(
+        self, best_lm: Any, resident: ResidentModel
+    ) -> tuple[dict[str, dict[str, float]], dict[str, DocScores]]:
         """Test metrics of the best merge (``best``) and of each source checkpoint alone, and the
         per-document scores of each (for paired gains)."""
         if self.test is None:

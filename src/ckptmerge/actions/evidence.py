@@ -5,11 +5,13 @@ A gain is claimed only with its interval: the paired bootstrap of :mod:`ckptmerg
 over the documents both models were scored on. The decision rests on that interval, so that a
 difference within the noise of the dev tasks is never registered as an improvement.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from ckptmerge.actions.evaluation import EvalSession
 from ckptmerge.actions.trials import Trial, TrialLoop
@@ -49,9 +51,9 @@ def dev_scores(trial: Trial, loop: TrialLoop, session: EvalSession) -> DocScores
 class Evidence:
     """The dev gain of the result over the newest checkpoint alone and what it allows."""
 
-    gain: Gain | None            # None: the newest alone was not evaluated (its trial failed)
-    decision: str                # registered | keep-newest | not-registered
-    reason: str                  # one line for the summary
+    gain: Gain | None  # None: the newest alone was not evaluated (its trial failed)
+    decision: str  # registered | keep-newest | not-registered
+    reason: str  # one line for the summary
 
     def may_register(self, require_significant: bool) -> bool:
         return self.gain is not None and (self.significant_gain or not require_significant)
@@ -64,14 +66,22 @@ class Evidence:
 def weigh(gain: Gain | None, newest_name: str, registry_enabled: bool, require_significant: bool) -> Evidence:
     """The decision a gain allows, with the line that explains it."""
     if gain is None:
-        return Evidence(None, KEEP_NEWEST, f"{newest_name} alone was not evaluated, so no gain can be claimed; nothing registered")
+        return Evidence(
+            None, KEEP_NEWEST, f"{newest_name} alone was not evaluated, so no gain can be claimed; nothing registered"
+        )
     significant = gain.significant and gain.value > 0
     if not significant and require_significant:
-        return Evidence(gain, KEEP_NEWEST, f"no merge is significantly better than {newest_name} "
-                                           f"(gain {gain.describe()}); nothing registered")
+        return Evidence(
+            gain,
+            KEEP_NEWEST,
+            f"no merge is significantly better than {newest_name} (gain {gain.describe()}); nothing registered",
+        )
     if not registry_enabled:
-        return Evidence(gain, NOT_REGISTERED, f"gain over {newest_name}: {gain.describe()}"
-                                              f"{'' if significant else ' (within noise)'}; registry disabled")
+        return Evidence(
+            gain,
+            NOT_REGISTERED,
+            f"gain over {newest_name}: {gain.describe()}{'' if significant else ' (within noise)'}; registry disabled",
+        )
     note = "" if significant else " — NOT significant, registered because registry.require_significant_gain=false"
     return Evidence(gain, REGISTERED, f"gain over {newest_name}: {gain.describe()}{note}")
 

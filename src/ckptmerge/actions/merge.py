@@ -1,4 +1,5 @@
 """``action=merge``: merge k >= 2 checkpoints with given weights into a transformers folder."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,8 @@ from typing import Any
 import torch
 
 from ckptmerge.actions.setup import resolve_sources
-from ckptmerge.checkpoints.stream import StreamStats
 from ckptmerge.checkpoints.atomic import check_target, refuse_inputs
+from ckptmerge.checkpoints.stream import StreamStats
 from ckptmerge.checkpoints.writer import write_merged
 from ckptmerge.config import Config, parse_size
 from ckptmerge.errors import ConfigError
@@ -40,15 +41,21 @@ def from_mergekit(cfg: Config) -> Config:
     if cfg.merge.dtype != "auto" and recipe.dtype != "auto" and cfg.merge.dtype != recipe.dtype:
         raise ConfigError(f"merge.dtype={cfg.merge.dtype} contradicts {KEY}'s output dtype {recipe.dtype}")
     model = replace(cfg.model, name="local", source="local", checkpoints=recipe.models, pair=None)
-    merge = replace(cfg.merge, weights=recipe.weights, dtype=recipe.dtype if recipe.dtype != "auto" else cfg.merge.dtype)
+    merge = replace(
+        cfg.merge, weights=recipe.weights, dtype=recipe.dtype if recipe.dtype != "auto" else cfg.merge.dtype
+    )
     return replace(cfg, model=model, merge=merge)
 
 
 def merge_facts(cfg: Config, cset: Any, weights: list[float]) -> MergeFacts:
     """What the merged folder's model card and mergekit config say about a plain merge (no evaluation)."""
-    return MergeFacts(checkpoints=checkpoint_entries(cset), weights=dict(zip(cset.names, weights)),
-                      method=cfg.merge.method, out_dtype=None if cfg.merge.dtype == "auto" else cfg.merge.dtype,
-                      in_dtype=floating_dtype(cset))
+    return MergeFacts(
+        checkpoints=checkpoint_entries(cset),
+        weights=dict(zip(cset.names, weights)),
+        method=cfg.merge.method,
+        out_dtype=None if cfg.merge.dtype == "auto" else cfg.merge.dtype,
+        in_dtype=floating_dtype(cset),
+    )
 
 
 def run_merge(cfg: Config) -> dict[str, Any]:
@@ -69,20 +76,40 @@ def run_merge(cfg: Config) -> dict[str, Any]:
     refuse_inputs(target, [c.folder for c in cset.checkpoints])
     weights = list(cfg.merge.weights or ())
     if len(weights) != len(cset):
-        raise ConfigError(f"merge.weights has {len(weights)} weights for {len(cset)} checkpoints ({', '.join(cset.names)})")
+        raise ConfigError(
+            f"merge.weights has {len(weights)} weights for {len(cset)} checkpoints ({', '.join(cset.names)})"
+        )
     out_dtype = None if cfg.merge.dtype == "auto" else getattr(torch, cfg.merge.dtype)
     named = dict(zip(cset.names, weights))
     stats = StreamStats()
-    write_merged([c.reader for c in cset.checkpoints], cset.newest.folder, weights, target, fn, shard_bytes,
-                 out_dtype=out_dtype, overwrite=cfg.merge.overwrite,
-                 extra_files={"ckptmerge.json": json.dumps({"weights": named, "method": cfg.merge.method}, indent=2),
-                              **folder_files(merge_facts(cfg, cset, weights))},
-                 progress=True, stats=stats)
+    write_merged(
+        [c.reader for c in cset.checkpoints],
+        cset.newest.folder,
+        weights,
+        target,
+        fn,
+        shard_bytes,
+        out_dtype=out_dtype,
+        overwrite=cfg.merge.overwrite,
+        extra_files={
+            "ckptmerge.json": json.dumps({"weights": named, "method": cfg.merge.method}, indent=2),
+            **folder_files(merge_facts(cfg, cset, weights)),
+        },
+        progress=True,
+        stats=stats,
+    )
     rate = stats.bytes_written / max(stats.seconds, 1e-9) / 1e9
-    print(f"merged {len(cset)} checkpoints {named} into {target} "
-          f"({stats.tensors} tensors, {stats.bytes_written / 1e9:.2f} GB in {stats.seconds:.1f} s, {rate:.2f} GB/s)")
-    return {"weights": named, "output_dir": str(target), "tensors": stats.tensors,
-            "bytes": stats.bytes_written, "seconds": stats.seconds}
+    print(
+        f"merged {len(cset)} checkpoints {named} into {target} "
+        f"({stats.tensors} tensors, {stats.bytes_written / 1e9:.2f} GB in {stats.seconds:.1f} s, {rate:.2f} GB/s)"
+    )
+    return {
+        "weights": named,
+        "output_dir": str(target),
+        "tensors": stats.tensors,
+        "bytes": stats.bytes_written,
+        "seconds": stats.seconds,
+    }
 
 
 def run(cfg: Config, context: Any = None) -> dict[str, Any]:

@@ -5,6 +5,7 @@ dev tasks; the gain of each pair over its newer checkpoint goes into a heatmap, 
 a CSV, logged to one MLflow run and printed, so a user sees which pairs are worth a search (adjacent
 pairs, in the paper).
 """
+
 from __future__ import annotations
 
 import csv
@@ -73,10 +74,22 @@ def run_pilot(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") -> d
                 resident.apply(w)
                 obj = session.objective(session.evaluate_dev())
                 gains[i, j] = obj - singles[j]
-                rows.append({"older": cset.names[i], "newer": cset.names[j], "adjacent": j == i + 1,
-                             "objective": obj, "newer_objective": singles[j], "gain": gains[i, j]})
-                tracker.log_metrics({f"pair.{cset.names[i]}.{cset.names[j]}.objective": obj,
-                                     f"pair.{cset.names[i]}.{cset.names[j]}.gain": gains[i, j]})
+                rows.append(
+                    {
+                        "older": cset.names[i],
+                        "newer": cset.names[j],
+                        "adjacent": j == i + 1,
+                        "objective": obj,
+                        "newer_objective": singles[j],
+                        "gain": gains[i, j],
+                    }
+                )
+                tracker.log_metrics(
+                    {
+                        f"pair.{cset.names[i]}.{cset.names[j]}.objective": obj,
+                        f"pair.{cset.names[i]}.{cset.names[j]}.gain": gains[i, j],
+                    }
+                )
                 bar.update(1)
         bar.close()
         md = _markdown(cset.names, singles, rows, lam, session.objective.describe())
@@ -93,29 +106,52 @@ def run_pilot(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") -> d
         tracker.log_text(run_id, md, "pilot.md")
         tracker.log_text(run_id, buf.getvalue(), "pilot.csv")
         adjacent = [r["gain"] for r in rows if r["adjacent"]]
-        tracker.log_metrics({"mean_gain_adjacent": float(np.mean(adjacent)),
-                             "mean_gain_all_pairs": float(np.mean([r["gain"] for r in rows]))})
+        tracker.log_metrics(
+            {
+                "mean_gain_adjacent": float(np.mean(adjacent)),
+                "mean_gain_all_pairs": float(np.mean([r["gain"] for r in rows])),
+            }
+        )
 
     console = Console(width=160)
-    table = Table(title=f"pilot: pairs merged at λ={lam:g}; gain over the newer checkpoint ({session.objective.describe()})")
+    table = Table(
+        title=f"pilot: pairs merged at λ={lam:g}; gain over the newer checkpoint ({session.objective.describe()})"
+    )
     for col in ("older", "newer", "adjacent", "objective", "newer alone", "gain"):
         table.add_column(col, justify="right" if col not in ("older", "newer") else "left")
     for r in rows:
-        table.add_row(r["older"], r["newer"], "yes" if r["adjacent"] else "", f"{r['objective']:.5f}",
-                      f"{r['newer_objective']:.5f}", f"{r['gain']:+.5f}")
+        table.add_row(
+            r["older"],
+            r["newer"],
+            "yes" if r["adjacent"] else "",
+            f"{r['objective']:.5f}",
+            f"{r['newer_objective']:.5f}",
+            f"{r['gain']:+.5f}",
+        )
     console.print(table)
     console.print(f"tables and heatmap: {run_dir}/pilot.{{md,csv,png}}; MLflow run {run_id}")
-    return {"singles": dict(zip(cset.names, singles)), "pairs": rows, "lambda": lam,
-            "mlflow": {"tracking_uri": tracker.uri, "experiment_id": tracker.experiment_id, "run_id": run_id}}
+    return {
+        "singles": dict(zip(cset.names, singles)),
+        "pairs": rows,
+        "lambda": lam,
+        "mlflow": {"tracking_uri": tracker.uri, "experiment_id": tracker.experiment_id, "run_id": run_id},
+    }
 
 
 def _markdown(labels: list[str], singles: list[float], rows: list[dict], lam: float, objective: str) -> str:
-    out = [f"Objective: `{objective}` (higher is better); pairs merged at λ={lam:g}.", "",
-           "| checkpoint | objective alone |", "|---|---|"]
+    out = [
+        f"Objective: `{objective}` (higher is better); pairs merged at λ={lam:g}.",
+        "",
+        "| checkpoint | objective alone |",
+        "|---|---|",
+    ]
     out += [f"| {n} | {s:.5f} |" for n, s in zip(labels, singles)]
     out += ["", "| older | newer | adjacent | merged | newer alone | gain |", "|---|---|---|---|---|---|"]
-    out += [f"| {r['older']} | {r['newer']} | {'yes' if r['adjacent'] else ''} | {r['objective']:.5f} | "
-            f"{r['newer_objective']:.5f} | {r['gain']:+.5f} |" for r in rows]
+    out += [
+        f"| {r['older']} | {r['newer']} | {'yes' if r['adjacent'] else ''} | {r['objective']:.5f} | "
+        f"{r['newer_objective']:.5f} | {r['gain']:+.5f} |"
+        for r in rows
+    ]
     return "\n".join(out) + "\n"
 
 

@@ -20,6 +20,7 @@ or when there is no champion yet. The decision, its reason, both scores, the gai
 any regressing metric are tagged on the candidate version and logged in a promotion run (the run
 ``mlflow run`` opened, when launched by it).
 """
+
 from __future__ import annotations
 
 import json
@@ -32,7 +33,7 @@ from typing import Any
 
 from ckptmerge.actions.setup import PACKAGE_TASKS
 from ckptmerge.config import Config, check_registry_name, config_from_dict
-from ckptmerge.errors import CheckpointError, ConfigError, CkptMergeError, EvaluationError, TrackingError
+from ckptmerge.errors import CheckpointError, CkptMergeError, ConfigError, EvaluationError, TrackingError
 from ckptmerge.evaluation.doc_scores import DocScores
 from ckptmerge.evaluation.uncertainty import Bootstrap, Gain
 from ckptmerge.tracking import names
@@ -63,9 +64,9 @@ class Verdict:
 
     decision: str
     reason: str
-    gain: Gain | None = None                                   # the score's gain, candidate - champion
+    gain: Gain | None = None  # the score's gain, candidate - champion
     task_gains: dict[str, Gain] = field(default_factory=dict)  # each scored test metric's gain
-    regressions: tuple[str, ...] = ()                          # metrics significantly worse (ci_high < 0)
+    regressions: tuple[str, ...] = ()  # metrics significantly worse (ci_high < 0)
 
 
 @dataclass(frozen=True)
@@ -88,8 +89,10 @@ def _version_by_alias(client: Any, name: str, alias: str, required: bool) -> Con
     except MlflowException as e:
         if not required:
             return None
-        raise TrackingError(f"registry.name={name} has no version with alias '{alias}' "
-                            f"({str(e).splitlines()[0][:200]}); run a search that registers one first") from None
+        raise TrackingError(
+            f"registry.name={name} has no version with alias '{alias}' "
+            f"({str(e).splitlines()[0][:200]}); run a search that registers one first"
+        ) from None
     return Contender(alias=alias, version=str(mv.version), run_id=mv.run_id)
 
 
@@ -113,11 +116,14 @@ def _source_config(tracking_uri: str, run_id: str | None) -> tuple[Config | None
     for artifact in (names.ARTIFACT_CONFIG, names.ARTIFACT_RESULT):
         try:
             with tempfile.TemporaryDirectory(prefix="ckptmerge-promote-") as tmp:
-                local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=tmp,
-                                                            tracking_uri=tracking_uri)
+                local = mlflow.artifacts.download_artifacts(
+                    run_id=run_id, artifact_path=artifact, dst_path=tmp, tracking_uri=tracking_uri
+                )
                 texts[artifact] = Path(local).read_text(encoding="utf-8")
         except Exception as e:  # an artifact that was never logged (e.g. a hand-registered version)
-            log.info("run %s has no %s (%s)", run_id, artifact, str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
+            log.info(
+                "run %s has no %s (%s)", run_id, artifact, str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            )
     result = json.loads(texts[names.ARTIFACT_RESULT]) if names.ARTIFACT_RESULT in texts else {}
     if names.ARTIFACT_CONFIG not in texts:
         return None, result
@@ -125,8 +131,10 @@ def _source_config(tracking_uri: str, run_id: str | None) -> tuple[Config | None
     try:
         return config_from_dict(raw), result
     except CkptMergeError as e:
-        raise ConfigError(f"the config logged by run {run_id} no longer validates ({e}); "
-                          "name the tasks with eval.test_tasks and eval.include_path") from None
+        raise ConfigError(
+            f"the config logged by run {run_id} no longer validates ({e}); "
+            "name the tasks with eval.test_tasks and eval.include_path"
+        ) from None
 
 
 def promotion_tasks(cfg: Config, source: Config | None, result: dict[str, Any]) -> PromotionTasks:
@@ -153,13 +161,19 @@ def promotion_tasks(cfg: Config, source: Config | None, result: dict[str, Any]) 
     if not tasks:  # what the search reported, as a last resort
         tasks = tuple(dict.fromkeys(k.split("/")[0] for k in (result.get("test_metrics") or {})))
     if not tasks:
-        raise ConfigError("action=promote found no test tasks for the candidate (its run logged none); "
-                          "name them with eval.test_tasks")
+        raise ConfigError(
+            "action=promote found no test tasks for the candidate (its run logged none); name them with eval.test_tasks"
+        )
     limit = cfg.eval.limit if cfg.eval.limit is not None else (source.eval.limit if source else None)
     max_length = cfg.eval.max_length or (source.eval.max_length if source else None) or traj_max_length
     trust = bool(source and source.model.trust_remote_code)
-    return PromotionTasks(names=tasks, include_paths=tuple(dict.fromkeys(include)), limit=limit, max_length=max_length,
-                     trust_remote_code=trust)
+    return PromotionTasks(
+        names=tasks,
+        include_paths=tuple(dict.fromkeys(include)),
+        limit=limit,
+        max_length=max_length,
+        trust_remote_code=trust,
+    )
 
 
 def _trajectory(source: Config) -> Any:
@@ -173,8 +187,9 @@ def _trajectory(source: Config) -> Any:
 
 
 # -- loading and scoring ---------------------------------------------------------------------------
-def load_registered(name: str, version: str, tracking_uri: str, device: str, dtype: str,
-                    trust_remote_code: bool = False) -> tuple[Any, Any]:
+def load_registered(
+    name: str, version: str, tracking_uri: str, device: str, dtype: str, trust_remote_code: bool = False
+) -> tuple[Any, Any]:
     """Download ``models:/NAME/VERSION`` and load its transformers model and tokenizer."""
     import mlflow
     import torch
@@ -183,21 +198,28 @@ def load_registered(name: str, version: str, tracking_uri: str, device: str, dty
 
     with tempfile.TemporaryDirectory(prefix="ckptmerge-promote-") as tmp:
         try:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=tmp,
-                                                             tracking_uri=tracking_uri))
+            local = Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"models:/{name}/{version}", dst_path=tmp, tracking_uri=tracking_uri
+                )
+            )
         except Exception as e:
             raise TrackingError(f"cannot download models:/{name}/{version}: {str(e).splitlines()[0][:300]}") from None
         meta = yaml.safe_load((local / "MLmodel").read_text()) if (local / "MLmodel").is_file() else {}
         flavor = (meta.get("flavors") or {}).get("transformers")
         if not flavor:
-            raise CheckpointError(f"models:/{name}/{version} is not a transformers model (flavors: {sorted(meta.get('flavors') or {})})")
+            raise CheckpointError(
+                f"models:/{name}/{version} is not a transformers model (flavors: {sorted(meta.get('flavors') or {})})"
+            )
         model_dir = local / flavor.get("model_binary", "model")
         tok_dir = local / "components" / "tokenizer"
         if "tokenizer" not in (flavor.get("components") or []) or not tok_dir.is_dir():
             tok_dir = model_dir
         torch_dtype: Any = "auto" if dtype == "auto" else getattr(torch, dtype)
         try:
-            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(
+                model_dir, dtype=torch_dtype, trust_remote_code=trust_remote_code
+            )
             tok = AutoTokenizer.from_pretrained(tok_dir, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as e:
             raise CheckpointError(f"models:/{name}/{version} does not load: {str(e).splitlines()[0][:300]}") from None
@@ -233,29 +255,39 @@ class Judge:
 
         from ckptmerge.evaluation import make_lm
 
-        model, tok = load_registered(self.name, who.version, self.uri, self.device, self.cfg.runtime.dtype,
-                                     self.tasks.trust_remote_code)
+        model, tok = load_registered(
+            self.name, who.version, self.uri, self.device, self.cfg.runtime.dtype, self.tasks.trust_remote_code
+        )
         lm = make_lm(model, tok, self.cfg.eval.batch_size, self.tasks.max_length, self.device)
         with torch.no_grad():
             who.metrics, who.scores = self.suite.evaluate_with_scores(lm)
         who.score = self.score(who.metrics)
         if not math.isfinite(who.score):
-            raise CkptMergeError(f"the {who.alias} version {who.version} scores {who.score} on {list(self.tasks.names)}")
+            raise CkptMergeError(
+                f"the {who.alias} version {who.version} scores {who.score} on {list(self.tasks.names)}"
+            )
         log.info("%s v%s: score %.6f (%s)", who.alias, who.version, who.score, self.score.describe())
         del model, lm
 
     def gains(self, candidate: Contender, champion: Contender) -> tuple[Gain, dict[str, Gain]]:
-        """The score's paired gain, candidate - champion, and each scored metric's (positive: the candidate is better)."""
+        """The score's paired gain, candidate - champion, and each scored metric's (positive: the candidate is "
+        "better)."""
         assert candidate.scores is not None and champion.scores is not None
         terms = [t for t in self.score.terms if t.weight != 0]
         missing = [t.key for t in terms if t.key not in candidate.scores or t.key not in champion.scores]
         if missing:  # e.g. a group's aggregate: lm-eval logs documents per subtask, not per group
-            raise EvaluationError(f"no per-document scores for {missing}, so the gain has no interval; "
-                                  "name the subtasks themselves in eval.test_tasks")
+            raise EvaluationError(
+                f"no per-document scores for {missing}, so the gain has no interval; "
+                "name the subtasks themselves in eval.test_tasks"
+            )
         try:
             gain = self.bootstrap.objective_gain(self.score, candidate.scores, champion.scores)
-            per_metric = {t.key: self.bootstrap.metric_gain(t.key, t.higher_is_better, candidate.scores[t.key],
-                                                            champion.scores[t.key]) for t in terms}
+            per_metric = {
+                t.key: self.bootstrap.metric_gain(
+                    t.key, t.higher_is_better, candidate.scores[t.key], champion.scores[t.key]
+                )
+                for t in terms
+            }
         except ValueError as e:  # scored on different documents: the sample is not the same for both
             raise EvaluationError(f"the candidate and the champion cannot be compared: {e}") from None
         return gain, per_metric
@@ -285,12 +317,20 @@ def run_promote(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") ->
     if champion is not None:
         models.append({"name": reg.champion_alias, "source": f"models:/{name}/{champion.version}"})
     run_id = tracker.start(
-        run_name=f"promote-{name}-v{candidate.version}", config=cfg.to_dict(), config_yaml=config_yaml,
-        checkpoints=models, tags={names.TAG_KIND: "promotion", "ckptmerge.registered_model": name},
+        run_name=f"promote-{name}-v{candidate.version}",
+        config=cfg.to_dict(),
+        config_yaml=config_yaml,
+        checkpoints=models,
+        tags={names.TAG_KIND: "promotion", "ckptmerge.registered_model": name},
     )
     with tracker.finishing():
-        verdict = (_decide(cfg, judge, candidate, champion) if judge else
-                   Verdict(UNCHANGED, f"candidate v{candidate.version} is already {reg.champion_alias}; nothing evaluated"))
+        verdict = (
+            _decide(cfg, judge, candidate, champion)
+            if judge
+            else Verdict(
+                UNCHANGED, f"candidate v{candidate.version} is already {reg.champion_alias}; nothing evaluated"
+            )
+        )
         outcome = _record(cfg, tracker, judge, candidate, champion, verdict, tasks)
     outcome["mlflow"] = {"tracking_uri": tracker.display_uri, "experiment_id": tracker.experiment_id, "run_id": run_id}
     outcome = redact_data(outcome)  # no password or token in what is printed (main writes it as result.json)
@@ -301,30 +341,55 @@ def run_promote(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") ->
 def _decide(cfg: Config, judge: Judge, candidate: Contender, champion: Contender | None) -> Verdict:
     judge.evaluate(candidate)
     if champion is None:
-        return Verdict(FIRST, f"first candidate v{candidate.version} becomes {cfg.registry.champion_alias} "
-                              "(there was none to compare with)")
+        return Verdict(
+            FIRST,
+            f"first candidate v{candidate.version} becomes {cfg.registry.champion_alias} "
+            "(there was none to compare with)",
+        )
     judge.evaluate(champion)
     gain, task_gains = judge.gains(candidate, champion)
-    return gate(gain, task_gains, float(cfg.registry.promote_margin), cfg.registry.allow_task_regression,
-                candidate.version, champion.version)
+    return gate(
+        gain,
+        task_gains,
+        float(cfg.registry.promote_margin),
+        cfg.registry.allow_task_regression,
+        candidate.version,
+        champion.version,
+    )
 
 
-def gate(gain: Gain, task_gains: dict[str, Gain], margin: float, allow_task_regression: bool,
-         candidate: str, champion: str) -> Verdict:
+def gate(
+    gain: Gain, task_gains: dict[str, Gain], margin: float, allow_task_regression: bool, candidate: str, champion: str
+) -> Verdict:
     """The rule: promote when the gain's lower bound is above ``margin`` and no scored metric is
     significantly worse (unless allowed); the reason names the interval and any regressing metric."""
     regressions = tuple(k for k, g in task_gains.items() if g.ci_high < 0)  # NaN (no interval) is no evidence
-    worse = "; ".join(f"{k} ({g.value:+.5f}, {g.confidence:.0%} CI [{g.ci_low:+.5f}, {g.ci_high:+.5f}])"
-                      for k, g in task_gains.items() if k in regressions)
+    worse = "; ".join(
+        f"{k} ({g.value:+.5f}, {g.confidence:.0%} CI [{g.ci_low:+.5f}, {g.ci_high:+.5f}])"
+        for k, g in task_gains.items()
+        if k in regressions
+    )
     interval = gain.describe()
     if not math.isfinite(gain.ci_low):  # too few finite resamples: no claim either way
-        return Verdict(KEPT, f"kept champion v{champion}: candidate v{candidate} gains {gain.value:+.5f} with no "
-                             "interval (too few finite bootstrap resamples)", gain, task_gains, regressions)
+        return Verdict(
+            KEPT,
+            f"kept champion v{champion}: candidate v{candidate} gains {gain.value:+.5f} with no "
+            "interval (too few finite bootstrap resamples)",
+            gain,
+            task_gains,
+            regressions,
+        )
     clears = gain.ci_low > margin
     if clears and (not regressions or allow_task_regression):
         note = f", allowed by registry.allow_task_regression=true: regresses on {worse}" if regressions else ""
-        return Verdict(PROMOTED, f"promoted candidate v{candidate} over champion v{champion}: gains {interval}, "
-                                 f"lower bound above the margin {margin:g}{note}", gain, task_gains, regressions)
+        return Verdict(
+            PROMOTED,
+            f"promoted candidate v{candidate} over champion v{champion}: gains {interval}, "
+            f"lower bound above the margin {margin:g}{note}",
+            gain,
+            task_gains,
+            regressions,
+        )
     if clears:
         why = f"regresses on {worse}"
     elif gain.significant and gain.ci_high < 0:
@@ -335,12 +400,24 @@ def gate(gain: Gain, task_gains: dict[str, Gain], margin: float, allow_task_regr
         why = f"significant, but the lower bound does not clear the margin {margin:g}"
     if regressions and not clears:
         why += f"; regresses on {worse}"
-    return Verdict(KEPT, f"kept champion v{champion}: candidate v{candidate} gains {interval}: {why}",
-                   gain, task_gains, regressions)
+    return Verdict(
+        KEPT,
+        f"kept champion v{champion}: candidate v{candidate} gains {interval}: {why}",
+        gain,
+        task_gains,
+        regressions,
+    )
 
 
-def _record(cfg: Config, tracker: SearchTracker, judge: Judge | None, candidate: Contender,
-            champion: Contender | None, verdict: Verdict, tasks: PromotionTasks) -> dict[str, Any]:
+def _record(
+    cfg: Config,
+    tracker: SearchTracker,
+    judge: Judge | None,
+    candidate: Contender,
+    champion: Contender | None,
+    verdict: Verdict,
+    tasks: PromotionTasks,
+) -> dict[str, Any]:
     """Move the alias if decided, tag the candidate version (and a replaced champion), log the run."""
     reg, client, name = cfg.registry, tracker.client, cfg.registry.name
     decision, gain = verdict.decision, verdict.gain
@@ -386,10 +463,17 @@ def _record(cfg: Config, tracker: SearchTracker, judge: Judge | None, candidate:
             metrics.update(g.as_metrics(names.safe_key(f"task_gain.{key}")))
         metrics["regressions"] = float(len(verdict.regressions))
     tracker.log_metrics(metrics)
-    tracker.set_tags({"promotion.decision": decision, "promotion.candidate_version": candidate.version,
-                      "promotion.champion_version": "" if champion is None else champion.version,
-                      "promotion.new_champion": new_champion, "promotion.score_definition": definition,
-                      "promotion.reason": verdict.reason[:4000], "promotion.regressions": ",".join(verdict.regressions)})
+    tracker.set_tags(
+        {
+            "promotion.decision": decision,
+            "promotion.candidate_version": candidate.version,
+            "promotion.champion_version": "" if champion is None else champion.version,
+            "promotion.new_champion": new_champion,
+            "promotion.score_definition": definition,
+            "promotion.reason": verdict.reason[:4000],
+            "promotion.regressions": ",".join(verdict.regressions),
+        }
+    )
     outcome = {
         "registered_model": name,
         "decision": decision,
@@ -404,11 +488,25 @@ def _record(cfg: Config, tracker: SearchTracker, judge: Judge | None, candidate:
         "regressions": list(verdict.regressions),
         "allow_task_regression": reg.allow_task_regression,
         "bootstrap": {"resamples": cfg.eval.bootstrap, "confidence": cfg.eval.confidence, "seed": cfg.search.seed},
-        "candidate": {"alias": reg.alias, "version": candidate.version, "score": candidate.score, "metrics": candidate.metrics},
-        "champion": None if champion is None else
-        {"alias": reg.champion_alias, "version": champion.version, "score": champion.score, "metrics": champion.metrics},
-        "new_champion": {"alias": reg.champion_alias, "version": new_champion,
-                         "model_uri": f"models:/{name}@{reg.champion_alias}"},
+        "candidate": {
+            "alias": reg.alias,
+            "version": candidate.version,
+            "score": candidate.score,
+            "metrics": candidate.metrics,
+        },
+        "champion": None
+        if champion is None
+        else {
+            "alias": reg.champion_alias,
+            "version": champion.version,
+            "score": champion.score,
+            "metrics": champion.metrics,
+        },
+        "new_champion": {
+            "alias": reg.champion_alias,
+            "version": new_champion,
+            "model_uri": f"models:/{name}@{reg.champion_alias}",
+        },
     }
     tracker.log_text(None, json.dumps(outcome, indent=2), "promotion.json")
     return outcome
@@ -422,21 +520,29 @@ def _print_summary(o: dict[str, Any]) -> None:
             return "none"
         return f"v{x['version']}" + ("" if x["score"] is None else f" (score {x['score']:.5f})")
 
-    print(f"promotion of {name}: {cand['alias']} {fmt(cand)} vs {o['new_champion']['alias']} {fmt(champ)}, "
-          f"margin {o['margin']:g}")
+    print(
+        f"promotion of {name}: {cand['alias']} {fmt(cand)} vs {o['new_champion']['alias']} {fmt(champ)}, "
+        f"margin {o['margin']:g}"
+    )
     if o["score_definition"]:
         print(f"score = {o['score_definition']}  on {', '.join(o['test_tasks'])}")
     if o["gain"] is not None:
         pct = f"{o['gain']['confidence']:.0%}"
-        print(f"paired gains over the same documents, candidate - champion (+: the candidate is better; "
-              f"* significant at {pct}):")
+        print(
+            f"paired gains over the same documents, candidate - champion (+: the candidate is better; "
+            f"* significant at {pct}):"
+        )
         for key, g in {"score": o["gain"], **o["task_gains"]}.items():
             mark = "*" if g["significant"] else " "
             note = "  regresses" if key in o["regressions"] else ""
             print(f"  {key:<40} {g['value']:+.5f} [{g['ci_low']:+.5f}, {g['ci_high']:+.5f}] {mark}{note}")
     print(o["reason"])
-    verdict = {FIRST: "first candidate becomes champion", PROMOTED: "candidate promoted",
-               KEPT: "champion kept", UNCHANGED: "candidate is already champion"}[o["decision"]]
+    verdict = {
+        FIRST: "first candidate becomes champion",
+        PROMOTED: "candidate promoted",
+        KEPT: "champion kept",
+        UNCHANGED: "candidate is already champion",
+    }[o["decision"]]
     print(f"decision: {o['decision']} ({verdict}); {o['new_champion']['model_uri']} = v{o['new_champion']['version']}")
     print(f"MLflow run {o['mlflow']['run_id']} (experiment {o['mlflow']['experiment_id']})")
 

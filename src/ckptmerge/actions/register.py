@@ -4,19 +4,21 @@ The merge is written atomically (linear merges stream from the checkpoint tensor
 dtype; other merges save the resident model), reloaded from disk and re-scored; only a merge that
 reproduces the objective the caller saw is returned for registration.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
 from ckptmerge.actions.evaluation import EvalSession
-from ckptmerge.checkpoints.resident import ResidentModel
 from ckptmerge.checkpoints.atomic import OWNER_FILE, atomic_folder
+from ckptmerge.checkpoints.resident import ResidentModel
 from ckptmerge.checkpoints.writer import write_merged
 from ckptmerge.config import Config, parse_size
 from ckptmerge.errors import EvaluationError
@@ -26,9 +28,17 @@ from ckptmerge.tracking.mlflow_run import SearchTracker
 log = logging.getLogger(__name__)
 
 
-def write_and_verify(cfg: Config, session: EvalSession, resident: ResidentModel, weights: Mapping[str, float] | None,
-                     objective: float, target: Path, info: Mapping[str, Any],
-                     owner: str | None = None, files: Mapping[str, str] | None = None) -> tuple[Any, Any, Any, float]:
+def write_and_verify(
+    cfg: Config,
+    session: EvalSession,
+    resident: ResidentModel,
+    weights: Mapping[str, float] | None,
+    objective: float,
+    target: Path,
+    info: Mapping[str, Any],
+    owner: str | None = None,
+    files: Mapping[str, str] | None = None,
+) -> tuple[Any, Any, Any, float]:
     """Write the merge to ``target``; return ``(model, tokenizer, lm, rescored_objective)`` of the reloaded copy.
 
     ``weights`` None means the merge is not linear: the resident model's parameters are saved as they are.
@@ -41,9 +51,19 @@ def write_and_verify(cfg: Config, session: EvalSession, resident: ResidentModel,
     extra = {**dict(files or {}), OWNER_FILE: json.dumps({**dict(info), "owner": owner}, indent=2, default=str)}
     if weights is not None:
         out_dtype = None if cfg.merge.dtype == "auto" else getattr(torch, cfg.merge.dtype)
-        write_merged([c.reader for c in cset.checkpoints], cset.newest.folder, list(weights.values()), target,
-                     get_method(cfg.merge.method), parse_size(cfg.merge.shard_size, "merge.shard_size"),
-                     out_dtype=out_dtype, overwrite=cfg.merge.overwrite, extra_files=extra, progress=True, owner=owner)
+        write_merged(
+            [c.reader for c in cset.checkpoints],
+            cset.newest.folder,
+            list(weights.values()),
+            target,
+            get_method(cfg.merge.method),
+            parse_size(cfg.merge.shard_size, "merge.shard_size"),
+            out_dtype=out_dtype,
+            overwrite=cfg.merge.overwrite,
+            extra_files=extra,
+            progress=True,
+            owner=owner,
+        )
     else:
         with atomic_folder(target, overwrite=cfg.merge.overwrite, owner=owner) as tmp:  # resident's own dtype
             resident.model.save_pretrained(tmp, max_shard_size=cfg.merge.shard_size)
@@ -55,8 +75,10 @@ def write_and_verify(cfg: Config, session: EvalSession, resident: ResidentModel,
         rescored = session.objective(session.evaluate_dev(lm))
         tol = cfg.registry.rescore_tolerance * max(1.0, abs(objective))
         if not math.isfinite(rescored) or abs(rescored - objective) > tol:
-            raise EvaluationError(f"the written merge scores {rescored:.6f} but the search saw {objective:.6f} "
-                                  f"(tolerance {tol:.2g}); not registering it")
+            raise EvaluationError(
+                f"the written merge scores {rescored:.6f} but the search saw {objective:.6f} "
+                f"(tolerance {tol:.2g}); not registering it"
+            )
     except BaseException:  # the folder is ours: write_merged/atomic_folder above just put it there
         import shutil
 
@@ -65,9 +87,18 @@ def write_and_verify(cfg: Config, session: EvalSession, resident: ResidentModel,
     return model, tok, lm, rescored
 
 
-def register(cfg: Config, tracker: SearchTracker, model: Any, tokenizer: Any, weights: Mapping[str, float] | None,
-             objective: float, session: EvalSession, description: str, tags: Mapping[str, str],
-             folder: Path | None = None) -> dict[str, str]:
+def register(
+    cfg: Config,
+    tracker: SearchTracker,
+    model: Any,
+    tokenizer: Any,
+    weights: Mapping[str, float] | None,
+    objective: float,
+    session: EvalSession,
+    description: str,
+    tags: Mapping[str, str],
+    folder: Path | None = None,
+) -> dict[str, str]:
     """Log the verified merge as an MLflow model and register a new version of ``registry.name``.
 
     ``model`` None (the merge was verified in a partitioned model, which no rank holds whole): the
@@ -80,29 +111,63 @@ def register(cfg: Config, tracker: SearchTracker, model: Any, tokenizer: Any, we
 
         assert folder is not None, "register: no model object and no folder to load it from"
         log.info("Loading %s on the CPU to log it to MLflow", folder)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype="auto", trust_remote_code=session.sources.cset.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, dtype="auto", trust_remote_code=session.sources.cset.trust_remote_code
+        )
 
     cset_sources = tags.get("sources", "")
-    all_tags = {"objective": f"{objective:.6f}", "search_run_id": tracker.run_id or "",
-                "objective_definition": session.objective.describe(), "sources": cset_sources, **tags}
+    all_tags = {
+        "objective": f"{objective:.6f}",
+        "search_run_id": tracker.run_id or "",
+        "objective_definition": session.objective.describe(),
+        "sources": cset_sources,
+        **tags,
+    }
     if weights is not None:
         all_tags["weights"] = json.dumps({n: round(w, 6) for n, w in weights.items()})
         all_tags.setdefault("lambda", f"{list(weights.values())[-1]:.6f}")
-    reg = log_and_register(tracker.run_id, model, tokenizer, cfg.registry.name, cfg.registry.alias,  # type: ignore[arg-type]
-                           all_tags, description, tracker.uri)
+    assert tracker.run_id is not None, "registration happens inside the search's run"
+    reg = log_and_register(
+        tracker.run_id,
+        model,
+        tokenizer,
+        cfg.registry.name,
+        cfg.registry.alias,
+        all_tags,
+        description,
+        tracker.uri,
+    )
     tracker.set_tags({"ckptmerge.registered_model": f"{reg.name}/{reg.version}"})
     return {"name": reg.name, "version": reg.version, "alias": reg.alias}
 
 
-def register_merge(cfg: Config, tracker: SearchTracker, session: EvalSession, resident: ResidentModel,
-                   weights: Mapping[str, float] | None, objective: float, target: Path, description: str,
-                   tags: Mapping[str, str]) -> dict[str, str]:
+def register_merge(
+    cfg: Config,
+    tracker: SearchTracker,
+    session: EvalSession,
+    resident: ResidentModel,
+    weights: Mapping[str, float] | None,
+    objective: float,
+    target: Path,
+    description: str,
+    tags: Mapping[str, str],
+) -> dict[str, str]:
     """:func:`write_and_verify` then :func:`register` (compare's best merge)."""
-    model, tok, _, _ = write_and_verify(cfg, session, resident, weights, objective, target, {"weights": weights, **tags},
-                                        owner=f"compare:{tracker.run_id}")
+    model, tok, _, _ = write_and_verify(
+        cfg,
+        session,
+        resident,
+        weights,
+        objective,
+        target,
+        {"weights": weights, **tags},
+        owner=f"compare:{tracker.run_id}",
+    )
     sources = ",".join(c.ref.text for c in resident.cset.checkpoints)
     try:
-        return register(cfg, tracker, model, tok, weights, objective, session, description, {"sources": sources, **tags})
+        return register(
+            cfg, tracker, model, tok, weights, objective, session, description, {"sources": sources, **tags}
+        )
     except BaseException:
         import shutil
 

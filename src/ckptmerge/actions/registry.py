@@ -7,12 +7,14 @@ action has them). Entries name their function as ``module:function`` and are imp
 so validating a config never loads torch or lm-eval. A new action is one module and one line here
 (or ``ACTIONS.register(name)(Action(...))`` from a user's own launcher).
 """
+
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ckptmerge.registry import Registry
 
@@ -29,9 +31,9 @@ class ActionContext:
 @dataclass(frozen=True)
 class Action:
     name: str
-    target: str               # "module:function", the function is run(cfg, context) -> dict
+    target: str  # "module:function", the function is run(cfg, context) -> dict
     summary: str
-    deepspeed: bool = False   # runs under runtime=deepspeed (its model partitioned over the ranks)
+    deepspeed: bool = False  # runs under runtime=deepspeed (its model partitioned over the ranks)
 
     def load(self) -> Callable[..., dict[str, Any]]:
         module, _, function = self.target.partition(":")

@@ -6,24 +6,26 @@ log a child run) → best merge written atomically → reloaded and re-scored �
 ``result.json``. If any step fails, the parent run is marked FAILED, the written merge is removed and
 nothing is registered.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from ckptmerge.actions import evidence
 from ckptmerge.actions.evaluation import EvalSession
 from ckptmerge.actions.register import register, write_and_verify
-from ckptmerge.actions.trials import Trial, TrialLoop
 from ckptmerge.actions.setup import Sources, resolve_search_sources, search_space
-from ckptmerge.checkpoints.resident import ResidentModel
+from ckptmerge.actions.trials import Trial, TrialLoop
 from ckptmerge.checkpoints.atomic import check_target, folder_owner, refuse_inputs
+from ckptmerge.checkpoints.resident import ResidentModel
 from ckptmerge.checkpoints.writer import check_space, merged_size
 from ckptmerge.config import Config, parse_size
 from ckptmerge.errors import EvaluationError
@@ -46,9 +48,15 @@ OWNER_SEARCH = "search:"  # merged folders record "search:RUN_ID" as their owner
 class SearchRun:
     """One search from checks to registry; :meth:`run` returns the ``result.json`` dict."""
 
-    def __init__(self, cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "",
-                 tags: dict[str, str] | None = None,
-                 on_locked: Callable[[SearchTracker], None] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        run_dir: Path,
+        cwd: Path,
+        config_yaml: str = "",
+        tags: dict[str, str] | None = None,
+        on_locked: Callable[[SearchTracker], None] | None = None,
+    ) -> None:
         """``tags``: extra tags on the parent run (a watch links its searches so). ``on_locked``: called
         once this search holds its key's lock, before it looks for a run to resume; it may raise to
         stop the search there (a watch checks, under the lock, that no one finished the pair meanwhile)."""
@@ -58,7 +66,9 @@ class SearchRun:
         self.run_dir = Path(run_dir).resolve()
         self.cwd = Path(cwd)
         self.config_yaml = config_yaml
-        self.output_dir = Path(cfg.merge.output_dir).expanduser().resolve() if cfg.merge.output_dir else self.run_dir / "merged"
+        self.output_dir = (
+            Path(cfg.merge.output_dir).expanduser().resolve() if cfg.merge.output_dir else self.run_dir / "merged"
+        )
         self.trials: list[Trial] = []
         self._written = False
         self._lock: search_lock.SearchLock | None = None
@@ -79,7 +89,11 @@ class SearchRun:
         # An output folder that an earlier search wrote may be that search's own, to be resumed; which
         # search is known once the parent run is, so its folder is checked again then.
         earlier = folder_owner(self.output_dir)
-        check_target(self.output_dir, cfg.merge.overwrite, owner=earlier if earlier and earlier.startswith(OWNER_SEARCH) else None)
+        check_target(
+            self.output_dir,
+            cfg.merge.overwrite,
+            owner=earlier if earlier and earlier.startswith(OWNER_SEARCH) else None,
+        )
         tracker = SearchTracker(cfg.tracking, self.cwd)  # unreachable tracking fails here, in seconds
         sources = resolve_search_sources(cfg)
         cset = sources.cset
@@ -103,8 +117,13 @@ class SearchRun:
             config=cfg.to_dict(),
             config_yaml=self.config_yaml,
             checkpoints=[{"name": c.name, **c.identity()} for c in cset.checkpoints],
-            tags={names.TAG_OBJECTIVE: session.objective.describe(), names.TAG_CHECKPOINTS: ",".join(cset.names),
-                  resume.TAG_RESUME_HASH: resume.key_hash(key), resume.TAG_OWNER: resume.owner(), **self.extra_tags},
+            tags={
+                names.TAG_OBJECTIVE: session.objective.describe(),
+                names.TAG_CHECKPOINTS: ",".join(cset.names),
+                resume.TAG_RESUME_HASH: resume.key_hash(key),
+                resume.TAG_OWNER: resume.owner(),
+                **self.extra_tags,
+            },
             resume_run_id=resume_id,
         )
         # (a loser of a remote store's claim race ends its own run KILLED here, outside finishing())
@@ -117,7 +136,9 @@ class SearchRun:
                 past = resume.read_trials(tracker.client, tracker.experiment_id, run_id, self.space.coordinates)
                 log.info("Resuming search %s: %d trials done", run_id, len(past))
             else:
-                tracker.log_text(run_id, json.dumps(key, indent=2, sort_keys=True, default=str), resume.ARTIFACT_RESUME_KEY)
+                tracker.log_text(
+                    run_id, json.dumps(key, indent=2, sort_keys=True, default=str), resume.ARTIFACT_RESUME_KEY
+                )
             log.info("MLflow parent run %s; objective %s", run_id, session.objective.describe())
             self.facts = self._facts(tracker, sources, session)
             tracker.describe(run_note(self.facts, running=True))
@@ -136,20 +157,32 @@ class SearchRun:
         c, cset = self.cfg, sources.cset
         suites = [session.dev] + ([session.test] if session.test else [])
         return MergeFacts(
-            checkpoints=checkpoint_entries(cset), weights={},
-            method=c.merge.method, out_dtype=None if c.merge.dtype == "auto" else c.merge.dtype,
-            in_dtype=floating_dtype(cset), objective_definition=session.objective.describe(),
+            checkpoints=checkpoint_entries(cset),
+            weights={},
+            method=c.merge.method,
+            out_dtype=None if c.merge.dtype == "auto" else c.merge.dtype,
+            in_dtype=floating_dtype(cset),
+            objective_definition=session.objective.describe(),
             task_splits={n: i.split for s in suites for n, i in s.info.items()},
             search={"kind": c.search.kind, "budget": c.search.budget, "seed": c.search.seed, "alpha": c.search.alpha},
-            mlflow={"tracking_uri": tracker.display_uri, "experiment_id": tracker.experiment_id, "run_id": tracker.run_id or ""})
+            mlflow={
+                "tracking_uri": tracker.display_uri,
+                "experiment_id": tracker.experiment_id,
+                "run_id": tracker.run_id or "",
+            },
+        )
 
     def _runtime_info(self, resident: ResidentModel) -> dict[str, Any]:
         """Where the trials ran: backend, ranks (a partitioned model's world size), device, dtype."""
         from ckptmerge.runtime import distributed
 
         r = distributed.ranks()
-        return {"backend": self.cfg.runtime.backend, "world_size": r.world_size if r else 1,
-                "device": resident.device, "dtype": str(resident.dtype).replace("torch.", "")}
+        return {
+            "backend": self.cfg.runtime.backend,
+            "world_size": r.world_size if r else 1,
+            "device": resident.device,
+            "dtype": str(resident.dtype).replace("torch.", ""),
+        }
 
     def _resume_key(self, sources: Sources, session: EvalSession, resident: ResidentModel) -> dict[str, Any]:
         """Everything that changes the objective or the proposed points (not the budget)."""
@@ -161,11 +194,21 @@ class SearchRun:
             "checkpoint_folders": [str(c_.folder) for c_ in sources.cset.checkpoints],
             "objective": session.objective.describe(),
             "dev_tasks": list(sources.dev_tasks),
-            "eval": {"limit": c.eval.limit, "max_length": sources.max_length, "batch_size": c.eval.batch_size,
-                     "sample": "seeded", "bootstrap": c.eval.bootstrap},
-            "search": {"kind": c.search.kind, "alpha": c.search.alpha, "seed": c.search.seed,
-                       "acq_func": c.search.acq_func, "min_distance": c.search.min_distance,
-                       **({} if c.search.space.name == "pair" else {"space": self._space_key()})},
+            "eval": {
+                "limit": c.eval.limit,
+                "max_length": sources.max_length,
+                "batch_size": c.eval.batch_size,
+                "sample": "seeded",
+                "bootstrap": c.eval.bootstrap,
+            },
+            "search": {
+                "kind": c.search.kind,
+                "alpha": c.search.alpha,
+                "seed": c.search.seed,
+                "acq_func": c.search.acq_func,
+                "min_distance": c.search.min_distance,
+                **({} if c.search.space.name == "pair" else {"space": self._space_key()}),
+            },
             "merge": {"method": c.merge.method},
             "runtime": {"dtype": str(resident.dtype), "device": resident.device},
         }
@@ -188,8 +231,15 @@ class SearchRun:
         resume.check_resume(tracker.client, choice, key)
         return choice
 
-    def _search_and_register(self, tracker: SearchTracker, sources: Sources, session: EvalSession,
-                             resident: ResidentModel, searcher: Searcher, past: list) -> dict[str, Any]:
+    def _search_and_register(
+        self,
+        tracker: SearchTracker,
+        sources: Sources,
+        session: EvalSession,
+        resident: ResidentModel,
+        searcher: Searcher,
+        past: list,
+    ) -> dict[str, Any]:
         cfg, cset = self.cfg, sources.cset
         loop = TrialLoop(resident, session, tracker, searcher, self.space, parent_run_id=tracker.run_id)
         loop.replay(past)
@@ -202,30 +252,52 @@ class SearchRun:
             loop.log_plot(tracker.run_id, cfg.search.budget)  # type: ignore[arg-type]
             plot = names.ARTIFACT_PLOT
         best, selected_by = evidence.select_result(self.trials, searcher, cfg.search.select)
+        assert best.objective is not None  # the result is chosen among evaluated trials
         newest = evidence.newest_alone(self.trials)
         baseline = newest.objective if newest else None
-        gain = (session.bootstrap.objective_gain(session.objective, evidence.dev_scores(best, loop, session),
-                                                 evidence.dev_scores(newest, loop, session)) if newest else None)
+        gain = (
+            session.bootstrap.objective_gain(
+                session.objective, evidence.dev_scores(best, loop, session), evidence.dev_scores(newest, loop, session)
+            )
+            if newest
+            else None
+        )
         verdict = evidence.weigh(gain, cset.names[-1], cfg.registry.enabled, cfg.registry.require_significant_gain)
 
         # The best merge: written from the checkpoint tensors, verified, reloaded and re-scored. Only once
         # it is in place is the folder ours to remove on a later failure (a refused rename leaves the
         # existing folder, someone else's, as it was).
-        facts = self.facts.with_(weights=dict(best.weights), objective=best.objective, dev_metrics=dict(best.metrics),
-                                 gain=gain.as_json() if gain else None, decision=verdict.decision,
-                                 decision_reason=verdict.reason, plot_artifact=plot)
+        facts = self.facts.with_(
+            weights=dict(best.weights),
+            objective=best.objective,
+            dev_metrics=dict(best.metrics),
+            gain=gain.as_json() if gain else None,
+            decision=verdict.decision,
+            decision_reason=verdict.reason,
+            plot_artifact=plot,
+        )
         merged_model, merged_tok, reloaded, rescored = write_and_verify(
-            cfg, session, resident, best.weights, best.objective, self.output_dir,  # type: ignore[arg-type]
-            {"weights": best.weights, "lambda": best.lam, "point": best.x}, owner=self.owner,
-            files=folder_files(facts))
+            cfg,
+            session,
+            resident,
+            best.weights,
+            best.objective,
+            self.output_dir,
+            {"weights": best.weights, "lambda": best.lam, "point": best.x},
+            owner=self.owner,
+            files=folder_files(facts),
+        )
         self._written = True
         test, test_scores = session.test_report(reloaded, resident)
         tracker.log_datasets(None, session.datasets("test"), CONTEXT_TEST)
         facts = facts.with_(test_metrics=dict(test.get("best", {})))
         test_gains = session.test_gains(test_scores, cset.names[-1])
         if test_scores:  # per reported model, so that later comparisons need not evaluate again
-            tracker.log_text(None, "{" + ",".join(f"{json.dumps(who)}:{scores_json(sc)}" for who, sc in test_scores.items()) + "}",
-                             names.ARTIFACT_TEST_DOC_SCORES)
+            tracker.log_text(
+                None,
+                "{" + ",".join(f"{json.dumps(who)}:{scores_json(sc)}" for who, sc in test_scores.items()) + "}",
+                names.ARTIFACT_TEST_DOC_SCORES,
+            )
         summary = {
             names.METRIC_BEST_LAMBDA: list(best.weights.values())[-1],
             names.METRIC_RESCORED_OBJECTIVE: rescored,
@@ -246,8 +318,11 @@ class SearchRun:
             "lambda": best.lam,
             "weights": best.weights,
             "point": list(best.x),
-            "space": {"name": self.space.name, "checkpoints": len(best.weights),
-                      "point": dict(zip(self.space.coordinates, best.x))},
+            "space": {
+                "name": self.space.name,
+                "checkpoints": len(best.weights),
+                "point": dict(zip(self.space.coordinates, best.x)),
+            },
             "objective": best.objective,
             "objective_se": best.objective_se,
             "selected_by": selected_by,
@@ -270,11 +345,24 @@ class SearchRun:
             "output_dir": str(self.output_dir),
         }
         if verdict.decision == evidence.REGISTERED:
-            gain_tags = {"gain": json.dumps(gain.as_json()) if gain else "", "significant": str(verdict.significant_gain).lower(),
-                         "decision": verdict.decision, "checkpoints": ",".join(cset.names)}
+            gain_tags = {
+                "gain": json.dumps(gain.as_json()) if gain else "",
+                "significant": str(verdict.significant_gain).lower(),
+                "decision": verdict.decision,
+                "checkpoints": ",".join(cset.names),
+            }
             result["registered_model"] = register(
-                cfg, tracker, merged_model, merged_tok, best.weights, best.objective, session, version_description(facts),  # type: ignore[arg-type]
-                {"sources": ",".join(c.ref.text for c in cset.checkpoints), **gain_tags}, folder=self.output_dir)
+                cfg,
+                tracker,
+                merged_model,
+                merged_tok,
+                best.weights,
+                best.objective,
+                session,
+                version_description(facts),
+                {"sources": ",".join(c.ref.text for c in cset.checkpoints), **gain_tags},
+                folder=self.output_dir,
+            )
             facts = facts.with_(registered=result["registered_model"])
         update_card(self.output_dir, facts)  # now with test results and the registered version
         tracker.describe(run_note(facts, tracker.run_id))

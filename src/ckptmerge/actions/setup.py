@@ -3,6 +3,7 @@
 Everything here is cheap next to a search, and runs before the resident model is built, so bad input
 fails in seconds with one line.
 """
+
 from __future__ import annotations
 
 import logging
@@ -10,11 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ckptmerge.checkpoints import CheckpointSet
-from ckptmerge.search.searchers import Proposal
-from ckptmerge.search.space import SearchSpace
 from ckptmerge.checkpoints.content import check_content
 from ckptmerge.config import Config, ModelConfig
 from ckptmerge.errors import ConfigError
+from ckptmerge.search.searchers import Proposal
+from ckptmerge.search.space import SearchSpace
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,9 @@ class Sources:
     trajectory_root: Path | None = None
 
 
-def _embedded_checkpoints(model: ModelConfig, progress: bool, all_checkpoints: bool = False) -> tuple[list[str], object]:
+def _embedded_checkpoints(
+    model: ModelConfig, progress: bool, all_checkpoints: bool = False
+) -> tuple[list[str], object]:
     from ckptmerge.trajectory import TrajectorySpec, build_trajectory, default_cache_dir
 
     t = model.trajectory
@@ -60,15 +63,22 @@ def _embedded_checkpoints(model: ModelConfig, progress: bool, all_checkpoints: b
 def _check_content(cfg: Config, cset: CheckpointSet) -> None:
     """What the checkpoints hold (see :mod:`ckptmerge.checkpoints.content`), before any trial or write."""
     merge = cfg.action == "merge"
-    hint = ("; set merge.allow_nonfinite=true to write such a merge anyway" if merge
-            else "; fix or leave out this checkpoint (only action=merge can take it, with merge.allow_nonfinite=true)")
+    hint = (
+        "; set merge.allow_nonfinite=true to write such a merge anyway"
+        if merge
+        else "; fix or leave out this checkpoint (only action=merge can take it, with merge.allow_nonfinite=true)"
+    )
     # Only actions that score need a tokenizer in every checkpoint; a weights-only merge is legitimate.
-    check_content(cset, order=cfg.model.order, allow_nonfinite=merge and cfg.merge.allow_nonfinite, nonfinite_hint=hint,
-                  tokenizer_required=not merge)
+    check_content(
+        cset,
+        order=cfg.model.order,
+        allow_nonfinite=merge and cfg.merge.allow_nonfinite,
+        nonfinite_hint=hint,
+        tokenizer_required=not merge,
+    )
 
 
-def resolve_sources(cfg: Config, progress: bool = True, all_checkpoints: bool = False,
-                    check: bool = True) -> Sources:
+def resolve_sources(cfg: Config, progress: bool = True, all_checkpoints: bool = False, check: bool = True) -> Sources:
     """Checkpoints (embedded, local or hub) checked to be mergeable, and the dev/test task lists.
 
     ``all_checkpoints``: the whole embedded trajectory instead of ``model.select`` (pilot, compare).
@@ -96,13 +106,22 @@ def resolve_sources(cfg: Config, progress: bool = True, all_checkpoints: bool = 
         )
     dev_tasks = cfg.eval.tasks or model.dev_tasks
     if not dev_tasks and cfg.action != "merge":
-        raise ConfigError("eval.tasks is empty: name the lm-eval dev tasks that form the objective, e.g. 'eval.tasks=[ckptmerge_wikitext_dev]'")
+        raise ConfigError(
+            "eval.tasks is empty: name the lm-eval dev tasks that form the objective, e.g. "
+            "'eval.tasks=[ckptmerge_wikitext_dev]'"
+        )
     cset = CheckpointSet.from_refs(list(model.checkpoints), trust_remote_code=model.trust_remote_code)
     if check:
         _check_content(cfg, cset)
     test_tasks = cfg.eval.test_tasks or (() if cfg.eval.tasks else model.test_tasks)
-    return Sources(cset=cset, dev_tasks=dev_tasks, test_tasks=test_tasks, dev_weights=_weights(cfg),
-                   include_paths=include + [str(PACKAGE_TASKS)], max_length=cfg.eval.max_length)
+    return Sources(
+        cset=cset,
+        dev_tasks=dev_tasks,
+        test_tasks=test_tasks,
+        dev_weights=_weights(cfg),
+        include_paths=include + [str(PACKAGE_TASKS)],
+        max_length=cfg.eval.max_length,
+    )
 
 
 def newest_of(sources: Sources, last: int) -> Sources:
@@ -122,8 +141,12 @@ def resolve_search_sources(cfg: Config, progress: bool = True, check: bool = Tru
     whole = cfg.model.source == "embedded" and tuple(cfg.model.select) == (-2, -1) and cfg.model.pair is None
     sources = newest_of(resolve_sources(cfg, progress, all_checkpoints=whole, check=check), space.last)
     if len(sources.cset) < space.last:
-        log.info("search/space=%s covers the %d checkpoints given (search.space.last=%d)", space.name,
-                 len(sources.cset), space.last)
+        log.info(
+            "search/space=%s covers the %d checkpoints given (search.space.last=%d)",
+            space.name,
+            len(sources.cset),
+            space.last,
+        )
     return sources
 
 

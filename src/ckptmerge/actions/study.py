@@ -1,4 +1,5 @@
 """The start shared by the studies over a whole trajectory (``action=pilot``, ``action=compare``)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -37,7 +38,11 @@ def start_study(cfg: Config, cwd: Path, config_yaml: str, kind: str, last: int |
         sources = newest_of(sources, last)
     cset = sources.cset
     session, resident = EvalSession.with_resident(cfg, sources)
-    run_id = tracker.start(run_name=f"{kind}-{cset.names[0]}-{cset.names[-1]}", config=cfg.to_dict(),
-                           config_yaml=config_yaml, checkpoints=[{"name": c.name, **c.identity()} for c in cset.checkpoints],
-                           tags={names.TAG_KIND: kind, names.TAG_OBJECTIVE: session.objective.describe()})
+    run_id = tracker.start(
+        run_name=f"{kind}-{cset.names[0]}-{cset.names[-1]}",
+        config=cfg.to_dict(),
+        config_yaml=config_yaml,
+        checkpoints=[{"name": c.name, **c.identity()} for c in cset.checkpoints],
+        tags={names.TAG_KIND: kind, names.TAG_OBJECTIVE: session.objective.describe()},
+    )
     return Study(tracker, sources, session, resident, run_id)

@@ -1,20 +1,21 @@
 """The trial loop shared by search and compare: propose, merge in place, evaluate, tell, log a child run."""
+
 from __future__ import annotations
 
 import logging
 import math
-
-import numpy as np
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from ckptmerge.actions.evaluation import EvalSession
 from ckptmerge.checkpoints.resident import ResidentModel
 from ckptmerge.errors import EvaluationError
 from ckptmerge.evaluation.doc_scores import DocScores, scores_from_json, scores_json
 from ckptmerge.evaluation.uncertainty import relative_standard_errors
-from ckptmerge.search.searchers import Proposal, SearchExhausted, Searcher
+from ckptmerge.search.searchers import Proposal, Searcher, SearchExhausted
 from ckptmerge.search.space import SearchSpace
 from ckptmerge.tracking import names
 from ckptmerge.tracking.datasets import CONTEXT_DEV
@@ -26,15 +27,15 @@ log = logging.getLogger(__name__)
 @dataclass
 class Trial:
     index: int
-    x: tuple[float, ...]            # the searched point; for a pair, (λ,)
-    weights: dict[str, float]       # checkpoint name -> weight, oldest first
+    x: tuple[float, ...]  # the searched point; for a pair, (λ,)
+    weights: dict[str, float]  # checkpoint name -> weight, oldest first
     source: str
     objective: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     run_id: str | None = None
     error: str | None = None
     seconds: float = 0.0
-    objective_se: float | None = None       # bootstrap standard error of the objective over documents
+    objective_se: float | None = None  # bootstrap standard error of the objective over documents
     scores: DocScores | None = field(default=None, repr=False)  # per-document dev scores (None: not at hand)
     draws: Any = field(default=None, repr=False)  # the objective on each bootstrap resample (numpy array)
 
@@ -44,9 +45,16 @@ class Trial:
         return list(self.weights.values())[-1] if len(self.weights) == 2 else None
 
     def as_json(self) -> dict[str, Any]:
-        out = {"lambda": self.lam, "weights": self.weights, "objective": self.objective,
-               "objective_se": self.objective_se, "proposed_by": self.source,
-               "metrics": self.metrics, "run_id": self.run_id, "seconds": round(self.seconds, 3)}
+        out = {
+            "lambda": self.lam,
+            "weights": self.weights,
+            "objective": self.objective,
+            "objective_se": self.objective_se,
+            "proposed_by": self.source,
+            "metrics": self.metrics,
+            "run_id": self.run_id,
+            "seconds": round(self.seconds, 3),
+        }
         if self.error:
             out["error"] = self.error
         return out
@@ -59,18 +67,32 @@ class TrialLoop:
     longer trajectory): older checkpoints then get weight 0.
     """
 
-    def __init__(self, resident: ResidentModel, session: EvalSession, tracker: SearchTracker, searcher: Searcher,
-                 space: SearchSpace, parent_run_id: str | None = None, best_metric_run_id: str | None = None) -> None:
-        self.resident, self.session, self.tracker, self.searcher, self.space = resident, session, tracker, searcher, space
+    def __init__(
+        self,
+        resident: ResidentModel,
+        session: EvalSession,
+        tracker: SearchTracker,
+        searcher: Searcher,
+        space: SearchSpace,
+        parent_run_id: str | None = None,
+        best_metric_run_id: str | None = None,
+    ) -> None:
+        self.resident, self.session, self.tracker, self.searcher, self.space = (
+            resident,
+            session,
+            tracker,
+            searcher,
+            space,
+        )
         self.parent_run_id = parent_run_id or tracker.run_id
         self.best_metric_run_id = best_metric_run_id or self.parent_run_id
         self.trials: list[Trial] = []
         self.best: Trial | None = None
-        self.stopped_reason: str | None = None   # why the loop ended before the budget, if it did
+        self.stopped_reason: str | None = None  # why the loop ended before the budget, if it did
         n = len(resident.cset)
         if space.k > n:
             raise ValueError(f"space over {space.k} checkpoints, resident model has {n}")
-        self._names = resident.cset.names[n - space.k:]
+        self._names = resident.cset.names[n - space.k :]
         self._pad = n - space.k
 
     def full_weights(self, trial: Trial) -> list[float]:
@@ -91,11 +113,24 @@ class TrialLoop:
         for p in past:
             prop = self.searcher.ask()
             if max(abs(a - b) for a, b in zip(prop.x, p.x)) > 1e-9:
-                log.warning("Resumed trial %d: the searcher proposes %s, the run recorded %s; using the record",
-                            p.index, prop.x, p.x)
+                log.warning(
+                    "Resumed trial %d: the searcher proposes %s, the run recorded %s; using the record",
+                    p.index,
+                    prop.x,
+                    p.x,
+                )
             weights = dict(zip(self._names, self.space.weights(p.x)))
-            trial = Trial(index=p.index, x=p.x, weights=weights, source=prop.source, objective=p.objective,
-                          metrics=p.metrics, run_id=p.run_id, error=p.error, objective_se=p.objective_se)
+            trial = Trial(
+                index=p.index,
+                x=p.x,
+                weights=weights,
+                source=prop.source,
+                objective=p.objective,
+                metrics=p.metrics,
+                run_id=p.run_id,
+                error=p.error,
+                objective_se=p.objective_se,
+            )
             if p.objective is None:
                 self.searcher.mark_failed(p.x)
             else:
@@ -138,7 +173,9 @@ class TrialLoop:
 
         from ckptmerge.progress import interactive
 
-        bar = tqdm(total=budget, initial=min(len(self.trials), budget), desc=desc, unit="trial", disable=not interactive())
+        bar = tqdm(
+            total=budget, initial=min(len(self.trials), budget), desc=desc, unit="trial", disable=not interactive()
+        )
         for index in range(len(self.trials), budget):
             try:
                 proposal = self.searcher.ask()
@@ -149,10 +186,12 @@ class TrialLoop:
             self._record(self._trial(index, proposal))
             self._log_line(self.trials[-1], budget, desc)
             if self.best is not None and self.best.objective is not None:
-                self.tracker.log_metrics({names.METRIC_BEST_OBJECTIVE: self.best.objective}, step=index,
-                                         run_id=self.best_metric_run_id)
-                bar.set_postfix(best_newest_weight=f"{list(self.best.weights.values())[-1]:.3f}",
-                                best=f"{self.best.objective:.4f}")
+                self.tracker.log_metrics(
+                    {names.METRIC_BEST_OBJECTIVE: self.best.objective}, step=index, run_id=self.best_metric_run_id
+                )
+                bar.set_postfix(
+                    best_newest_weight=f"{list(self.best.weights.values())[-1]:.3f}", best=f"{self.best.objective:.4f}"
+                )
             bar.update(1)
         bar.close()
         return self.trials
@@ -161,13 +200,30 @@ class TrialLoop:
         """One line per trial (what a log keeps of the progress bar)."""
         point = self.space.describe(trial.x)
         if trial.objective is None:
-            log.info("%s: trial %d/%d (%s, %s) failed in %.1f s", desc, trial.index + 1, budget, point, trial.source,
-                     trial.seconds)
+            log.info(
+                "%s: trial %d/%d (%s, %s) failed in %.1f s",
+                desc,
+                trial.index + 1,
+                budget,
+                point,
+                trial.source,
+                trial.seconds,
+            )
             return
         se = f" ± {trial.objective_se:.5f}" if trial.objective_se is not None else ""
         best = self.best.objective if self.best is not None else trial.objective
-        log.info("%s: trial %d/%d (%s, %s) objective %.5f%s, best %.5f, %.1f s", desc, trial.index + 1, budget, point,
-                 trial.source, trial.objective, se, best, trial.seconds)
+        log.info(
+            "%s: trial %d/%d (%s, %s) objective %.5f%s, best %.5f, %.1f s",
+            desc,
+            trial.index + 1,
+            budget,
+            point,
+            trial.source,
+            trial.objective,
+            se,
+            best,
+            trial.seconds,
+        )
 
     def _trial(self, index: int, prop: Proposal) -> Trial:
         tracker, session, resident, searcher = self.tracker, self.session, self.resident, self.searcher
@@ -198,14 +254,20 @@ class TrialLoop:
             if e.__cause__ is not None and not self.trials:
                 # The task code itself raised (not a NaN score) on the very first evaluation: it does not
                 # depend on λ, so every trial would fail the same way; stop now, not after the budget.
-                raise EvaluationError(f"the dev tasks fail on the first trial, so every trial would: {trial.error}") from None
+                raise EvaluationError(
+                    f"the dev tasks fail on the first trial, so every trial would: {trial.error}"
+                ) from None
             return trial
         trial.objective = objective
         trial.seconds = time.perf_counter() - t0
         self._tell(trial)
         state = searcher.state()
-        metrics = {names.METRIC_OBJECTIVE: objective, names.METRIC_OBJECTIVE_SE: trial.objective_se,
-                   **trial.metrics, "trial_seconds": trial.seconds}
+        metrics = {
+            names.METRIC_OBJECTIVE: objective,
+            names.METRIC_OBJECTIVE_SE: trial.objective_se,
+            **trial.metrics,
+            "trial_seconds": trial.seconds,
+        }
         tracker.log_text(trial.run_id, scores_json(trial.scores), names.ARTIFACT_DOC_SCORES)
         metrics.update({k: v for k, v in state.items() if isinstance(v, float)})
         tracker.log_metrics(metrics, step=index, run_id=trial.run_id)
@@ -226,14 +288,18 @@ class TrialLoop:
             return  # no 1-D picture of a k-dimensional GP; its state is in the metrics
         post = searcher.posterior()
         title = f"trial {index}: {len(searcher.xs)} evaluations"
-        (lo, hi), = self.space.bounds()
-        axis = LAMBDA if self.space.is_pair else f"{self.space.coordinates[0]} ({self.space.name} family over {self.space.k} checkpoints)"
+        ((lo, hi),) = self.space.bounds()
+        axis = (
+            LAMBDA
+            if self.space.is_pair
+            else f"{self.space.coordinates[0]} ({self.space.name} family over {self.space.k} checkpoints)"
+        )
         xs = [x[0] for x in searcher.xs]
         if post is not None:
             nxt = searcher.next_point()
-            fig = posterior_figure(post, xs, searcher.ys, (lo, hi), next_x=nxt[0] if nxt else None, title=title,
-                                   coordinate=axis)
+            fig = posterior_figure(
+                post, xs, searcher.ys, (lo, hi), next_x=nxt[0] if nxt else None, title=title, coordinate=axis
+            )
         else:
             fig = trials_figure(xs, searcher.ys, (lo, hi), title=title, coordinate=axis)
         tracker.log_figure(run_id, fig, names.ARTIFACT_PLOT)
-

@@ -13,6 +13,7 @@ unchanged: its resume, lock, gate and registry). State lives in MLflow (:mod:`ck
 
 After each pair the watch run's timeline is brought up to date and ``result.json`` is rewritten.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -68,17 +69,19 @@ class WatchRun:
         self.cfg, self.run_dir, self.cwd, self.config_yaml = cfg, Path(run_dir).resolve(), Path(cwd), config_yaml
         self.dir = _watched_dir(cfg)
         if os.environ.get("MLFLOW_RUN_ID"):  # every pair's search would take that one run as its own
-            raise ConfigError("action=watch opens its own MLflow runs (one per pair and one for the watch); "
-                              "unset MLFLOW_RUN_ID (`mlflow run` sets it) and start the watcher directly")
+            raise ConfigError(
+                "action=watch opens its own MLflow runs (one per pair and one for the watch); "
+                "unset MLFLOW_RUN_ID (`mlflow run` sets it) and start the watcher directly"
+            )
         self.settling = Settling(float(cfg.watch.settle_s))
-        self.ready: dict[Path, StepFolder] = {}       # complete checkpoints (they stay complete)
-        self.said: dict[Path, str] = {}               # the last "waiting" line printed per folder
-        self.done: dict[str, str] = {}                # "older,newer" -> the search run that finished it
-        self.failed: set[str] = set()                 # pairs whose search failed in this process: not retried here
+        self.ready: dict[Path, StepFolder] = {}  # complete checkpoints (they stay complete)
+        self.said: dict[Path, str] = {}  # the last "waiting" line printed per folder
+        self.done: dict[str, str] = {}  # "older,newer" -> the search run that finished it
+        self.failed: set[str] = set()  # pairs whose search failed in this process: not retried here
         self.searched_here: list[str] = []
         self.last_activity = time.monotonic()
         self.rows: list[dict] = []
-        self._results: dict[str, dict] = {}           # search run id -> its result.json, read once
+        self._results: dict[str, dict] = {}  # search run id -> its result.json, read once
 
     # -- the whole thing ---------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -88,13 +91,24 @@ class WatchRun:
         self.tracker = tracker = SearchTracker(cfg.tracking, self.cwd)
         self.key = ledger.watch_key(cfg, self.dir)
         earlier = ledger.resumable_watch(tracker.client, tracker.experiment_id, self.key)
-        tags = {names.TAG_KIND: ledger.KIND_WATCH, ledger.TAG_WATCH_KEY: self.key, ledger.TAG_WATCH_DIR: str(self.dir),
-                resume.TAG_OWNER: resume.owner()}
-        self.run_id = tracker.start(run_name=f"watch-{self.dir.name}", config=cfg.to_dict(), config_yaml=self.config_yaml,
-                                    checkpoints=[{"name": "watch.dir", "source": str(self.dir)}], tags=tags,
-                                    resume_run_id=earlier)
-        say(f"watching {self.dir} (MLflow watch run {self.run_id}{', continued' if earlier else ''}); "
-            f"a new pair is searched when its newer checkpoint is complete")
+        tags = {
+            names.TAG_KIND: ledger.KIND_WATCH,
+            ledger.TAG_WATCH_KEY: self.key,
+            ledger.TAG_WATCH_DIR: str(self.dir),
+            resume.TAG_OWNER: resume.owner(),
+        }
+        self.run_id = tracker.start(
+            run_name=f"watch-{self.dir.name}",
+            config=cfg.to_dict(),
+            config_yaml=self.config_yaml,
+            checkpoints=[{"name": "watch.dir", "source": str(self.dir)}],
+            tags=tags,
+            resume_run_id=earlier,
+        )
+        say(
+            f"watching {self.dir} (MLflow watch run {self.run_id}{', continued' if earlier else ''}); "
+            f"a new pair is searched when its newer checkpoint is complete"
+        )
         with tracker.finishing():
             try:
                 self._refresh_timeline()
@@ -160,7 +174,10 @@ class WatchRun:
         running = ledger.running_search(client, exp, self.key, pair)
         if running:
             if self.said.get(newer.path) != running:
-                say(f"pair {older.name} → {newer.name}: being searched by another process (run {running}); looking again next poll")
+                say(
+                    f"pair {older.name} → {newer.name}: being searched by another process (run {running}); looking "
+                    "again next poll"
+                )
                 self.said[newer.path] = running
             return
         self._search(older, newer, pair)
@@ -172,9 +189,11 @@ class WatchRun:
         label = f"{older.name}+{newer.name}"
         base = Path(cfg.merge.output_dir).expanduser().resolve() if cfg.merge.output_dir else self.run_dir / "merges"
         pair_cfg = dataclasses.replace(
-            cfg, action="search",
+            cfg,
+            action="search",
             model=dataclasses.replace(cfg.model, checkpoints=(str(older.path), str(newer.path)), pair=None),
-            merge=dataclasses.replace(cfg.merge, output_dir=str(base / label)))
+            merge=dataclasses.replace(cfg.merge, output_dir=str(base / label)),
+        )
         client, exp = self.tracker.client, self.tracker.experiment_id
 
         def not_done_meanwhile(_tracker: SearchTracker) -> None:
@@ -186,11 +205,17 @@ class WatchRun:
         pair_dir = self.run_dir / "pairs" / label
         pair_dir.mkdir(parents=True, exist_ok=True)
         # the pair's own resolved config: the watch's names no checkpoints, and action=promote reads it back
-        pair_yaml = (f"# the search action=watch ran for {older.name} → {newer.name} in {self.dir}\n"
-                     + yaml.safe_dump(pair_cfg.to_dict(), sort_keys=False, allow_unicode=True))
-        search = SearchRun(pair_cfg, pair_dir, self.cwd, pair_yaml,
-                           tags=dict(ledger.search_tags(self.run_id, self.key, self.dir, (older.step, newer.step))),
-                           on_locked=not_done_meanwhile)
+        pair_yaml = f"# the search action=watch ran for {older.name} → {newer.name} in {self.dir}\n" + yaml.safe_dump(
+            pair_cfg.to_dict(), sort_keys=False, allow_unicode=True
+        )
+        search = SearchRun(
+            pair_cfg,
+            pair_dir,
+            self.cwd,
+            pair_yaml,
+            tags=dict(ledger.search_tags(self.run_id, self.key, self.dir, (older.step, newer.step))),
+            on_locked=not_done_meanwhile,
+        )
         try:
             result = search.run()
         except PairAlreadySearched as e:
@@ -199,7 +224,10 @@ class WatchRun:
             self._refresh_timeline()
             return
         except SearchRunning as e:  # its line tells a user of action=search to wait; the watcher does so itself
-            say(f"pair {older.name} → {newer.name}: {str(e).replace('; wait for it or stop it', '')}; looking again next poll")
+            say(
+                f"pair {older.name} → {newer.name}: {str(e).replace('; wait for it or stop it', '')}; looking again "
+                "next poll"
+            )
             return
         except CkptMergeError as e:  # this pair cannot be searched; the next one may be
             self.failed.add(pair)
@@ -223,7 +251,9 @@ class WatchRun:
         promote_dir = self.run_dir / "promotions" / label
         promote_dir.mkdir(parents=True, exist_ok=True)
         try:
-            outcome = run_promote(dataclasses.replace(self.cfg, action="promote"), promote_dir, self.cwd, self.config_yaml)
+            outcome = run_promote(
+                dataclasses.replace(self.cfg, action="promote"), promote_dir, self.cwd, self.config_yaml
+            )
         except CkptMergeError as e:
             say(f"  promotion after {label}: failed: {' '.join(str(e).split())}")
             return
@@ -273,9 +303,12 @@ class WatchRun:
             "searched_by_this_process": self.searched_here,
             "failed": sorted(self.failed),
             "steps_gained_definition": "steps past the newest checkpoint at which the trajectory's monotone "
-                                       "objective-vs-step curve reaches the merged objective (see ckptmerge.watch.timeline)",
-            "mlflow": {"tracking_uri": self.tracker.display_uri, "experiment_id": self.tracker.experiment_id,
-                       "run_id": self.run_id},
+            "objective-vs-step curve reaches the merged objective (see ckptmerge.watch.timeline)",
+            "mlflow": {
+                "tracking_uri": self.tracker.display_uri,
+                "experiment_id": self.tracker.experiment_id,
+                "run_id": self.run_id,
+            },
         }
         result = redact_data(result)
         tmp = self.run_dir / f".result.json.{os.getpid()}.tmp"

@@ -3,6 +3,7 @@
 Rank 0 runs the action itself (searcher, MLflow, writing, registry) and sends each step that needs
 every rank; this loop carries those steps out on this rank's partition until rank 0 says stop.
 """
+
 from __future__ import annotations
 
 import logging

@@ -1,4 +1,5 @@
 """Checkpoint I/O: references (path | repo@revision), lazy tensor reads, the resident model, the writer."""
+
 from __future__ import annotations
 
 from ckptmerge.checkpoints.checkpoint_set import Checkpoint, CheckpointSet

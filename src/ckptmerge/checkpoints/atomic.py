@@ -9,6 +9,7 @@ its own partial folder is removed. A folder we publish records its *owner* (e.g.
 nothing else is ever replaced or removed unless the user set ``overwrite``. Leftover partial folders
 of a process that died on this host are recognised by their name and removed.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -21,15 +22,15 @@ import os
 import shutil
 import socket
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from ckptmerge.errors import CheckpointError
 from ckptmerge.liveness import process_alive
 
 log = logging.getLogger(__name__)
 
-OWNER_FILE = "ckptmerge.json"   # written into every merged folder; its "owner" says who wrote it
+OWNER_FILE = "ckptmerge.json"  # written into every merged folder; its "owner" says who wrote it
 _RENAME_NOREPLACE = 1
 _AT_FDCWD = -100
 
@@ -74,8 +75,10 @@ def refuse_inputs(target: Path, inputs: list[Path], key: str = "merge.output_dir
     for folder in inputs:
         folder = Path(folder).resolve()
         if folder == target or target in folder.parents:
-            raise CheckpointError(f"{key}={target} is {'' if folder == target else 'a folder holding '}the input "
-                                  f"checkpoint {folder}; write the merge somewhere else")
+            raise CheckpointError(
+                f"{key}={target} is {'' if folder == target else 'a folder holding '}the input "
+                f"checkpoint {folder}; write the merge somewhere else"
+            )
 
 
 def _libc_renameat2() -> object | None:
@@ -118,7 +121,7 @@ def _remove_dead_partials(target: Path) -> None:
     """Remove hidden partial folders of ``target`` left by a process of this host that has died."""
     host = socket.gethostname()
     for p in target.parent.glob(_partial_prefix(target) + "*"):
-        parts = p.name[len(_partial_prefix(target)):].rsplit("-", 2)
+        parts = p.name[len(_partial_prefix(target)) :].rsplit("-", 2)
         if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
             continue  # another host's, or a name we did not make
         if process_alive(int(parts[1])):
@@ -128,8 +131,9 @@ def _remove_dead_partials(target: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_folder(target: Path, overwrite: bool = False, owner: str | None = None,
-                  key: str = "merge.output_dir") -> Iterator[Path]:
+def atomic_folder(
+    target: Path, overwrite: bool = False, owner: str | None = None, key: str = "merge.output_dir"
+) -> Iterator[Path]:
     """Yield a temporary folder beside ``target``; on success it becomes ``target``, on error it is removed.
 
     An existing ``target`` is replaced only with ``overwrite`` or when it records ``owner``; otherwise
@@ -138,8 +142,9 @@ def atomic_folder(target: Path, overwrite: bool = False, owner: str | None = Non
     target = Path(target).resolve()
     check_target(target, overwrite, key, owner)
     _remove_dead_partials(target)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{_partial_prefix(target)}{socket.gethostname()}-{os.getpid()}-",
-                                dir=target.parent))
+    tmp = Path(
+        tempfile.mkdtemp(prefix=f"{_partial_prefix(target)}{socket.gethostname()}-{os.getpid()}-", dir=target.parent)
+    )
     try:
         yield tmp
         replace = target.exists() and (overwrite or (owner is not None and folder_owner(target) == owner))
@@ -157,8 +162,10 @@ def atomic_folder(target: Path, overwrite: bool = False, owner: str | None = Non
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if e.errno in (errno.ENOSPC, errno.EDQUOT):  # the disk filled up while we wrote: say so in one line
-            raise CheckpointError(f"{key}={target}: the disk filled up while writing ({e.strerror}); nothing was "
-                                  "written, the partial folder is removed") from None
+            raise CheckpointError(
+                f"{key}={target}: the disk filled up while writing ({e.strerror}); nothing was "
+                "written, the partial folder is removed"
+            ) from None
         raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

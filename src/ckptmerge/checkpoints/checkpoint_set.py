@@ -1,12 +1,13 @@
 """The ordered checkpoints of one search (oldest → newest), checked to be mergeable before anything runs."""
+
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from ckptmerge.checkpoints.reader import CheckpointReader, TensorMeta
 from ckptmerge.checkpoints.refs import CheckpointRef, parse_ref, resolve, unique_names
@@ -79,7 +80,7 @@ class CheckpointSet:
         self._check_compatible()
 
     @classmethod
-    def from_refs(cls, texts: Sequence[str], trust_remote_code: bool = False) -> "CheckpointSet":
+    def from_refs(cls, texts: Sequence[str], trust_remote_code: bool = False) -> CheckpointSet:
         refs = [parse_ref(t) for t in texts]
         names = unique_names(refs)
         out = []
@@ -135,7 +136,8 @@ class CheckpointSet:
                 o = meta[key]
                 if o.shape != m.shape:
                     raise CheckpointError(
-                        f"checkpoints {base.name} and {c.name} differ in shape of {key}: {list(m.shape)} vs {list(o.shape)}"
+                        f"checkpoints {base.name} and {c.name} differ in shape of {key}: {list(m.shape)} vs "
+                        f"{list(o.shape)}"
                     )
                 if o.dtype != m.dtype:
                     raise CheckpointError(

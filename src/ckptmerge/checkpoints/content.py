@@ -16,6 +16,7 @@ memory stays flat whatever the size). The pass keeps one sum per chunk: finite s
 values, and the sums are a cheap content digest, confirmed byte for byte before two checkpoints are
 called the same.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -44,7 +45,14 @@ NEWEST_ONLY = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, t
 
 # Files that carry a vocabulary. tokenizer_config.json alone does not: without one of these,
 # transformers builds a two-token tokenizer and every text scores 0 bits per byte.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model", "sentencepiece.bpe.model")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
 # Every file that can change what the loaded tokenizer does: identical bytes, identical tokenizer.
 _TOKENIZER_SIDE = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "merges.txt")
 # Fewer tokens than this is not a language model's vocabulary (a byte-level one has 256 and more).
@@ -93,8 +101,12 @@ def check_dtypes(cset: CheckpointSet) -> None:
             )
     fixed = [k for k, m in meta.items() if m.dtype in NEWEST_ONLY]
     if fixed:
-        log.info("%d integer/bool tensors are not averaged: every merge takes them from the newest checkpoint %s (%s)",
-                 len(fixed), cset.newest.name, ", ".join(fixed[:3]) + (", ..." if len(fixed) > 3 else ""))
+        log.info(
+            "%d integer/bool tensors are not averaged: every merge takes them from the newest checkpoint %s (%s)",
+            len(fixed),
+            cset.newest.name,
+            ", ".join(fixed[:3]) + (", ..." if len(fixed) > 3 else ""),
+        )
 
 
 def _same_folder(a: Path, b: Path) -> bool:
@@ -118,8 +130,10 @@ def check_distinct_folders(cset: CheckpointSet) -> None:
 
 def _order_hint(cset: CheckpointSet, steps: list[int]) -> str:
     shown = ", ".join(f"{c.name} (step {s})" for c, s in zip(cset.checkpoints, steps))
-    return (f"checkpoints are not oldest first: {shown}; the last one is taken as the newest. List them "
-            "oldest first, or set model.order=given to merge them in the given order")
+    return (
+        f"checkpoints are not oldest first: {shown}; the last one is taken as the newest. List them "
+        "oldest first, or set model.order=given to merge them in the given order"
+    )
 
 
 def training_steps(cset: CheckpointSet) -> list[int] | None:
@@ -127,8 +141,11 @@ def training_steps(cset: CheckpointSet) -> list[int] | None:
     steps = [training_step(c) for c in cset.checkpoints]
     if any(s is None for s in steps):
         unknown = [c.name for c, s in zip(cset.checkpoints, steps) if s is None]
-        log.info("Training step unknown for %s (no stepN/checkpoint-N/global_stepN/iter_N name, no trainer_state.json): "
-                 "the order oldest→newest is taken as given", ", ".join(unknown))
+        log.info(
+            "Training step unknown for %s (no stepN/checkpoint-N/global_stepN/iter_N name, no trainer_state.json): "
+            "the order oldest→newest is taken as given",
+            ", ".join(unknown),
+        )
         return None
     return steps  # type: ignore[return-value]
 
@@ -143,8 +160,10 @@ def check_order(cset: CheckpointSet, steps: list[int] | None, allow_equal: bool)
         if b < a:
             raise CheckpointError(_order_hint(cset, steps))
         if b == a and not allow_equal:
-            raise CheckpointError(f"checkpoints {cs[i].name} and {cs[i + 1].name} are both at training step {a}, so "
-                                  "which is newer is unknown; set model.order=given to merge them in the given order")
+            raise CheckpointError(
+                f"checkpoints {cs[i].name} and {cs[i + 1].name} are both at training step {a}, so "
+                "which is newer is unknown; set model.order=given to merge them in the given order"
+            )
 
 
 # -- tokenizers --------------------------------------------------------------------------------
@@ -176,6 +195,7 @@ def check_tokenizers(cset: CheckpointSet, required: bool = True) -> None:
         log.warning("No checkpoint has tokenizer files: the merged folder gets weights and config only")
         return
     from transformers import AutoTokenizer  # only here: a weights-only merge never imports transformers
+
     files = {c.name: _tokenizer_files(c.folder) for c in cset.checkpoints}
     for c in cset.checkpoints:  # every checkpoint's files first: a missing one is the likelier mistake
         if not files[c.name]:
@@ -196,24 +216,29 @@ def check_tokenizers(cset: CheckpointSet, required: bool = True) -> None:
                 raise CheckpointError(f"checkpoint {_label(c)}: its tokenizer cannot be loaded ({msg})") from None
         n, vocab = loaded[key]
         if n < MIN_VOCAB:
-            raise CheckpointError(f"checkpoint {_label(c)}: its tokenizer has only {n} tokens; the tokenizer files in "
-                                  f"{c.folder} are incomplete")
+            raise CheckpointError(
+                f"checkpoint {_label(c)}: its tokenizer has only {n} tokens; the tokenizer files in "
+                f"{c.folder} are incomplete"
+            )
         size = _config_vocab_size(c.config)
         if size is not None and n > size:
-            raise CheckpointError(f"checkpoint {_label(c)}: its tokenizer has {n} tokens but config.json vocab_size is "
-                                  f"{size}; token ids past {size - 1} have no embedding (a tokenizer from another model?)")
+            raise CheckpointError(
+                f"checkpoint {_label(c)}: its tokenizer has {n} tokens but config.json vocab_size is "
+                f"{size}; token ids past {size - 1} have no embedding (a tokenizer from another model?)"
+            )
         if first is None:
             first = (c, n, vocab)
         elif vocab != first[2]:
-            raise CheckpointError(f"checkpoints {first[0].name} and {c.name} have different tokenizers "
-                                  f"({first[1]} vs {n} tokens)")
+            raise CheckpointError(
+                f"checkpoints {first[0].name} and {c.name} have different tokenizers ({first[1]} vs {n} tokens)"
+            )
 
 
 # -- the streamed pass -------------------------------------------------------------------------
 def _chunks(c: Checkpoint, key: str) -> Iterator[torch.Tensor]:
     flat = c.reader.get(key).reshape(-1)
     for s in range(0, flat.numel(), CHUNK_ELEMS):
-        yield flat[s:s + CHUNK_ELEMS]
+        yield flat[s : s + CHUNK_ELEMS]
 
 
 def _identical(a: Checkpoint, b: Checkpoint, keys: list[str]) -> bool:
@@ -263,14 +288,22 @@ def scan(cset: CheckpointSet, allow_nonfinite: bool, nonfinite_hint: str) -> lis
             kept.append(key)
             continue
         if allow_nonfinite:
-            log.warning("Checkpoint %s has NaN or Inf in tensor %s; merged as it is (merge.allow_nonfinite=true)",
-                        bad[0].name, key)
+            log.warning(
+                "Checkpoint %s has NaN or Inf in tensor %s; merged as it is (merge.allow_nonfinite=true)",
+                bad[0].name,
+                key,
+            )
             continue
-        raise CheckpointError(f"checkpoint {_label(bad[0])} has NaN or Inf in tensor {key}: every merge that gives "
-                              f"it weight is NaN there{nonfinite_hint}")
+        raise CheckpointError(
+            f"checkpoint {_label(bad[0])} has NaN or Inf in tensor {key}: every merge that gives "
+            f"it weight is NaN there{nonfinite_hint}"
+        )
     if kept:
-        log.info("%d tensors hold the same NaN/Inf in every checkpoint (constant buffers, merged as they are): %s",
-                 len(kept), kept[:3])
+        log.info(
+            "%d tensors hold the same NaN/Inf in every checkpoint (constant buffers, merged as they are): %s",
+            len(kept),
+            kept[:3],
+        )
     return [h.hexdigest() for h in digests]
 
 
@@ -286,8 +319,14 @@ def check_distinct_content(cset: CheckpointSet, digests: list[str]) -> None:
                 )
 
 
-def check_content(cset: CheckpointSet, *, order: str = "check", allow_nonfinite: bool = False,
-                  nonfinite_hint: str = "", tokenizer_required: bool = True) -> None:
+def check_content(
+    cset: CheckpointSet,
+    *,
+    order: str = "check",
+    allow_nonfinite: bool = False,
+    nonfinite_hint: str = "",
+    tokenizer_required: bool = True,
+) -> None:
     """All content checks, cheapest first; the first problem ends the run with one line.
 
     ``order``: ``check`` refuses checkpoints whose known training steps do not increase oldest → newest;
@@ -305,5 +344,8 @@ def check_content(cset: CheckpointSet, *, order: str = "check", allow_nonfinite:
     digests = scan(cset, allow_nonfinite, nonfinite_hint)
     check_distinct_content(cset, digests)
     check_order(cset, steps, allow_equal=False)
-    log.info("Checked the content of %d checkpoints: mergeable dtypes, tokenizers, finite and distinct weights%s",
-             len(cset), ", oldest first" if steps else "")
+    log.info(
+        "Checked the content of %d checkpoints: mergeable dtypes, tokenizers, finite and distinct weights%s",
+        len(cset),
+        ", oldest first" if steps else "",
+    )

@@ -4,12 +4,13 @@ Shapes and dtypes are known from the inputs' metadata, so the whole output can b
 each shard's header is final before its first byte of data is written, and every tensor (or chunk of
 one) is written straight to its offset. Nothing ever has to hold a shard in memory.
 """
+
 from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import torch
 
@@ -64,8 +65,12 @@ def _group(meta: Mapping[str, TensorMeta], dtypes: Mapping[str, torch.dtype], sh
     return groups
 
 
-def plan_shards(meta: Mapping[str, TensorMeta], dtypes: Mapping[str, torch.dtype], shard_bytes: int,
-                metadata: Mapping[str, str] | None = None) -> list[Shard]:
+def plan_shards(
+    meta: Mapping[str, TensorMeta],
+    dtypes: Mapping[str, torch.dtype],
+    shard_bytes: int,
+    metadata: Mapping[str, str] | None = None,
+) -> list[Shard]:
     """Lay out the output: shard files of at most ``shard_bytes`` of data each, with final headers.
 
     Within a shard, tensors are ordered by element size, largest first (as safetensors itself does),
@@ -78,9 +83,11 @@ def plan_shards(meta: Mapping[str, TensorMeta], dtypes: Mapping[str, torch.dtype
         if dtype not in ST_NAMES:
             raise CheckpointError(f"tensor {key} has dtype {dtype}, which safetensors cannot store")
     groups = _group(meta, dtypes, shard_bytes)
-    names = [SAFE_SINGLE] if len(groups) == 1 else [
-        f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))
-    ]
+    names = (
+        [SAFE_SINGLE]
+        if len(groups) == 1
+        else [f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))]
+    )
     shards = []
     for i, (name, keys) in enumerate(zip(names, groups)):
         ordered = sorted(keys, key=lambda k: (-_itemsize(dtypes[k]), k))
@@ -89,7 +96,11 @@ def plan_shards(meta: Mapping[str, TensorMeta], dtypes: Mapping[str, torch.dtype
         spans = []
         for key in ordered:
             n = TensorMeta(meta[key].shape, dtypes[key]).nbytes
-            entries[key] = {"dtype": ST_NAMES[dtypes[key]], "shape": list(meta[key].shape), "data_offsets": [pos, pos + n]}
+            entries[key] = {
+                "dtype": ST_NAMES[dtypes[key]],
+                "shape": list(meta[key].shape),
+                "data_offsets": [pos, pos + n],
+            }
             spans.append((key, pos, n))
             pos += n
         text = json.dumps(entries, separators=(",", ":")).encode()

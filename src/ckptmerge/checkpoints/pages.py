@@ -10,6 +10,7 @@ the kernel's page cache, only our page-table entries go.
 Only ever call these on tensors that view a *file* mapping (``CheckpointReader.get`` returns such
 views): ``MADV_DONTNEED`` on anonymous memory would zero it. :func:`is_file_mapped` is the guard.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -18,7 +19,7 @@ import logging
 import mmap
 import os
 import sys
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 
@@ -96,7 +97,7 @@ def populate(tensors: Iterable[torch.Tensor]) -> None:
         # Touch one byte per page: the fault reads it (and its neighbours) into the mapping.
         flat = t.reshape(-1).view(torch.uint8)
         if flat.numel():
-            int(flat[:: PAGE].sum())
+            int(flat[::PAGE].sum())
 
 
 def release(tensors: Iterable[torch.Tensor]) -> None:

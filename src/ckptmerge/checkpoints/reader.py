@@ -7,6 +7,7 @@ maps are private (copy-on-write): writing into a view can never change the file.
 are loaded with ``weights_only=True`` and ``mmap=True``: no pickle code runs and no tensor data is
 copied into memory. Metadata (names, shapes, dtypes) never touches tensor data.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,9 +16,9 @@ import mmap
 import pickle
 import struct
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -32,9 +33,18 @@ BIN_SINGLE = "pytorch_model.bin"
 BIN_INDEX = "pytorch_model.bin.index.json"
 
 _ST_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool, "F8_E4M3": getattr(torch, "float8_e4m3fn", None), "F8_E5M2": getattr(torch, "float8_e5m2", None),
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": getattr(torch, "float8_e4m3fn", None),
+    "F8_E5M2": getattr(torch, "float8_e5m2", None),
 }
 # torch dtype -> safetensors name, for the writer's headers.
 ST_NAMES = {v: k for k, v in _ST_DTYPES.items() if v is not None}
@@ -129,7 +139,9 @@ class CheckpointReader:
         meta = TensorMeta(tuple(int(d) for d in info["shape"]), dtype)
         start, end = (int(x) for x in info["data_offsets"])
         if end - start != meta.nbytes:
-            raise CheckpointError(f"{file}: tensor {key} spans {end - start} bytes, its shape and dtype need {meta.nbytes}")
+            raise CheckpointError(
+                f"{file}: tensor {key} spans {end - start} bytes, its shape and dtype need {meta.nbytes}"
+            )
         self._meta[key] = meta
         self._loc[key] = _Loc(file, data_start + start, data_start + end)
         self._key_to_file.setdefault(key, file)
@@ -148,9 +160,7 @@ class CheckpointReader:
             return "bin", self._from_index(f / BIN_INDEX)
         if (f / BIN_SINGLE).is_file():
             return "bin", {}
-        raise CheckpointError(
-            f"no weights in {f}: expected {SAFE_SINGLE}, {SAFE_INDEX}, {BIN_SINGLE} or {BIN_INDEX}"
-        )
+        raise CheckpointError(f"no weights in {f}: expected {SAFE_SINGLE}, {SAFE_INDEX}, {BIN_SINGLE} or {BIN_INDEX}")
 
     def _from_index(self, index: Path) -> dict[str, Path]:
         try:

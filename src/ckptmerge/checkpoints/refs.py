@@ -3,6 +3,7 @@
 Hub checkpoints download only weights, config and tokenizer files into the standard hub cache
 (``huggingface_hub.snapshot_download``); with ``HF_HUB_OFFLINE=1`` they load from that cache.
 """
+
 from __future__ import annotations
 
 import logging

@@ -6,10 +6,12 @@ shares and can evict, not k models of anonymous memory. A trial opens and reads 
 merge math from those views into the existing parameter storage, a cache-sized chunk at a time. (On
 a GPU the sources are copied to the device where they fit, and merged there.)
 """
+
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -46,8 +48,11 @@ def resolve_dtype(name: str, cset: CheckpointSet, device: str) -> torch.dtype:
     return dtype
 
 
-def pair_tensor_names(file_shapes: Mapping[str, tuple[int, ...]], model_shapes: Mapping[str, tuple[int, ...]],
-                      same_values: Callable[[str, str], bool] | None = None) -> dict[str, str]:
+def pair_tensor_names(
+    file_shapes: Mapping[str, tuple[int, ...]],
+    model_shapes: Mapping[str, tuple[int, ...]],
+    same_values: Callable[[str, str], bool] | None = None,
+) -> dict[str, str]:
     """Checkpoint tensor name → model tensor name: the same name, else a free model tensor of that shape
     (and, given ``same_values(file_key, model_key)``, holding exactly its values), name similarity
     breaking ties, e.g. GPT-NeoX's ``embed_out`` is ``lm_head`` in transformers 5. A file tensor with
@@ -57,7 +62,11 @@ def pair_tensor_names(file_shapes: Mapping[str, tuple[int, ...]], model_shapes: 
     mapping = {k: k for k in file_shapes if k in model_shapes}
     free = [k for k in model_shapes if k not in mapping]
     for key in (k for k in file_shapes if k not in mapping):
-        same = [m for m in free if model_shapes[m] == tuple(file_shapes[key]) and (same_values is None or same_values(key, m))]
+        same = [
+            m
+            for m in free
+            if model_shapes[m] == tuple(file_shapes[key]) and (same_values is None or same_values(key, m))
+        ]
         if not same:
             continue
         best = max(same, key=lambda m: difflib.SequenceMatcher(None, m, key).ratio())
@@ -109,8 +118,12 @@ class ResidentModel:
         state = self.model.state_dict()
         newest = self.cset.newest.reader
         return pair_tensor_names(
-            {k: m.shape for k, m in self.cset.meta().items()}, {k: tuple(v.shape) for k, v in state.items()},
-            same_values=lambda key, model_key: torch.equal(state[model_key].cpu(), newest.get(key).to(state[model_key].dtype)))
+            {k: m.shape for k, m in self.cset.meta().items()},
+            {k: tuple(v.shape) for k, v in state.items()},
+            same_values=lambda key, model_key: torch.equal(
+                state[model_key].cpu(), newest.get(key).to(state[model_key].dtype)
+            ),
+        )
 
     def _to_device(self, srcs: list[torch.Tensor], key: str) -> list[torch.Tensor]:
         """Sources on the model's device where they fit; else left mapped on the CPU (merged from there)."""
@@ -137,7 +150,9 @@ class ResidentModel:
             if dest.data_ptr() in covered:  # tied weights: merge the shared storage once
                 continue
             if tuple(dest.shape) != meta[key].shape:
-                raise CheckpointError(f"model tensor {model_key} has shape {list(dest.shape)}, checkpoint has {list(meta[key].shape)}")
+                raise CheckpointError(
+                    f"model tensor {model_key} has shape {list(dest.shape)}, checkpoint has {list(meta[key].shape)}"
+                )
             covered.add(dest.data_ptr())
             srcs = self._to_device([c.reader.get(key) for c in self.cset.checkpoints], key)
             targets.append((model_key, dest, srcs))
@@ -177,8 +192,12 @@ class ResidentModel:
                 # Elementwise math, so merging matching flat chunks is the same merge, at cache speed.
                 flat, flats = dest.view(-1), [s.reshape(-1) for s in srcs]
                 for a in range(0, flat.numel(), CHUNK_ELEMS):
-                    linear_merge_into(flat[a:a + CHUNK_ELEMS], [f[a:a + CHUNK_ELEMS] for f in flats], weights,
-                                      scratch=self._scratch())
+                    linear_merge_into(
+                        flat[a : a + CHUNK_ELEMS],
+                        [f[a : a + CHUNK_ELEMS] for f in flats],
+                        weights,
+                        scratch=self._scratch(),
+                    )
         self.weights = tuple(float(w) for w in weights)
 
     def _scratch(self) -> torch.Tensor:

@@ -17,6 +17,7 @@ Torch ops and the I/O syscalls release the GIL, so the stages run in parallel. P
 budgets plus one chunk of temporaries (plus, for a method that is not elementwise, its largest
 tensor), whatever the model size.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,9 +26,10 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -156,10 +158,19 @@ class _BufferPool:
 class MergeStream:
     """One streaming merge of ``sources`` into the planned ``shards`` inside ``folder``."""
 
-    def __init__(self, sources: Sequence[CheckpointReader], weights: Sequence[float],
-                 merge_fn: Callable[..., torch.Tensor], shards: Sequence[Shard], folder: Path, *,
-                 chunk_elems: int = DEFAULT_CHUNK_ELEMS, prefetch_bytes: int = DEFAULT_PREFETCH_BYTES,
-                 write_bytes: int = DEFAULT_WRITE_BYTES, progress: Any = None) -> None:
+    def __init__(
+        self,
+        sources: Sequence[CheckpointReader],
+        weights: Sequence[float],
+        merge_fn: Callable[..., torch.Tensor],
+        shards: Sequence[Shard],
+        folder: Path,
+        *,
+        chunk_elems: int = DEFAULT_CHUNK_ELEMS,
+        prefetch_bytes: int = DEFAULT_PREFETCH_BYTES,
+        write_bytes: int = DEFAULT_WRITE_BYTES,
+        progress: Any = None,
+    ) -> None:
         self.sources, self.weights, self.fn = list(sources), list(weights), merge_fn
         self.shards, self.folder = list(shards), Path(folder)
         self.elementwise = is_elementwise(merge_fn)
@@ -208,7 +219,9 @@ class MergeStream:
                     views = [r.get(p.key) for r in self.sources]
                     for r, v in zip(self.sources, views):
                         if tuple(v.shape) != p.shape:
-                            raise CheckpointError(f"{r.folder}: tensor {p.key} has shape {list(v.shape)}, expected {list(p.shape)}")
+                            raise CheckpointError(
+                                f"{r.folder}: tensor {p.key} has shape {list(v.shape)}, expected {list(p.shape)}"
+                            )
                     # An elementwise method sees flat 1-D chunks; any other method whole tensors.
                     flats = [v.reshape(-1) for v in views] if self.elementwise else views
                     for s, e in self._units(p):
@@ -234,7 +247,9 @@ class MergeStream:
         if not isinstance(out, torch.Tensor):
             raise CheckpointError(f"merge method returned {type(out).__name__} for tensor {p.key}, not a tensor")
         if out.numel() != e - s or (not self.elementwise and tuple(out.shape) != p.shape):
-            raise CheckpointError(f"merge method returned shape {list(out.shape)} for tensor {p.key}, expected {list(p.shape)}")
+            raise CheckpointError(
+                f"merge method returned shape {list(out.shape)} for tensor {p.key}, expected {list(p.shape)}"
+            )
         out = out.to(device="cpu", dtype=p.dtype).reshape(-1).contiguous()
         if not all_finite(out):
             if not self._inherited(out, parts):
@@ -302,7 +317,9 @@ class MergeStream:
             try:
                 self._open_shards()
             except OSError as e:
-                raise CheckpointError(f"cannot create the merged checkpoint in {self.folder} ({e.strerror or e})") from None
+                raise CheckpointError(
+                    f"cannot create the merged checkpoint in {self.folder} ({e.strerror or e})"
+                ) from None
             reader.start()
             writer.start()
             with torch.no_grad(), torch_threads(threads):

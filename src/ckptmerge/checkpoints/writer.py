@@ -2,18 +2,20 @@
 then renamed into place.
 
 A failed or interrupted merge leaves at most a hidden ``.NAME.partial-*`` folder, never a half-written
-target; an existing target is never replaced unless ``overwrite`` is set or it is the same owner's. (Like ``save_pretrained``
+target; an existing target is never replaced unless ``overwrite`` is set or it is the same owner's.
+(Like ``save_pretrained``
 and ``cp``, nothing is fsync'ed unless asked: the guarantee is against errors and crashes of this
 process, not against power loss, unless ``fsync=True``.)
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import os
 import shutil
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Collection, Mapping, Sequence
 
 import torch
 
@@ -22,7 +24,12 @@ from ckptmerge.checkpoints.atomic import atomic_folder
 from ckptmerge.checkpoints.layout import SAFE_INDEX, index_json, plan_shards
 from ckptmerge.checkpoints.reader import CheckpointReader, TensorMeta
 from ckptmerge.checkpoints.stream import (
-    DEFAULT_CHUNK_ELEMS, DEFAULT_PREFETCH_BYTES, DEFAULT_WRITE_BYTES, MergeStream, StreamStats, all_finite,
+    DEFAULT_CHUNK_ELEMS,
+    DEFAULT_PREFETCH_BYTES,
+    DEFAULT_WRITE_BYTES,
+    MergeStream,
+    StreamStats,
+    all_finite,
 )
 from ckptmerge.errors import CheckpointError
 
@@ -45,12 +52,18 @@ def verify_layout(folder: Path, expected: Mapping[str, TensorMeta]) -> Checkpoin
     for key, m in expected.items():
         got = meta[key]
         if got.shape != m.shape or got.dtype != m.dtype:
-            raise CheckpointError(f"written tensor {key} is {list(got.shape)} {got.dtype}, expected {list(m.shape)} {m.dtype}")
+            raise CheckpointError(
+                f"written tensor {key} is {list(got.shape)} {got.dtype}, expected {list(m.shape)} {m.dtype}"
+            )
     return reader
 
 
-def verify_folder(folder: Path, expected: Mapping[str, TensorMeta], allow_nonfinite: Collection[str] = (),
-                  chunk_elems: int = DEFAULT_CHUNK_ELEMS) -> None:
+def verify_folder(
+    folder: Path,
+    expected: Mapping[str, TensorMeta],
+    allow_nonfinite: Collection[str] = (),
+    chunk_elems: int = DEFAULT_CHUNK_ELEMS,
+) -> None:
     """Every expected tensor present with its shape and dtype, and no NaN or Inf anywhere.
 
     The data is read back through memory maps, a chunk at a time, dropping each chunk's pages after
@@ -63,7 +76,7 @@ def verify_folder(folder: Path, expected: Mapping[str, TensorMeta], allow_nonfin
             continue
         flat = reader.get(key).reshape(-1)
         for s in range(0, flat.numel(), chunk_elems):
-            part = flat[s:s + chunk_elems]
+            part = flat[s : s + chunk_elems]
             ok = all_finite(part)
             pages.release([part])
             if not ok:
@@ -73,8 +86,16 @@ def verify_folder(folder: Path, expected: Mapping[str, TensorMeta], allow_nonfin
 
 # Files of a source checkpoint that a merged folder needs besides the weights.
 _SIDE_FILES = (
-    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-    "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json", "chat_template.jinja",
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "added_tokens.json",
+    "chat_template.jinja",
 )
 
 
@@ -90,7 +111,9 @@ def _check_sources(sources: Sequence[CheckpointReader], weights: Sequence[float]
             if o is None:
                 raise CheckpointError(f"{r.folder} lacks tensor {key}")
             if o.shape != m.shape or o.dtype != m.dtype:
-                raise CheckpointError(f"{r.folder}: tensor {key} is {list(o.shape)} {o.dtype}, newest has {list(m.shape)} {m.dtype}")
+                raise CheckpointError(
+                    f"{r.folder}: tensor {key} is {list(o.shape)} {o.dtype}, newest has {list(m.shape)} {m.dtype}"
+                )
     return meta
 
 
@@ -109,7 +132,9 @@ def check_space(folder: Path, need: int) -> None:
     folder = Path(folder)
     free = shutil.disk_usage(folder if folder.exists() else folder.parent).free
     if free < need + (64 << 20):
-        raise CheckpointError(f"not enough disk space in {folder.parent}: the merge needs {need / 1e9:.2f} GB, {free / 1e9:.2f} GB free")
+        raise CheckpointError(
+            f"not enough disk space in {folder.parent}: the merge needs {need / 1e9:.2f} GB, {free / 1e9:.2f} GB free"
+        )
 
 
 def _copy_side_files(side_folder: Path, tmp: Path, out_dtype: torch.dtype | None) -> None:
@@ -163,16 +188,34 @@ def write_merged(
     from ckptmerge.progress import interactive
 
     meta = _check_sources(sources, weights)
-    dtypes = {k: (out_dtype if (out_dtype is not None and m.dtype.is_floating_point) else m.dtype) for k, m in meta.items()}
+    dtypes = {
+        k: (out_dtype if (out_dtype is not None and m.dtype.is_floating_point) else m.dtype) for k, m in meta.items()
+    }
     expected = {k: TensorMeta(m.shape, dtypes[k]) for k, m in meta.items()}
     shards = plan_shards(meta, dtypes, shard_bytes)
     total = sum(p.nbytes for s in shards for p in s.tensors)
     with atomic_folder(target, overwrite=overwrite, owner=owner) as tmp:
         check_space(tmp, sum(s.size for s in shards))
-        bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="merge", disable=not progress or not interactive())
+        bar = tqdm(
+            total=total,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc="merge",
+            disable=not progress or not interactive(),
+        )
         try:
-            result = MergeStream(sources, weights, merge_fn, shards, tmp, chunk_elems=chunk_elems,
-                                 prefetch_bytes=prefetch_bytes, write_bytes=write_bytes, progress=bar).run(threads)
+            result = MergeStream(
+                sources,
+                weights,
+                merge_fn,
+                shards,
+                tmp,
+                chunk_elems=chunk_elems,
+                prefetch_bytes=prefetch_bytes,
+                write_bytes=write_bytes,
+                progress=bar,
+            ).run(threads)
         finally:
             bar.close()
         index = index_json(shards)
@@ -186,13 +229,18 @@ def write_merged(
         else:
             verify_layout(tmp, expected).close()
         if result.inherited_nonfinite:
-            log.warning("%d tensors carry NaN/Inf from the sources themselves (kept as they are): %s",
-                        len(result.inherited_nonfinite), result.inherited_nonfinite[:3])
+            log.warning(
+                "%d tensors carry NaN/Inf from the sources themselves (kept as they are): %s",
+                len(result.inherited_nonfinite),
+                result.inherited_nonfinite[:3],
+            )
         if fsync:
             _fsync_folder(tmp)
     if stats is not None:
         stats.__dict__.update(result.__dict__)
-    log.info("Wrote merged checkpoint %s (%d shard(s), %.2f GB in %.1f s)", target, len(shards), total / 1e9, result.seconds)
+    log.info(
+        "Wrote merged checkpoint %s (%d shard(s), %.2f GB in %.1f s)", target, len(shards), total / 1e9, result.seconds
+    )
     return Path(target).resolve()
 
 

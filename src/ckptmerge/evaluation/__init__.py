@@ -1,4 +1,5 @@
 """Evaluation through lm-evaluation-harness: the task suite adapter and the objective."""
+
 from __future__ import annotations
 
 from ckptmerge.evaluation.harness import TaskInfo, TaskSuite, make_lm, metric_name

@@ -8,11 +8,13 @@ per byte, byte and word perplexity). Both fit one shape: a numerator and a denom
 aggregation is neither (F1, BLEU, ...) keeps its per-document items and lm-eval's own aggregation
 function, which the bootstrap then calls on each resample (slower, but exact).
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -31,11 +33,11 @@ _FROM_SUMS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
 class MetricScores:
     """One metric of one task on each document: ``value = aggregate(Σ num, Σ den)``."""
 
-    aggregation: str                      # a key of _FROM_SUMS, or "custom"
-    doc_ids: np.ndarray                   # lm-eval's doc_id per row (same order for every model of a run)
+    aggregation: str  # a key of _FROM_SUMS, or "custom"
+    doc_ids: np.ndarray  # lm-eval's doc_id per row (same order for every model of a run)
     num: np.ndarray
     den: np.ndarray
-    items: list[Any] | None = None        # "custom" only: lm-eval's per-document items
+    items: list[Any] | None = None  # "custom" only: lm-eval's per-document items
     custom: Callable[[list[Any]], float] | None = field(default=None, repr=False)
 
     @property
@@ -60,13 +62,21 @@ class MetricScores:
     def to_json(self) -> dict[str, Any]:
         if self.aggregation == "custom":
             raise ValueError("a custom aggregation keeps lm-eval's items and is not serialised")
-        return {"aggregation": self.aggregation, "doc_ids": self.doc_ids.tolist(), "num": self.num.tolist(),
-                "den": self.den.tolist()}
+        return {
+            "aggregation": self.aggregation,
+            "doc_ids": self.doc_ids.tolist(),
+            "num": self.num.tolist(),
+            "den": self.den.tolist(),
+        }
 
     @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> "MetricScores":
-        return cls(d["aggregation"], np.asarray(d["doc_ids"], dtype=np.int64), np.asarray(d["num"], dtype=float),
-                   np.asarray(d["den"], dtype=float))
+    def from_json(cls, d: Mapping[str, Any]) -> MetricScores:
+        return cls(
+            d["aggregation"],
+            np.asarray(d["doc_ids"], dtype=np.int64),
+            np.asarray(d["num"], dtype=float),
+            np.asarray(d["den"], dtype=float),
+        )
 
 
 # {"TASK/METRIC": MetricScores}: the same names as the flat metrics of harness.metric_name
@@ -78,8 +88,9 @@ def _aggregation_name(fn: Callable[..., Any]) -> str:
     return name if name in _FROM_SUMS else "custom"
 
 
-def from_samples(samples: Mapping[str, list[Mapping[str, Any]]], tasks: Mapping[str, Any],
-                 name_of: Callable[[str, str], str | None]) -> DocScores:
+def from_samples(
+    samples: Mapping[str, list[Mapping[str, Any]]], tasks: Mapping[str, Any], name_of: Callable[[str, str], str | None]
+) -> DocScores:
     """Per-document scores from lm-eval's logged samples (``results["samples"]``).
 
     ``tasks``: lm-eval task objects by name (their ``aggregation()`` says how each metric aggregates);
@@ -105,11 +116,13 @@ def from_samples(samples: Mapping[str, list[Mapping[str, Any]]], tasks: Mapping[
             ids = np.array([i for i, _ in rows], dtype=np.int64)
             values = [v for _, v in rows]
             if agg == "custom":
-                out[name] = MetricScores("custom", ids, np.zeros(len(rows)), np.ones(len(rows)), items=values,
-                                         custom=aggs[metric])
+                out[name] = MetricScores(
+                    "custom", ids, np.zeros(len(rows)), np.ones(len(rows)), items=values, custom=aggs[metric]
+                )
             elif values and isinstance(values[0], (tuple, list)):
-                out[name] = MetricScores(agg, ids, np.array([float(v[0]) for v in values]),
-                                         np.array([float(v[1]) for v in values]))
+                out[name] = MetricScores(
+                    agg, ids, np.array([float(v[0]) for v in values]), np.array([float(v[1]) for v in values])
+                )
             else:
                 out[name] = MetricScores(agg, ids, np.array([float(v) for v in values]), np.ones(len(rows)))
     return out

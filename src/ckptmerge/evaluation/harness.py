@@ -3,13 +3,15 @@
 Tasks are indexed and built once (datasets loaded once); each call runs ``lm_eval.evaluator.evaluate``
 on the model as it is in memory, so a trial never writes the model to disk.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ckptmerge.config import did_you_mean
 from ckptmerge.errors import ConfigError, EvaluationError
@@ -43,9 +45,9 @@ class TaskInfo:
     """What the objective needs to know about one task."""
 
     name: str
-    metrics: tuple[str, ...]              # metric names the task reports, e.g. ("acc", "acc_norm")
-    higher_is_better: dict[str, bool]     # per metric, from the task's own config
-    split: str                            # the split the task evaluates: "test", "validation", ...
+    metrics: tuple[str, ...]  # metric names the task reports, e.g. ("acc", "acc_norm")
+    higher_is_better: dict[str, bool]  # per metric, from the task's own config
+    split: str  # the split the task evaluates: "test", "validation", ...
 
 
 def _quiet_lm_eval() -> None:
@@ -80,7 +82,10 @@ class TaskSuite:
         try:
             self._task_dict = manager.load(self.names)
         except Exception as e:  # lm-eval raises KeyError/ValueError/dataset errors; keep the first line
-            raise EvaluationError(f"{config_key}: cannot load tasks {self.names}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+            raise EvaluationError(
+                f"{config_key}: cannot load tasks {self.names}: "
+                f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+            ) from None
         self.info = {name: self._info(name) for name in self.names}
         self.samples = self._sample(limit, sample_seed)
 
@@ -111,7 +116,9 @@ class TaskSuite:
         manager = TaskManager(include_path=include_paths or None)
         for t in self.names:
             if t not in manager.all_tasks:
-                raise EvaluationError(f"{self.config_key}: unknown lm-eval task '{t}'{did_you_mean(t, manager.all_tasks)}")
+                raise EvaluationError(
+                    f"{self.config_key}: unknown lm-eval task '{t}'{did_you_mean(t, manager.all_tasks)}"
+                )
         return manager
 
     def _info(self, name: str) -> TaskInfo:
@@ -143,7 +150,9 @@ class TaskSuite:
         from lm_eval.evaluator import evaluate
 
         try:
-            results = evaluate(lm=lm, task_dict=self._task_dict, samples=self.samples, bootstrap_iters=0, log_samples=True)
+            results = evaluate(
+                lm=lm, task_dict=self._task_dict, samples=self.samples, bootstrap_iters=0, log_samples=True
+            )
         except Exception as e:
             raise EvaluationError(f"evaluation of {self.names} failed: {describe_exception(e)}") from e
         scores = from_samples((results or {}).get("samples", {}), self._task_dict["tasks"], metric_name)
@@ -161,8 +170,9 @@ class TaskSuite:
         return flat
 
 
-def make_lm(model: Any, tokenizer: Any, batch_size: int, max_length: int | None, device: str,
-            rank: int = 0, world_size: int = 1) -> Any:
+def make_lm(
+    model: Any, tokenizer: Any, batch_size: int, max_length: int | None, device: str, rank: int = 0, world_size: int = 1
+) -> Any:
     """An lm-eval ``HFLM`` wrapping the live model object (no copy, no disk round trip).
 
     With ``world_size > 1`` (a partitioned model under DeepSpeed) each rank evaluates its share of
@@ -176,8 +186,15 @@ def make_lm(model: Any, tokenizer: Any, batch_size: int, max_length: int | None,
         HFLM = _without_bars(HFLM)  # noqa: N806
     if world_size == 1:
         return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length, device=device)
-    return _data_parallel_lm(HFLM)(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length,
-                                   device=device, rank=rank, world_size=world_size)
+    return _data_parallel_lm(HFLM)(
+        pretrained=model,
+        tokenizer=tokenizer,
+        batch_size=batch_size,
+        max_length=max_length,
+        device=device,
+        rank=rank,
+        world_size=world_size,
+    )
 
 
 def _without_bars(base: type) -> type:
@@ -197,7 +214,9 @@ def _without_bars(base: type) -> type:
         def generate_until(self, requests: Any, disable_tqdm: bool = False) -> Any:
             return super().generate_until(requests, disable_tqdm=True)
 
-        def _loglikelihood_tokens(self, requests: Any, disable_tqdm: bool = False, override_bs: int | None = None) -> Any:
+        def _loglikelihood_tokens(
+            self, requests: Any, disable_tqdm: bool = False, override_bs: int | None = None
+        ) -> Any:
             return super()._loglikelihood_tokens(requests, disable_tqdm=True, override_bs=override_bs)
 
     return QuietHFLM
@@ -243,5 +262,7 @@ def describe_exception(e: BaseException) -> str:
     where = ""
     if frames:
         f = frames[-1]
-        where = f" at {Path(f.filename).parent.name}/{Path(f.filename).name}:{f.lineno} ({(f.line or '').strip()[:120]})"
+        where = (
+            f" at {Path(f.filename).parent.name}/{Path(f.filename).name}:{f.lineno} ({(f.line or '').strip()[:120]})"
+        )
     return f"{type(e).__name__}{': ' + text if text else ''}{where}"

@@ -3,11 +3,12 @@
 A metric whose lm-eval ``higher_is_better`` is false (perplexity, bits per byte) enters with a minus
 sign, so the objective of ``bits_per_byte=1.93`` alone is ``-1.93``.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from ckptmerge.config import did_you_mean
 from ckptmerge.errors import ConfigError, EvaluationError
@@ -76,9 +77,15 @@ def build_objective(
             raise EvaluationError(f"eval.tasks: task '{name}' reports no metric")
         if metric not in info.higher_is_better:
             raise ConfigError(
-                f"eval.metrics.{name}={metric!r} is not a metric of that task{did_you_mean(metric, info.higher_is_better)}"
+                f"eval.metrics.{name}={metric!r} is not a metric of that "
+                f"task{did_you_mean(metric, info.higher_is_better)}"
             )
         terms.append(
-            ObjectiveTerm(task=name, metric=metric, weight=float(weights.get(name, 1.0)), higher_is_better=bool(info.higher_is_better[metric]))
+            ObjectiveTerm(
+                task=name,
+                metric=metric,
+                weight=float(weights.get(name, 1.0)),
+                higher_is_better=bool(info.higher_is_better[metric]),
+            )
         )
     return Objective(tuple(terms))

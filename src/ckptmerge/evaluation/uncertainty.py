@@ -8,11 +8,13 @@ that a *paired* comparison of two models on the same documents sees only the par
 which they differ: much narrower than comparing two independent scores when documents vary in
 difficulty, as they do.
 """
+
 from __future__ import annotations
 
 import zlib
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -40,9 +42,15 @@ class Gain:
         return asdict(self)
 
     def as_metrics(self, prefix: str) -> dict[str, float]:
-        """MLflow metrics: ``PREFIX`` (the value) and ``PREFIX.ci_low``/``.ci_high``/``.p_value``/``.significant`` (1/0)."""
-        return {prefix: self.value, f"{prefix}.ci_low": self.ci_low, f"{prefix}.ci_high": self.ci_high,
-                f"{prefix}.p_value": self.p_value, f"{prefix}.significant": float(self.significant)}
+        """MLflow metrics: ``PREFIX`` (the value) and ``PREFIX.ci_low``/``.ci_high``/``.p_value``/``.significant`` "
+        "(1/0)."""
+        return {
+            prefix: self.value,
+            f"{prefix}.ci_low": self.ci_low,
+            f"{prefix}.ci_high": self.ci_high,
+            f"{prefix}.p_value": self.p_value,
+            f"{prefix}.significant": float(self.significant),
+        }
 
     def describe(self) -> str:
         pct = f"{self.confidence:.0%}"
@@ -70,8 +78,9 @@ class Bootstrap:
     def metric_draws(self, name: str, scores: MetricScores) -> np.ndarray:
         """The metric ``TASK/METRIC`` on every resample."""
         counts = self.counts(name.split("/", 1)[0], scores.n)
-        return np.concatenate([scores.resampled(counts[s:s + _CHUNK].astype(np.float64))
-                               for s in range(0, self.resamples, _CHUNK)])
+        return np.concatenate(
+            [scores.resampled(counts[s : s + _CHUNK].astype(np.float64)) for s in range(0, self.resamples, _CHUNK)]
+        )
 
     def objective_draws(self, objective: Objective, scores: DocScores) -> np.ndarray:
         """The objective on every resample (tasks resampled independently, metrics of a task together)."""
@@ -127,11 +136,15 @@ def _same_documents(name: str, a: MetricScores, b: MetricScores) -> None:
         raise ValueError(f"{name}: the two models were scored on different documents ({a.n} and {b.n})")
 
 
-def gains_by_metric(boot: Bootstrap, higher_is_better: Mapping[str, bool], a: DocScores,
-                    b: DocScores) -> dict[str, Gain]:
+def gains_by_metric(
+    boot: Bootstrap, higher_is_better: Mapping[str, bool], a: DocScores, b: DocScores
+) -> dict[str, Gain]:
     """A paired gain for every metric both were scored on whose direction is known."""
-    return {k: boot.metric_gain(k, higher_is_better[k], a[k], b[k])
-            for k in sorted(set(a) & set(b)) if k in higher_is_better}
+    return {
+        k: boot.metric_gain(k, higher_is_better[k], a[k], b[k])
+        for k in sorted(set(a) & set(b))
+        if k in higher_is_better
+    }
 
 
 def relative_standard_errors(draws: list[np.ndarray | None]) -> list[float | None]:

@@ -10,13 +10,15 @@ group and session. Training never waits for evaluation: the watcher polls the fo
 adjacent pair and exits after ``idle_exit_s`` without a new checkpoint; the next save starts it again
 (the same command continues where the last one stopped, its state is in MLflow).
 """
+
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any, Sequence
+from typing import IO, Any
 
 from transformers import TrainerCallback
 
@@ -33,9 +35,17 @@ class CkptMergeCallback(TrainerCallback):
     ``log_file``: where the watcher's stdout and stderr go (default: ``<output_dir>/ckptmerge-watch.log``).
     """
 
-    def __init__(self, overrides: Sequence[str] = (), idle_exit_s: float = 3600, poll_s: float = 30,
-                 main_py: str | Path | None = None, python: str = sys.executable, cwd: str | Path | None = None,
-                 env: dict[str, str] | None = None, log_file: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        overrides: Sequence[str] = (),
+        idle_exit_s: float = 3600,
+        poll_s: float = 30,
+        main_py: str | Path | None = None,
+        python: str = sys.executable,
+        cwd: str | Path | None = None,
+        env: dict[str, str] | None = None,
+        log_file: str | Path | None = None,
+    ) -> None:
         self.overrides = list(overrides)
         self.idle_exit_s, self.poll_s = idle_exit_s, poll_s
         self.main_py = Path(main_py) if main_py else DEFAULT_MAIN
@@ -46,8 +56,16 @@ class CkptMergeCallback(TrainerCallback):
         self._log: IO[str] | None = None
 
     def command(self, output_dir: str | Path) -> list[str]:
-        return [self.python, str(self.main_py), "action=watch", "model=local", f"watch.dir={Path(output_dir).resolve()}",
-                f"watch.idle_exit_s={self.idle_exit_s}", f"watch.poll_s={self.poll_s}", *self.overrides]
+        return [
+            self.python,
+            str(self.main_py),
+            "action=watch",
+            "model=local",
+            f"watch.dir={Path(output_dir).resolve()}",
+            f"watch.idle_exit_s={self.idle_exit_s}",
+            f"watch.poll_s={self.poll_s}",
+            *self.overrides,
+        ]
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if not state.is_world_process_zero:
@@ -64,8 +82,14 @@ class CkptMergeCallback(TrainerCallback):
             self._log.close()
         self._log = open(log_path, "a")
         # its own session: a Ctrl-C aimed at training does not stop the watcher mid-search
-        self.process = subprocess.Popen(self.command(output_dir), cwd=self.cwd, env=self.env, stdout=self._log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(
+            self.command(output_dir),
+            cwd=self.cwd,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.started += 1
 
     def wait(self, timeout: float | None = None) -> int | None:

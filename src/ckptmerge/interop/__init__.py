@@ -1,4 +1,5 @@
 """What a merged folder says to the tools around ckptmerge: a Hugging Face model card and a mergekit config."""
+
 from __future__ import annotations
 
 import os
@@ -16,8 +17,9 @@ def folder_files(facts: MergeFacts) -> dict[str, str]:
 
     files = {CARD_FILE: model_card(facts)}
     if facts.method == "linear":
-        files[CONFIG_FILE] = mergekit_yaml([c["model"] for c in facts.checkpoints], list(facts.weights.values()),
-                                           facts.out_dtype, facts.in_dtype)
+        files[CONFIG_FILE] = mergekit_yaml(
+            [c["model"] for c in facts.checkpoints], list(facts.weights.values()), facts.out_dtype, facts.in_dtype
+        )
     return files
 
 

@@ -12,23 +12,32 @@ Reading is a strict subset of mergekit's schema, parsed here rather than by merg
 dependency): a linear merge of whole models with one scalar weight each. Anything else (another
 method, slices, per-tensor weights, LoRA ``model+adapter`` references) is refused with one line naming it.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import yaml
 
 from ckptmerge.errors import ConfigError
 
-CONFIG_FILE = "mergekit_config.yml"   # the name mergekit itself gives the config it copies into its output
+CONFIG_FILE = "mergekit_config.yml"  # the name mergekit itself gives the config it copies into its output
 KEY = "merge.mergekit_config"
 # mergekit keys a linear merge of whole models may carry; what they change is handled below.
 # (tokenizer_source is refused: "union" rebuilds the embeddings, which a plain weighted sum does not.)
 _TOP_KEYS = {"merge_method", "models", "parameters", "dtype", "out_dtype", "base_model", "name"}
-_DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "half": "float16",
-           "bfloat16": "bfloat16", "bf16": "bfloat16"}
+_DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+}
 
 
 def mergekit_yaml(models: Sequence[str], weights: Sequence[float], out_dtype: str | None, in_dtype: str | None) -> str:
@@ -45,9 +54,12 @@ def mergekit_yaml(models: Sequence[str], weights: Sequence[float], out_dtype: st
     if out_dtype is not None and out_dtype != in_dtype:
         config["dtype"] = "float32"
         config["out_dtype"] = out_dtype
-    header = ("# The same linear merge for mergekit (https://github.com/arcee-ai/mergekit), written by ckptmerge:\n"
-              "#   mergekit-yaml mergekit_config.yml OUTPUT_DIR\n"
-              "# or, with ckptmerge: python src/main.py action=merge merge.mergekit_config=mergekit_config.yml merge.output_dir=OUTPUT_DIR\n")
+    header = (
+        "# The same linear merge for mergekit (https://github.com/arcee-ai/mergekit), written by ckptmerge:\n"
+        "#   mergekit-yaml mergekit_config.yml OUTPUT_DIR\n"
+        "# or, with ckptmerge: python src/main.py action=merge merge.mergekit_config=mergekit_config.yml "
+        "merge.output_dir=OUTPUT_DIR\n"
+    )
     return header + yaml.safe_dump(config, sort_keys=False)
 
 
@@ -57,7 +69,7 @@ class LinearRecipe:
 
     models: tuple[str, ...]
     weights: tuple[float, ...]
-    dtype: str            # auto | float32 | float16 | bfloat16 (merge.dtype)
+    dtype: str  # auto | float32 | float16 | bfloat16 (merge.dtype)
 
 
 def _dtype(value: Any, key: str) -> str:
@@ -73,13 +85,17 @@ def _weight(params: Any, where: str) -> float | None:
         raise ConfigError(f"{KEY}: {where}.parameters must be a mapping")
     extra = sorted(set(params) - {"weight", "normalize"})
     if extra:
-        raise ConfigError(f"{KEY}: {where}.parameters.{extra[0]} is not supported (a linear merge takes weight and normalize)")
+        raise ConfigError(
+            f"{KEY}: {where}.parameters.{extra[0]} is not supported (a linear merge takes weight and normalize)"
+        )
     w = params.get("weight")
     if w is None:
         return None
     if isinstance(w, bool) or not isinstance(w, (int, float)):
-        raise ConfigError(f"{KEY}: {where}.parameters.weight must be one number for the whole model, got {w!r} "
-                          "(per-tensor weights are not supported)")
+        raise ConfigError(
+            f"{KEY}: {where}.parameters.weight must be one number for the whole model, got {w!r} "
+            "(per-tensor weights are not supported)"
+        )
     return float(w)
 
 
@@ -96,7 +112,9 @@ def read_linear(path: str | Path) -> LinearRecipe:
         raise ConfigError(f"{KEY}={p}: not a mergekit config (expected a mapping with merge_method and models)")
     method = data.get("merge_method")
     if method != "linear":
-        raise ConfigError(f"{KEY}: merge_method={method!r} is not supported; ckptmerge and mergekit share only 'linear'")
+        raise ConfigError(
+            f"{KEY}: merge_method={method!r} is not supported; ckptmerge and mergekit share only 'linear'"
+        )
     extra = sorted(set(data) - _TOP_KEYS)
     if extra:
         raise ConfigError(f"{KEY}: {extra[0]!r} is not supported (only a linear merge of whole models)")

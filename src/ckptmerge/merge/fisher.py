@@ -4,15 +4,20 @@
 ``floor`` is added to every Fisher entry so a parameter no checkpoint's Fisher sees falls back to
 the plain average instead of dividing by zero.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
 
-def fisher_merge(tensors: Sequence[torch.Tensor], fishers: Sequence[torch.Tensor], floor: float = 1e-8,
-                 out_dtype: torch.dtype | None = None) -> torch.Tensor:
+def fisher_merge(
+    tensors: Sequence[torch.Tensor],
+    fishers: Sequence[torch.Tensor],
+    floor: float = 1e-8,
+    out_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
     """Elementwise Fisher-weighted mean of ``tensors`` (fp32 arithmetic, cast to ``out_dtype``)."""
     if len(tensors) != len(fishers) or not tensors:
         raise ValueError(f"{len(tensors)} tensors but {len(fishers)} Fisher estimates")

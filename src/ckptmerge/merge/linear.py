@@ -3,9 +3,10 @@
 Arithmetic runs in fp32 (fp64 when an input is fp64) and is cast back to the output dtype. A
 one-hot weight vector copies the chosen tensor, so λ=1 reproduces the newest checkpoint bit for bit.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -58,8 +59,9 @@ def linear_merge(
 linear_merge.elementwise = True  # type: ignore[attr-defined]
 
 
-def linear_merge_into(dest: torch.Tensor, tensors: Sequence[torch.Tensor], weights: Sequence[float],
-                      scratch: torch.Tensor | None = None) -> None:
+def linear_merge_into(
+    dest: torch.Tensor, tensors: Sequence[torch.Tensor], weights: Sequence[float], scratch: torch.Tensor | None = None
+) -> None:
     """Overwrite ``dest`` in place with ``Σ wᵢ·tᵢ`` (fp32 arithmetic, cast to ``dest.dtype``).
 
     No allocation when ``dest`` has the accumulation dtype (it accumulates in place) or a flat
@@ -82,7 +84,12 @@ def linear_merge_into(dest: torch.Tensor, tensors: Sequence[torch.Tensor], weigh
     acc_dtype = _acc_dtype(tensors)
     if dest.dtype == acc_dtype and dest.is_contiguous():
         acc = dest
-    elif scratch is not None and scratch.dtype == acc_dtype and scratch.numel() >= dest.numel() and scratch.device == dest.device:
+    elif (
+        scratch is not None
+        and scratch.dtype == acc_dtype
+        and scratch.numel() >= dest.numel()
+        and scratch.device == dest.device
+    ):
         acc = scratch[: dest.numel()].view(dest.shape)
     else:
         acc = torch.empty(dest.shape, dtype=acc_dtype, device=dest.device)

@@ -11,10 +11,11 @@ declared with what it needs and whether trials can run it in place:
 Methods that need calibration statistics (Fisher averaging, RegMean) are not functions of the weights
 and tensors alone; they are ``action=compare`` baselines (see ``actions/compare.py``), not searched.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 
@@ -57,8 +58,10 @@ def searchable(name: str) -> MergeMethod:
     """The method a search evaluates and writes with, refused when trials cannot run it in place."""
     m = METHODS.get(name)
     if not m.in_place:
-        raise ConfigError(f"merge.method={name} has no in-place form, so a search cannot evaluate what it would write; "
-                          f"use action=merge for it, or a method with an in-place form ({', '.join(in_place_names())})")
+        raise ConfigError(
+            f"merge.method={name} has no in-place form, so a search cannot evaluate what it would write; "
+            f"use action=merge for it, or a method with an in-place form ({', '.join(in_place_names())})"
+        )
     return m
 
 

@@ -6,9 +6,10 @@ merge minimising ``Σᵢ ‖Xᵢ·Wᵀ − Xᵢ·Wᵢᵀ‖²`` is ``Wᵀ = (Σ�
 per-input-feature weighted average), which keeps the sum well conditioned. Everything that is not a
 linear layer's weight is averaged uniformly.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -19,8 +20,12 @@ def scaled_gram(gram: torch.Tensor, alpha: float) -> torch.Tensor:
     return alpha * g + (1.0 - alpha) * torch.diag(torch.diagonal(g))
 
 
-def regmean_merge(weights: Sequence[torch.Tensor], grams: Sequence[torch.Tensor], alpha: float = 0.9,
-                  out_dtype: torch.dtype | None = None) -> torch.Tensor:
+def regmean_merge(
+    weights: Sequence[torch.Tensor],
+    grams: Sequence[torch.Tensor],
+    alpha: float = 0.9,
+    out_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
     """Merge linear weights ``(out, in)`` given each checkpoint's input Gram ``(in, in)``."""
     if len(weights) != len(grams) or not weights:
         raise ValueError(f"{len(weights)} weights but {len(grams)} Gram matrices")

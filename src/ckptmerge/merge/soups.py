@@ -5,6 +5,7 @@
 * **EMA** along the trajectory: θ ← β·θ + (1−β)·θ_t over the checkpoints in order, which is the linear
   merge with weights ``β^(n-1)`` for the oldest and ``(1−β)·β^(n-1-t)`` for checkpoint ``t > 0``.
 """
+
 from __future__ import annotations
 
 
@@ -36,5 +37,9 @@ def ema_weights(n: int, beta: float) -> list[float]:
 def baseline_weightings(n: int, lawa_k: int, ema_beta: float) -> dict[str, list[float]]:
     """The cheap baselines' weightings of ``n`` checkpoints, newest alone first (the reference of every
     gain): what a warm-started search evaluates before its model proposes anything."""
-    return {"newest": [0.0] * (n - 1) + [1.0], "uniform": uniform_weights(n), "lawa": lawa_weights(n, lawa_k),
-            "ema": ema_weights(n, ema_beta)}
+    return {
+        "newest": [0.0] * (n - 1) + [1.0],
+        "uniform": uniform_weights(n),
+        "lawa": lawa_weights(n, lawa_k),
+        "ema": ema_weights(n, ema_beta),
+    }

@@ -1,4 +1,5 @@
 """Runtime: seeds, threads, devices."""
+
 from __future__ import annotations
 
 from ckptmerge.runtime.seeding import seed_everything

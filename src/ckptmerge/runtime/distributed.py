@@ -6,6 +6,7 @@ weights into your partition, load this written folder, evaluate this suite (lm-e
 results on rank 0), stop. A rank that dies makes the launcher end the others; a collective that
 waits longer than ``runtime.timeout_s`` fails the run instead of hanging it.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -72,20 +73,32 @@ def init(timeout_s: int, threads: int | None = None) -> Ranks:
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(free_port()))
     acc = get_accelerator()
-    deepspeed.init_distributed(dist_backend=acc.communication_backend_name(),
-                               timeout=datetime.timedelta(seconds=timeout_s), verbose=False)
+    deepspeed.init_distributed(
+        dist_backend=acc.communication_backend_name(), timeout=datetime.timedelta(seconds=timeout_s), verbose=False
+    )
     import torch.distributed as dist
 
     local_size = int(os.environ.get("LOCAL_SIZE", os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size())))
-    _ranks = Ranks(rank=dist.get_rank(), world_size=dist.get_world_size(),
-                   local_rank=int(os.environ.get("LOCAL_RANK", "0")), local_size=local_size)
+    _ranks = Ranks(
+        rank=dist.get_rank(),
+        world_size=dist.get_world_size(),
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        local_size=local_size,
+    )
     if acc.device_name() == "cpu":
         # The local ranks share the cores; oversubscribing them slows every rank down.
         torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // max(1, local_size)))
     else:
         acc.set_device(_ranks.local_rank)
-    log.info("Rank %d of %d (local %d of %d) on %s, backend %s", _ranks.rank, _ranks.world_size,
-             _ranks.local_rank, local_size, acc.device_name(), acc.communication_backend_name())
+    log.info(
+        "Rank %d of %d (local %d of %d) on %s, backend %s",
+        _ranks.rank,
+        _ranks.world_size,
+        _ranks.local_rank,
+        local_size,
+        acc.device_name(),
+        acc.communication_backend_name(),
+    )
     return _ranks
 
 

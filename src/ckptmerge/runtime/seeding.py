@@ -1,4 +1,5 @@
 """One seed feeds Python's, NumPy's and torch's generators, so the same config gives the same trials."""
+
 from __future__ import annotations
 
 import random

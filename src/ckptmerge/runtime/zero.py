@@ -7,12 +7,14 @@ every checkpoint tensor (zero-copy views of the memory-mapped files) and writes 
 partition; the first "merge" (the newest checkpoint alone) is the load. Forward passes gather each
 layer's parameters from all ranks as DeepSpeed's hooks need them, and release them after.
 """
+
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -45,7 +47,9 @@ def deepspeed_config(dtype: torch.dtype, override_path: str | None) -> dict[str,
         cfg = _deep_merge(cfg, user)
     stage = cfg.get("zero_optimization", {}).get("stage")
     if stage != 3:
-        raise ConfigError(f"runtime.deepspeed_config sets zero_optimization.stage={stage}; the resident model needs stage 3")
+        raise ConfigError(
+            f"runtime.deepspeed_config sets zero_optimization.stage={stage}; the resident model needs stage 3"
+        )
     return cfg
 
 
@@ -98,8 +102,13 @@ class ZeroResidentModel(ResidentModel):
             raise CheckpointError(f"cannot load checkpoint {newest.ref.text}: {str(e).splitlines()[0]}") from None
         klass = _model_class(config, newest.folder, trust)
         ds_cfg = deepspeed_config(self.dtype, deepspeed_config_path)
-        log.info("Building the resident model from %s partitioned over %d ranks (ZeRO-3, %s, %s)",
-                 newest.name, self.world_size, self.device, self.dtype)
+        log.info(
+            "Building the resident model from %s partitioned over %d ranks (ZeRO-3, %s, %s)",
+            newest.name,
+            self.world_size,
+            self.device,
+            self.dtype,
+        )
         # dtype comes from the config: zero.Init's own dtype argument is ignored on accelerators without
         # fp16 (DeepSpeed 0.19 picks bf16 there), which would round fp32 weights.
         with deepspeed.zero.Init(config_dict_or_path=ds_cfg):
@@ -136,7 +145,9 @@ class ZeroResidentModel(ResidentModel):
                 dest = part.data.narrow(0, 0, n)
             else:  # a buffer the checkpoint carries: whole on every rank
                 dest, start, n = buffers[model_key], 0, buffers[model_key].numel()
-            srcs = self._to_device([self._slice(c.reader, key, start, n, model_key in params) for c in self.cset.checkpoints], key)
+            srcs = self._to_device(
+                [self._slice(c.reader, key, start, n, model_key in params) for c in self.cset.checkpoints], key
+            )
             targets.append((model_key, dest, srcs))
             self._slices.append((key, start, n, model_key in params))
         for name, p in params.items():
@@ -192,7 +203,9 @@ class ZeroResidentModel(ResidentModel):
         self.weights = ()
 
     def apply_fn(self, fn: Callable[[str, list[torch.Tensor]], torch.Tensor]) -> None:
-        raise ConfigError("merges other than linear need runtime=cpu or runtime=cuda (a partitioned model has no whole tensors)")
+        raise ConfigError(
+            "merges other than linear need runtime=cpu or runtime=cuda (a partitioned model has no whole tensors)"
+        )
 
     def state_dict(self) -> dict[str, Any]:
         raise ConfigError("a partitioned model has no state dict on one rank; write the merge from the checkpoints")

@@ -6,10 +6,11 @@ a few evaluations covers it densely where the ``k−1``-dimensional simplex cann
 through *newest alone* at one end of its box, so its gain over the newest checkpoint is always measured
 on a point it evaluates.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from ckptmerge.merge.soups import ema_weights
 from ckptmerge.search.space import SPACES, SearchSpace
@@ -22,7 +23,7 @@ def _positive_fraction(name: str, value: float, top: float = 1.0) -> None:
 
 @dataclass(frozen=True)
 class EmaSettings:
-    beta_max: float = 0.95   # β=1 would keep the oldest checkpoint alone: not an average any more
+    beta_max: float = 0.95  # β=1 would keep the oldest checkpoint alone: not an average any more
 
     def __post_init__(self) -> None:
         _positive_fraction("beta_max", self.beta_max)

@@ -3,10 +3,12 @@
 A searcher proposes points ``u`` of a :class:`~ckptmerge.search.space.SearchSpace` box; for a pair the
 one coordinate is λ ∈ [α, 1], the weight of the newest checkpoint. All searchers evaluate the initial
 points first (λ=α and λ=1 for a pair, as in the paper; a warm start's baselines for other spaces) and
-never propose a point within ``min_distance`` (max-norm) of one already evaluated or failed. ``bo`` is scikit-optimize's Gaussian
+never propose a point within ``min_distance`` (max-norm) of one already evaluated or failed.
+``bo`` is scikit-optimize's Gaussian
 process with ``acq_func="gp_hedge"`` (a hedge over EI, LCB and PI); ``grid`` and ``random`` exist for
 comparison.
 """
+
 from __future__ import annotations
 
 import logging
@@ -59,8 +61,9 @@ class Searcher:
 
     name = "base"
 
-    def __init__(self, cfg: SearchConfig, space: SearchSpace | None = None,
-                 initial: list[Proposal] | None = None) -> None:
+    def __init__(
+        self, cfg: SearchConfig, space: SearchSpace | None = None, initial: list[Proposal] | None = None
+    ) -> None:
         self.space = space or PairSpace(2, float(cfg.alpha))
         self.alpha = float(cfg.alpha)
         self.bounds = self.space.bounds()
@@ -117,8 +120,9 @@ class Searcher:
         d = np.abs(cands[:, None, :] - np.array(seen)[None, :, :]).max(axis=2).min(axis=1)
         best = int(np.argmax(d))
         if d[best] < self.min_distance:
-            raise SearchExhausted(f"no point is left at least search.min_distance={self.min_distance:g} from every "
-                                  f"evaluated one")
+            raise SearchExhausted(
+                f"no point is left at least search.min_distance={self.min_distance:g} from every evaluated one"
+            )
         return self._clip(cands[best])
 
     def ask(self) -> Proposal:
@@ -174,12 +178,16 @@ SEARCHERS: Registry[type[Searcher]] = Registry("searcher", "search.kind")
 class GridSearcher(Searcher):
     """``budget`` evenly spaced points of a one-coordinate space (λ over [α, 1] for a pair), ends first."""
 
-    def __init__(self, cfg: SearchConfig, space: SearchSpace | None = None, initial: list[Proposal] | None = None) -> None:
+    def __init__(
+        self, cfg: SearchConfig, space: SearchSpace | None = None, initial: list[Proposal] | None = None
+    ) -> None:
         super().__init__(cfg, space, initial)
         if self.space.dims != 1:
-            raise ConfigError(f"search.kind=grid needs a space with one coordinate; search/space={self.space.name} over "
-                              f"{self.space.k} checkpoints has {self.space.dims}: use bo or random")
-        (lo, hi), = self.bounds
+            raise ConfigError(
+                f"search.kind=grid needs a space with one coordinate; search/space={self.space.name} over "
+                f"{self.space.k} checkpoints has {self.space.dims}: use bo or random"
+            )
+        ((lo, hi),) = self.bounds
         grid = np.linspace(lo, hi, self.budget)
         self._queue = [(float(x),) for x in grid[1:-1]]
 
@@ -210,7 +218,9 @@ class BayesSearcher(Searcher):
 
     EXCLUSION = 0.05  # a fallback point keeps this fraction of the box from every evaluated one
 
-    def __init__(self, cfg: SearchConfig, space: SearchSpace | None = None, initial: list[Proposal] | None = None) -> None:
+    def __init__(
+        self, cfg: SearchConfig, space: SearchSpace | None = None, initial: list[Proposal] | None = None
+    ) -> None:
         super().__init__(cfg, space, initial)
         from skopt import Optimizer
         from skopt.space import Real
@@ -346,7 +356,7 @@ class BayesSearcher(Searcher):
         from skopt.acquisition import _gaussian_acquisition
 
         gp = self.opt.models[-1]
-        (lo, hi), = self.bounds
+        ((lo, hi),) = self.bounds
         grid = np.linspace(lo, hi, n)
         X = self.opt.space.transform(grid.reshape(-1, 1))
         mean, std = gp.predict(X, return_std=True)
@@ -365,7 +375,9 @@ def warm_start(space: SearchSpace, baselines: dict[str, list[float]], min_distan
     return [Proposal(x, label) for x, label in space.warm_start(baselines, min_distance)]
 
 
-def make_searcher(cfg: SearchConfig, space: SearchSpace | None = None, initial: list[Proposal] | None = None) -> Searcher:
+def make_searcher(
+    cfg: SearchConfig, space: SearchSpace | None = None, initial: list[Proposal] | None = None
+) -> Searcher:
     """The searcher ``cfg.kind`` names, over ``space`` (default: a pair with λ ∈ [α, 1]), starting from
     ``initial`` (default: the space's own initial points)."""
     return SEARCHERS.get(cfg.kind)(cfg, space, initial)

@@ -14,11 +14,13 @@ Weights are always oldest first, non-negative and sum to 1.
 EMA), each expressed as the nearest point of the space, newest first; so at equal budget a search never
 ends below a baseline its space can express, and the GP starts from informative points, not corners.
 """
+
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -100,7 +102,7 @@ class SearchSpace:
         from scipy.optimize import minimize_scalar
 
         target = np.asarray(weights, dtype=float)
-        (lo, hi), = self.bounds()
+        ((lo, hi),) = self.bounds()
         dist = lambda x: float(np.max(np.abs(np.asarray(self.weights([x])) - target)))  # noqa: E731
         grid = np.unique(np.concatenate([np.linspace(lo, hi, 401), [v for v in self.landmarks() if lo <= v <= hi]]))
         d = np.array([dist(x) for x in grid])
@@ -148,8 +150,10 @@ class PairSpace(SearchSpace):
     def __init__(self, k: int = 2, alpha: float = 0.0, settings: Any = None) -> None:
         super().__init__(k, alpha, settings)
         if self.k != 2:
-            raise ConfigError(f"search/space=pair merges 2 checkpoints, {self.k} are given: give two, or use "
-                              f"search/space=simplex (or ema, window, decay) for more")
+            raise ConfigError(
+                f"search/space=pair merges 2 checkpoints, {self.k} are given: give two, or use "
+                f"search/space=simplex (or ema, window, decay) for more"
+            )
 
     @property
     def coordinates(self) -> tuple[str, ...]:
@@ -233,8 +237,10 @@ def space_settings(cls: type[SearchSpace], options: Mapping[str, Any], prefix: s
     fields = {f.name for f in dataclasses.fields(cls.Settings)}
     for key in options:
         if key not in fields:
-            raise ConfigError(f"unknown config key {prefix}.{key} for search space {cls.name}"
-                              f"{did_you_mean(key, fields | {'name', 'last', 'warm_start'})}")
+            raise ConfigError(
+                f"unknown config key {prefix}.{key} for search space {cls.name}"
+                f"{did_you_mean(key, fields | {'name', 'last', 'warm_start'})}"
+            )
     try:
         return cls.Settings(**dict(options))
     except (TypeError, ValueError) as e:

@@ -5,18 +5,20 @@ all), a digest of their content, and a Hugging Face source saying where lm-eval 
 which split. MLflow's own pandas digest skips list columns (a multiple-choice task's ``choices``), so the
 digest is computed here over every field of every scored document.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
 import warnings
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 log = logging.getLogger(__name__)
 
-CONTEXT_DEV, CONTEXT_TEST = "dev", "test"   # the input's mlflow.data.context: what the run did with it
-_DIGEST_CHARS = 16                          # MLflow keeps at most 36
+CONTEXT_DEV, CONTEXT_TEST = "dev", "test"  # the input's mlflow.data.context: what the run did with it
+_DIGEST_CHARS = 16  # MLflow keeps at most 36
 
 
 def content_digest(docs: Sequence[Mapping[str, Any]]) -> str:
@@ -37,23 +39,29 @@ def _split(task: Any) -> str:
 
 def task_dataset(name: str, task: Any, indices: Sequence[int] | None) -> Any:
     """The MLflow dataset of one lm-eval task: the documents of ``indices`` (None: every document)."""
-    import mlflow.data
     import pandas as pd
     from mlflow.data.huggingface_dataset_source import HuggingFaceDatasetSource
+    from mlflow.data.pandas_dataset import from_pandas
 
     docs_all = task.eval_docs
     picked = range(len(docs_all)) if indices is None else indices
     docs = [dict(docs_all[int(i)]) for i in picked]
     # Scalars stay columns MLflow can profile; lists and dicts (choices, nested fields) become JSON text.
-    rows = [{k: v if isinstance(v, (str, int, float, bool)) or v is None else json.dumps(v, default=str) for k, v in d.items()}
-            for d in docs]
+    rows = [
+        {
+            k: v if isinstance(v, (str, int, float, bool)) or v is None else json.dumps(v, default=str)
+            for k, v in d.items()
+        }
+        for d in docs
+    ]
     c = task.config
     kwargs = dict(c.dataset_kwargs or {})
-    source = HuggingFaceDatasetSource(path=str(c.dataset_path), config_name=c.dataset_name,
-                                      data_files=kwargs.get("data_files"), split=_split(task))
+    source = HuggingFaceDatasetSource(
+        path=str(c.dataset_path), config_name=c.dataset_name, data_files=kwargs.get("data_files"), split=_split(task)
+    )
     with warnings.catch_warnings():  # MLflow's hint about integer columns concerns model signatures, not inputs
         warnings.filterwarnings("ignore", message=".*Inferred schema contains integer column", category=UserWarning)
-        return mlflow.data.from_pandas(pd.DataFrame(rows), source=source, name=name, digest=content_digest(docs))
+        return from_pandas(pd.DataFrame(rows), source=source, name=name, digest=content_digest(docs))
 
 
 def suite_datasets(task_objects: Mapping[str, Any], samples: Mapping[str, Sequence[int]] | None) -> list[Any]:
@@ -64,7 +72,11 @@ def suite_datasets(task_objects: Mapping[str, Any], samples: Mapping[str, Sequen
         try:
             out.append(task_dataset(name, task, None if samples is None else samples.get(name)))
         except Exception as e:  # noqa: BLE001 - presentation only
-            log.warning("task %s is not logged as an MLflow dataset: %s", name, str(e).splitlines()[0] if str(e) else type(e).__name__)
+            log.warning(
+                "task %s is not logged as an MLflow dataset: %s",
+                name,
+                str(e).splitlines()[0] if str(e) else type(e).__name__,
+            )
     return out
 
 

@@ -3,18 +3,18 @@
 Both are built from the same :class:`~ckptmerge.interop.facts.MergeFacts` as the model card, so that the
 run, the registry and the merged folder say the same thing.
 """
+
 from __future__ import annotations
 
 from urllib.parse import quote
 
 from ckptmerge.interop.facts import MergeFacts
 
-
 # MLflow 3.17's UI picks an experiment's page from its "workflow type" (the GenAI / Model training switch,
 # kept in the browser, GenAI by default), not from the experiment's mlflow.experimentKind tag; a link
 # that names the type opens the runs, and the switch stays there for the user's next visits.
 UI_WORKFLOW = "workflowType=machine_learning"
-MLFLOW_UI_DEFAULT = "http://127.0.0.1:5000"   # where `mlflow ui` listens unless told otherwise
+MLFLOW_UI_DEFAULT = "http://127.0.0.1:5000"  # where `mlflow ui` listens unless told otherwise
 
 
 def ui_url(base: str, experiment_id: str, run_id: str | None = None) -> str:
@@ -39,19 +39,29 @@ def run_note(facts: MergeFacts, run_id: str | None = None, running: bool = False
         return "\n".join(lines)
     lam = facts.lam
     best = facts.weights_text() + (f" (λ = {lam:.4f})" if lam is not None else "")
-    lines.append(f"- **Best weights**: {best}" + (f", objective {facts.objective:.6f}" if facts.objective is not None else ""))
+    lines.append(
+        f"- **Best weights**: {best}" + (f", objective {facts.objective:.6f}" if facts.objective is not None else "")
+    )
     gain = facts.gain_text()
-    lines.append(f"- **Gain over `{facts.newest}`**: {gain}" if gain else f"- **Gain over `{facts.newest}`**: not measured")
+    lines.append(
+        f"- **Gain over `{facts.newest}`**: {gain}" if gain else f"- **Gain over `{facts.newest}`**: not measured"
+    )
     if facts.decision:
-        lines.append(f"- **Decision**: {facts.decision}" + (f" — {facts.decision_reason}" if facts.decision_reason else ""))
+        lines.append(
+            f"- **Decision**: {facts.decision}" + (f" — {facts.decision_reason}" if facts.decision_reason else "")
+        )
     if facts.registered:
         r = facts.registered
         lines.append(f"- **Registered**: `{r['name']}` version {r['version']} (alias `{r.get('alias', '')}`)")
     else:
         lines.append("- **Registered**: nothing")
     if facts.plot_artifact and run_id:
-        lines += ["", f"GP posterior over λ (artifact `{facts.plot_artifact}`):", "",
-                  f"![GP posterior]({artifact_link(run_id, facts.plot_artifact)})"]
+        lines += [
+            "",
+            f"GP posterior over λ (artifact `{facts.plot_artifact}`):",
+            "",
+            f"![GP posterior]({artifact_link(run_id, facts.plot_artifact)})",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -6,6 +6,7 @@ happens to be active. When ``MLFLOW_RUN_ID`` is set (``mlflow run`` sets it, tog
 experiment; ``mlflow run`` ends it with the process's exit status. ``tracking.uri`` null means
 ``MLFLOW_TRACKING_URI`` when set, else a sqlite file in the working directory.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -14,8 +15,9 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 from urllib.parse import urlparse
 
 from ckptmerge.config import TrackingConfig
@@ -58,7 +60,7 @@ def check_tracking_uri(uri: str) -> None:
 
     parsed = urlparse(uri)
     if parsed.scheme == "sqlite":
-        path = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+        path = Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
         if path is not None and not path.parent.is_dir():
             raise TrackingError(f"tracking.uri={redact(uri)}: folder {path.parent} does not exist")
         if path is not None:
@@ -95,8 +97,11 @@ def _refuse_foreign_sqlite(uri: str, path: Path) -> None:
     try:
         con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
         try:
-            tables = sorted(r[0] for r in con.execute("select name from sqlite_master where type = 'table'")
-                            if not r[0].startswith("sqlite_"))
+            tables = sorted(
+                r[0]
+                for r in con.execute("select name from sqlite_master where type = 'table'")
+                if not r[0].startswith("sqlite_")
+            )
         finally:
             con.close()
     except sqlite3.DatabaseError as e:
@@ -105,17 +110,21 @@ def _refuse_foreign_sqlite(uri: str, path: Path) -> None:
         raise TrackingError(f"tracking.uri={redact(uri)}: {path} is not a sqlite database ({e})") from None
     if tables and not _MLFLOW_MARKER_TABLES <= set(tables):
         foreign = [t for t in tables if t not in _MLFLOW_MARKER_TABLES] or tables
-        raise TrackingError(f"tracking.uri={redact(uri)}: the sqlite file holds tables that are not MLflow's "
-                            f"(e.g. {foreign[0]!r}); refusing to add MLflow's tables to it")
+        raise TrackingError(
+            f"tracking.uri={redact(uri)}: the sqlite file holds tables that are not MLflow's "
+            f"(e.g. {foreign[0]!r}); refusing to add MLflow's tables to it"
+        )
 
 
 class StoreLocked(TrackingError):
     """Another process holds the sqlite store's lock longer than MLflow waits (20 s)."""
 
     def __init__(self, uri: str, reason: str = "database is locked") -> None:
-        super().__init__(f"the MLflow store {redact(uri)} is locked by another process ({reason}); "
-                         "find what holds it (an open `sqlite3` shell, a backup, `mlflow ui` mid-migration), "
-                         "then run the same command again to resume")
+        super().__init__(
+            f"the MLflow store {redact(uri)} is locked by another process ({reason}); "
+            "find what holds it (an open `sqlite3` shell, a backup, `mlflow ui` mid-migration), "
+            "then run the same command again to resume"
+        )
 
 
 def _is_locked(e: BaseException) -> bool:
@@ -123,7 +132,11 @@ def _is_locked(e: BaseException) -> bool:
     seen = 0
     cur: BaseException | None = e
     while cur is not None and seen < 10:
-        if "database is locked" in str(cur) and type(cur).__module__.split(".")[0] in ("sqlite3", "sqlalchemy", "mlflow"):
+        if "database is locked" in str(cur) and type(cur).__module__.split(".")[0] in (
+            "sqlite3",
+            "sqlalchemy",
+            "mlflow",
+        ):
             return True
         cur, seen = cur.__cause__ or cur.__context__, seen + 1
     return False
@@ -172,7 +185,7 @@ def _sqlite_init_lock(uri: str) -> Iterator[None]:
     (sqlite's own locks are fcntl locks, independent of it) lets the first job initialise the store
     while the others wait.
     """
-    path = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+    path = Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
     try:
         import fcntl
     except ImportError:  # not POSIX: no lock
@@ -249,7 +262,8 @@ class SearchTracker:
         except Exception as e:
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise TrackingError(
-                f"MLFLOW_RUN_ID={run_id} is not a run in {self.display_uri} ({redact(msg)[:200]}); `mlflow run` sets it with "
+                f"MLFLOW_RUN_ID={run_id} is not a run in {self.display_uri} ({redact(msg)[:200]}); `mlflow run` sets "
+                "it with "
                 "MLFLOW_TRACKING_URI, so leave tracking.uri unset there, or unset a stale MLFLOW_RUN_ID"
             ) from None
         if run.info.status != "RUNNING":
@@ -277,8 +291,9 @@ class SearchTracker:
         MLflow 3 opens the GenAI traces overview). A kind someone already chose is left as it is."""
         tags = self.client.get_experiment(self.experiment_id).tags or {}
         if not tags.get(names.TAG_EXPERIMENT_KIND):
-            self.client.set_experiment_tag(self.experiment_id, names.TAG_EXPERIMENT_KIND,
-                                           names.EXPERIMENT_KIND_MODEL_DEVELOPMENT)
+            self.client.set_experiment_tag(
+                self.experiment_id, names.TAG_EXPERIMENT_KIND, names.EXPERIMENT_KIND_MODEL_DEVELOPMENT
+            )
 
     def log_datasets(self, run_id: str | None, datasets: list[Any], context: str) -> None:
         """Record ``datasets`` (see :mod:`ckptmerge.tracking.datasets`) as inputs of the run, as ``context``."""
@@ -292,8 +307,15 @@ class SearchTracker:
         self.set_tags({names.TAG_NOTE: markdown}, run_id)
 
     # -- parent ------------------------------------------------------------------------------
-    def start(self, run_name: str, config: Mapping[str, Any], config_yaml: str, checkpoints: list[dict[str, str]],
-              tags: Mapping[str, str] | None = None, resume_run_id: str | None = None) -> str:
+    def start(
+        self,
+        run_name: str,
+        config: Mapping[str, Any],
+        config_yaml: str,
+        checkpoints: list[dict[str, str]],
+        tags: Mapping[str, str] | None = None,
+        resume_run_id: str | None = None,
+    ) -> str:
         """Open the parent run and log the resolved config and the checkpoints' identities.
 
         ``resume_run_id``: continue that (unfinished) run instead; it already holds config and identities.
@@ -318,7 +340,7 @@ class SearchTracker:
             params[f"checkpoint.{i}.source"] = redact(c["source"])[:6000]
         items = [Param(k, v) for k, v in params.items()]
         for i in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=items[i:i + 100])
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
         self.client.log_batch(self.run_id, tags=[RunTag(k, redact(str(v))) for k, v in all_tags.items()])
         self.log_text(self.run_id, config_yaml, names.ARTIFACT_CONFIG)
         self.log_text(self.run_id, json.dumps(checkpoints, indent=2), names.ARTIFACT_CHECKPOINTS)
@@ -330,7 +352,7 @@ class SearchTracker:
         ts = int(time.time() * 1000)
         items = [Metric(names.safe_key(k), float(v), ts, step) for k, v in metrics.items()]
         for i in range(0, len(items), 1000):
-            self.client.log_batch(run_id or self.run_id, metrics=items[i:i + 1000])
+            self.client.log_batch(run_id or self.run_id, metrics=items[i : i + 1000])
 
     def set_tags(self, tags: Mapping[str, Any], run_id: str | None = None) -> None:
         from mlflow.entities import RunTag
@@ -412,8 +434,14 @@ class SearchTracker:
             log.warning("could not mark run %s %s in MLflow: %s", self.run_id, status, redact(str(cleanup))[:300])
 
     # -- children ----------------------------------------------------------------------------
-    def start_trial(self, index: int, params: Mapping[str, Any], parent_run_id: str | None = None,
-                    run_name: str | None = None, kind: str = "trial") -> str:
+    def start_trial(
+        self,
+        index: int,
+        params: Mapping[str, Any],
+        parent_run_id: str | None = None,
+        run_name: str | None = None,
+        kind: str = "trial",
+    ) -> str:
         """A nested child run for trial ``index`` (0-based) under ``parent_run_id`` (default: the search run)."""
         from mlflow.entities import Param
 

@@ -1,49 +1,50 @@
 """Every MLflow param, metric and tag name the product writes, in one place (others script against them)."""
+
 from __future__ import annotations
 
 import re
 
 # Child run (one per trial)
-PARAM_LAMBDA = "lambda"                 # weight of the newest checkpoint, for a pair
-PARAM_WEIGHT_PREFIX = "weight."         # weight.<checkpoint name>, for every checkpoint
+PARAM_LAMBDA = "lambda"  # weight of the newest checkpoint, for a pair
+PARAM_WEIGHT_PREFIX = "weight."  # weight.<checkpoint name>, for every checkpoint
 PARAM_TRIAL = "trial"
-PARAM_POINT_PREFIX = "u"                # u1..u{k-1}: the searched point for k > 2 (see search/space.py)
-PARAM_PROPOSED_BY = "proposed_by"       # initial | EI | LCB | PI | grid | random | gap
-METRIC_OBJECTIVE = "objective"          # oriented so that higher is better
-METRIC_OBJECTIVE_SE = "objective_se"    # its bootstrap standard error over documents
-ARTIFACT_DOC_SCORES = "doc_scores.json" # per-document dev scores of the trial (see evaluation/doc_scores.py)
+PARAM_POINT_PREFIX = "u"  # u1..u{k-1}: the searched point for k > 2 (see search/space.py)
+PARAM_PROPOSED_BY = "proposed_by"  # initial | EI | LCB | PI | grid | random | gap
+METRIC_OBJECTIVE = "objective"  # oriented so that higher is better
+METRIC_OBJECTIVE_SE = "objective_se"  # its bootstrap standard error over documents
+ARTIFACT_DOC_SCORES = "doc_scores.json"  # per-document dev scores of the trial (see evaluation/doc_scores.py)
 TAG_NEXT_ACQUISITION = "gp.next_acquisition"
 TAG_TRIAL_STATUS = "ckptmerge.trial_status"
 
 # Parent run (one per search)
-METRIC_BEST_OBJECTIVE = "best_objective"   # logged with step = trial index
-METRIC_BEST_LAMBDA = "best_lambda"         # weight of the newest checkpoint in the best merge
-METRIC_BASELINE_OBJECTIVE = "baseline_objective"   # the newest checkpoint alone (λ=1)
+METRIC_BEST_OBJECTIVE = "best_objective"  # logged with step = trial index
+METRIC_BEST_LAMBDA = "best_lambda"  # weight of the newest checkpoint in the best merge
+METRIC_BASELINE_OBJECTIVE = "baseline_objective"  # the newest checkpoint alone (λ=1)
 METRIC_GAIN = "gain_over_newest"
 # The paired interval of a gain (dev: gain_over_newest; test: test_gain.<TASK/METRIC>), suffixed
 # .ci_low, .ci_high, .p_value, .significant (1/0).
 PREFIX_TEST_GAIN = "test_gain."
-TAG_DECISION = "ckptmerge.decision"        # registered | keep-newest
+TAG_DECISION = "ckptmerge.decision"  # registered | keep-newest
 TAG_SELECTED_BY = "ckptmerge.selected_by"  # posterior_mean | observed: which rule chose the result
-METRIC_RESCORED_OBJECTIVE = "rescored_objective"   # the written merge, reloaded from disk
-PREFIX_BEST = "best."                      # best.<TASK/METRIC>: dev metrics of the best merge
-PREFIX_TEST = "test."                      # test.<model>.<TASK/METRIC>, model = "best" or a checkpoint name
-TAG_KIND = "ckptmerge.kind"                # search | trial
+METRIC_RESCORED_OBJECTIVE = "rescored_objective"  # the written merge, reloaded from disk
+PREFIX_BEST = "best."  # best.<TASK/METRIC>: dev metrics of the best merge
+PREFIX_TEST = "test."  # test.<model>.<TASK/METRIC>, model = "best" or a checkpoint name
+TAG_KIND = "ckptmerge.kind"  # search | trial
 TAG_OBJECTIVE = "ckptmerge.objective"
 TAG_CHECKPOINTS = "ckptmerge.checkpoints"
-TAG_ERROR = "ckptmerge.error"              # first line of the error that ended a run (or trial) FAILED
-TAG_STOPPED_BY = "ckptmerge.stopped_by"    # SIGTERM | SIGINT: the signal that ended a run (or trial) KILLED
+TAG_ERROR = "ckptmerge.error"  # first line of the error that ended a run (or trial) FAILED
+TAG_STOPPED_BY = "ckptmerge.stopped_by"  # SIGTERM | SIGINT: the signal that ended a run (or trial) KILLED
 # Watch run (action=watch: one per watch, its metrics stepped by the newer checkpoint's training step)
 KIND_WATCH = "watch"
-TAG_WATCH_KEY = "ckptmerge.watch.key"       # on the watch run and its searches: folder + search settings
-TAG_WATCH_RUN = "ckptmerge.watch.run_id"    # on each search: the watch run that started (or resumed) it
-TAG_WATCH_STEPS = "ckptmerge.watch.steps"   # on each search: "<older step>,<newer step>"
+TAG_WATCH_KEY = "ckptmerge.watch.key"  # on the watch run and its searches: folder + search settings
+TAG_WATCH_RUN = "ckptmerge.watch.run_id"  # on each search: the watch run that started (or resumed) it
+TAG_WATCH_STEPS = "ckptmerge.watch.steps"  # on each search: "<older step>,<newer step>"
 TAG_WATCH_DIR = "ckptmerge.watch.dir"
-METRIC_NEWEST_OBJECTIVE = "newest_objective"   # the newer checkpoint alone
-METRIC_MERGED_OBJECTIVE = "merged_objective"   # the pair's best merge
-METRIC_WATCH_GAIN = "gain"                     # their difference; gain.ci_low, gain.ci_high, gain.p_value
+METRIC_NEWEST_OBJECTIVE = "newest_objective"  # the newer checkpoint alone
+METRIC_MERGED_OBJECTIVE = "merged_objective"  # the pair's best merge
+METRIC_WATCH_GAIN = "gain"  # their difference; gain.ci_low, gain.ci_high, gain.p_value
 METRIC_WATCH_LAMBDA = "lambda"
-METRIC_STEPS_GAINED = "steps_gained"           # steps_gained.ci_low, .ci_high (see ckptmerge.watch.timeline)
+METRIC_STEPS_GAINED = "steps_gained"  # steps_gained.ci_low, .ci_high (see ckptmerge.watch.timeline)
 ARTIFACT_TIMELINE_PLOT = "watch_timeline.png"
 # What MLflow's UI reads: the experiment kind picks the page an experiment opens on (untagged, MLflow 3
 # opens the GenAI traces overview); the note is the run's (or experiment's) markdown description.

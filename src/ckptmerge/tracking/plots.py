@@ -1,8 +1,9 @@
 """Plots for MLflow: the GP posterior over a one-coordinate space (λ for a pair, β, window, shape for the
 families) with observations and acquisitions."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import matplotlib
 
@@ -54,8 +55,9 @@ def posterior_figure(
     return fig
 
 
-def trials_figure(xs: Sequence[float], ys: Sequence[float], bounds: tuple[float, float], title: str = "",
-                  coordinate: str = LAMBDA) -> plt.Figure:
+def trials_figure(
+    xs: Sequence[float], ys: Sequence[float], bounds: tuple[float, float], title: str = "", coordinate: str = LAMBDA
+) -> plt.Figure:
     """Objective against the space's one coordinate for model-free searchers (grid, random)."""
     fig, ax = plt.subplots(figsize=(7, 4))
     order = np.argsort(xs)

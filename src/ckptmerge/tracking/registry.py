@@ -2,14 +2,17 @@
 
 The model object is the one reloaded from the written folder and re-scored, so what is registered is
 what was verified. (MLflow's local-checkpoint-path logging breaks on transformers 5 task metadata, so
-the loaded components are logged.) Registration is the last step of a search; if any part of it fails, the version created is
+the loaded components are logged.) Registration is the last step of a search; if any part of it fails,
+the version created is
 deleted so that nothing half done stays in the registry.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from ckptmerge.errors import TrackingError
 from ckptmerge.tracking import names
@@ -81,7 +84,12 @@ def log_and_register(
     client = MlflowClient(tracking_uri)
     done = registered_version(client, registry_name, run_id, alias)
     if done is not None:  # a rerun after a crash that came after registration: one version per run
-        log.info("Run %s is already registered as %s version %s; not registering it again", run_id, registry_name, done.version)
+        log.info(
+            "Run %s is already registered as %s version %s; not registering it again",
+            run_id,
+            registry_name,
+            done.version,
+        )
         return done
     version = None
     try:
@@ -101,8 +109,12 @@ def log_and_register(
         except Exception:
             client.create_registered_model(registry_name, description="Merged checkpoints registered by ckptmerge")
         mv = client.create_model_version(
-            registry_name, info.model_uri, run_id=run_id, tags={k: redact(str(v)) for k, v in tags.items()},
-            description=redact(description), model_id=info.model_id,  # a tracking server requires it for models:/m-... sources
+            registry_name,
+            info.model_uri,
+            run_id=run_id,
+            tags={k: redact(str(v)) for k, v in tags.items()},
+            description=redact(description),
+            model_id=info.model_id,  # a tracking server requires it for models:/m-... sources
         )
         version = mv.version
         client.set_registered_model_alias(registry_name, alias, version)

@@ -9,6 +9,7 @@ KILLED) and continues it; ``search.resume=RUN_ID`` names one, and a key
 that differs is refused with the first difference named. The budget is not part of the key: a
 resumed search may be given more evaluations.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -16,9 +17,10 @@ import json
 import logging
 import os
 import socket
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ckptmerge.errors import ConfigError
 from ckptmerge.liveness import process_alive
@@ -27,7 +29,7 @@ from ckptmerge.tracking import names
 log = logging.getLogger(__name__)
 
 TAG_RESUME_HASH = "ckptmerge.resume_hash"
-TAG_OWNER = "ckptmerge.owner"          # host:pid of the process running the search
+TAG_OWNER = "ckptmerge.owner"  # host:pid of the process running the search
 ARTIFACT_RESUME_KEY = "resume_key.json"
 
 
@@ -113,8 +115,9 @@ def read_trials(client: Any, experiment_id: str, parent_id: str, coordinates: Se
     A trial still RUNNING died with its process (SIGKILL, a lost node): it is marked FAILED,
     ``interrupted``. One a signal stopped was already ended KILLED, ``interrupted``; it keeps that.
     """
-    runs = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
-                              max_results=10000)
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'", max_results=10000
+    )
     done: dict[int, PastTrial] = {}
     for run in runs:
         p, tags = run.data.params, run.data.tags
@@ -129,11 +132,17 @@ def read_trials(client: Any, experiment_id: str, parent_id: str, coordinates: Se
             log.info("Trial %d (run %s) was interrupted; it will be evaluated again", index, run.info.run_id)
             continue
         x = tuple(float(p[c]) for c in coordinates)  # the space's own coordinate params (λ for a pair)
-        metrics = {k: v for k, v in run.data.metrics.items()
-                   if "/" in k and not k.startswith("gp.")}
+        metrics = {k: v for k, v in run.data.metrics.items() if "/" in k and not k.startswith("gp.")}
         objective = run.data.metrics.get(names.METRIC_OBJECTIVE) if status == "ok" else None
-        done[index] = PastTrial(index, x, objective, metrics, tags.get("ckptmerge.error"), run.info.run_id,
-                                run.data.metrics.get(names.METRIC_OBJECTIVE_SE) if status == "ok" else None)
+        done[index] = PastTrial(
+            index,
+            x,
+            objective,
+            metrics,
+            tags.get("ckptmerge.error"),
+            run.info.run_id,
+            run.data.metrics.get(names.METRIC_OBJECTIVE_SE) if status == "ok" else None,
+        )
     indices = sorted(done)
     if indices != list(range(len(indices))):
         # a gap means a trial in the middle never finished: keep the contiguous prefix, redo the rest

@@ -25,6 +25,7 @@ overwritten on a resumed run after our check (a second resumer whose pre-check r
 our write and whose own write came more than ``SETTLE_S`` later) is not seen. A dead holder on another
 host blocks its key until its heartbeat is ``STALE_S`` old.
 """
+
 from __future__ import annotations
 
 import json
@@ -56,17 +57,19 @@ class SearchRunning(TrackingError):
     """A search with the same resume key is running on this store."""
 
     def __init__(self, run_id: str | None, owner: str | None) -> None:
-        super().__init__(f"an identical search is already running (run {run_id or 'not created yet'}, "
-                         f"owner {owner or 'unknown'}); wait for it or stop it")
+        super().__init__(
+            f"an identical search is already running (run {run_id or 'not created yet'}, "
+            f"owner {owner or 'unknown'}); wait for it or stop it"
+        )
 
 
 def local_lock_path(uri: str, resume_hash: str) -> Path | None:
     """The lock file of a local store, or None for a remote one."""
     parsed = urlparse(uri)
     if parsed.scheme == "sqlite":
-        if not uri.startswith("sqlite:///") or uri[len("sqlite:///"):] in ("", ":memory:"):
+        if not uri.startswith("sqlite:///") or uri[len("sqlite:///") :] in ("", ":memory:"):
             return None  # in-memory: one process anyway
-        db = Path(uri[len("sqlite:///"):])
+        db = Path(uri[len("sqlite:///") :])
         return db.with_name(f"{db.name}.ckptmerge-{resume_hash}.lock")
     if parsed.scheme in ("", "file"):
         return Path(parsed.path if parsed.scheme else uri) / f".ckptmerge-{resume_hash}.lock"
@@ -156,8 +159,10 @@ def live_claims(client: Any, experiment_id: str, resume_hash: str) -> list[tuple
     """Live claims on RUNNING search runs with this key, oldest first, as ``(claim, run_id)``."""
     runs = client.search_runs(
         [experiment_id],
-        filter_string=(f"tags.`{TAG_RESUME_HASH}` = '{resume_hash}' and tags.`{names.TAG_KIND}` = 'search' "
-                       "and attributes.status = 'RUNNING'"),
+        filter_string=(
+            f"tags.`{TAG_RESUME_HASH}` = '{resume_hash}' and tags.`{names.TAG_KIND}` = 'search' "
+            "and attributes.status = 'RUNNING'"
+        ),
         max_results=100,
     )
     now = time.time()
@@ -190,10 +195,14 @@ class ClaimLock(SearchLock):
         held = live_claims(self.client, self.experiment_id, self.resume_hash)
         if not held or held[0][0]["token"] != self.claim["token"]:
             winner = held[0] if held else ({}, None)
-            if created and winner[1] != run_id:  # ours, for nothing (a racing resumer may have won on it: then it is theirs)
+            if (
+                created and winner[1] != run_id
+            ):  # ours, for nothing (a racing resumer may have won on it: then it is theirs)
                 self.client.set_tag(run_id, names.TAG_ERROR, "an identical search was already running")
                 self.client.set_terminated(run_id, status="KILLED")
-            elif (_parse_claim(self.client.get_run(run_id).data.tags.get(TAG_CLAIM)) or {}).get("token") == self.claim["token"]:
+            elif (_parse_claim(self.client.get_run(run_id).data.tags.get(TAG_CLAIM)) or {}).get("token") == self.claim[
+                "token"
+            ]:
                 self.client.delete_tag(run_id, TAG_CLAIM)  # ours, on a run another claim's holder may resume
             self.run_id = None
             raise SearchRunning(winner[1], winner[0].get("owner"))

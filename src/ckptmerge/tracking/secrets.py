@@ -7,11 +7,13 @@ Two kinds are removed from every string ckptmerge logs: passwords in URIs
 variables whose names say they are secret (``HF_TOKEN``, ``AWS_SECRET_ACCESS_KEY``,
 ``MLFLOW_TRACKING_PASSWORD``, ...), wherever they occur.
 """
+
 from __future__ import annotations
 
 import os
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 _URI_PASSWORD = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@")
 _SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|PRIVATE_KEY|CREDENTIAL)", re.I)
@@ -91,6 +93,8 @@ def uri_password_keys(obj: Any, path: str = "") -> list[str]:
 
 def credentials_warning(keys: list[str]) -> str:
     """The one line that says where credentials belong instead of a URI."""
-    return (f"warning: {', '.join(keys)} has a password in its URI; ckptmerge masks it in what it prints and "
-            "writes, but credentials belong in environment variables: MLFLOW_TRACKING_USERNAME / "
-            "MLFLOW_TRACKING_PASSWORD (or the store's own, e.g. PGPASSWORD)")
+    return (
+        f"warning: {', '.join(keys)} has a password in its URI; ckptmerge masks it in what it prints and "
+        "writes, but credentials belong in environment variables: MLFLOW_TRACKING_USERNAME / "
+        "MLFLOW_TRACKING_PASSWORD (or the store's own, e.g. PGPASSWORD)"
+    )

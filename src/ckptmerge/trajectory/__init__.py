@@ -5,6 +5,7 @@ lm-eval tasks over held-out docstrings. Needs no download; cached per spec finge
     >>> trajectory = build_trajectory(TrajectorySpec.default(), default_cache_dir())
     >>> trajectory.checkpoints[-2:], trajectory.tasks_dir, trajectory.max_length
 """
+
 from __future__ import annotations
 
 from .build import Trajectory, TrajectorySpec, build_trajectory, default_cache_dir

@@ -10,6 +10,7 @@ A trajectory lives in ``<cache_dir>/<spec fingerprint>/``::
 Builds happen in a temporary folder beside the target and are renamed into place, so a reader sees
 either nothing or a complete trajectory; a file lock keeps two processes from training the same spec.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -226,8 +227,7 @@ def _build_into(spec: TrajectorySpec, staging: Path, final_root: Path, progress:
         "max_length_note": "pass HFLM(max_length=max_length): the model was trained on and "
         "configured for this many positions; lm-eval's rolling windows use it",
         "checkpoints": [
-            {"name": c.name, "step": c.step, "train_loss": c.loss, "mean_train_loss": c.mean_loss}
-            for c in saved
+            {"name": c.name, "step": c.step, "train_loss": c.loss, "mean_train_loss": c.mean_loss} for c in saved
         ],
         "dev_tasks": list(tasks.DEV_TASKS),
         "test_tasks": list(tasks.TEST_TASKS),
@@ -235,8 +235,11 @@ def _build_into(spec: TrajectorySpec, staging: Path, final_root: Path, progress:
         "corpus": {
             "source": "docstrings (>= 200 chars) of the Python standard library, parsed with ast",
             "documents": {
-                "train": len(splits.train), "calib": len(splits.calib),
-                "dev": len(splits.dev), "test": len(splits.test), "test_ood": len(ood),
+                "train": len(splits.train),
+                "calib": len(splits.calib),
+                "dev": len(splits.dev),
+                "test": len(splits.test),
+                "test_ood": len(ood),
             },
             "train_chars": sum(len(t) for t in train_texts),
             "train_tokens": len(stream),

@@ -8,6 +8,7 @@ The out-of-domain text (code snippets of :func:`scan_stdlib`) is Python *code* f
 all docstrings removed and comments dropped (``ast.unparse`` does not keep comments), so it is a
 different kind of text from the English docstrings the model is trained on.
 """
+
 from __future__ import annotations
 
 import ast
@@ -136,9 +137,7 @@ def scan_stdlib(
     return tuple(docstrings), tuple(code)
 
 
-def split_documents(
-    documents: Sequence[Document], n_dev: int, n_test: int, n_calib: int, seed: int
-) -> CorpusSplits:
+def split_documents(documents: Sequence[Document], n_dev: int, n_test: int, n_calib: int, seed: int) -> CorpusSplits:
     """Shuffle whole documents with ``seed`` and cut them into dev, test, calib and the rest for training."""
     needed = n_dev + n_test + n_calib
     if needed >= len(documents):

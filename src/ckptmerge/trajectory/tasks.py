@@ -13,6 +13,7 @@ Five tasks are written into one folder (an lm-eval ``include_path``):
 The YAML files name their data by absolute path (lm-eval resolves ``data_files`` against the working
 directory, not the YAML); :func:`write_task_yamls` rewrites them if the folder ever moves.
 """
+
 from __future__ import annotations
 
 import json

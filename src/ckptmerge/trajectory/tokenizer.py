@@ -4,6 +4,7 @@ Byte-level BPE (as in GPT-2/Pythia) covers every string without an unknown token
 normalisation, so the bytes a model is scored on are exactly the bytes of the text, which is what
 ``bits_per_byte`` needs.
 """
+
 from __future__ import annotations
 
 import json

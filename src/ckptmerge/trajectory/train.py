@@ -4,6 +4,7 @@ The learning rate is constant after a short linear warmup, with no decay: in tha
 iterates keep bouncing around a valley floor, and averaging late checkpoints is known to help, which
 is exactly what the merge search has to discover.
 """
+
 from __future__ import annotations
 
 import logging
@@ -145,9 +146,7 @@ def pretrain(
         betas=(0.9, 0.95),
         foreach=True,
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: _lr_factor(step, settings.warmup_steps)
-    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, settings.warmup_steps))
     batches = _batches(blocks, settings.batch_size, torch.Generator().manual_seed(settings.seed))
     saved: list[SavedCheckpoint] = []
     interval_losses: list[float] = []

@@ -17,6 +17,7 @@ folder is used only when all of these hold:
 :func:`missing_part` answers the structural questions from the files alone; :class:`Settling`
 remembers what each folder looked like and since when.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,6 +25,7 @@ import os
 import re
 import struct
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ckptmerge.watch.folders import step_of
@@ -132,7 +134,7 @@ def fingerprint(folder: Path) -> tuple:
 class Settling:
     """How long each folder has looked the same; a folder is settled after ``settle_s`` unchanged."""
 
-    def __init__(self, settle_s: float, clock=time.monotonic) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, settle_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.settle_s = settle_s
         self._clock = clock
         self._seen: dict[Path, tuple[tuple, float]] = {}

@@ -5,6 +5,7 @@ Trainers name their checkpoint folders after the step: ``stepN`` (Pythia, our em
 Anything else in the folder (logs, ``runs/``, a ``latest`` file, a temporary folder a trainer renames
 into place) is not a checkpoint. Names are matched whole, so ``checkpoint-500.tmp`` is not one.
 """
+
 from __future__ import annotations
 
 import re

@@ -9,14 +9,16 @@ with the same command picks up where it was.
 * The watch run (``ckptmerge.kind=watch``): the newest one with the key that did not finish and whose
   process is gone is continued; otherwise a new one is opened. Its timeline holds every done pair.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ckptmerge.config import Config
 from ckptmerge.tracking import names, resume, search_lock
@@ -33,7 +35,7 @@ def watch_key(cfg: Config, directory: Path) -> str:
     for section in ("watch", "action", "pilot", "compare"):  # the watch's timing and other actions' settings
         d.pop(section, None)
     d["tracking"].pop("log_plots", None)
-    d["search"].pop("budget", None)   # a restart may give more evaluations, as a resumed search may
+    d["search"].pop("budget", None)  # a restart may give more evaluations, as a resumed search may
     d["search"].pop("resume", None)
     d["merge"].pop("output_dir", None)
     d["merge"].pop("overwrite", None)
@@ -50,7 +52,9 @@ def resumable_watch(client: Any, experiment_id: str, key: str) -> str | None:
     runs = client.search_runs(
         [experiment_id],
         filter_string=f"tags.`{TAG_WATCH_KEY}` = '{key}' and tags.`{names.TAG_KIND}` = '{KIND_WATCH}'",
-        order_by=["attributes.start_time DESC"], max_results=20)
+        order_by=["attributes.start_time DESC"],
+        max_results=20,
+    )
     for run in runs:
         if run.info.status == "FINISHED":
             return None  # the last watch ended by itself (idle): the same command opens a new one
@@ -63,9 +67,12 @@ def finished_search(client: Any, experiment_id: str, key: str, pair_names: str) 
     """The run id of a FINISHED search of this pair under this watch key, if there is one."""
     runs = client.search_runs(
         [experiment_id],
-        filter_string=(f"tags.`{TAG_WATCH_KEY}` = '{key}' and tags.`{names.TAG_KIND}` = 'search' and "
-                       f"tags.`{names.TAG_CHECKPOINTS}` = '{_escape(pair_names)}' and attributes.status = 'FINISHED'"),
-        max_results=1)
+        filter_string=(
+            f"tags.`{TAG_WATCH_KEY}` = '{key}' and tags.`{names.TAG_KIND}` = 'search' and "
+            f"tags.`{names.TAG_CHECKPOINTS}` = '{_escape(pair_names)}' and attributes.status = 'FINISHED'"
+        ),
+        max_results=1,
+    )
     return runs[0].info.run_id if runs else None
 
 
@@ -75,13 +82,18 @@ def running_search(client: Any, experiment_id: str, key: str, pair_names: str) -
     building a model, which for a large one takes minutes. The search's own lock decides; this saves work."""
     runs = client.search_runs(
         [experiment_id],
-        filter_string=(f"tags.`{TAG_WATCH_KEY}` = '{key}' and tags.`{names.TAG_KIND}` = 'search' and "
-                       f"tags.`{names.TAG_CHECKPOINTS}` = '{_escape(pair_names)}' and attributes.status = 'RUNNING'"),
-        max_results=5)
+        filter_string=(
+            f"tags.`{TAG_WATCH_KEY}` = '{key}' and tags.`{names.TAG_KIND}` = 'search' and "
+            f"tags.`{names.TAG_CHECKPOINTS}` = '{_escape(pair_names)}' and attributes.status = 'RUNNING'"
+        ),
+        max_results=5,
+    )
     now = time.time()
     for run in runs:
         tags = run.data.tags
-        if resume._owner_alive(tags.get(resume.TAG_OWNER)) or search_lock.claim_tag_live(tags.get(search_lock.TAG_CLAIM), now):
+        if resume._owner_alive(tags.get(resume.TAG_OWNER)) or search_lock.claim_tag_live(
+            tags.get(search_lock.TAG_CLAIM), now
+        ):
             return run.info.run_id
     return None
 
@@ -113,9 +125,12 @@ def done_pairs(client: Any, experiment_id: str, key: str, cache: dict[str, dict]
     cache = {} if cache is None else cache
     runs = client.search_runs(
         [experiment_id],
-        filter_string=(f"tags.`{TAG_WATCH_KEY}` = '{key}' and tags.`{names.TAG_KIND}` = 'search' "
-                       "and attributes.status = 'FINISHED'"),
-        max_results=10000)
+        filter_string=(
+            f"tags.`{TAG_WATCH_KEY}` = '{key}' and tags.`{names.TAG_KIND}` = 'search' "
+            "and attributes.status = 'FINISHED'"
+        ),
+        max_results=10000,
+    )
     out = []
     for run in runs:
         tags = run.data.tags
@@ -124,7 +139,8 @@ def done_pairs(client: Any, experiment_id: str, key: str, cache: dict[str, dict]
             s_old, s_new = (int(s) for s in tags[TAG_WATCH_STEPS].split(","))
             if run.info.run_id not in cache:
                 cache[run.info.run_id] = json.loads(
-                    Path(client.download_artifacts(run.info.run_id, names.ARTIFACT_RESULT)).read_text())
+                    Path(client.download_artifacts(run.info.run_id, names.ARTIFACT_RESULT)).read_text()
+                )
             result = cache[run.info.run_id]
         except (KeyError, ValueError, OSError) as e:
             log.warning("search run %s has no readable pair or result (%s); left off the timeline", run.info.run_id, e)
@@ -138,5 +154,9 @@ def logged_steps(client: Any, run_id: str, metric: str) -> set[int]:
 
 
 def search_tags(watch_run_id: str, key: str, directory: Path, steps: tuple[int, int]) -> Mapping[str, str]:
-    return {TAG_WATCH_RUN: watch_run_id, TAG_WATCH_KEY: key, TAG_WATCH_DIR: str(directory),
-            TAG_WATCH_STEPS: f"{steps[0]},{steps[1]}"}
+    return {
+        TAG_WATCH_RUN: watch_run_id,
+        TAG_WATCH_KEY: key,
+        TAG_WATCH_DIR: str(directory),
+        TAG_WATCH_STEPS: f"{steps[0]},{steps[1]}",
+    }

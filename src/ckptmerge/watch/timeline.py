@@ -16,11 +16,13 @@ did not improve (a flat or falling curve cannot price a gain in steps), or when 
 below the curve's first point or beyond the one-interval extrapolation. The gain's interval bounds are
 priced the same way (``steps_gained.ci_low`` / ``.ci_high``), so the number comes with its uncertainty.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any
 
 from ckptmerge.tracking import names
 
@@ -80,7 +82,7 @@ def steps_gained(curve: Sequence[tuple[int, float]], newest_step: int, objective
     return StepsGained(0.0)  # objective == the newest's (a single flat point)
 
 
-def curve_points(pairs: Sequence) -> list[tuple[int, float]]:  # type: ignore[type-arg]
+def curve_points(pairs: Sequence[Any]) -> list[tuple[int, float]]:
     """(step, objective alone) of every checkpoint a done pair's search scored alone."""
     points: dict[int, float] = {}
     for p in pairs:
@@ -92,7 +94,7 @@ def curve_points(pairs: Sequence) -> list[tuple[int, float]]:  # type: ignore[ty
     return sorted(points.items())
 
 
-def timeline_rows(pairs: Sequence) -> list[dict]:  # type: ignore[type-arg]
+def timeline_rows(pairs: Sequence[Any]) -> list[dict]:
     """One row per done pair (a :class:`ckptmerge.watch.ledger.DonePair`), by the newer step: what the
     watch run logs at that step and what its ``result.json`` lists."""
     curve = curve_points(pairs)
@@ -109,13 +111,23 @@ def timeline_rows(pairs: Sequence) -> list[dict]:  # type: ignore[type-arg]
                 v = gain.get(b)
                 if _is_number(v):
                     bounds[b] = steps_gained(curve, step, newest + v).value
-        rows.append({
-            "step": step, "checkpoints": list(p.names), "steps": list(p.steps), "search_run_id": p.run_id,
-            "lambda": r.get("lambda"), "newest_objective": newest, "merged_objective": merged, "gain": gain,
-            "steps_gained": priced.value, "steps_gained_ci": [bounds["ci_low"], bounds["ci_high"]],
-            "steps_gained_undefined_because": priced.reason, "decision": r.get("decision"),
-            "registered_model": r.get("registered_model"),
-        })
+        rows.append(
+            {
+                "step": step,
+                "checkpoints": list(p.names),
+                "steps": list(p.steps),
+                "search_run_id": p.run_id,
+                "lambda": r.get("lambda"),
+                "newest_objective": newest,
+                "merged_objective": merged,
+                "gain": gain,
+                "steps_gained": priced.value,
+                "steps_gained_ci": [bounds["ci_low"], bounds["ci_high"]],
+                "steps_gained_undefined_because": priced.reason,
+                "decision": r.get("decision"),
+                "registered_model": r.get("registered_model"),
+            }
+        )
     return rows
 
 
@@ -123,17 +135,20 @@ def row_metrics(row: dict) -> dict[str, float]:
     """The watch run's metrics for one row (logged at the row's step); undefined values are left out."""
     steps = names.METRIC_STEPS_GAINED
     m: dict[str, float | None] = {
-        names.METRIC_NEWEST_OBJECTIVE: row["newest_objective"], names.METRIC_MERGED_OBJECTIVE: row["merged_objective"],
-        names.METRIC_WATCH_LAMBDA: row["lambda"], steps: row["steps_gained"],
-        f"{steps}.ci_low": row["steps_gained_ci"][0], f"{steps}.ci_high": row["steps_gained_ci"][1],
+        names.METRIC_NEWEST_OBJECTIVE: row["newest_objective"],
+        names.METRIC_MERGED_OBJECTIVE: row["merged_objective"],
+        names.METRIC_WATCH_LAMBDA: row["lambda"],
+        steps: row["steps_gained"],
+        f"{steps}.ci_low": row["steps_gained_ci"][0],
+        f"{steps}.ci_high": row["steps_gained_ci"][1],
     }
     gain, g = row["gain"] or {}, names.METRIC_WATCH_GAIN
     for k, name in (("value", g), ("ci_low", f"{g}.ci_low"), ("ci_high", f"{g}.ci_high"), ("p_value", f"{g}.p_value")):
         m[name] = gain.get(k)
-    return {k: float(v) for k, v in m.items() if _is_number(v)}
+    return {k: float(v) for k, v in m.items() if v is not None and _is_number(v)}
 
 
-def plot_timeline(rows: Sequence[dict]):  # type: ignore[no-untyped-def]
+def plot_timeline(rows: Sequence[dict]) -> Any:
     """Gain (with its interval) and steps gained by training step, as a matplotlib figure."""
     import matplotlib
 
@@ -150,8 +165,12 @@ def plot_timeline(rows: Sequence[dict]):  # type: ignore[no-untyped-def]
     ax1.plot(steps, [g if g is not None else float("nan") for g in gains], "o-", color="tab:blue")
     ax1.axhline(0, color="grey", lw=0.8)
     ax1.set_ylabel("gain over newest (objective)")
-    ax2.plot(steps, [r["steps_gained"] if r["steps_gained"] is not None else float("nan") for r in rows], "s-",
-             color="tab:green")
+    ax2.plot(
+        steps,
+        [r["steps_gained"] if r["steps_gained"] is not None else float("nan") for r in rows],
+        "s-",
+        color="tab:green",
+    )
     ax2.axhline(0, color="grey", lw=0.8)
     ax2.set_ylabel("steps gained")
     ax2.set_xlabel("training step")
