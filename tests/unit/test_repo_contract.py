@@ -53,3 +53,11 @@ def test_mlproject_has_an_entry_point_for_every_action():
     entry_points = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]
     actions = {m.group(1) for ep in entry_points.values() for m in [re.search(r"action=(\w+)", ep["command"])] if m}
     assert actions == set(ACTIONS)
+
+
+def test_test_modules_have_unique_basenames():
+    """The test folders are not packages: two test modules with one basename stop collection of the suite."""
+    import collections
+
+    names = collections.Counter(p.name for p in (REPO / "tests").rglob("test_*.py"))
+    assert [n for n, c in names.items() if c > 1] == []
