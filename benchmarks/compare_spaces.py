@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -28,25 +27,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
-from ckptmerge.trajectory.tasks import bpb_task_yaml  # noqa: E402
+from unseen import split_tasks, unseen_trajectory  # noqa: E402
 
 BASELINES = ("newest", "uniform", "lawa", "ema", "greedy", "fisher", "regmean")
-
-
-def split_tasks(traj, folder: Path) -> Path:  # type: ignore[no-untyped-def]
-    """``unseen_dev_bpb`` and ``unseen_test_bpb``: alternate documents of the held-out docstrings and code."""
-    folder.mkdir(parents=True, exist_ok=True)
-    texts = []
-    for name in ("test.jsonl", "test_ood.jsonl"):
-        for line in (traj.tasks_dir / name).read_text().splitlines():
-            doc = json.loads(line)
-            texts.append(doc.get("text") or doc.get("page") or next(v for v in doc.values() if isinstance(v, str)))
-    for half, rows in (("dev", texts[0::2]), ("test", texts[1::2])):
-        data = folder / f"unseen_{half}.jsonl"
-        data.write_text("".join(json.dumps({"text": t}) + "\n" for t in rows))
-        (folder / f"unseen_{half}_bpb.yaml").write_text(bpb_task_yaml(f"unseen_{half}_bpb", data))
-    return folder
 
 
 def main() -> None:
@@ -60,12 +45,7 @@ def main() -> None:
     )
     ap.add_argument("--work", type=Path, default=None)
     a = ap.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    from ckptmerge.trajectory import TrajectorySpec, build_trajectory, default_cache_dir
-
-    spec = TrajectorySpec(**{**TrajectorySpec.default().__dict__, "seed": a.traj_seed})
-    traj = build_trajectory(spec, default_cache_dir())
+    traj = unseen_trajectory(a.traj_seed)
     work = a.work or Path(tempfile.mkdtemp(prefix="ckptmerge-compare-spaces-"))
     tasks = split_tasks(traj, work / "tasks")
     run_dir = work / "run"

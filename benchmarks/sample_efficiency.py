@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -37,7 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from search_vs_grid import make_task  # noqa: E402
+from unseen import make_task, unseen_trajectory  # noqa: E402
 
 
 class Objective:
@@ -118,18 +117,14 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="also write the raw runs here")
     a = ap.parse_args()
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    traj = unseen_trajectory(a.traj_seed)  # also sets the offline switches before the libraries load
     import numpy as np
 
     from ckptmerge.actions.evaluation import EvalSession
     from ckptmerge.actions.setup import resolve_sources, search_space
     from ckptmerge.config import config_from_dict
     from ckptmerge.runtime import seed_everything
-    from ckptmerge.trajectory import TrajectorySpec, build_trajectory, default_cache_dir
 
-    spec = TrajectorySpec(**{**TrajectorySpec.default().__dict__, "seed": a.traj_seed})
-    traj = build_trajectory(spec, default_cache_dir())
     work = Path(tempfile.mkdtemp(prefix="ckptmerge-sample-eff-"))
     tasks = make_task(traj, work / "tasks")
     ckpts = [str(c) for c in traj.checkpoints[-a.last :]]

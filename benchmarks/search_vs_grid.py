@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -30,22 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
-from ckptmerge.trajectory.tasks import bpb_task_yaml  # noqa: E402
-
-
-def make_task(traj, folder: Path) -> Path:
-    """A task the project never searched on: its held-out test docstrings plus the out-of-domain code."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for name in ("test.jsonl", "test_ood.jsonl"):
-        for line in (traj.tasks_dir / name).read_text().splitlines():
-            doc = json.loads(line)
-            text = doc.get("text") or doc.get("page") or next(v for v in doc.values() if isinstance(v, str))
-            rows.append(json.dumps({"text": text}))
-    data = folder / "unseen.jsonl"
-    data.write_text("\n".join(rows) + "\n")
-    (folder / "bench_unseen_bpb.yaml").write_text(bpb_task_yaml("bench_unseen_bpb", data))
-    return folder
+from unseen import make_task, unseen_trajectory  # noqa: E402
 
 
 def run(args: list[str], cwd: Path) -> dict:
@@ -72,12 +56,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None)
     a = ap.parse_args()
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    from ckptmerge.trajectory import TrajectorySpec, build_trajectory, default_cache_dir
-
-    spec = TrajectorySpec(**{**TrajectorySpec.default().__dict__, "seed": a.traj_seed})
-    traj = build_trajectory(spec, default_cache_dir())
+    traj = unseen_trajectory(a.traj_seed)
     work = a.work or Path(tempfile.mkdtemp(prefix="ckptmerge-bench-"))
     tasks = make_task(traj, work / "tasks")
     ckpts = traj.checkpoints
