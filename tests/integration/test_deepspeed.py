@@ -72,8 +72,9 @@ def test_each_rank_evaluated_half_of_the_requests(both):
     _, _, _, proc = both
     out = proc.stdout + proc.stderr
     assert "partitioned over 2 ranks (ZeRO-3" in out
-    # rank 0 reports lm-eval progress for its own share: 80 of the 160 multiple-choice requests
-    assert "| 80/80" in out and "| 160/160" not in out
+    # rank 0 logs the size of its own share: 80 of the 160 multiple-choice requests (one line per
+    # evaluation, with or without progress bars)
+    assert "rank 0 of 2: 80 loglikelihood requests" in out and ": 160 loglikelihood requests" not in out
 
 
 def test_rank_zero_alone_tracks_and_registers(both):

@@ -250,6 +250,16 @@ def _data_parallel_lm(base: type) -> type:
         def barrier(self) -> None:
             dist.barrier()
 
+        # Each rank is handed its share of a task's requests; saying how many shows the split in the log
+        # (rank 0's), whether or not progress bars are drawn.
+        def loglikelihood(self, requests: Any, disable_tqdm: bool = False) -> Any:
+            log.info("rank %d of %d: %d loglikelihood requests", self._rank, self._world_size, len(requests))
+            return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+
+        def loglikelihood_rolling(self, requests: Any, disable_tqdm: bool = False) -> Any:
+            log.info("rank %d of %d: %d rolling loglikelihood requests", self._rank, self._world_size, len(requests))
+            return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
+
     return DataParallelHFLM
 
 
