@@ -35,8 +35,12 @@ def _readers(folders):
     return [CheckpointReader(f) for f in folders]
 
 
-def test_output_is_standard_safetensors_with_index_and_progress(tmp_path, pair, capsys):
+def test_output_is_standard_safetensors_with_index_and_progress(tmp_path, pair, capsys, monkeypatch):
     from safetensors.torch import load_file
+
+    import ckptmerge.progress
+
+    monkeypatch.setattr(ckptmerge.progress, "interactive", lambda: True)  # a terminal: the bar is drawn
 
     out = write_merged(
         _readers(pair),
@@ -64,6 +68,10 @@ def test_output_is_standard_safetensors_with_index_and_progress(tmp_path, pair, 
     assert json.loads((out / "config.json").read_text())["dtype"] == "float32"
     err = capsys.readouterr().err
     assert "tensors" in err and "B/s" in err
+    # in a log (no terminal) the same merge draws no bar
+    monkeypatch.setattr(ckptmerge.progress, "interactive", lambda: False)
+    write_merged(_readers(pair), pair[1], [0.4, 0.6], tmp_path / "m2", linear_merge, 30_000, progress=True)
+    assert "B/s" not in capsys.readouterr().err
 
 
 def test_bin_inputs_are_memory_mapped_and_merge_the_same(tmp_path, pair):
