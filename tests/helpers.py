@@ -1,7 +1,9 @@
-"""Small real checkpoints for I/O tests: tiny GPT-NeoX models written with save_pretrained."""
+"""Small real checkpoints for I/O tests (tiny GPT-NeoX models written with save_pretrained), and a
+read-only look into a search's sqlite store while it runs."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import torch
@@ -37,3 +39,21 @@ def tiny_neox(
         torch.save(load_file(str(st)), Path(folder) / "pytorch_model.bin")
         st.unlink()
     return Path(folder)
+
+
+def count_finished_trials(db: Path) -> int:
+    """FINISHED trial runs in the sqlite store ``db``, read directly and read-only: an MLflow client here
+    would race the running search (or watcher) to create the tables."""
+    if not db.exists():
+        return 0
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
+        try:
+            return con.execute(
+                "select count(*) from runs r join tags t on r.run_uuid = t.run_uuid "
+                "where t.key = 'ckptmerge.kind' and t.value = 'trial' and r.status = 'FINISHED'"
+            ).fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return 0

@@ -6,7 +6,6 @@ import json
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import MAIN, run_main
+from tests.helpers import count_finished_trials
 
 pytestmark = pytest.mark.slow
 
@@ -40,23 +40,6 @@ def _finished_trials(client, exp_id):
     return [r for r in runs if r.info.status == "FINISHED"]
 
 
-def _count_finished_trials(db) -> int:
-    """Read the store directly, read-only: an MLflow client here would race the search to create the tables."""
-    if not db.exists():
-        return 0
-    try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
-        try:
-            return con.execute(
-                "select count(*) from runs r join tags t on r.run_uuid = t.run_uuid "
-                "where t.key = 'ckptmerge.kind' and t.value = 'trial' and r.status = 'FINISHED'"
-            ).fetchone()[0]
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return 0
-
-
 def test_sigkill_then_same_command_resumes(tmp_path, traj_cache, tiny_trajectory):
     # the reference: the same search, never interrupted
     ref_dir = tmp_path / "ref"
@@ -78,7 +61,7 @@ def test_sigkill_then_same_command_resumes(tmp_path, traj_cache, tiny_trajectory
     deadline = time.time() + 300
     while time.time() < deadline and p.poll() is None:
         time.sleep(0.2)
-        if _count_finished_trials(work / "mlflow.db") >= kill_after:
+        if count_finished_trials(work / "mlflow.db") >= kill_after:
             p.send_signal(signal.SIGKILL)
             break
     p.wait(timeout=60)

@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import MAIN, run_main
+from tests.helpers import count_finished_trials
 
 pytestmark = pytest.mark.slow
 
@@ -64,23 +64,6 @@ def _write_slowly(src: Path, dst: Path, pause_s: float) -> float:
     return time.time()
 
 
-def _finished_trials(db: Path) -> int:
-    """Read the store directly, read-only (an MLflow client here would race the watcher to create it)."""
-    if not db.exists():
-        return 0
-    try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
-        try:
-            return con.execute(
-                "select count(*) from runs r join tags t on r.run_uuid = t.run_uuid "
-                "where t.key = 'ckptmerge.kind' and t.value = 'trial' and r.status = 'FINISHED'"
-            ).fetchone()[0]
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return 0
-
-
 def _searches(client, exp_id):
     return client.search_runs([exp_id], "tags.`ckptmerge.kind` = 'search'")
 
@@ -109,14 +92,14 @@ def test_watch_written_slowly_killed_mid_search_and_restarted(tmp_path, tiny_tra
     for c in src[:2]:
         done_writing[c.name] = _write_slowly(c, watch / c.name, pause_s=2.0)
     db = tmp_path / "mlflow.db"
-    while _finished_trials(db) < BUDGET and time.time() < deadline and p.poll() is None:
+    while count_finished_trials(db) < BUDGET and time.time() < deadline and p.poll() is None:
         time.sleep(0.2)  # the first pair's search
     assert p.poll() is None, (tmp_path / "watch1.out").read_text()[-3000:]
     writer = threading.Thread(
         target=lambda: done_writing.__setitem__(src[2].name, _write_slowly(src[2], watch / src[2].name, 2.0))
     )
     writer.start()
-    while _finished_trials(db) < BUDGET + 1 and time.time() < deadline and p.poll() is None:
+    while count_finished_trials(db) < BUDGET + 1 and time.time() < deadline and p.poll() is None:
         time.sleep(0.1)  # the second pair's search is under way
     p.send_signal(signal.SIGKILL)
     p.wait(timeout=60)
