@@ -19,7 +19,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import MAIN, run_main
-from tests.integration.test_resume import _count_finished_trials
+from tests.helpers import count_finished_trials
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +54,7 @@ def test_a_folder_created_at_the_output_path_during_the_search_is_never_deleted(
         env=os.environ.copy(),
     )
     deadline = time.time() + 300
-    while time.time() < deadline and p.poll() is None and _count_finished_trials(tmp_path / "mlflow.db") < 1:
+    while time.time() < deadline and p.poll() is None and count_finished_trials(tmp_path / "mlflow.db") < 1:
         time.sleep(0.2)
     assert p.poll() is None, "the search ended before the folder could be created"
     out.mkdir()
@@ -172,7 +172,7 @@ def test_an_output_disk_too_small_for_the_merge_fails_before_any_trial(tmp_path,
         assert proc.returncode == 2, proc.stderr[-2000:]
         lines = _error_lines(proc.stderr)
         assert len(lines) == 1 and "not enough disk space" in lines[0], proc.stderr[-2000:]
-        assert _count_finished_trials(tmp_path / "mlflow.db") == 0
+        assert count_finished_trials(tmp_path / "mlflow.db") == 0
         assert list(mnt.iterdir()) == []
     finally:
         subprocess.run(["umount", str(mnt)], check=False)

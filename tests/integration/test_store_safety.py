@@ -21,7 +21,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import MAIN, run_main
-from tests.integration.test_resume import _count_finished_trials
+from tests.helpers import count_finished_trials
 
 pytestmark = pytest.mark.slow
 
@@ -112,7 +112,7 @@ def test_store_locked_mid_search_is_one_line(tmp_path, traj_cache, tiny_trajecto
     p = _popen(_args(tmp_path, traj_cache, tmp_path / "run", budget=8), tmp_path)
     try:
         deadline = time.time() + 300
-        while time.time() < deadline and p.poll() is None and _count_finished_trials(db) < 1:
+        while time.time() < deadline and p.poll() is None and count_finished_trials(db) < 1:
             time.sleep(0.2)
         assert p.poll() is None, "the search ended before the store could be locked"
         holder = sqlite3.connect(db, timeout=30, isolation_level=None)
