@@ -8,11 +8,12 @@ digest is computed here over every field of every scored document.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -59,9 +60,17 @@ def task_dataset(name: str, task: Any, indices: Sequence[int] | None) -> Any:
     source = HuggingFaceDatasetSource(
         path=str(c.dataset_path), config_name=c.dataset_name, data_files=kwargs.get("data_files"), split=_split(task)
     )
-    with warnings.catch_warnings():  # MLflow's hint about integer columns concerns model signatures, not inputs
-        warnings.filterwarnings("ignore", message=".*Inferred schema contains integer column", category=UserWarning)
+    with _no_integer_column_hint():
         return from_pandas(pd.DataFrame(rows), source=source, name=name, digest=content_digest(docs))
+
+
+@contextlib.contextmanager
+def _no_integer_column_hint() -> Iterator[None]:
+    """MLflow's hint about integer columns concerns model signatures, not logged inputs; it is printed
+    when a dataset's schema is inferred (lazily, when it is turned into an entity), once per task."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Inferred schema contains integer column", category=UserWarning)
+        yield
 
 
 def suite_datasets(task_objects: Mapping[str, Any], samples: Mapping[str, Sequence[int]] | None) -> list[Any]:
@@ -85,4 +94,5 @@ def dataset_inputs(datasets: Sequence[Any], context: str) -> list[Any]:
     from mlflow.entities import DatasetInput, InputTag
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-    return [DatasetInput(d._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)]) for d in datasets]
+    with _no_integer_column_hint():
+        return [DatasetInput(d._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)]) for d in datasets]
