@@ -7,10 +7,11 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from ckptmerge.config import CompareConfig, ConfigError, compare_methods, config_from_dict
-from ckptmerge.merge import METHODS, baseline_names, method, register, searchable
+from ckptmerge.merge import METHODS, baseline_names, get_method, method, register, searchable
 from ckptmerge.merge.registry import MERGE_COMMON_KEYS
 from ckptmerge.merge.soups import greedy_weights
 
@@ -52,6 +53,28 @@ def test_a_search_runs_only_methods_with_an_in_place_form():
             searchable(name)
     with pytest.raises(ConfigError, match="calibration method"):
         searchable("fisher")
+    with pytest.raises(ConfigError, match="merge.method=ema makes its own weights .* run it in action=compare"):
+        get_method("ema")  # action=merge writes a function of tensors and weights
+
+
+def test_a_per_tensor_method_receives_its_settings():
+    @dataclasses.dataclass(frozen=True)
+    class Scale:
+        factor: float = 1.0
+
+    def scaled_newest(tensors, weights, out_dtype, settings):
+        return tensors[-1] * settings.factor
+
+    register("scaled_newest", scaled_newest, settings=Scale)
+    try:
+        ts = [torch.ones(3), torch.full((3,), 2.0)]
+        assert get_method("scaled_newest")(ts, [0.5, 0.5], None).tolist() == [2.0, 2.0, 2.0]
+        assert get_method("scaled_newest", {"factor": 3.0})(ts, [0.5, 0.5], None).tolist() == [6.0, 6.0, 6.0]
+        assert config_from_dict({"merge": {"method": "scaled_newest", "factor": 3.0}}).merge.settings == {"factor": 3.0}
+        with pytest.raises(ConfigError, match="unknown config key merge.factr for merge method scaled_newest"):
+            config_from_dict({"merge": {"method": "scaled_newest", "factr": 3.0}})
+    finally:
+        METHODS.unregister("scaled_newest")
 
 
 def test_registration_checks_the_declaration():

@@ -106,8 +106,10 @@ class MergeMethod:
     def bind(self, options: Mapping[str, Any] | None = None) -> MergeFn:
         """The per-tensor function with its settings: ``fn(tensors, weights, out_dtype)``."""
         if self.fn is None:
+            per_tensor = ", ".join(n for n in METHODS if METHODS.get(n).fn is not None)
             raise ConfigError(
-                f"merge.method={self.name} is a {self.form} method, not a function of tensors and weights"
+                f"merge.method={self.name} makes its own weights ({self.form} method): run it in action=compare; "
+                f"action=merge and action=search take a function of tensors and weights ({per_tensor})"
             )
         if not self.has_settings:
             return self.fn
