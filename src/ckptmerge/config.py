@@ -515,6 +515,8 @@ class Config:
         through :func:`config_from_dict` (the search space's settings in its YAML's form, flat)."""
         out = _plain(dataclasses.asdict(self))
         out["merge"] = {**{k: v for k, v in out["merge"].items() if k != "settings"}, **out["merge"]["settings"]}
+        if not self.plugins:  # the dict hashes into resume keys (action=watch): unchanged when there are none
+            del out["plugins"]
         space = out["search"]["space"]
         out["search"]["space"] = {**{k: v for k, v in space.items() if k != "settings"}, **space.get("settings", {})}
         return out

@@ -144,6 +144,9 @@ def test_a_plugin_module_registers_its_method_before_the_config_is_checked(tmp_p
     try:
         cfg = config_from_dict({"plugins": ["plugin_halves"], "merge": {"method": "halves"}})
         assert cfg.plugins == ("plugin_halves",) and searchable("halves").fn is not None
+        assert config_from_dict(cfg.to_dict()) == cfg
+        # without plugins the dict (a watch's resume key hashes it) has the keys it had before plugins existed
+        assert "plugins" not in config_from_dict({}).to_dict()
     finally:
         METHODS.unregister("halves")
     with pytest.raises(ConfigError, match=r"plugins\[0\] must be a module name"):
