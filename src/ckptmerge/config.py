@@ -593,6 +593,17 @@ _SECTIONS = {
 }
 
 
+def moved_compare_key(key: str) -> str | None:
+    """Where a former ``compare.KEY`` went, or None when ``KEY`` did not move."""
+    if key not in MOVED_COMPARE_KEYS:
+        return None
+    method, setting = MOVED_COMPARE_KEYS[key].split(".")
+    return (
+        f"compare.{key} is now the setting {setting} of merge method {method}: "
+        f"+compare.settings.{MOVED_COMPARE_KEYS[key]}=VALUE (defaults in conf/merge/{method}.yaml)"
+    )
+
+
 def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
     """Construct dataclass ``cls`` from ``data``: unknown keys are errors, lists become tuples."""
     if not isinstance(data, Mapping):
@@ -605,12 +616,8 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
             "settings": {k: v for k, v in data.items() if k not in fields or k == "settings"},
         }
     for key, value in data.items():
-        if cls is CompareConfig and key in MOVED_COMPARE_KEYS:
-            method, setting = MOVED_COMPARE_KEYS[key].split(".")
-            raise ConfigError(
-                f"compare.{key} is now the setting {setting} of merge method {method}: "
-                f"+compare.settings.{MOVED_COMPARE_KEYS[key]}=VALUE (defaults in conf/merge/{method}.yaml)"
-            )
+        if cls is CompareConfig and (hint := moved_compare_key(key)):
+            raise ConfigError(hint)
         if key not in fields:
             raise ConfigError(f"unknown config key {prefix}.{key}{did_you_mean(key, fields)}")
         if key == "trajectory" and cls is ModelConfig:
