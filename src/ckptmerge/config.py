@@ -125,7 +125,8 @@ class MergeConfig:
     def __post_init__(self) -> None:
         from ckptmerge.merge import method
 
-        method(self.method).make_settings(self.settings, "merge")  # an unknown name or setting names its key
+        beside = [f.name for f in dataclasses.fields(self) if f.name != "settings"]
+        method(self.method).make_settings(self.settings, "merge", beside)  # an unknown name or setting names its key
         _choice("merge.dtype", self.dtype, DTYPES)
         parse_size(self.shard_size, "merge.shard_size")
         if self.weights is not None:

@@ -10,9 +10,8 @@ import pytest
 import torch
 import yaml
 
-from ckptmerge.config import CompareConfig, ConfigError, compare_methods, config_from_dict
+from ckptmerge.config import CompareConfig, ConfigError, MergeConfig, compare_methods, config_from_dict
 from ckptmerge.merge import METHODS, baseline_names, get_method, method, register, searchable
-from ckptmerge.merge.registry import MERGE_COMMON_KEYS
 from ckptmerge.merge.soups import greedy_weights
 
 CONF_MERGE = Path(__file__).resolve().parents[2] / "conf" / "merge"
@@ -36,7 +35,8 @@ def test_a_method_with_settings_has_its_yaml_with_the_same_defaults(name):
         return
     data = yaml.safe_load(path.read_text())
     assert data["method"] == name
-    own = {k: v for k, v in data.items() if k not in MERGE_COMMON_KEYS and k != "defaults"}
+    shared = {f.name for f in dataclasses.fields(MergeConfig)}
+    own = {k: v for k, v in data.items() if k not in shared and k != "defaults"}
     assert own == dataclasses.asdict(m.settings()), path
 
 

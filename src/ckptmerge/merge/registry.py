@@ -86,13 +86,16 @@ class MergeMethod:
     def has_settings(self) -> bool:
         return bool(dataclasses.fields(self.settings))
 
-    def make_settings(self, options: Mapping[str, Any] | None = None, prefix: str = "merge") -> Any:
-        """The settings dataclass from config keys over its defaults; unknown keys and bad values name the key."""
+    def make_settings(
+        self, options: Mapping[str, Any] | None = None, prefix: str = "merge", beside: Sequence[str] = ()
+    ) -> Any:
+        """The settings dataclass from config keys over its defaults; unknown keys and bad values name the key
+        (``beside``: the other keys under ``prefix``, for "did you mean")."""
         fields = {f.name for f in dataclasses.fields(self.settings)}
         options = dict(options or {})
         for key in options:
             if key not in fields:
-                known = fields | (set(MERGE_COMMON_KEYS) if prefix == "merge" else set())
+                known = fields | set(beside)
                 raise ConfigError(
                     f"unknown config key {prefix}.{key} for merge method {self.name}{did_you_mean(key, known)}"
                 )
@@ -123,18 +126,6 @@ class MergeMethod:
 def _names_a_field(message: str, fields: set[str]) -> bool:
     return any(message.startswith(f + " ") for f in fields)
 
-
-# The keys of the merge config every method shares; the rest of merge.* is merge.method's settings.
-MERGE_COMMON_KEYS = (
-    "method",
-    "weights",
-    "output_dir",
-    "overwrite",
-    "shard_size",
-    "dtype",
-    "allow_nonfinite",
-    "mergekit_config",
-)
 
 METHODS: Registry[MergeMethod] = Registry("merge method", "merge.method")
 
