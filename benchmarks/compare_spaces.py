@@ -31,7 +31,9 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from unseen import split_tasks, unseen_trajectory  # noqa: E402
 
-BASELINES = ("newest", "uniform", "lawa", "ema", "greedy", "fisher", "regmean")
+from ckptmerge.merge import baseline_names  # noqa: E402
+
+BASELINES = tuple(baseline_names())  # every registered compare baseline
 
 
 def main() -> None:
@@ -40,9 +42,7 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=8)
     ap.add_argument("--test-margin", type=float, default=0.001, help="bits per byte")
     ap.add_argument("--limit", type=int, default=None, help="eval.limit: a seeded sample of each task's documents")
-    ap.add_argument(
-        "--methods", default="newest,uniform,lawa,ema,greedy,fisher,regmean,bo,bo_simplex,bo_ema,bo_window,bo_decay"
-    )
+    ap.add_argument("--methods", default=",".join([*BASELINES, "bo", "bo_simplex", "bo_ema", "bo_window", "bo_decay"]))
     ap.add_argument("--work", type=Path, default=None)
     a = ap.parse_args()
     traj = unseen_trajectory(a.traj_seed)

@@ -274,6 +274,18 @@ def _check_group_choices(argv: list[str]) -> None:
                 sys.exit(EXIT_USER_ERROR)
 
 
+def _check_moved_keys(argv: list[str]) -> None:
+    """A former ``compare.*`` key that is now a merge method's setting, as one line saying where it went
+    (Hydra alone would answer that the key is not in the config)."""
+    from ckptmerge.config import moved_compare_key
+
+    for arg in argv:
+        key, eq, _ = arg.lstrip("+~").partition("=")
+        if eq and key.startswith("compare.") and (hint := moved_compare_key(key.removeprefix("compare."))):
+            print(f"error: {hint}", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
+
+
 def _check_run_dir(argv: list[str]) -> None:
     """A run folder that cannot be created or written (read-only, under /proc) as one line: Hydra
     creates it before main() runs and reports a failure as a traceback. Checked by doing what Hydra
@@ -308,6 +320,7 @@ if __name__ == "__main__":
     sys.stdout, sys.stderr = _RedactingStream(sys.stdout), _RedactingStream(sys.stderr)
     sys.argv[1:] = _launcher_argv(sys.argv[1:])
     _check_group_choices(sys.argv[1:])
+    _check_moved_keys(sys.argv[1:])
     _check_run_dir(sys.argv[1:])
     try:
         main()

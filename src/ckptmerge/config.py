@@ -119,8 +119,14 @@ class MergeConfig:
     allow_nonfinite: bool = False
     # action=merge only: a mergekit YAML (linear) giving the checkpoints, weights and dtype instead.
     mergekit_config: str | None = None
+    # The rest of merge.*: merge.method's settings (conf/merge/<method>.yaml), checked by the method.
+    settings: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        from ckptmerge.merge import method
+
+        beside = [f.name for f in dataclasses.fields(self) if f.name != "settings"]
+        method(self.method).make_settings(self.settings, "merge", beside)  # an unknown name or setting names its key
         _choice("merge.dtype", self.dtype, DTYPES)
         parse_size(self.shard_size, "merge.shard_size")
         if self.weights is not None:
@@ -340,9 +346,16 @@ class RuntimeConfig:
             raise ConfigError(f"runtime.timeout_s must be a positive number of seconds, got {self.timeout_s!r}")
 
 
-# The baselines of action=compare; our searches are named by searcher and space (see searched_method).
-BASELINE_METHODS = ("newest", "uniform", "lawa", "ema", "greedy", "fisher", "regmean")
-COMPARE_METHODS = BASELINE_METHODS + ("bo", "bo_simplex", "bo_ema", "bo_window", "bo_decay", "grid", "random")
+def compare_methods() -> tuple[str, ...]:
+    """``action=compare``'s default methods: every registered baseline (``newest`` first), then our
+    searches: ``bo`` (the pair), ``bo_<space>`` for every wider search space, and the other searchers."""
+    from ckptmerge.merge import baseline_names
+    from ckptmerge.search.searchers import SEARCHERS
+    from ckptmerge.search.space import SPACES, make_space
+
+    make_space("pair", 2)  # registers the built-in families
+    spaces = [f"bo_{s}" for s in SPACES if s != "pair"]
+    return (*baseline_names(), "bo", *spaces, *(k for k in SEARCHERS if k != "bo"))
 
 
 def searched_method(method: str) -> tuple[str, str] | None:
@@ -374,35 +387,51 @@ class PilotConfig:
 class CompareConfig:
     """``action=compare``: merge methods run on the same checkpoints, dev objective and budget."""
 
-    methods: tuple[str, ...] = COMPARE_METHODS
+    # every registered baseline, then our searches (see compare_methods); null in the YAML means the same
+    methods: tuple[str, ...] = field(default_factory=compare_methods)
     last: int = 4  # multi-checkpoint methods use the last N checkpoints of the trajectory
-    lawa_k: int = 3
-    ema_beta: float = 0.5
-    fisher_tokens: int = 8192
-    fisher_floor: float = 1e-8
-    regmean_alpha: float = 0.9
-    gram_tokens: int = 8192
+    # Each method's settings over its defaults (conf/merge/<method>.yaml), e.g. {fisher: {floor: 1e-6}}
+    settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     calibration_path: str | None = None  # JSONL with "text"; the embedded trajectory brings its own
     register: bool = False
 
     def __post_init__(self) -> None:
+        from ckptmerge.merge import METHODS
+
+        if self.methods is None:
+            object.__setattr__(self, "methods", compare_methods())
         if not self.methods:
             raise ConfigError("compare.methods is empty")
         for m in self.methods:
-            if m not in BASELINE_METHODS and searched_method(m) is None:
-                raise ConfigError(f"compare.methods: unknown method {m!r}{did_you_mean(m, COMPARE_METHODS)}")
-        for key in ("last", "lawa_k", "fisher_tokens", "gram_tokens"):
-            v = getattr(self, key)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ConfigError(f"compare.{key} must be a positive integer, got {v!r}")
-        if self.last < 2:
-            raise ConfigError(f"compare.last must be >= 2, got {self.last}")
-        if not _is_number(self.ema_beta) or not 0.0 <= self.ema_beta < 1.0:
-            raise ConfigError(f"compare.ema_beta must be in [0, 1), got {self.ema_beta!r}")
-        if not _is_number(self.regmean_alpha) or not 0.0 <= self.regmean_alpha <= 1.0:
-            raise ConfigError(f"compare.regmean_alpha must be in [0, 1], got {self.regmean_alpha!r}")
-        if not _is_number(self.fisher_floor) or self.fisher_floor <= 0:
-            raise ConfigError(f"compare.fisher_floor must be > 0, got {self.fisher_floor!r}")
+            if m not in METHODS and searched_method(m) is None:
+                raise ConfigError(f"compare.methods: unknown method {m!r}{did_you_mean(m, compare_methods())}")
+        if not isinstance(self.settings, Mapping):
+            raise ConfigError(f"compare.settings must map method names to their settings, got {self.settings!r}")
+        for name, options in self.settings.items():
+            if name not in METHODS:
+                raise ConfigError(f"compare.settings.{name}: not a known merge method{did_you_mean(name, METHODS)}")
+            if not isinstance(options, Mapping):
+                raise ConfigError(f"compare.settings.{name} must be a mapping of settings, got {options!r}")
+            METHODS.get(name).make_settings(options, f"compare.settings.{name}")
+        if not isinstance(self.last, int) or isinstance(self.last, bool) or self.last < 2:
+            raise ConfigError(f"compare.last must be an integer >= 2, got {self.last!r}")
+
+    def method_settings(self, name: str) -> Any:
+        """The settings of merge method ``name`` in this comparison: its defaults, then compare.settings.NAME."""
+        from ckptmerge.merge import method
+
+        return method(name).make_settings(self.settings.get(name, {}), f"compare.settings.{name}")
+
+
+# compare.* keys that became a merge method's settings, for a one-line hint instead of "unknown key"
+MOVED_COMPARE_KEYS = {
+    "lawa_k": "lawa.k",
+    "ema_beta": "ema.beta",
+    "fisher_tokens": "fisher.tokens",
+    "fisher_floor": "fisher.floor",
+    "regmean_alpha": "regmean.alpha",
+    "gram_tokens": "regmean.tokens",
+}
 
 
 @dataclass(frozen=True)
@@ -444,6 +473,8 @@ class Config:
     """The whole run: one action over one set of checkpoints."""
 
     action: str = "search"
+    # modules imported before the config is checked: merge methods, spaces, searchers or actions of your own
+    plugins: tuple[str, ...] = ()
     model: ModelConfig = field(default_factory=ModelConfig)
     merge: MergeConfig = field(default_factory=MergeConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
@@ -484,6 +515,9 @@ class Config:
         """Plain nested dict (tuples as lists), e.g. for logging the resolved config; it reads back
         through :func:`config_from_dict` (the search space's settings in its YAML's form, flat)."""
         out = _plain(dataclasses.asdict(self))
+        out["merge"] = {**{k: v for k, v in out["merge"].items() if k != "settings"}, **out["merge"]["settings"]}
+        if not self.plugins:  # the dict hashes into resume keys (action=watch): unchanged when there are none
+            del out["plugins"]
         space = out["search"]["space"]
         out["search"]["space"] = {**{k: v for k, v in space.items() if k != "settings"}, **space.get("settings", {})}
         return out
@@ -560,13 +594,31 @@ _SECTIONS = {
 }
 
 
+def moved_compare_key(key: str) -> str | None:
+    """Where a former ``compare.KEY`` went, or None when ``KEY`` did not move."""
+    if key not in MOVED_COMPARE_KEYS:
+        return None
+    method, setting = MOVED_COMPARE_KEYS[key].split(".")
+    return (
+        f"compare.{key} is now the setting {setting} of merge method {method}: "
+        f"+compare.settings.{MOVED_COMPARE_KEYS[key]}=VALUE (defaults in conf/merge/{method}.yaml)"
+    )
+
+
 def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
     """Construct dataclass ``cls`` from ``data``: unknown keys are errors, lists become tuples."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{prefix} must be a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
+    if cls is MergeConfig:  # the keys beside the common ones are merge.method's settings
+        data = {
+            **{k: v for k, v in data.items() if k in fields and k != "settings"},
+            "settings": {k: v for k, v in data.items() if k not in fields or k == "settings"},
+        }
     for key, value in data.items():
+        if cls is CompareConfig and (hint := moved_compare_key(key)):
+            raise ConfigError(hint)
         if key not in fields:
             raise ConfigError(f"unknown config key {prefix}.{key}{did_you_mean(key, fields)}")
         if key == "trajectory" and cls is ModelConfig:
@@ -576,7 +628,7 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
         elif isinstance(value, list):
             value = tuple(value)
         elif isinstance(value, Mapping):
-            value = dict(value)
+            value = {k: dict(v) if isinstance(v, Mapping) else v for k, v in value.items()}
         elif value is None and cls in (EvalConfig, ModelConfig) and key in ("metrics", "weights", "dev_weights"):
             value = {}
         kwargs[key] = value
@@ -596,6 +648,30 @@ def _space(data: Any, prefix: str) -> SpaceConfig:
     return SpaceConfig(**common, settings={k: v for k, v in data.items() if k not in common})
 
 
+def load_plugins(modules: Any) -> tuple[str, ...]:
+    """Import each module of ``plugins`` (a module name, importable from the working directory or
+    ``PYTHONPATH``): it registers its merge methods, search spaces, searchers or actions."""
+    import importlib
+    import os
+    import sys
+
+    if isinstance(modules, str):
+        modules = [modules]
+    if not isinstance(modules, (list, tuple)):
+        raise ConfigError(f"plugins must be a list of module names, got {modules!r}")
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.append(cwd)  # as `python -m`: a module beside the command is found
+    for i, name in enumerate(modules):
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", name):
+            raise ConfigError(f"plugins[{i}] must be a module name such as my_methods, got {name!r}")
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise ConfigError(f"plugins[{i}]: cannot import {name!r} ({e})") from None
+    return tuple(modules)
+
+
 def config_from_dict(data: Mapping[str, Any]) -> Config:
     """Validate a plain nested dict (as Hydra composes it) into a :class:`Config`."""
     kwargs: dict[str, Any] = {}
@@ -604,11 +680,14 @@ def config_from_dict(data: Mapping[str, Any]) -> Config:
         if given:
             raise ConfigError("model.checkpoints is filled by action=watch from watch.dir; leave it out")
         data = {**data, "model": {**data["model"], "checkpoints": list(WATCH_PLACEHOLDERS)}}
+    kwargs["plugins"] = load_plugins(data.get("plugins") or ())  # before the sections read the registries
     for key, value in data.items():
         if key in _SECTIONS:
             kwargs[key] = _build(_SECTIONS[key], value or {}, key)
         elif key == "action":
             kwargs[key] = value
+        elif key == "plugins":
+            continue
         elif key in ("hydra",):
             continue
         else:

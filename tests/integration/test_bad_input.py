@@ -86,6 +86,7 @@ def _cases(traj, tmp):
             "did you mean 'linear'",
         ),
         "unknown config group option": (["model=pythia-7b"], "model=pythia-7b is not a config"),
+        "former compare key": (["action=compare", "compare.lawa_k=2"], "+compare.settings.lawa.k=VALUE"),
         "output folder exists": (merge + ["merge.weights=[0.5,0.5]", f"merge.output_dir={exists}"], "already exists"),
         # copies: were the check missing, overwrite=true would replace the input checkpoint itself
         "output is an input checkpoint": (
@@ -169,6 +170,7 @@ CASES = [
     "unknown metric",
     "unknown merge method",
     "unknown config group option",
+    "former compare key",
     "test split as dev",
     "output folder exists",
     "output is an input checkpoint",

@@ -1,5 +1,9 @@
 """``action=compare``: the paper's baselines against BO on the same checkpoints and dev objective.
 
+A method is a registered merge method (``ckptmerge.merge.METHODS``; by default every one flagged as a
+baseline), run by its form: a weighting rule's weights are merged linearly, a calibration method reads
+its statistic of each checkpoint on calibration text, a per-tensor function runs with uniform weights.
+Each reads its settings from ``compare.settings.<method>`` over its defaults (``conf/merge/<method>.yaml``).
 Multi-checkpoint methods use the last ``compare.last`` checkpoints; pair methods (``bo``, ``grid``,
 ``random``) the last two. Our searches are named ``<searcher>_<space>`` (``bo_simplex``, ``bo_ema``,
 ``bo_window``, ``bo_decay``; a bare ``bo`` is the paper's pair) and get the same evaluation budget
@@ -29,16 +33,15 @@ from ckptmerge.actions.evaluation import EvalSession
 from ckptmerge.actions.setup import search_space
 from ckptmerge.actions.study import start_study
 from ckptmerge.actions.trials import TrialLoop
-from ckptmerge.calibration import diagonal_fisher, linear_input_grams, read_texts
+from ckptmerge.calibration import read_texts
 from ckptmerge.checkpoints.resident import ResidentModel
 from ckptmerge.config import Config, ConfigError, searched_method
 from ckptmerge.errors import EvaluationError
 from ckptmerge.evaluation.doc_scores import DocScores
 from ckptmerge.evaluation.uncertainty import Gain, gains_by_metric
 from ckptmerge.merge import linear_merge
-from ckptmerge.merge.fisher import fisher_merge
-from ckptmerge.merge.regmean import regmean_merge
-from ckptmerge.merge.soups import ema_weights, lawa_weights, uniform_weights
+from ckptmerge.merge import method as merge_method
+from ckptmerge.merge.soups import uniform_weights
 from ckptmerge.runtime import seed_everything
 from ckptmerge.search.searchers import make_searcher
 from ckptmerge.tracking import names
@@ -103,19 +106,15 @@ class Comparison:
         self.evaluations += 1
         return self.session.objective(metrics), metrics
 
-    def _linear(self, weights: list[float]) -> tuple[float, dict[str, float]]:
-        self.resident.apply(weights)
-        return self._score()
-
     def _onehot(self, i: int) -> list[float]:
         return [1.0 if j == i else 0.0 for j in range(self.k)]
 
-    def _calibration(self) -> list[str]:
+    def _calibration(self, method: str) -> list[str]:
         if self._texts is None:
             path = self.cfg.compare.calibration_path or self.calib_path
             if path is None:
                 raise ConfigError(
-                    "compare.calibration_path is needed for fisher/regmean (a JSONL file with a 'text' "
+                    f"compare.calibration_path is needed for {method} (a JSONL file with a 'text' "
                     "field, never dev or test text)"
                 )
             self._texts = read_texts(Path(path))
@@ -125,74 +124,57 @@ class Comparison:
         configured = getattr(self.resident.model.config, "max_position_embeddings", None)
         return int(self.session.sources.max_length or configured or 512)
 
-    def _per_checkpoint(self, statistic: Callable[..., dict], tokens: int) -> list[dict]:
+    def _per_checkpoint(self, method: str, statistic: Callable[..., dict], tokens: int) -> list[dict]:
         """``statistic(model, tokenizer, texts, tokens, max_length)`` of each checkpoint, loaded in turn."""
-        texts = self._calibration()
+        texts = self._calibration(method)
         out = []
         for i in range(self.k):
             self.resident.apply(self._onehot(i))
             out.append(statistic(self.resident.model, self.resident.tokenizer, texts, tokens, self._max_length()))
         return out
 
-    # -- methods -------------------------------------------------------------------------------
-    def newest(self) -> tuple[list[float] | None, float, dict]:
-        w = self._onehot(self.k - 1)
-        return (w, *self._linear(w))
-
-    def uniform(self) -> tuple[list[float] | None, float, dict]:
-        w = uniform_weights(self.k)
-        return (w, *self._linear(w))
-
-    def lawa(self) -> tuple[list[float] | None, float, dict]:
-        w = lawa_weights(self.k, self.cfg.compare.lawa_k)
-        return (w, *self._linear(w))
-
-    def ema(self) -> tuple[list[float] | None, float, dict]:
-        w = ema_weights(self.k, self.cfg.compare.ema_beta)
-        return (w, *self._linear(w))
-
-    def greedy(self) -> tuple[list[float] | None, float, dict]:
-        """Greedy soup: checkpoints by dev objective, each kept only if the uniform soup improves."""
-        singles = [(*self._linear(self._onehot(i)), self.scores) for i in range(self.k)]
-        order = sorted(range(self.k), key=lambda i: singles[i][0], reverse=True)
-        soup = [order[0]]
-        best, best_metrics, best_scores = singles[order[0]]
-        for i in order[1:]:
-            cand = soup + [i]
-            obj, metrics = self._linear([1.0 / len(cand) if j in cand else 0.0 for j in range(self.k)])
-            if obj > best:
-                soup, best, best_metrics, best_scores = cand, obj, metrics, self.scores
-        w = [1.0 / len(soup) if j in soup else 0.0 for j in range(self.k)]
-        self.resident.apply(w)
-        self.scores = best_scores
-        return w, best, best_metrics
-
-    def fisher(self) -> tuple[list[float] | None, float, dict]:
-        c = self.cfg.compare
-        fishers = self._per_checkpoint(diagonal_fisher, c.fisher_tokens)
+    # -- a registered merge method, by its form ------------------------------------------------
+    def registered(self, name: str) -> tuple[list[float] | None, float, dict]:
+        """Merge method ``name`` from the registry into the resident model, scored on dev."""
+        m = merge_method(name)
+        settings = self.cfg.compare.method_settings(name)
         uniform = uniform_weights(self.k)
+        if m.weighting is not None:
+            return self._weighting(m.weighting, settings)
+        if m.calibration is not None:
+            cal = m.calibration
+            stats = self._per_checkpoint(name, cal.statistic, settings.tokens)
 
-        def merge(key: str, srcs: list[torch.Tensor]) -> torch.Tensor:
-            if key in fishers[0]:
-                return fisher_merge(srcs, [f[key] for f in fishers], c.fisher_floor, out_dtype=srcs[0].dtype)
-            return linear_merge(srcs, uniform)
+            def merge(key: str, srcs: list[torch.Tensor]) -> torch.Tensor:
+                out = cal.merge(key, srcs, stats, settings)
+                return linear_merge(srcs, uniform) if out is None else out
 
-        self.resident.apply_fn(merge)
+            self.resident.apply_fn(merge)
+            return (None, *self._score())
+        # a function of the tensors and weights: here with uniform weights over the compared checkpoints
+        fn = m.bind(dataclasses.asdict(settings))
+        self.resident.apply_fn(lambda key, srcs: fn(srcs, uniform, srcs[0].dtype))
         return (None, *self._score())
 
-    def regmean(self) -> tuple[list[float] | None, float, dict]:
-        c = self.cfg.compare
-        grams = self._per_checkpoint(linear_input_grams, c.gram_tokens)
-        uniform = uniform_weights(self.k)
+    def _weighting(self, rule: Callable[..., list[float]], settings: Any) -> tuple[list[float] | None, float, dict]:
+        """A weighting rule's weights merged linearly; the weightings it scored on the way (greedy soup)
+        are not scored again."""
+        seen: dict[tuple[float, ...], tuple[float, dict[str, float], DocScores | None]] = {}
 
-        def merge(key: str, srcs: list[torch.Tensor]) -> torch.Tensor:
-            module = key[: -len(".weight")] if key.endswith(".weight") else None
-            if module is not None and module in grams[0] and srcs[0].dim() == 2:
-                return regmean_merge(srcs, [g[module] for g in grams], c.regmean_alpha, out_dtype=srcs[0].dtype)
-            return linear_merge(srcs, uniform)
+        def evaluate(weights: list[float]) -> float:
+            self.resident.apply(weights)
+            objective, metrics = self._score()
+            seen[tuple(weights)] = (objective, metrics, self.scores)
+            return objective
 
-        self.resident.apply_fn(merge)
-        return (None, *self._score())
+        w = [float(x) for x in rule(self.k, settings, evaluate)]
+        if tuple(w) in seen:
+            objective, metrics, self.scores = seen[tuple(w)]
+            self.resident.apply(w)  # the resident model holds the method's merge
+        else:
+            self.resident.apply(w)
+            objective, metrics = self._score()
+        return w, objective, metrics
 
     def searched(self, method: str, run_id: str) -> tuple[list[float] | None, float, dict]:
         kind, space_name = searched_method(method)  # type: ignore[misc]  # validated with the config
@@ -222,7 +204,9 @@ class Comparison:
         run_id = self.tracker.start_trial(0, {"method": method}, run_name=method, kind="method")
         self.evaluations, self.scores, t0 = 0, None, time.perf_counter()
         fn: Callable[[], tuple] = (
-            getattr(self, method) if searched_method(method) is None else (lambda: self.searched(method, run_id))
+            (lambda: self.registered(method))
+            if searched_method(method) is None
+            else (lambda: self.searched(method, run_id))
         )
         try:
             weights, objective, dev = fn()

@@ -68,7 +68,7 @@ class EvalSession:
                     f"merge.method={cfg.merge.method} needs whole tensors; under runtime=deepspeed only "
                     "linear merges run on the partitions"
                 )
-            resident.merge_fn = searchable(cfg.merge.method).fn
+            resident.merge_fn = searchable(cfg.merge.method).bind(cfg.merge.settings)
         session.bind(resident)
         return session, resident
 

@@ -68,7 +68,7 @@ def run_merge(cfg: Config) -> dict[str, Any]:
     """
     if cfg.merge.mergekit_config:
         cfg = from_mergekit(cfg)
-    fn = get_method(cfg.merge.method)
+    fn = get_method(cfg.merge.method, cfg.merge.settings)
     target = Path(cfg.merge.output_dir).expanduser().resolve()  # type: ignore[arg-type]
     check_target(target, cfg.merge.overwrite)
     shard_bytes = parse_size(cfg.merge.shard_size, "merge.shard_size")

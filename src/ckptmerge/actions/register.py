@@ -56,7 +56,7 @@ def write_and_verify(
             cset.newest.folder,
             list(weights.values()),
             target,
-            get_method(cfg.merge.method),
+            get_method(cfg.merge.method, cfg.merge.settings),
             parse_size(cfg.merge.shard_size, "merge.shard_size"),
             out_dtype=out_dtype,
             overwrite=cfg.merge.overwrite,

@@ -209,7 +209,8 @@ class SearchRun:
                 "min_distance": c.search.min_distance,
                 **({} if c.search.space.name == "pair" else {"space": self._space_key()}),
             },
-            "merge": {"method": c.merge.method},
+            # a method's settings change what it merges; linear has none, so its key is as it always was
+            "merge": {"method": c.merge.method, **({"settings": dict(c.merge.settings)} if c.merge.settings else {})},
             "runtime": {"dtype": str(resident.dtype), "device": resident.device},
         }
 
@@ -219,7 +220,11 @@ class SearchRun:
         sp = self.cfg.search.space
         key: dict[str, Any] = {"name": sp.name, "settings": dict(sp.settings), "warm_start": sp.warm_start}
         if sp.warm_start:
-            key["baselines"] = {"lawa_k": self.cfg.compare.lawa_k, "ema_beta": self.cfg.compare.ema_beta}
+            compare = self.cfg.compare
+            key["baselines"] = {
+                "lawa_k": compare.method_settings("lawa").k,
+                "ema_beta": compare.method_settings("ema").beta,
+            }
         return key
 
     def _resumable(self, tracker: SearchTracker, key: dict[str, Any]) -> str | None:

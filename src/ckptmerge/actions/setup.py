@@ -152,7 +152,7 @@ def resolve_search_sources(cfg: Config, progress: bool = True, check: bool = Tru
 
 def search_space(cfg: Config, k: int, name: str | None = None) -> tuple[SearchSpace, list[Proposal] | None]:
     """The space ``name`` (default ``search/space``) over ``k`` checkpoints and its initial proposals: a
-    warm start from the cheap baselines' weightings (``compare.lawa_k``, ``compare.ema_beta``) for every
+    warm start from the cheap baselines' weightings (``lawa`` and ``ema`` as in compare.settings) for every
     space but the pair, whose initial points are the paper's (λ=α, λ=1)."""
     from ckptmerge.merge.soups import baseline_weightings
     from ckptmerge.search.searchers import warm_start
@@ -166,7 +166,7 @@ def search_space(cfg: Config, k: int, name: str | None = None) -> tuple[SearchSp
     # the pair starts as in the paper (λ=α, λ=1) unless its config asks for the warm start
     if (configured and not sp.warm_start) or (not configured and space.is_pair):
         return space, None
-    baselines = baseline_weightings(k, cfg.compare.lawa_k, cfg.compare.ema_beta)
+    baselines = baseline_weightings(k, cfg.compare.method_settings("lawa").k, cfg.compare.method_settings("ema").beta)
     return space, warm_start(space, baselines, float(cfg.search.min_distance))
 
 

@@ -9,9 +9,13 @@ linear layer's weight is averaged uniformly.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
+
+from ckptmerge.merge.registry import Calibration, register
 
 
 def scaled_gram(gram: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -50,3 +54,42 @@ def regmean_merge(
         mean = torch.stack([w.double() for w in weights]).mean(0)
         merged[:, dead] = mean[:, dead]
     return merged.to(out_dtype).contiguous()
+
+
+@dataclass(frozen=True)
+class RegMeanSettings:
+    """``conf/merge/regmean.yaml``."""
+
+    alpha: float = 0.9  # scale of the Gram matrices' off-diagonal entries
+    tokens: int = 8192  # calibration tokens per checkpoint for its Gram matrices
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.alpha, (int, float)) or isinstance(self.alpha, bool) or not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {self.alpha!r}")
+        if not isinstance(self.tokens, int) or isinstance(self.tokens, bool) or self.tokens < 1:
+            raise ValueError(f"tokens must be a positive integer, got {self.tokens!r}")
+
+
+def _grams(*args: Any) -> dict[str, torch.Tensor]:
+    from ckptmerge.calibration import linear_input_grams  # forward hooks on the model: only when the method runs
+
+    return linear_input_grams(*args)
+
+
+def _merge(
+    key: str, tensors: Sequence[torch.Tensor], grams: Sequence[Mapping[str, torch.Tensor]], s: RegMeanSettings
+) -> torch.Tensor | None:
+    module = key[: -len(".weight")] if key.endswith(".weight") else None
+    if module is None or module not in grams[0] or tensors[0].dim() != 2:
+        return None
+    return regmean_merge(tensors, [g[module] for g in grams], s.alpha, out_dtype=tensors[0].dtype)
+
+
+register(
+    "regmean",
+    needs="calibration",
+    calibration=Calibration(_grams, _merge),
+    settings=RegMeanSettings,
+    baseline=True,
+    summary="RegMean on every linear layer (Gram of its inputs on calibration text)",
+)

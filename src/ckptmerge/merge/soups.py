@@ -3,10 +3,19 @@
 * **uniform soup**: the mean of the chosen checkpoints;
 * **LAWA** (latest weight averaging): the uniform average of the last ``k`` checkpoints;
 * **EMA** along the trajectory: θ ← β·θ + (1−β)·θ_t over the checkpoints in order, which is the linear
-  merge with weights ``β^(n-1)`` for the oldest and ``(1−β)·β^(n-1-t)`` for checkpoint ``t > 0``.
+  merge with weights ``β^(n-1)`` for the oldest and ``(1−β)·β^(n-1-t)`` for checkpoint ``t > 0``;
+* **greedy soup**: checkpoints by dev objective, each added to the uniform soup only if it improves.
+
+Each is registered as a merge method (a weighting rule, ``action=compare`` baseline); ``lawa`` and ``ema``
+have settings (``conf/merge/lawa.yaml``, ``conf/merge/ema.yaml``).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ckptmerge.merge.registry import register
 
 
 def uniform_weights(n: int) -> list[float]:
@@ -43,3 +52,78 @@ def baseline_weightings(n: int, lawa_k: int, ema_beta: float) -> dict[str, list[
         "lawa": lawa_weights(n, lawa_k),
         "ema": ema_weights(n, ema_beta),
     }
+
+
+# -- the soups as merge methods: weighting rules over the k compared checkpoints, merged linearly ------
+
+
+@dataclass(frozen=True)
+class LawaSettings:
+    """``conf/merge/lawa.yaml``."""
+
+    k: int = 3  # how many of the newest checkpoints are averaged
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.k, int) or isinstance(self.k, bool) or self.k < 1:
+            raise ValueError(f"k must be a positive integer, got {self.k!r}")
+
+
+@dataclass(frozen=True)
+class EmaSettings:
+    """``conf/merge/ema.yaml``."""
+
+    beta: float = 0.5  # θ ← β·θ + (1−β)·θ_t along the checkpoints
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.beta, (int, float)) or isinstance(self.beta, bool) or not 0.0 <= self.beta < 1.0:
+            raise ValueError(f"beta must be in [0, 1), got {self.beta!r}")
+
+
+def _onehot(k: int, i: int) -> list[float]:
+    return [1.0 if j == i else 0.0 for j in range(k)]
+
+
+def greedy_weights(k: int, evaluate: Callable[[list[float]], float]) -> list[float]:
+    """Greedy soup (Wortsman et al., 2022): checkpoints by their own dev objective, best first, each
+    added to the uniform soup only if ``evaluate`` (higher is better) improves."""
+    singles = [evaluate(_onehot(k, i)) for i in range(k)]
+    order = sorted(range(k), key=lambda i: singles[i], reverse=True)
+    soup, best = [order[0]], singles[order[0]]
+
+    def mean_of(members: list[int]) -> list[float]:
+        return [1.0 / len(members) if j in members else 0.0 for j in range(k)]
+
+    for i in order[1:]:
+        obj = evaluate(mean_of(soup + [i]))
+        if obj > best:
+            soup, best = soup + [i], obj
+    return mean_of(soup)
+
+
+register(
+    "newest",
+    weighting=lambda k, s, evaluate: _onehot(k, k - 1),
+    baseline=True,
+    summary="the newest checkpoint alone: the reference of every gain",
+)
+register("uniform", weighting=lambda k, s, evaluate: uniform_weights(k), baseline=True, summary="uniform soup")
+register(
+    "lawa",
+    weighting=lambda k, s, evaluate: lawa_weights(k, s.k),
+    settings=LawaSettings,
+    baseline=True,
+    summary="latest weight averaging: uniform over the newest k",
+)
+register(
+    "ema",
+    weighting=lambda k, s, evaluate: ema_weights(k, s.beta),
+    settings=EmaSettings,
+    baseline=True,
+    summary="exponential moving average along the checkpoints",
+)
+register(
+    "greedy",
+    weighting=lambda k, s, evaluate: greedy_weights(k, evaluate),
+    baseline=True,
+    summary="greedy soup by dev objective",
+)
