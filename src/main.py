@@ -60,7 +60,7 @@ def _run(cfg_dict: dict, run_dir: Path, cwd: Path, config_yaml: str) -> dict:
     if cfg.runtime.deepspeed_config:  # a missing or invalid file fails on every rank before any work
         import torch
 
-        from ckptmerge.runtime.zero import deepspeed_config
+        from ckptmerge.resident.zero import deepspeed_config
 
         deepspeed_config(torch.float32, cfg.runtime.deepspeed_config)
     ranks = distributed.init(cfg.runtime.timeout_s, cfg.runtime.threads)

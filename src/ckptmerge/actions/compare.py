@@ -30,7 +30,6 @@ from ckptmerge.actions.setup import search_space
 from ckptmerge.actions.study import start_study
 from ckptmerge.actions.trials import TrialLoop
 from ckptmerge.calibration import diagonal_fisher, linear_input_grams, read_texts
-from ckptmerge.checkpoints.resident import ResidentModel
 from ckptmerge.config import Config, ConfigError, searched_method
 from ckptmerge.errors import EvaluationError
 from ckptmerge.evaluation.doc_scores import DocScores
@@ -39,6 +38,7 @@ from ckptmerge.merge import linear_merge
 from ckptmerge.merge.fisher import fisher_merge
 from ckptmerge.merge.regmean import regmean_merge
 from ckptmerge.merge.soups import ema_weights, lawa_weights, uniform_weights
+from ckptmerge.resident import ResidentModel
 from ckptmerge.runtime import seed_everything
 from ckptmerge.search.searchers import make_searcher
 from ckptmerge.tracking import names

@@ -9,13 +9,13 @@ from typing import Any
 import torch
 
 from ckptmerge.actions.setup import Sources
-from ckptmerge.checkpoints.resident import ResidentModel
 from ckptmerge.config import Config
 from ckptmerge.errors import CheckpointError, ConfigError
 from ckptmerge.evaluation import TaskSuite, build_objective, make_lm
 from ckptmerge.evaluation.doc_scores import DocScores
 from ckptmerge.evaluation.uncertainty import Bootstrap, Gain, gains_by_metric
 from ckptmerge.merge import searchable
+from ckptmerge.resident import ResidentModel, SingleResidentModel
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,8 @@ class EvalSession:
         """
         session = cls(cfg, sources)
         if cfg.runtime.backend == "deepspeed":
+            from ckptmerge.resident.zero import ZeroResidentModel
             from ckptmerge.runtime import distributed
-            from ckptmerge.runtime.zero import ZeroResidentModel
 
             ranks = distributed.ranks()
             assert ranks is not None, "runtime=deepspeed: the process group is joined in main"
@@ -61,7 +61,7 @@ class EvalSession:
                 sources.cset, dtype=cfg.runtime.dtype, deepspeed_config_path=cfg.runtime.deepspeed_config
             )
         else:
-            resident = ResidentModel(sources.cset, device=cfg.runtime.device, dtype=cfg.runtime.dtype)
+            resident = SingleResidentModel(sources.cset, device=cfg.runtime.device, dtype=cfg.runtime.dtype)
         if cfg.merge.method != "linear":  # trials evaluate the merge that will be written, not a linear one
             if cfg.runtime.backend == "deepspeed":
                 raise ConfigError(
@@ -130,7 +130,7 @@ class EvalSession:
         assert self._resident is not None
         trust = self.sources.cset.trust_remote_code
         if self.partitioned:
-            from ckptmerge.runtime.zero import ZeroResidentModel
+            from ckptmerge.resident.zero import ZeroResidentModel
 
             assert isinstance(self._resident, ZeroResidentModel)
             try:

@@ -229,7 +229,7 @@ def load_registered(
 
 
 def _device(name: str) -> str:
-    from ckptmerge.checkpoints.resident import resolve_device
+    from ckptmerge.resident import resolve_device
 
     return resolve_device(name)
 

@@ -25,7 +25,6 @@ from ckptmerge.actions.register import register, write_and_verify
 from ckptmerge.actions.setup import Sources, resolve_search_sources, search_space
 from ckptmerge.actions.trials import Trial, TrialLoop
 from ckptmerge.checkpoints.atomic import check_target, folder_owner, refuse_inputs
-from ckptmerge.checkpoints.resident import ResidentModel
 from ckptmerge.checkpoints.writer import check_space, merged_size
 from ckptmerge.config import Config, parse_size
 from ckptmerge.errors import EvaluationError
@@ -33,6 +32,7 @@ from ckptmerge.evaluation.doc_scores import scores_json
 from ckptmerge.interop import folder_files, update_card
 from ckptmerge.interop.facts import MergeFacts, checkpoint_entries, floating_dtype
 from ckptmerge.merge import searchable
+from ckptmerge.resident import ResidentModel
 from ckptmerge.runtime import seed_everything
 from ckptmerge.search.searchers import Searcher, make_searcher
 from ckptmerge.tracking import names, resume, search_lock

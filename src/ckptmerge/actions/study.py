@@ -8,8 +8,8 @@ from pathlib import Path
 from ckptmerge.actions.evaluation import EvalSession
 from ckptmerge.actions.setup import Sources, newest_of, resolve_sources
 from ckptmerge.checkpoints import CheckpointSet
-from ckptmerge.checkpoints.resident import ResidentModel
 from ckptmerge.config import Config
+from ckptmerge.resident import ResidentModel
 from ckptmerge.runtime import seed_everything
 from ckptmerge.tracking import names
 from ckptmerge.tracking.mlflow_run import SearchTracker

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 def serve(cfg: Config) -> None:
     """Wait for rank 0's start, build this rank's part, then apply/load/evaluate until stop."""
-    from ckptmerge.runtime.zero import ZeroResidentModel
+    from ckptmerge.resident.zero import ZeroResidentModel
 
     command, _ = distributed.receive()
     if command != distributed.START:
