@@ -16,6 +16,7 @@ from ckptmerge.evaluation.doc_scores import DocScores
 from ckptmerge.evaluation.uncertainty import Bootstrap, Gain, gains_by_metric
 from ckptmerge.merge import searchable
 from ckptmerge.resident import ResidentModel, SingleResidentModel
+from ckptmerge.runtime.distributed import Channel
 
 log = logging.getLogger(__name__)
 
@@ -38,27 +39,28 @@ class EvalSession:
         self.bootstrap = Bootstrap(e.bootstrap, e.confidence, seed)
         self._lm: Any = None
         self._resident: ResidentModel | None = None
-        self._ranks: tuple[int, int] | None = None  # (rank, world size) under runtime=deepspeed
+        self._channel: Channel | None = None  # the command flow to the other ranks under runtime=deepspeed
         self._datasets: dict[str, list[Any]] = {}
 
     @classmethod
-    def with_resident(cls, cfg: Config, sources: Sources) -> tuple[EvalSession, ResidentModel]:
+    def with_resident(
+        cls, cfg: Config, sources: Sources, channel: Channel | None = None
+    ) -> tuple[EvalSession, ResidentModel]:
         """Tasks first (bad task names fail before the model is built), then the resident model, bound.
 
-        Under ``runtime=deepspeed`` the model is partitioned over the ranks; rank 0 first tells the
-        others to build theirs (they wait in :func:`ckptmerge.actions.worker.serve`).
+        Under ``runtime=deepspeed`` the model is partitioned over the ranks of ``channel``'s launch;
+        rank 0 first tells the others to build theirs (they wait in the worker's ``serve`` loop).
         """
         session = cls(cfg, sources)
         if cfg.runtime.backend == "deepspeed":
             from ckptmerge.resident.zero import ZeroResidentModel
             from ckptmerge.runtime import distributed
 
-            ranks = distributed.ranks()
-            assert ranks is not None, "runtime=deepspeed: the process group is joined in main"
-            distributed.channel.send(distributed.START)
-            session._ranks = (ranks.rank, ranks.world_size)
+            assert channel is not None, "runtime=deepspeed: main joins the process group and passes its channel"
+            channel.send(distributed.START)
+            session._channel = channel
             resident: ResidentModel = ZeroResidentModel(
-                sources.cset, dtype=cfg.runtime.dtype, deepspeed_config_path=cfg.runtime.deepspeed_config
+                sources.cset, channel, dtype=cfg.runtime.dtype, deepspeed_config_path=cfg.runtime.deepspeed_config
             )
         else:
             resident = SingleResidentModel(sources.cset, device=cfg.runtime.device, dtype=cfg.runtime.dtype)
@@ -75,10 +77,10 @@ class EvalSession:
     @property
     def partitioned(self) -> bool:
         """The resident model is partitioned over DeepSpeed ranks (rank 0 drives the others)."""
-        return self._ranks is not None
+        return self._channel is not None
 
     def _make_lm(self, model: Any, tokenizer: Any, device: str) -> Any:
-        rank, world = self._ranks or (0, 1)
+        rank, world = (self._channel.ranks.rank, self._channel.ranks.world_size) if self._channel else (0, 1)
         return make_lm(model, tokenizer, self.cfg.eval.batch_size, self.sources.max_length, device, rank, world)
 
     def bind(self, resident: ResidentModel) -> None:
@@ -100,10 +102,10 @@ class EvalSession:
         scores; every rank takes part when the model is partitioned, and only rank 0 gets the result."""
         suite = self.dev if which == "dev" else self.test
         assert suite is not None, f"no {which} tasks"
-        if self.partitioned:
+        if self._channel is not None:
             from ckptmerge.runtime import distributed
 
-            distributed.channel.send(distributed.EVAL, which)
+            self._channel.send(distributed.EVAL, which)
         return suite.evaluate_with_scores(lm or self._lm)
 
     def datasets(self, which: str) -> list[Any]:

@@ -22,6 +22,7 @@ import torch
 from ckptmerge.checkpoints.checkpoint_set import CheckpointSet
 from ckptmerge.errors import CheckpointError, ConfigError
 from ckptmerge.resident.base import ResidentModel, loading, resolve_dtype
+from ckptmerge.runtime.distributed import APPLY, LOAD, Channel
 
 log = logging.getLogger(__name__)
 
@@ -86,13 +87,16 @@ class ZeroResidentModel(ResidentModel):
     elements of every checkpoint tensor, and the first merge (the newest checkpoint alone) is the load.
     """
 
-    def __init__(self, cset: CheckpointSet, dtype: str = "auto", deepspeed_config_path: str | None = None) -> None:
-        import torch.distributed as dist
+    def __init__(
+        self, cset: CheckpointSet, channel: Channel, dtype: str = "auto", deepspeed_config_path: str | None = None
+    ) -> None:
+        """``channel``: the launch's command flow; on rank 0 every merge or load is sent through it to the others."""
         from deepspeed.accelerator import get_accelerator
 
         acc = get_accelerator()
         device = "cpu" if acc.device_name() == "cpu" else acc.current_device_name()
-        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        self.channel = channel
+        self.rank, self.world_size = channel.ranks.rank, channel.ranks.world_size
         self._deepspeed_config_path = deepspeed_config_path
         super().__init__(cset, device, resolve_dtype(dtype, cset, "cpu" if device == "cpu" else "cuda"))
         self._merge_partitions(self.weights)  # the load: the newest checkpoint alone, each rank its own partition
@@ -160,9 +164,7 @@ class ZeroResidentModel(ResidentModel):
     @torch.no_grad()
     def apply(self, weights: Any) -> None:
         """Merge ``weights`` into this rank's partition; on rank 0, every other rank is told to do the same."""
-        from ckptmerge.runtime import distributed
-
-        distributed.channel.send(distributed.APPLY, [float(w) for w in weights])
+        self.channel.send(APPLY, [float(w) for w in weights])
         self._merge_partitions(weights)
 
     def _merge_partitions(self, weights: Any) -> None:
@@ -172,9 +174,7 @@ class ZeroResidentModel(ResidentModel):
     @torch.no_grad()
     def load_folder(self, folder: Path) -> None:
         """Overwrite this rank's partition from a written checkpoint (a merge's re-score); rank 0 tells the others."""
-        from ckptmerge.runtime import distributed
-
-        distributed.channel.send(distributed.LOAD, str(folder))
+        self.channel.send(LOAD, str(folder))
         self._release_gathered()
         super().load_folder(folder)
 
