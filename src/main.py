@@ -66,7 +66,7 @@ def _run(cfg_dict: dict, run_dir: Path, cwd: Path, config_yaml: str) -> dict:
     # the one command channel of this launch: rank 0 sends through it, every other rank serves it
     channel = distributed.Channel(distributed.init(cfg.runtime.timeout_s, cfg.runtime.threads))
     if not channel.ranks.is_main:
-        from ckptmerge.actions.worker import serve
+        from ckptmerge.session.worker import serve
 
         serve(cfg, channel)
         distributed.shutdown()

@@ -19,11 +19,6 @@ from typing import Any
 
 import torch
 
-from ckptmerge.actions import evidence
-from ckptmerge.actions.evaluation import EvalSession
-from ckptmerge.actions.register import register, write_and_verify
-from ckptmerge.actions.setup import Sources, resolve_search_sources, search_space
-from ckptmerge.actions.trials import Trial, TrialLoop
 from ckptmerge.checkpoints.atomic import check_target, folder_owner, refuse_inputs
 from ckptmerge.checkpoints.writer import check_space, merged_size
 from ckptmerge.config import Config, parse_size
@@ -36,6 +31,11 @@ from ckptmerge.resident import ResidentModel
 from ckptmerge.runtime import seed_everything
 from ckptmerge.runtime.distributed import Channel
 from ckptmerge.search.searchers import Searcher, make_searcher
+from ckptmerge.session import evidence
+from ckptmerge.session.evaluation import EvalSession
+from ckptmerge.session.register import register, write_and_verify
+from ckptmerge.session.setup import Sources, resolve_search_sources, search_space
+from ckptmerge.session.trials import Trial, TrialLoop
 from ckptmerge.tracking import names, resume, search_lock
 from ckptmerge.tracking.datasets import CONTEXT_DEV, CONTEXT_TEST
 from ckptmerge.tracking.description import run_note, version_description

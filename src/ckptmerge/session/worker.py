@@ -9,10 +9,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ckptmerge.actions.evaluation import EvalSession
-from ckptmerge.actions.setup import resolve_search_sources, resolve_sources
 from ckptmerge.config import Config
 from ckptmerge.runtime import distributed, seed_everything
+from ckptmerge.session.evaluation import EvalSession
+from ckptmerge.session.setup import resolve_search_sources, resolve_sources
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,6 @@ from typing import Any
 
 import torch
 
-from ckptmerge.actions.setup import Sources
 from ckptmerge.config import Config
 from ckptmerge.errors import CheckpointError, ConfigError
 from ckptmerge.evaluation import TaskSuite, build_objective, make_lm
@@ -17,6 +16,7 @@ from ckptmerge.evaluation.uncertainty import Bootstrap, Gain, gains_by_metric
 from ckptmerge.merge import searchable
 from ckptmerge.resident import ResidentModel, SingleResidentModel
 from ckptmerge.runtime.distributed import Channel
+from ckptmerge.session.setup import Sources
 
 log = logging.getLogger(__name__)
 
