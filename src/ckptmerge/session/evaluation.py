@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ckptmerge.config import Config
+from ckptmerge.config import Config, EvalConfig
 from ckptmerge.errors import CheckpointError, ConfigError
 from ckptmerge.evaluation import TaskSuite, build_objective, make_lm
 from ckptmerge.evaluation.doc_scores import DocScores
@@ -24,11 +24,11 @@ log = logging.getLogger(__name__)
 class EvalSession:
     """Dev tasks (the objective) and test tasks (reported), built once per action."""
 
-    def __init__(self, cfg: Config, sources: Sources) -> None:
-        self.cfg = cfg
+    def __init__(self, e: EvalConfig, seed: int, sources: Sources) -> None:
+        """``e``: the ``eval.*`` settings; ``seed``: one seed for the documents sampled under ``eval.limit``
+        and the bootstrap resamples (a search's ``search.seed``)."""
+        self.batch_size = e.batch_size
         self.sources = sources
-        e = cfg.eval
-        seed = cfg.search.seed  # one seed: the documents sampled under eval.limit and the bootstrap resamples
         self.dev = TaskSuite(sources.dev_tasks, sources.include_paths, e.limit, "eval.tasks", sample_seed=seed)
         self.objective = build_objective(self.dev.info, e.metrics, sources.dev_weights, e.allow_test_split)
         self.test = (
@@ -51,7 +51,7 @@ class EvalSession:
         Under ``runtime=deepspeed`` the model is partitioned over the ranks of ``channel``'s launch;
         rank 0 first tells the others to build theirs (they wait in the worker's ``serve`` loop).
         """
-        session = cls(cfg, sources)
+        session = cls(cfg.eval, cfg.search.seed, sources)
         if cfg.runtime.backend == "deepspeed":
             from ckptmerge.resident.zero import ZeroResidentModel
             from ckptmerge.runtime import distributed
@@ -81,7 +81,7 @@ class EvalSession:
 
     def _make_lm(self, model: Any, tokenizer: Any, device: str) -> Any:
         rank, world = (self._channel.ranks.rank, self._channel.ranks.world_size) if self._channel else (0, 1)
-        return make_lm(model, tokenizer, self.cfg.eval.batch_size, self.sources.max_length, device, rank, world)
+        return make_lm(model, tokenizer, self.batch_size, self.sources.max_length, device, rank, world)
 
     def bind(self, resident: ResidentModel) -> None:
         """Evaluate the resident model from now on (one lm-eval wrapper for the whole search)."""
