@@ -35,13 +35,13 @@ import numpy as np  # noqa: E402
 def trial_seconds(lambdas: list[float]) -> list[float]:
     """Merge + evaluate (with per-document scores) on the embedded trajectory, as a search trial does."""
     from ckptmerge.checkpoints.checkpoint_set import CheckpointSet
-    from ckptmerge.checkpoints.resident import ResidentModel
     from ckptmerge.evaluation.harness import TaskSuite, make_lm
+    from ckptmerge.resident import SingleResidentModel
     from ckptmerge.trajectory import TrajectorySpec, build_trajectory, default_cache_dir
 
     traj = build_trajectory(TrajectorySpec.default(), default_cache_dir())
     cset = CheckpointSet.from_refs([str(p) for p in traj.checkpoints[-2:]])
-    resident = ResidentModel(cset, device="cpu", dtype="float32")
+    resident = SingleResidentModel(cset, device="cpu", dtype="float32")
     suite = TaskSuite(list(traj.dev_tasks), [traj.tasks_dir])
     lm = make_lm(resident.model, resident.tokenizer, 16, traj.max_length, "cpu")
     out = []

@@ -85,9 +85,9 @@ def for_space(cfg, name: str):  # type: ignore[no-untyped-def]
 
 def run_searcher(cfg, k: int, space_name: str, kind: str, seed: int, f: Objective) -> list[float]:  # type: ignore[no-untyped-def]
     """The objective of each evaluation, in order, of one search as src/main.py would run it."""
-    from ckptmerge.actions.setup import search_space
     from ckptmerge.evaluation.uncertainty import relative_standard_errors
     from ckptmerge.search.searchers import make_searcher
+    from ckptmerge.session.setup import search_space
 
     cfg = for_space(cfg, space_name)
     space, initial = search_space(cfg, k, cfg.search.space.name)
@@ -120,10 +120,10 @@ def main() -> None:
     traj = unseen_trajectory(a.traj_seed)  # also sets the offline switches before the libraries load
     import numpy as np
 
-    from ckptmerge.actions.evaluation import EvalSession
-    from ckptmerge.actions.setup import resolve_sources, search_space
     from ckptmerge.config import config_from_dict
     from ckptmerge.runtime import seed_everything
+    from ckptmerge.session.evaluation import EvalSession
+    from ckptmerge.session.setup import resolve_sources, search_space
 
     work = Path(tempfile.mkdtemp(prefix="ckptmerge-sample-eff-"))
     tasks = make_task(traj, work / "tasks")

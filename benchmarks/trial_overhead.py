@@ -56,12 +56,12 @@ def run_trials(
     limit: int | None,
 ) -> dict:
     from ckptmerge.checkpoints import CheckpointSet
-    from ckptmerge.checkpoints.resident import ResidentModel
     from ckptmerge.evaluation.harness import TaskSuite, make_lm
+    from ckptmerge.resident import SingleResidentModel
 
     t0 = time.perf_counter()
     cset = CheckpointSet.from_refs([str(f) for f in folders])
-    resident = ResidentModel(cset)
+    resident = SingleResidentModel(cset)
     suite = TaskSuite(tasks, include, limit)
     lm = make_lm(resident.model, resident.tokenizer, 16, max_length, "cpu")
     build_s = time.perf_counter() - t0

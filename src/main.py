@@ -60,29 +60,30 @@ def _run(cfg_dict: dict, run_dir: Path, cwd: Path, config_yaml: str) -> dict:
     if cfg.runtime.deepspeed_config:  # a missing or invalid file fails on every rank before any work
         import torch
 
-        from ckptmerge.runtime.zero import deepspeed_config
+        from ckptmerge.resident.zero import deepspeed_config
 
         deepspeed_config(torch.float32, cfg.runtime.deepspeed_config)
-    ranks = distributed.init(cfg.runtime.timeout_s, cfg.runtime.threads)
-    if not ranks.is_main:
-        from ckptmerge.actions.worker import serve
+    # the one command channel of this launch: rank 0 sends through it, every other rank serves it
+    channel = distributed.Channel(distributed.init(cfg.runtime.timeout_s, cfg.runtime.threads))
+    if not channel.ranks.is_main:
+        from ckptmerge.session.worker import serve
 
-        serve(cfg)
+        serve(cfg, channel)
         distributed.shutdown()
         return {}
     try:
-        return _run_action(cfg, run_dir, cwd, config_yaml)
+        return _run_action(cfg, run_dir, cwd, config_yaml, channel)
     finally:
-        distributed.channel.close()
+        channel.close()
         distributed.shutdown()
 
 
-def _run_action(cfg: Any, run_dir: Path, cwd: Path, config_yaml: str) -> dict:
+def _run_action(cfg: Any, run_dir: Path, cwd: Path, config_yaml: str, channel: Any = None) -> dict:
     """The action from the registry; its result, with the fields every action shares, as ``result.json``."""
     from ckptmerge.actions.registry import ACTIONS, ActionContext
     from ckptmerge.tracking.secrets import redact_data
 
-    result = ACTIONS.get(cfg.action).load()(cfg, ActionContext(run_dir, cwd, config_yaml))
+    result = ACTIONS.get(cfg.action).load()(cfg, ActionContext(run_dir, cwd, config_yaml, channel))
     shared = {"action": cfg.action, "mlflow": None, "output_dir": None, "registered_model": None}
     # the tracking URI's password, a token in a path: never in the run folder
     result = redact_data(json.loads(json.dumps({**shared, **result}, default=str)))

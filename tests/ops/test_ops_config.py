@@ -29,7 +29,7 @@ def test_pair_must_be_a_non_negative_integer(bad):
 
 
 def test_pair_out_of_range_of_the_trajectory_names_the_key(tiny_trajectory, traj_cache):
-    from ckptmerge.actions.setup import resolve_sources
+    from ckptmerge.session.setup import resolve_sources
 
     cfg = config_from_dict(
         {

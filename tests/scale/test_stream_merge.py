@@ -150,12 +150,12 @@ def test_overwrite_replaces_an_existing_target_only_when_asked(tmp_path, pair):
 
 
 def test_resident_trials_merge_in_chunks_from_the_maps_without_io(tmp_path, monkeypatch):
-    from ckptmerge.checkpoints import resident as resident_mod
-    from ckptmerge.checkpoints.resident import ResidentModel
+    from ckptmerge.resident import SingleResidentModel
+    from ckptmerge.resident import base as resident_mod
 
     folders = [write_neox_checkpoint(tmp_path / f"r{i}", TINY, torch.float32, seed=i) for i in (1, 2, 3)]
     cset = CheckpointSet.from_refs([str(f) for f in folders])
-    res = ResidentModel(cset)
+    res = SingleResidentModel(cset)
     assert all(pages.is_file_mapped(s) for _, _, srcs in res._targets for s in srcs)
     monkeypatch.setattr(resident_mod, "CHUNK_ELEMS", 1000)  # the embedding spans several chunks
 

@@ -11,10 +11,10 @@ from safetensors.torch import load_file
 
 from ckptmerge.checkpoints import CheckpointReader, CheckpointSet
 from ckptmerge.checkpoints.refs import parse_ref
-from ckptmerge.checkpoints.resident import ResidentModel
 from ckptmerge.checkpoints.writer import atomic_folder, write_merged
 from ckptmerge.errors import CheckpointError
 from ckptmerge.merge import linear_merge
+from ckptmerge.resident import SingleResidentModel
 from tests.helpers import tiny_neox
 
 
@@ -140,7 +140,7 @@ def test_write_merged_refuses_nan(tmp_path, pair):
 def test_resident_model_merges_in_place_without_rereading(tmp_path, pair):
     copies = [shutil.copytree(p, tmp_path / p.name) for p in pair]
     cset = CheckpointSet.from_refs([str(p) for p in copies])
-    res = ResidentModel(cset)
+    res = SingleResidentModel(cset)
     newest = load_file(str(copies[1] / "model.safetensors"))
     oldest = load_file(str(copies[0] / "model.safetensors"))
     for p in copies:  # trials must not touch the disk: remove the files

@@ -175,9 +175,9 @@ def test_integer_tensors_are_the_newest_in_trials_and_in_the_written_merge(tmp_p
     it while the writer copied the newest, so the written merge did not re-score as the trial."""
     from transformers import AutoModelForCausalLM
 
-    from ckptmerge.checkpoints.resident import ResidentModel
     from ckptmerge.checkpoints.writer import write_merged
     from ckptmerge.merge import linear_merge
+    from ckptmerge.resident import SingleResidentModel
 
     def to_int(state):
         state[KEY] = (state[KEY] * 100).round().to(torch.int64)
@@ -187,7 +187,7 @@ def test_integer_tensors_are_the_newest_in_trials_and_in_the_written_merge(tmp_p
     oldest = load_file(str(folders[0] / "model.safetensors"))[KEY]
     assert not torch.equal(newest, oldest)
     cset = CheckpointSet.from_refs([str(f) for f in folders])
-    res = ResidentModel(cset)
+    res = SingleResidentModel(cset)
     assert res.model.state_dict()[KEY].is_floating_point()
     res.apply([0.5, 0.5])
     trial = res.model.state_dict()[KEY].clone()

@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
-from ckptmerge.checkpoints.resident import pair_tensor_names
 from ckptmerge.config import Config, RuntimeConfig
 from ckptmerge.errors import ConfigError
-from ckptmerge.runtime.zero import deepspeed_config
+from ckptmerge.resident.base import pair_tensor_names
+from ckptmerge.resident.zero import deepspeed_config
 from tests.conftest import MAIN
 
 

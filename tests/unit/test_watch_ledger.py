@@ -82,7 +82,7 @@ def test_the_watch_key_follows_what_changes_a_search():
         base = {"action": "watch", "model": {"name": "local", "source": "local"}, "watch": {"dir": "/d"}}
         for section, values in over.items():
             base[section] = {**base.get(section, {}), **values}
-        return ledger.watch_key(config_from_dict(base), "/runs/ckpts")
+        return ledger.watch_key(config_from_dict(base).to_dict(), "/runs/ckpts")
 
     assert key() == key(watch={"poll_s": 5, "idle_exit_s": 60}) == key(search={"budget": 20})
     assert key() != key(eval={"limit": 10})

@@ -29,12 +29,7 @@ from typing import Any
 
 import torch
 
-from ckptmerge.actions.evaluation import EvalSession
-from ckptmerge.actions.setup import search_space
-from ckptmerge.actions.study import start_study
-from ckptmerge.actions.trials import TrialLoop
 from ckptmerge.calibration import read_texts
-from ckptmerge.checkpoints.resident import ResidentModel
 from ckptmerge.config import Config, ConfigError, searched_method
 from ckptmerge.errors import EvaluationError
 from ckptmerge.evaluation.doc_scores import DocScores
@@ -42,8 +37,13 @@ from ckptmerge.evaluation.uncertainty import Gain, gains_by_metric
 from ckptmerge.merge import linear_merge
 from ckptmerge.merge import method as merge_method
 from ckptmerge.merge.soups import uniform_weights
+from ckptmerge.resident import ResidentModel
 from ckptmerge.runtime import seed_everything
 from ckptmerge.search.searchers import make_searcher
+from ckptmerge.session.evaluation import EvalSession
+from ckptmerge.session.setup import search_space
+from ckptmerge.session.study import start_study
+from ckptmerge.session.trials import TrialLoop
 from ckptmerge.tracking import names
 from ckptmerge.tracking.mlflow_run import SearchTracker
 from ckptmerge.tracking.secrets import redact_data
@@ -411,7 +411,7 @@ def run_compare(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") ->
             "registered_model": None,
         }
         if cfg.compare.register:
-            from ckptmerge.actions.register import register_merge
+            from ckptmerge.session.register import register_merge
 
             if best.weights is not None:
                 resident.apply(list(best.weights.values()))

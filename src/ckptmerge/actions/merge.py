@@ -10,7 +10,6 @@ from typing import Any
 
 import torch
 
-from ckptmerge.actions.setup import resolve_sources
 from ckptmerge.checkpoints.atomic import check_target, refuse_inputs
 from ckptmerge.checkpoints.stream import StreamStats
 from ckptmerge.checkpoints.writer import write_merged
@@ -19,6 +18,7 @@ from ckptmerge.errors import ConfigError
 from ckptmerge.interop import folder_files
 from ckptmerge.interop.facts import MergeFacts, checkpoint_entries, floating_dtype
 from ckptmerge.merge import get_method
+from ckptmerge.session.setup import resolve_sources
 
 log = logging.getLogger(__name__)
 

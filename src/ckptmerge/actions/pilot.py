@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from ckptmerge.actions.study import start_study
 from ckptmerge.config import Config
+from ckptmerge.session.study import start_study
 
 log = logging.getLogger(__name__)
 

@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ckptmerge.actions.setup import PACKAGE_TASKS
 from ckptmerge.config import Config, check_registry_name, config_from_dict
 from ckptmerge.errors import CheckpointError, CkptMergeError, ConfigError, EvaluationError, TrackingError
 from ckptmerge.evaluation.doc_scores import DocScores
 from ckptmerge.evaluation.uncertainty import Bootstrap, Gain
+from ckptmerge.session.setup import PACKAGE_TASKS
 from ckptmerge.tracking import names
 from ckptmerge.tracking.mlflow_run import SearchTracker
 from ckptmerge.tracking.secrets import redact_data
@@ -229,7 +229,7 @@ def load_registered(
 
 
 def _device(name: str) -> str:
-    from ckptmerge.checkpoints.resident import resolve_device
+    from ckptmerge.resident import resolve_device
 
     return resolve_device(name)
 

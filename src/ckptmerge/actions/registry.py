@@ -14,18 +14,23 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ckptmerge.registry import Registry
+
+if TYPE_CHECKING:
+    from ckptmerge.runtime.distributed import Channel
 
 
 @dataclass(frozen=True)
 class ActionContext:
-    """Where an action runs: its Hydra run folder, the user's working directory, the composed config."""
+    """Where an action runs: its Hydra run folder, the user's working directory, the composed config,
+    and under ``runtime=deepspeed`` the launch's command channel to the other ranks (rank 0 holds it)."""
 
     run_dir: Path
     cwd: Path
     config_yaml: str = ""
+    channel: Channel | None = None
 
 
 @dataclass(frozen=True)

@@ -19,13 +19,7 @@ from typing import Any
 
 import torch
 
-from ckptmerge.actions import evidence
-from ckptmerge.actions.evaluation import EvalSession
-from ckptmerge.actions.register import register, write_and_verify
-from ckptmerge.actions.setup import Sources, resolve_search_sources, search_space
-from ckptmerge.actions.trials import Trial, TrialLoop
 from ckptmerge.checkpoints.atomic import check_target, folder_owner, refuse_inputs
-from ckptmerge.checkpoints.resident import ResidentModel
 from ckptmerge.checkpoints.writer import check_space, merged_size
 from ckptmerge.config import Config, parse_size
 from ckptmerge.errors import EvaluationError
@@ -33,8 +27,15 @@ from ckptmerge.evaluation.doc_scores import scores_json
 from ckptmerge.interop import folder_files, update_card
 from ckptmerge.interop.facts import MergeFacts, checkpoint_entries, floating_dtype
 from ckptmerge.merge import searchable
+from ckptmerge.resident import ResidentModel
 from ckptmerge.runtime import seed_everything
+from ckptmerge.runtime.distributed import Channel
 from ckptmerge.search.searchers import Searcher, make_searcher
+from ckptmerge.session import evidence
+from ckptmerge.session.evaluation import EvalSession
+from ckptmerge.session.register import register, write_and_verify
+from ckptmerge.session.setup import Sources, resolve_search_sources, search_space
+from ckptmerge.session.trials import Trial, TrialLoop
 from ckptmerge.tracking import names, resume, search_lock
 from ckptmerge.tracking.datasets import CONTEXT_DEV, CONTEXT_TEST
 from ckptmerge.tracking.description import run_note, version_description
@@ -56,11 +57,14 @@ class SearchRun:
         config_yaml: str = "",
         tags: dict[str, str] | None = None,
         on_locked: Callable[[SearchTracker], None] | None = None,
+        channel: Channel | None = None,
     ) -> None:
         """``tags``: extra tags on the parent run (a watch links its searches so). ``on_locked``: called
         once this search holds its key's lock, before it looks for a run to resume; it may raise to
-        stop the search there (a watch checks, under the lock, that no one finished the pair meanwhile)."""
+        stop the search there (a watch checks, under the lock, that no one finished the pair meanwhile).
+        ``channel``: under ``runtime=deepspeed``, the launch's command channel to the other ranks."""
         self.cfg = cfg
+        self.channel = channel
         self.extra_tags = dict(tags or {})
         self.on_locked = on_locked
         self.run_dir = Path(run_dir).resolve()
@@ -104,7 +108,7 @@ class SearchRun:
         self.space, initial = search_space(cfg, len(cset))
         searcher = make_searcher(cfg.search, self.space, initial)  # e.g. grid over k > 2 is refused here
         # unknown tasks/metrics and test-split dev tasks fail before the model is built
-        session, resident = EvalSession.with_resident(cfg, sources)
+        session, resident = EvalSession.with_resident(cfg, sources, self.channel)
         key = self._resume_key(sources, session, resident)
         # one search per key on this store: taken before looking for a run to resume, so two resumes
         # of one crashed search serialise instead of one resuming and the other starting afresh
@@ -174,12 +178,9 @@ class SearchRun:
 
     def _runtime_info(self, resident: ResidentModel) -> dict[str, Any]:
         """Where the trials ran: backend, ranks (a partitioned model's world size), device, dtype."""
-        from ckptmerge.runtime import distributed
-
-        r = distributed.ranks()
         return {
             "backend": self.cfg.runtime.backend,
-            "world_size": r.world_size if r else 1,
+            "world_size": self.channel.ranks.world_size if self.channel else 1,
             "device": resident.device,
             "dtype": str(resident.dtype).replace("torch.", ""),
         }
@@ -380,6 +381,7 @@ def run(cfg: Config, context: Any) -> dict[str, Any]:
     from ckptmerge.report import print_search_summary
     from ckptmerge.tracking.secrets import redact_data
 
-    result = redact_data(SearchRun(cfg, context.run_dir, context.cwd, context.config_yaml).run())
+    search = SearchRun(cfg, context.run_dir, context.cwd, context.config_yaml, channel=context.channel)
+    result = redact_data(search.run())
     print_search_summary(result, context.run_dir)
     return result

@@ -89,7 +89,7 @@ class WatchRun:
         # each pair's result.json is read back from MLflow; its progress bar would be one more line per pair
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         self.tracker = tracker = SearchTracker(cfg.tracking, self.cwd)
-        self.key = ledger.watch_key(cfg, self.dir)
+        self.key = ledger.watch_key(cfg.to_dict(), self.dir)
         earlier = ledger.resumable_watch(tracker.client, tracker.experiment_id, self.key)
         tags = {
             names.TAG_KIND: ledger.KIND_WATCH,

@@ -1,4 +1,4 @@
-"""Checkpoint I/O: references (path | repo@revision), lazy tensor reads, the resident model, the writer."""
+"""Checkpoint I/O: references (path | repo@revision), lazy tensor reads, content checks, the writer."""
 
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
 """Ranks of a ``deepspeed`` launch: the process group, and rank 0's command channel to the others.
 
-Rank 0 runs the action (searcher, MLflow, writing, registry). Every other rank runs :func:`serve`:
-it builds the same resident model and task suites, then waits for rank 0's commands: merge these
+The entry point joins the group (:func:`init`) and makes one :class:`Channel` over it, which it
+passes down to whatever takes part in the command flow (the resident model, the evaluation session).
+Rank 0 runs the action (searcher, MLflow, writing, registry). Every other rank runs the worker's
+``serve`` loop: it builds the same resident model and task suites, then waits for rank 0's commands: merge these
 weights into your partition, load this written folder, evaluate this suite (lm-eval gathers the
 results on rank 0), stop. A rank that dies makes the launcher end the others; a collective that
 waits longer than ``runtime.timeout_s`` fails the run instead of hanging it.
@@ -49,14 +51,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-_ranks: Ranks | None = None
-
-
 def init(timeout_s: int, threads: int | None = None) -> Ranks:
-    """Join (or, for a plain ``python``, form) the process group through DeepSpeed; idempotent."""
-    global _ranks
-    if _ranks is not None:
-        return _ranks
+    """Join (or, for a plain ``python``, form) the process group through DeepSpeed; once per process."""
     import torch
 
     from ckptmerge.errors import ConfigError
@@ -79,7 +75,7 @@ def init(timeout_s: int, threads: int | None = None) -> Ranks:
     import torch.distributed as dist
 
     local_size = int(os.environ.get("LOCAL_SIZE", os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size())))
-    _ranks = Ranks(
+    ranks = Ranks(
         rank=dist.get_rank(),
         world_size=dist.get_world_size(),
         local_rank=int(os.environ.get("LOCAL_RANK", "0")),
@@ -89,22 +85,17 @@ def init(timeout_s: int, threads: int | None = None) -> Ranks:
         # The local ranks share the cores; oversubscribing them slows every rank down.
         torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // max(1, local_size)))
     else:
-        acc.set_device(_ranks.local_rank)
+        acc.set_device(ranks.local_rank)
     log.info(
         "Rank %d of %d (local %d of %d) on %s, backend %s",
-        _ranks.rank,
-        _ranks.world_size,
-        _ranks.local_rank,
+        ranks.rank,
+        ranks.world_size,
+        ranks.local_rank,
         local_size,
         acc.device_name(),
         acc.communication_backend_name(),
     )
-    return _ranks
-
-
-def ranks() -> Ranks | None:
-    """The ranks once :func:`init` ran, else None (single-process runtime)."""
-    return _ranks
+    return ranks
 
 
 def broadcast(obj: Any = None) -> Any:
@@ -117,28 +108,31 @@ def broadcast(obj: Any = None) -> Any:
 
 
 class Channel:
-    """Rank 0's side: each command it sends is received by every other rank's :func:`serve`.
+    """The command flow of one launch: rank 0 sends, every other rank receives (in its ``serve`` loop).
 
-    Code shared by all ranks calls :meth:`send` as it goes; only rank 0 of a world larger than one
-    actually sends (the others are following commands already), so callers need not ask who they are.
+    Made once by the entry point, after :func:`init`, and passed to what takes part in the flow. Code
+    shared by all ranks calls :meth:`send` as it goes; only rank 0 of a world larger than one actually
+    sends (the others are following commands already), so callers need not ask who they are.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, ranks: Ranks) -> None:
+        self.ranks = ranks
         self.closed = False
 
     def send(self, command: str, *args: Any) -> None:
-        r = ranks()
-        if r is None or r.world_size == 1 or r.rank != 0 or self.closed:
+        if self.ranks.world_size == 1 or not self.ranks.is_main or self.closed:
             return
         broadcast((command, *args))
+
+    def receive(self) -> tuple[str, tuple[Any, ...]]:
+        """A rank other than 0: the next command from rank 0."""
+        msg = broadcast(None)
+        return msg[0], tuple(msg[1:])
 
     def close(self) -> None:
         """Release the other ranks, whether or not they were started (they stop either way)."""
         self.send(STOP)
         self.closed = True
-
-
-channel = Channel()
 
 
 def shutdown() -> None:
@@ -149,9 +143,6 @@ def shutdown() -> None:
     launcher) after all the work was done and registered. The barrier keeps a rank from closing its
     connections while another is still reading the last command.
     """
-    global _ranks
-    if _ranks is None:
-        return
     import torch.distributed as dist
 
     if dist.is_initialized():
@@ -159,10 +150,3 @@ def shutdown() -> None:
             dist.barrier()
         finally:
             dist.destroy_process_group()
-    _ranks = None
-
-
-def receive() -> tuple[str, tuple[Any, ...]]:
-    """A rank other than 0: the next command from rank 0."""
-    msg = broadcast(None)
-    return msg[0], tuple(msg[1:])

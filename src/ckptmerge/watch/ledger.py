@@ -12,6 +12,7 @@ with the same command picks up where it was.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -20,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ckptmerge.config import Config
 from ckptmerge.tracking import names, resume, search_lock
 
 log = logging.getLogger(__name__)
@@ -29,9 +29,10 @@ KIND_WATCH, TAG_WATCH_KEY, TAG_WATCH_RUN = names.KIND_WATCH, names.TAG_WATCH_KEY
 TAG_WATCH_STEPS, TAG_WATCH_DIR = names.TAG_WATCH_STEPS, names.TAG_WATCH_DIR
 
 
-def watch_key(cfg: Config, directory: Path) -> str:
-    """The hash that ties a watch and its searches together across restarts."""
-    d = cfg.to_dict()
+def watch_key(config: Mapping[str, Any], directory: Path) -> str:
+    """The hash that ties a watch and its searches together across restarts, from the whole
+    configuration as a dict (``Config.to_dict()``) less what does not change a search."""
+    d = copy.deepcopy(dict(config))
     for section in ("watch", "action", "pilot", "compare"):  # the watch's timing and other actions' settings
         d.pop(section, None)
     d["tracking"].pop("log_plots", None)

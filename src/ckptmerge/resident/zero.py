@@ -10,6 +10,7 @@ layer's parameters from all ranks as DeepSpeed's hooks need them, and release th
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Callable
@@ -19,10 +20,9 @@ from typing import Any
 import torch
 
 from ckptmerge.checkpoints.checkpoint_set import CheckpointSet
-from ckptmerge.checkpoints.reader import CheckpointReader
-from ckptmerge.checkpoints.resident import ResidentModel, pair_tensor_names, resolve_dtype
 from ckptmerge.errors import CheckpointError, ConfigError
-from ckptmerge.merge.linear import linear_merge_into
+from ckptmerge.resident.base import ResidentModel, loading, resolve_dtype
+from ckptmerge.runtime.distributed import APPLY, LOAD, Channel
 
 log = logging.getLogger(__name__)
 
@@ -80,28 +80,36 @@ def _model_class(config: Any, folder: Path, trust_remote_code: bool) -> Any:
 
 
 class ZeroResidentModel(ResidentModel):
-    """:class:`ResidentModel` whose parameters live partitioned across the ranks; same ``apply``."""
+    """:class:`ResidentModel` whose parameters live partitioned across the ranks; same ``apply``.
 
-    def __init__(self, cset: CheckpointSet, dtype: str = "auto", deepspeed_config_path: str | None = None) -> None:
-        import deepspeed
-        import torch.distributed as dist
+    Built from the newest checkpoint's config inside ``deepspeed.zero.Init`` (no rank ever holds it
+    whole); the base class's set-up pairs each parameter's partition on this rank with the same
+    elements of every checkpoint tensor, and the first merge (the newest checkpoint alone) is the load.
+    """
+
+    def __init__(
+        self, cset: CheckpointSet, channel: Channel, dtype: str = "auto", deepspeed_config_path: str | None = None
+    ) -> None:
+        """``channel``: the launch's command flow; on rank 0 every merge or load is sent through it to the others."""
         from deepspeed.accelerator import get_accelerator
-        from transformers import AutoConfig, AutoTokenizer
 
-        self.cset = cset
         acc = get_accelerator()
-        self.device = "cpu" if acc.device_name() == "cpu" else acc.current_device_name()
-        self.dtype = resolve_dtype(dtype, cset, "cpu" if self.device == "cpu" else "cuda")
-        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
-        newest = cset.newest
-        trust = cset.trust_remote_code
-        try:
-            config = AutoConfig.from_pretrained(newest.folder, trust_remote_code=trust)
-            self.tokenizer = AutoTokenizer.from_pretrained(newest.folder, trust_remote_code=trust)
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"cannot load checkpoint {newest.ref.text}: {str(e).splitlines()[0]}") from None
-        klass = _model_class(config, newest.folder, trust)
-        ds_cfg = deepspeed_config(self.dtype, deepspeed_config_path)
+        device = "cpu" if acc.device_name() == "cpu" else acc.current_device_name()
+        self.channel = channel
+        self.rank, self.world_size = channel.ranks.rank, channel.ranks.world_size
+        self._deepspeed_config_path = deepspeed_config_path
+        super().__init__(cset, device, resolve_dtype(dtype, cset, "cpu" if device == "cpu" else "cuda"))
+        self._merge_partitions(self.weights)  # the load: the newest checkpoint alone, each rank its own partition
+
+    def _build_model(self, folder: Path) -> Any:
+        import deepspeed
+        from transformers import AutoConfig
+
+        newest, trust = self.cset.newest, self.cset.trust_remote_code
+        with loading(newest.ref.text):
+            config = AutoConfig.from_pretrained(folder, trust_remote_code=trust)
+        klass = _model_class(config, folder, trust)
+        ds_cfg = deepspeed_config(self.dtype, self._deepspeed_config_path)
         log.info(
             "Building the resident model from %s partitioned over %d ranks (ZeRO-3, %s, %s)",
             newest.name,
@@ -114,54 +122,32 @@ class ZeroResidentModel(ResidentModel):
         with deepspeed.zero.Init(config_dict_or_path=ds_cfg):
             model = klass._from_config(config, dtype=self.dtype)
         self.engine, *_ = deepspeed.initialize(model=model, config=ds_cfg)
-        self.model = self.engine.module.eval()
-        self.weights = tuple(0.0 for _ in cset.checkpoints[:-1]) + (1.0,)
-        self._device_full = False
-        # per target: checkpoint key, first element, count, and whether it is a flat partition (else a whole buffer)
-        self._slices: list[tuple[str, int, int, bool]] = []
-        self._targets = self._map_sources()
-        self._merge_partitions(self.weights)  # the load: the newest checkpoint alone, each rank its own partition
+        return self.engine.module.eval()
 
-    def _map_sources(self) -> list[tuple[str, torch.Tensor, list[torch.Tensor]]]:
+    def _model_shapes(self) -> dict[str, tuple[int, ...]]:
+        # ZeRO adds ds_* attributes at run time; the partitioned model holds no values yet to compare
+        shapes = {n: tuple(p.ds_shape) for n, p in self.model.named_parameters()}
+        shapes.update({n: tuple(b.shape) for n, b in self.model.named_buffers()})
+        return shapes
+
+    def _destination(self, model_key: str) -> tuple[Any, torch.Tensor, int, int, bool]:
         import torch.distributed as dist
 
-        meta = self.cset.meta()
-        params: dict[str, Any] = dict(self.model.named_parameters())  # ZeRO adds ds_* attributes at run time
-        buffers = dict(self.model.named_buffers())
-        shapes = {n: tuple(p.ds_shape) for n, p in params.items()}
-        shapes.update({n: tuple(b.shape) for n, b in buffers.items()})
-        # by name and shape only: the partitioned model holds no values yet to compare
-        mapping = pair_tensor_names({k: m.shape for k, m in meta.items()}, shapes)
-        targets, covered = [], set()
-        for key, model_key in mapping.items():
-            if model_key in params:
-                p = params[model_key]
-                if id(p) in covered:  # tied weights: one partition
-                    continue
-                covered.add(id(p))
-                part = p.ds_tensor
-                start = part.ds_numel * dist.get_rank(group=p.ds_process_group)
-                n = max(0, min(part.ds_numel, p.ds_numel - start))
-                dest = part.data.narrow(0, 0, n)
-            else:  # a buffer the checkpoint carries: whole on every rank
-                dest, start, n = buffers[model_key], 0, buffers[model_key].numel()
-            srcs = self._to_device(
-                [self._slice(c.reader, key, start, n, model_key in params) for c in self.cset.checkpoints], key
-            )
-            targets.append((model_key, dest, srcs))
-            self._slices.append((key, start, n, model_key in params))
-        for name, p in params.items():
-            if id(p) not in covered:
-                raise CheckpointError(f"model parameter {name} has no tensor in the checkpoints; cannot merge it")
-        skipped = [k for k in meta if k not in mapping]
-        if skipped:
-            log.info("%d checkpoint tensors are not model state and are left as built: %s", len(skipped), skipped[:3])
-        return targets
+        if model_key not in self._params:  # a buffer the checkpoint carries: whole on every rank
+            buf = dict(self.model.named_buffers())[model_key]
+            return id(buf), buf, 0, buf.numel(), False
+        p = self._params[model_key]
+        part = p.ds_tensor
+        start = part.ds_numel * dist.get_rank(group=p.ds_process_group)
+        n = max(0, min(part.ds_numel, p.ds_numel - start))
+        return id(p), part.data.narrow(0, 0, n), start, n, True
 
-    @staticmethod
-    def _slice(reader: CheckpointReader, key: str, start: int, n: int, flat: bool) -> torch.Tensor:
-        t = reader.get(key)
-        return t.reshape(-1).narrow(0, start, n) if flat else t
+    @functools.cached_property
+    def _params(self) -> dict[str, Any]:
+        return dict(self.model.named_parameters())  # ZeRO adds ds_* attributes at run time
+
+    def _parameters(self) -> list[tuple[str, Any]]:
+        return [(name, id(p)) for name, p in self._params.items()]
 
     def _merge_threads(self) -> int | None:
         return torch.get_num_threads()  # the rank's share of the cores, set at start-up
@@ -178,9 +164,7 @@ class ZeroResidentModel(ResidentModel):
     @torch.no_grad()
     def apply(self, weights: Any) -> None:
         """Merge ``weights`` into this rank's partition; on rank 0, every other rank is told to do the same."""
-        from ckptmerge.runtime import distributed
-
-        distributed.channel.send(distributed.APPLY, [float(w) for w in weights])
+        self.channel.send(APPLY, [float(w) for w in weights])
         self._merge_partitions(weights)
 
     def _merge_partitions(self, weights: Any) -> None:
@@ -190,17 +174,9 @@ class ZeroResidentModel(ResidentModel):
     @torch.no_grad()
     def load_folder(self, folder: Path) -> None:
         """Overwrite this rank's partition from a written checkpoint (a merge's re-score); rank 0 tells the others."""
-        from ckptmerge.runtime import distributed
-
-        distributed.channel.send(distributed.LOAD, str(folder))
+        self.channel.send(LOAD, str(folder))
         self._release_gathered()
-        reader = CheckpointReader(Path(folder))
-        missing = [s[0] for s in self._slices if s[0] not in reader.meta()]
-        if missing:
-            raise CheckpointError(f"the written merge in {folder} lacks tensor {missing[0]}")
-        for (key, start, n, flat), (_, dest, _) in zip(self._slices, self._targets):
-            linear_merge_into(dest, [self._slice(reader, key, start, n, flat).to(dest.device)], [1.0])
-        self.weights = ()
+        super().load_folder(folder)
 
     def apply_fn(self, fn: Callable[[str, list[torch.Tensor]], torch.Tensor]) -> None:
         raise ConfigError(

@@ -8,14 +8,15 @@ from typing import Any
 
 import torch
 
-from ckptmerge.actions.setup import Sources
-from ckptmerge.checkpoints.resident import ResidentModel
-from ckptmerge.config import Config
+from ckptmerge.config import Config, EvalConfig
 from ckptmerge.errors import CheckpointError, ConfigError
 from ckptmerge.evaluation import TaskSuite, build_objective, make_lm
 from ckptmerge.evaluation.doc_scores import DocScores
 from ckptmerge.evaluation.uncertainty import Bootstrap, Gain, gains_by_metric
 from ckptmerge.merge import searchable
+from ckptmerge.resident import ResidentModel, SingleResidentModel
+from ckptmerge.runtime.distributed import Channel
+from ckptmerge.session.setup import Sources
 
 log = logging.getLogger(__name__)
 
@@ -23,11 +24,11 @@ log = logging.getLogger(__name__)
 class EvalSession:
     """Dev tasks (the objective) and test tasks (reported), built once per action."""
 
-    def __init__(self, cfg: Config, sources: Sources) -> None:
-        self.cfg = cfg
+    def __init__(self, e: EvalConfig, seed: int, sources: Sources) -> None:
+        """``e``: the ``eval.*`` settings; ``seed``: one seed for the documents sampled under ``eval.limit``
+        and the bootstrap resamples (a search's ``search.seed``)."""
+        self.batch_size = e.batch_size
         self.sources = sources
-        e = cfg.eval
-        seed = cfg.search.seed  # one seed: the documents sampled under eval.limit and the bootstrap resamples
         self.dev = TaskSuite(sources.dev_tasks, sources.include_paths, e.limit, "eval.tasks", sample_seed=seed)
         self.objective = build_objective(self.dev.info, e.metrics, sources.dev_weights, e.allow_test_split)
         self.test = (
@@ -38,30 +39,31 @@ class EvalSession:
         self.bootstrap = Bootstrap(e.bootstrap, e.confidence, seed)
         self._lm: Any = None
         self._resident: ResidentModel | None = None
-        self._ranks: tuple[int, int] | None = None  # (rank, world size) under runtime=deepspeed
+        self._channel: Channel | None = None  # the command flow to the other ranks under runtime=deepspeed
         self._datasets: dict[str, list[Any]] = {}
 
     @classmethod
-    def with_resident(cls, cfg: Config, sources: Sources) -> tuple[EvalSession, ResidentModel]:
+    def with_resident(
+        cls, cfg: Config, sources: Sources, channel: Channel | None = None
+    ) -> tuple[EvalSession, ResidentModel]:
         """Tasks first (bad task names fail before the model is built), then the resident model, bound.
 
-        Under ``runtime=deepspeed`` the model is partitioned over the ranks; rank 0 first tells the
-        others to build theirs (they wait in :func:`ckptmerge.actions.worker.serve`).
+        Under ``runtime=deepspeed`` the model is partitioned over the ranks of ``channel``'s launch;
+        rank 0 first tells the others to build theirs (they wait in the worker's ``serve`` loop).
         """
-        session = cls(cfg, sources)
+        session = cls(cfg.eval, cfg.search.seed, sources)
         if cfg.runtime.backend == "deepspeed":
+            from ckptmerge.resident.zero import ZeroResidentModel
             from ckptmerge.runtime import distributed
-            from ckptmerge.runtime.zero import ZeroResidentModel
 
-            ranks = distributed.ranks()
-            assert ranks is not None, "runtime=deepspeed: the process group is joined in main"
-            distributed.channel.send(distributed.START)
-            session._ranks = (ranks.rank, ranks.world_size)
+            assert channel is not None, "runtime=deepspeed: main joins the process group and passes its channel"
+            channel.send(distributed.START)
+            session._channel = channel
             resident: ResidentModel = ZeroResidentModel(
-                sources.cset, dtype=cfg.runtime.dtype, deepspeed_config_path=cfg.runtime.deepspeed_config
+                sources.cset, channel, dtype=cfg.runtime.dtype, deepspeed_config_path=cfg.runtime.deepspeed_config
             )
         else:
-            resident = ResidentModel(sources.cset, device=cfg.runtime.device, dtype=cfg.runtime.dtype)
+            resident = SingleResidentModel(sources.cset, device=cfg.runtime.device, dtype=cfg.runtime.dtype)
         if cfg.merge.method != "linear":  # trials evaluate the merge that will be written, not a linear one
             if cfg.runtime.backend == "deepspeed":
                 raise ConfigError(
@@ -75,11 +77,11 @@ class EvalSession:
     @property
     def partitioned(self) -> bool:
         """The resident model is partitioned over DeepSpeed ranks (rank 0 drives the others)."""
-        return self._ranks is not None
+        return self._channel is not None
 
     def _make_lm(self, model: Any, tokenizer: Any, device: str) -> Any:
-        rank, world = self._ranks or (0, 1)
-        return make_lm(model, tokenizer, self.cfg.eval.batch_size, self.sources.max_length, device, rank, world)
+        rank, world = (self._channel.ranks.rank, self._channel.ranks.world_size) if self._channel else (0, 1)
+        return make_lm(model, tokenizer, self.batch_size, self.sources.max_length, device, rank, world)
 
     def bind(self, resident: ResidentModel) -> None:
         """Evaluate the resident model from now on (one lm-eval wrapper for the whole search)."""
@@ -100,10 +102,10 @@ class EvalSession:
         scores; every rank takes part when the model is partitioned, and only rank 0 gets the result."""
         suite = self.dev if which == "dev" else self.test
         assert suite is not None, f"no {which} tasks"
-        if self.partitioned:
+        if self._channel is not None:
             from ckptmerge.runtime import distributed
 
-            distributed.channel.send(distributed.EVAL, which)
+            self._channel.send(distributed.EVAL, which)
         return suite.evaluate_with_scores(lm or self._lm)
 
     def datasets(self, which: str) -> list[Any]:
@@ -130,7 +132,7 @@ class EvalSession:
         assert self._resident is not None
         trust = self.sources.cset.trust_remote_code
         if self.partitioned:
-            from ckptmerge.runtime.zero import ZeroResidentModel
+            from ckptmerge.resident.zero import ZeroResidentModel
 
             assert isinstance(self._resident, ZeroResidentModel)
             try:

@@ -1,5 +1,12 @@
 """The resident model of a search: built once, its parameters overwritten in place by every trial.
 
+:class:`ResidentModel` holds what every runtime shares: the tokenizer, the pairing of checkpoint
+tensors with model tensors, zero-copy views of the checkpoints' memory-mapped files as the sources
+of each model tensor, and the merge in place (:meth:`~ResidentModel.apply`, :meth:`~ResidentModel.apply_fn`,
+``merge_fn``). How the model is built, and which part of each tensor this process holds, is the
+subclass's: :class:`ckptmerge.resident.single.SingleResidentModel` (one process, whole tensors) and
+:class:`ckptmerge.resident.zero.ZeroResidentModel` (ZeRO-3 partitions, one per rank).
+
 The checkpoint tensors are never copied into the process: each source is a zero-copy view of its
 memory-mapped file (``CheckpointReader.get``), so k checkpoints cost page cache, which the kernel
 shares and can evict, not k models of anonymous memory. A trial opens and reads no file; it runs the
@@ -10,12 +17,16 @@ a GPU the sources are copied to the device where they fit, and merged there.)
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from ckptmerge.checkpoints.checkpoint_set import CheckpointSet
+from ckptmerge.checkpoints.reader import CheckpointReader
 from ckptmerge.checkpoints.stream import take_newest, torch_threads
 from ckptmerge.errors import CheckpointError
 from ckptmerge.merge.linear import linear_merge_into
@@ -48,6 +59,15 @@ def resolve_dtype(name: str, cset: CheckpointSet, device: str) -> torch.dtype:
     return dtype
 
 
+@contextmanager
+def loading(ref: str) -> Iterator[None]:
+    """A checkpoint's files that transformers cannot load end the run as one line naming ``ref``."""
+    try:
+        yield
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot load checkpoint {ref}: {str(e).splitlines()[0]}") from None
+
+
 def pair_tensor_names(
     file_shapes: Mapping[str, tuple[int, ...]],
     model_shapes: Mapping[str, tuple[int, ...]],
@@ -76,8 +96,28 @@ def pair_tensor_names(
     return mapping
 
 
+@dataclass(frozen=True)
+class Slot:
+    """Where one checkpoint tensor goes: elements ``[start, start + count)`` of its flattened values
+    (``flat``: a partition of the model tensor), or the whole tensor (``flat`` False)."""
+
+    key: str
+    start: int
+    count: int
+    flat: bool
+
+    def source(self, reader: CheckpointReader) -> torch.Tensor:
+        t = reader.get(self.key)
+        return t.reshape(-1).narrow(0, self.start, self.count) if self.flat else t
+
+
 class ResidentModel:
     """One model in memory whose parameters become ``Σ wᵢ·θᵢ`` on :meth:`apply`.
+
+    The shared set-up (:meth:`__init__`): the tokenizer and the model from the newest checkpoint
+    (:meth:`_build_model`, the subclass's), then every model tensor paired with that tensor of every
+    checkpoint (:meth:`_map_sources`, through the subclass's :meth:`_model_shapes` and
+    :meth:`_destination`).
 
     Integer and bool checkpoint tensors are never averaged: they are the newest checkpoint's, decided
     by the checkpoint's dtype, not the model tensor's (transformers may load an integer tensor into a
@@ -87,43 +127,48 @@ class ResidentModel:
 
     _scratch_buf: torch.Tensor | None = None  # see _scratch
 
-    def __init__(self, cset: CheckpointSet, device: str = "cpu", dtype: str = "auto") -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    def __init__(self, cset: CheckpointSet, device: str, dtype: torch.dtype) -> None:
+        from transformers import AutoTokenizer
 
-        self.cset = cset
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, cset, self.device)
+        self.cset, self.device, self.dtype = cset, device, dtype
         newest = cset.newest
-        log.info("Building the resident model from %s (%s, %s)", newest.name, self.device, self.dtype)
-        try:
-            self.model = AutoModelForCausalLM.from_pretrained(
-                newest.folder, dtype=self.dtype, trust_remote_code=cset.trust_remote_code
-            )
+        with loading(newest.ref.text):
             self.tokenizer = AutoTokenizer.from_pretrained(newest.folder, trust_remote_code=cset.trust_remote_code)
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"cannot load checkpoint {newest.ref.text}: {str(e).splitlines()[0]}") from None
-        self.model.to(self.device).eval()  # type: ignore[arg-type]  # transformers' wrapped .to() stub
+        self.model = self._build_model(newest.folder)
         self.weights: tuple[float, ...] = tuple(0.0 for _ in cset.checkpoints[:-1]) + (1.0,)
         self._device_full = False
+        self._slots: list[Slot] = []
         self._targets = self._map_sources()
 
-    def _map_keys(self) -> dict[str, str]:
-        """Checkpoint tensor name → model state name.
+    # -- what a subclass decides ------------------------------------------------------------------
 
-        Usually the same name; transformers may rename on load (GPT-NeoX's ``embed_out`` is ``lm_head``
-        in transformers 5). Rather than depend on its private conversion tables, a file tensor whose
-        name is not in the model is paired with the model tensor that holds exactly its values (the
-        resident model was just loaded from the newest checkpoint), name similarity breaking ties.
-        """
-        state = self.model.state_dict()
-        newest = self.cset.newest.reader
-        return pair_tensor_names(
-            {k: m.shape for k, m in self.cset.meta().items()},
-            {k: tuple(v.shape) for k, v in state.items()},
-            same_values=lambda key, model_key: torch.equal(
-                state[model_key].cpu(), newest.get(key).to(state[model_key].dtype)
-            ),
-        )
+    def _build_model(self, folder: Path) -> Any:
+        """The model from the newest checkpoint's ``folder``, on ``self.device`` in ``self.dtype``, in eval mode."""
+        raise NotImplementedError
+
+    def _model_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Model tensor name → its full shape (also of a tensor this process holds only part of)."""
+        raise NotImplementedError
+
+    def _same_values(self) -> Callable[[str, str], bool] | None:
+        """``(checkpoint key, model key) → holds exactly its values``, to pair renamed tensors; None: by shape only."""
+        return None
+
+    def _destination(self, model_key: str) -> tuple[Any, torch.Tensor, int, int, bool]:
+        """``(identity, storage, start, count, flat)`` of a model tensor: this process's storage for it,
+        and which of its flattened elements that holds (``flat``), or all of them. Tensors of one
+        identity (tied weights) are merged once."""
+        raise NotImplementedError
+
+    def _parameters(self) -> list[tuple[str, Any]]:
+        """``(name, identity)`` of every parameter: each must come from the checkpoints."""
+        raise NotImplementedError
+
+    def _merge_threads(self) -> int | None:
+        """Threads for a trial's merge: the streaming writer's default on a CPU, else unchanged."""
+        return None if self.device == "cpu" else torch.get_num_threads()
+
+    # -- the shared set-up ------------------------------------------------------------------------
 
     def _to_device(self, srcs: list[torch.Tensor], key: str) -> list[torch.Tensor]:
         """Sources on the model's device where they fit; else left mapped on the CPU (merged from there)."""
@@ -137,34 +182,45 @@ class ResidentModel:
             return srcs
 
     def _map_sources(self) -> list[tuple[str, torch.Tensor, list[torch.Tensor]]]:
-        """Pair each model tensor with that tensor of every checkpoint: zero-copy views of the files."""
-        mapping = self._map_keys()
-        state = self.model.state_dict(keep_vars=True)
+        """Pair each model tensor (or this process's part of it) with the same elements of that tensor
+        of every checkpoint: zero-copy views of the files.
+
+        Usually the same name; transformers may rename on load (GPT-NeoX's ``embed_out`` is ``lm_head``
+        in transformers 5). Rather than depend on its private conversion tables, a file tensor whose
+        name is not in the model is paired with the free model tensor of its shape (and, where the
+        model holds values to compare, exactly its values), name similarity breaking ties.
+        """
         meta = self.cset.meta()
+        shapes = self._model_shapes()
+        mapping = pair_tensor_names({k: m.shape for k, m in meta.items()}, shapes, self._same_values())
         targets = []
-        covered: set[int] = set()
-        skipped = [k for k in meta if k not in mapping]
+        covered: set[Any] = set()
         for key, model_key in mapping.items():
-            dest = state[model_key]
-            dest = dest.data if isinstance(dest, torch.nn.Parameter) else dest
-            if dest.data_ptr() in covered:  # tied weights: merge the shared storage once
-                continue
-            if tuple(dest.shape) != meta[key].shape:
+            if shapes[model_key] != tuple(meta[key].shape):
                 raise CheckpointError(
-                    f"model tensor {model_key} has shape {list(dest.shape)}, checkpoint has {list(meta[key].shape)}"
+                    f"model tensor {model_key} has shape {list(shapes[model_key])}, "
+                    f"checkpoint has {list(meta[key].shape)}"
                 )
-            covered.add(dest.data_ptr())
-            srcs = self._to_device([c.reader.get(key) for c in self.cset.checkpoints], key)
+            ident, dest, start, count, flat = self._destination(model_key)
+            if ident in covered:  # tied weights: merge the shared storage once
+                continue
+            covered.add(ident)
+            slot = Slot(key, start, count, flat)
+            srcs = self._to_device([slot.source(c.reader) for c in self.cset.checkpoints], key)
             targets.append((model_key, dest, srcs))
+            self._slots.append(slot)
+        skipped = [k for k in meta if k not in mapping]
         if skipped:
             log.info("%d checkpoint tensors are not model state and are left as loaded: %s", len(skipped), skipped[:3])
         # Every floating parameter must come from the checkpoints, or a trial would not be the merge it claims.
-        for name, p in self.model.named_parameters():
-            if p.data_ptr() not in covered:
+        for name, ident in self._parameters():
+            if ident not in covered:
                 raise CheckpointError(f"model parameter {name} has no tensor in the checkpoints; cannot merge it")
         if not targets:
             raise CheckpointError("no checkpoint tensor matches the model's parameters")
         return targets
+
+    # -- the merge in place -----------------------------------------------------------------------
 
     # merge.method when it is not linear: trials merge with the function the result is written with
     merge_fn: Callable[..., torch.Tensor] | None = None
@@ -206,15 +262,22 @@ class ResidentModel:
             self._scratch_buf = torch.empty(CHUNK_ELEMS, dtype=torch.float32)
         return self._scratch_buf
 
-    def _merge_threads(self) -> int | None:
-        """Threads for a trial's merge: the streaming writer's default on a CPU, else unchanged."""
-        return None if self.device == "cpu" else torch.get_num_threads()
-
     @torch.no_grad()
     def apply_fn(self, fn: Callable[[str, list[torch.Tensor]], torch.Tensor]) -> None:
         """Overwrite each parameter with ``fn(model_key, sources)``: merges that are not linear (Fisher, RegMean)."""
         for key, dest, srcs in self._targets:
             dest.copy_(srcs[-1] if take_newest(srcs) else fn(key, srcs))
+        self.weights = ()
+
+    @torch.no_grad()
+    def load_folder(self, folder: Path) -> None:
+        """Overwrite the model tensors (this process's part of each) from a written checkpoint folder."""
+        reader = CheckpointReader(Path(folder))
+        missing = [s.key for s in self._slots if s.key not in reader.meta()]
+        if missing:
+            raise CheckpointError(f"the written merge in {folder} lacks tensor {missing[0]}")
+        for slot, (_, dest, _) in zip(self._slots, self._targets):
+            linear_merge_into(dest, [slot.source(reader).to(dest.device)], [1.0])
         self.weights = ()
 
     def state_dict(self) -> dict[str, Any]:

@@ -9,28 +9,28 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ckptmerge.actions.evaluation import EvalSession
-from ckptmerge.actions.setup import resolve_search_sources, resolve_sources
 from ckptmerge.config import Config
 from ckptmerge.runtime import distributed, seed_everything
+from ckptmerge.session.evaluation import EvalSession
+from ckptmerge.session.setup import resolve_search_sources, resolve_sources
 
 log = logging.getLogger(__name__)
 
 
-def serve(cfg: Config) -> None:
-    """Wait for rank 0's start, build this rank's part, then apply/load/evaluate until stop."""
-    from ckptmerge.runtime.zero import ZeroResidentModel
+def serve(cfg: Config, channel: distributed.Channel) -> None:
+    """Wait for rank 0's start on ``channel``, build this rank's part, then apply/load/evaluate until stop."""
+    from ckptmerge.resident.zero import ZeroResidentModel
 
-    command, _ = distributed.receive()
+    command, _ = channel.receive()
     if command != distributed.START:
         return  # stop before start: rank 0 needed no model (merge, promote) or failed first (and says why)
     seed_everything(cfg.search.seed)
     # rank 0 built any embedded trajectory and checked the checkpoints' content already
     sources = (resolve_search_sources if cfg.action == "search" else resolve_sources)(cfg, progress=False, check=False)
-    session, resident = EvalSession.with_resident(cfg, sources)
+    session, resident = EvalSession.with_resident(cfg, sources, channel)
     assert isinstance(resident, ZeroResidentModel)
     while True:
-        command, args = distributed.receive()
+        command, args = channel.receive()
         if command == distributed.APPLY:
             resident.apply(args[0])
         elif command == distributed.LOAD:

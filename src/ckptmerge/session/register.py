@@ -16,13 +16,13 @@ from typing import Any
 
 import torch
 
-from ckptmerge.actions.evaluation import EvalSession
 from ckptmerge.checkpoints.atomic import OWNER_FILE, atomic_folder
-from ckptmerge.checkpoints.resident import ResidentModel
 from ckptmerge.checkpoints.writer import write_merged
 from ckptmerge.config import Config, parse_size
 from ckptmerge.errors import EvaluationError
 from ckptmerge.merge import get_method
+from ckptmerge.resident import ResidentModel
+from ckptmerge.session.evaluation import EvalSession
 from ckptmerge.tracking.mlflow_run import SearchTracker
 
 log = logging.getLogger(__name__)

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ckptmerge.actions.evaluation import EvalSession
-from ckptmerge.actions.setup import Sources, newest_of, resolve_sources
 from ckptmerge.checkpoints import CheckpointSet
-from ckptmerge.checkpoints.resident import ResidentModel
 from ckptmerge.config import Config
+from ckptmerge.resident import ResidentModel
 from ckptmerge.runtime import seed_everything
+from ckptmerge.session.evaluation import EvalSession
+from ckptmerge.session.setup import Sources, newest_of, resolve_sources
 from ckptmerge.tracking import names
 from ckptmerge.tracking.mlflow_run import SearchTracker
 

@@ -13,11 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ckptmerge.actions.evaluation import EvalSession
-from ckptmerge.actions.trials import Trial, TrialLoop
 from ckptmerge.evaluation.doc_scores import DocScores
 from ckptmerge.evaluation.uncertainty import Gain
 from ckptmerge.search.searchers import Searcher
+from ckptmerge.session.evaluation import EvalSession
+from ckptmerge.session.trials import Trial, TrialLoop
 
 log = logging.getLogger(__name__)
 

@@ -10,13 +10,13 @@ from typing import Any
 
 import numpy as np
 
-from ckptmerge.actions.evaluation import EvalSession
-from ckptmerge.checkpoints.resident import ResidentModel
 from ckptmerge.errors import EvaluationError
 from ckptmerge.evaluation.doc_scores import DocScores, scores_from_json, scores_json
 from ckptmerge.evaluation.uncertainty import relative_standard_errors
+from ckptmerge.resident import ResidentModel
 from ckptmerge.search.searchers import Proposal, Searcher, SearchExhausted
 from ckptmerge.search.space import SearchSpace
+from ckptmerge.session.evaluation import EvalSession
 from ckptmerge.tracking import names
 from ckptmerge.tracking.datasets import CONTEXT_DEV
 from ckptmerge.tracking.mlflow_run import SearchTracker
