@@ -127,6 +127,26 @@ def test_watch_written_slowly_killed_mid_search_and_restarted(tmp_path, tiny_tra
     assert len(searches) == 2 and set(by_pair) == {"step00030,step00060", "step00060,step00090"}
     assert all(r.info.status == "FINISHED" for r in searches)
     assert by_pair["step00060,step00090"].info.run_id == interrupted[0].info.run_id  # resumed, not repeated
+    # watch.warm_start: the second pair also started from the first pair's λ (unless it is λ=0 or λ=1,
+    # evaluated anyway), and the restart replayed the same proposals under the same resume key
+    first_run, second_run = by_pair["step00030,step00060"], by_pair["step00060,step00090"]
+    first_lam = json.loads(Path(client.download_artifacts(first_run.info.run_id, "result.json")).read_text())["lambda"]
+    assert second_run.data.tags["ckptmerge.watch.warm_from"] == first_run.info.run_id
+    second_trials = sorted(
+        (
+            r.data.params
+            for r in client.search_runs(
+                [exp], f"tags.mlflow.parentRunId = '{second_run.info.run_id}' and attributes.status = 'FINISHED'"
+            )
+        ),
+        key=lambda p: int(p["trial"]),
+    )
+    starts = [(float(p["lambda"]), p["proposed_by"]) for p in second_trials[:3]]
+    if min(first_lam, 1 - first_lam) < 0.001:
+        assert starts[:2] == [(0.0, "initial"), (1.0, "initial")], (first_lam, starts)
+    else:
+        assert starts == [(pytest.approx(first_lam), "warm:previous-pair"), (0.0, "initial"), (1.0, "initial")]
+    assert "Resumed trial" not in proc.stdout + proc.stderr  # no recorded point differed from the proposal
     for pair, run in by_pair.items():
         newer = pair.split(",")[1]
         assert run.info.start_time >= done_writing[newer] * 1000, f"{pair} searched before {newer} was whole"
