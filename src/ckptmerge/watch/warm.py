@@ -24,7 +24,8 @@ LABEL = "warm:previous-pair"  # the trial's proposed_by, on its child run and in
 
 # first: before the initial points; replace_first: instead of the first of the space's own initial
 # points (λ=α for a pair, the far end of the box; a configured warm start's baselines are all kept,
-# the point then goes first); last: after them.
+# the point then goes first); last: after them. Measured on the embedded trajectory (docs/watch.md):
+# first saved the most evaluations (to 99% of the dense best: 2.75 per pair against 2.5 and 1.75).
 PLACES = ("first", "replace_first", "last")
 PLACE = "first"
 
