@@ -22,10 +22,10 @@ objective; ``--limit`` documents) and cached keyed by the pair and λ rounded to
 (the search is told the λ it proposed, scored at the rounded one), on disk in ``--cache`` so that a
 rerun with the same settings evaluates nothing again.
 
-    python benchmarks/watch_warm_start.py            # cold vs first, 3 seeds (docs/watch.md's table)
+    python benchmarks/watch_warm_start.py --seeds 0 1 2 3 4   # cold vs first (docs/watch.md's table)
     python benchmarks/watch_warm_start.py --seeds 0 --places first replace_first last   # where the point goes
 
-The first run evaluates ~210 points (~8 s each at load average ~11 on 2 cores, ~2 s idle); the searches'
+The first run evaluates ~240 points (~8 s each at load average ~11 on 2 cores, ~2 s idle); the searches'
 own GP fitting is most of the rest (~40 s per search under that load). A rerun evaluates nothing again.
 """
 
