@@ -65,6 +65,7 @@ def test_no_point_leaves_the_configured_initial_points_as_they_were():
     assert warm.initial_for(space, None, _result(0.3, "ema", "beta"), 0.001) == (None, None)
     assert warm.initial_for(PairSpace(2, 0.5), None, _result(0.3), 0.001) == (None, None)
     assert warm.previous_point({"lambda": 0.3}, space) is None  # a result without its point
+    assert warm.previous_point({"space": "pair"}, space) is None
 
 
 def test_placements():

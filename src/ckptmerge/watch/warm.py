@@ -33,9 +33,11 @@ PLACE = "first"
 def previous_point(result: Mapping[str, Any], space: SearchSpace) -> Point | None:
     """The point a finished search chose (its ``result.json``), in ``space``'s coordinates; None when
     that search ran in another space or its point lies outside this box."""
-    sp = result.get("space") or {}
-    coords = sp.get("point") if isinstance(sp, Mapping) else None
-    if sp.get("name") != space.name or not isinstance(coords, Mapping) or set(coords) != set(space.coordinates):
+    sp = result.get("space")
+    if not isinstance(sp, Mapping) or sp.get("name") != space.name:
+        return None
+    coords = sp.get("point")
+    if not isinstance(coords, Mapping) or set(coords) != set(space.coordinates):
         return None
     try:
         x = tuple(float(coords[c]) for c in space.coordinates)
