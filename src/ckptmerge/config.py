@@ -446,6 +446,8 @@ class WatchConfig:
     settle_s: float = 10.0
     # run action=promote's policy after each registered candidate
     promote: bool = False
+    # each pair's search also starts from the point the previous pair's search chose (ckptmerge.watch.warm)
+    warm_start: bool = True
 
     def __post_init__(self) -> None:
         for key in ("poll_s", "settle_s"):
@@ -458,8 +460,9 @@ class WatchConfig:
             not _is_number(self.idle_exit_s) or not math.isfinite(float(self.idle_exit_s)) or self.idle_exit_s < 0
         ):
             raise ConfigError(f"watch.idle_exit_s must be a number of seconds >= 0 or null, got {self.idle_exit_s!r}")
-        if not isinstance(self.promote, bool):
-            raise ConfigError(f"watch.promote must be true or false, got {self.promote!r}")
+        for flag in ("promote", "warm_start"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigError(f"watch.{flag} must be true or false, got {getattr(self, flag)!r}")
         if self.dir is not None and (not isinstance(self.dir, str) or not self.dir.strip()):
             raise ConfigError(f"watch.dir must be a folder path, got {self.dir!r}")
 

@@ -127,6 +127,26 @@ def test_watch_written_slowly_killed_mid_search_and_restarted(tmp_path, tiny_tra
     assert len(searches) == 2 and set(by_pair) == {"step00030,step00060", "step00060,step00090"}
     assert all(r.info.status == "FINISHED" for r in searches)
     assert by_pair["step00060,step00090"].info.run_id == interrupted[0].info.run_id  # resumed, not repeated
+    # watch.warm_start: the second pair also started from the first pair's λ (unless it is λ=0 or λ=1,
+    # evaluated anyway), and the restart replayed the same proposals under the same resume key
+    first_run, second_run = by_pair["step00030,step00060"], by_pair["step00060,step00090"]
+    first_lam = json.loads(Path(client.download_artifacts(first_run.info.run_id, "result.json")).read_text())["lambda"]
+    assert second_run.data.tags["ckptmerge.watch.warm_from"] == first_run.info.run_id
+    second_trials = sorted(
+        (
+            r.data.params
+            for r in client.search_runs(
+                [exp], f"tags.mlflow.parentRunId = '{second_run.info.run_id}' and attributes.status = 'FINISHED'"
+            )
+        ),
+        key=lambda p: int(p["trial"]),
+    )
+    starts = [(float(p["lambda"]), p["proposed_by"]) for p in second_trials[:3]]
+    if min(first_lam, 1 - first_lam) < 0.001:
+        assert starts[:2] == [(0.0, "initial"), (1.0, "initial")], (first_lam, starts)
+    else:
+        assert starts == [(pytest.approx(first_lam), "warm:previous-pair"), (0.0, "initial"), (1.0, "initial")]
+    assert "Resumed trial" not in proc.stdout + proc.stderr  # no recorded point differed from the proposal
     for pair, run in by_pair.items():
         newer = pair.split(",")[1]
         assert run.info.start_time >= done_writing[newer] * 1000, f"{pair} searched before {newer} was whole"
@@ -262,3 +282,40 @@ def test_a_watch_under_mlflow_run_is_refused_with_one_line(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "unset MLFLOW_RUN_ID" in errors[0]
+
+
+def test_a_pair_search_starts_from_the_previous_pairs_point(tmp_path, tiny_trajectory):
+    """The SearchRun a watch starts, given the previous pair's result.json: its point is the first trial
+    (child run param proposed_by), in the budget, and in the resume key (the watch run above only reaches
+    the case where that point is λ=1, which is left out)."""
+    from ckptmerge.actions.search import SearchRun
+    from ckptmerge.config import config_from_dict
+
+    cfg = config_from_dict(
+        {
+            "model": {
+                "name": "local",
+                "source": "local",
+                "checkpoints": [str(c) for c in tiny_trajectory.checkpoints[1:]],
+            },
+            "eval": {"tasks": ["ckptmerge_dev_bpb"], "include_path": str(tiny_trajectory.tasks_dir), "limit": 12},
+            "search": {"budget": 3, "space": {"name": "pair", "last": 2, "warm_start": False}},
+            "registry": {"enabled": False},
+            "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "log_plots": False},
+        }
+    )
+    previous = {"lambda": 0.4, "space": {"name": "pair", "checkpoints": 2, "point": {"lambda": 0.4}}}
+    result = SearchRun(cfg, tmp_path / "run", tmp_path, previous_result=previous).run()
+    assert [(t["lambda"], t["proposed_by"]) for t in result["trials"]] == [
+        (0.4, "warm:previous-pair"),
+        (0.0, "initial"),
+        (1.0, "initial"),
+    ]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = result["mlflow"]["run_id"]
+    first = client.search_runs(
+        [result["mlflow"]["experiment_id"]], f"tags.mlflow.parentRunId = '{run_id}' and params.trial = '0'"
+    )
+    assert [r.data.params["proposed_by"] for r in first] == ["warm:previous-pair"]
+    key = json.loads(Path(client.download_artifacts(run_id, "resume_key.json")).read_text())
+    assert key["search"]["previous_pair"] == [0.4]

@@ -15,7 +15,7 @@ def _watch(**watch):
 def test_a_watch_config_fills_the_pair_later():
     cfg = config_from_dict(_watch(poll_s=5, idle_exit_s=60))
     assert cfg.watch.dir == "/runs/ckpts" and cfg.watch.poll_s == 5 and cfg.watch.idle_exit_s == 60
-    assert cfg.watch.settle_s == 10.0 and cfg.watch.promote is False
+    assert cfg.watch.settle_s == 10.0 and cfg.watch.promote is False and cfg.watch.warm_start is True
     assert cfg.model.checkpoints == WATCH_PLACEHOLDERS
 
 
@@ -27,6 +27,7 @@ def test_a_watch_config_fills_the_pair_later():
         (_watch(settle_s=-1), "watch.settle_s must be a number of seconds >= 0"),
         (_watch(idle_exit_s="soon"), "watch.idle_exit_s must be a number of seconds >= 0 or null"),
         (_watch(promote="yes"), "watch.promote must be true or false"),
+        (_watch(warm_start="no"), "watch.warm_start must be true or false"),
         (_watch(every=3), "unknown config key watch.every"),
         ({**_watch(), "model": {"name": "embedded", "source": "embedded"}}, "use model=local, not model=embedded"),
         (

@@ -40,6 +40,7 @@ from ckptmerge.tracking import names, resume, search_lock
 from ckptmerge.tracking.datasets import CONTEXT_DEV, CONTEXT_TEST
 from ckptmerge.tracking.description import run_note, version_description
 from ckptmerge.tracking.mlflow_run import SearchTracker
+from ckptmerge.watch import warm
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +59,20 @@ class SearchRun:
         tags: dict[str, str] | None = None,
         on_locked: Callable[[SearchTracker], None] | None = None,
         channel: Channel | None = None,
+        previous_result: dict[str, Any] | None = None,
     ) -> None:
         """``tags``: extra tags on the parent run (a watch links its searches so). ``on_locked``: called
         once this search holds its key's lock, before it looks for a run to resume; it may raise to
         stop the search there (a watch checks, under the lock, that no one finished the pair meanwhile).
-        ``channel``: under ``runtime=deepspeed``, the launch's command channel to the other ranks."""
+        ``channel``: under ``runtime=deepspeed``, the launch's command channel to the other ranks.
+        ``previous_result``: the ``result.json`` of the previous pair's search, whose chosen point becomes
+        one more initial proposal (``watch.warm_start``, :mod:`ckptmerge.watch.warm`)."""
         self.cfg = cfg
         self.channel = channel
         self.extra_tags = dict(tags or {})
         self.on_locked = on_locked
+        self.previous_result = previous_result
+        self.warm_point: tuple[float, ...] | None = None
         self.run_dir = Path(run_dir).resolve()
         self.cwd = Path(cwd)
         self.config_yaml = config_yaml
@@ -106,6 +112,9 @@ class SearchRun:
         out_dtype = None if cfg.merge.dtype == "auto" else getattr(torch, cfg.merge.dtype)
         check_space(self.output_dir, merged_size(cset.newest.reader.meta(), out_dtype))
         self.space, initial = search_space(cfg, len(cset))
+        self.warm_point, initial = warm.initial_for(
+            self.space, initial, self.previous_result, float(cfg.search.min_distance)
+        )
         searcher = make_searcher(cfg.search, self.space, initial)  # e.g. grid over k > 2 is refused here
         # unknown tasks/metrics and test-split dev tasks fail before the model is built
         session, resident = EvalSession.with_resident(cfg, sources, self.channel)
@@ -209,6 +218,8 @@ class SearchRun:
                 "acq_func": c.search.acq_func,
                 "min_distance": c.search.min_distance,
                 **({} if c.search.space.name == "pair" else {"space": self._space_key()}),
+                # the previous pair's point changes the proposals; a search without one keeps its old key
+                **({} if self.warm_point is None else {"previous_pair": list(self.warm_point)}),
             },
             # a method's settings change what it merges; linear has none, so its key is as it always was
             "merge": {"method": c.merge.method, **({"settings": dict(c.merge.settings)} if c.merge.settings else {})},

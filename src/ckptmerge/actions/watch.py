@@ -201,7 +201,13 @@ class WatchRun:
             if finished:
                 raise PairAlreadySearched(finished)
 
-        say(f"pair {older.name} → {newer.name}: searching (budget {cfg.search.budget})")
+        previous = self._warm_from(older)
+        warm_note = ""
+        if previous is not None:
+            warm_note = f"; warm start from pair {previous.names[0]} → {previous.names[1]}"
+            if previous.result.get("lambda") is not None:
+                warm_note += f" (λ={previous.result['lambda']:.4f})"
+        say(f"pair {older.name} → {newer.name}: searching (budget {cfg.search.budget}{warm_note})")
         pair_dir = self.run_dir / "pairs" / label
         pair_dir.mkdir(parents=True, exist_ok=True)
         # the pair's own resolved config: the watch's names no checkpoints, and action=promote reads it back
@@ -213,8 +219,12 @@ class WatchRun:
             pair_dir,
             self.cwd,
             pair_yaml,
-            tags=dict(ledger.search_tags(self.run_id, self.key, self.dir, (older.step, newer.step))),
+            tags={
+                **ledger.search_tags(self.run_id, self.key, self.dir, (older.step, newer.step)),
+                **({names.TAG_WARM_FROM: previous.run_id} if previous is not None else {}),
+            },
             on_locked=not_done_meanwhile,
+            previous_result=previous.result if previous is not None else None,
         )
         try:
             result = search.run()
@@ -244,6 +254,16 @@ class WatchRun:
         say(self._pair_line(older, newer, result, row))
         if self.cfg.watch.promote and result.get("registered_model"):
             self._promote(label)
+
+    def _warm_from(self, older: StepFolder) -> ledger.DonePair | None:
+        """With ``watch.warm_start``, the finished search whose chosen point warm-starts the pair that begins
+        at ``older``: the pair that ends there (the newest one before, when that one failed or is not
+        finished yet). Read from MLflow, so a restarted watcher (and a resumed search) gets the same point."""
+        if not self.cfg.watch.warm_start:
+            return None
+        client, exp = self.tracker.client, self.tracker.experiment_id
+        before = [p for p in ledger.done_pairs(client, exp, self.key, self._results) if p.steps[1] <= older.step]
+        return before[-1] if before else None
 
     def _promote(self, label: str) -> None:
         from ckptmerge.actions.promote import run_promote
