@@ -61,7 +61,9 @@ def test_bo_state_exposes_gp_and_hedge():
     assert st["gp.next_acquisition"] in ("EI", "LCB", "PI")
     # the GP interpolates the observation at the last λ closely
     assert st["gp.mean_at_lambda"] == pytest.approx(s.ys[-1], abs=0.05)
-    assert {p.source for p in props[2:]} <= {"EI", "LCB", "PI", "gap"}
+    # after λ=α and λ=1: the midpoint of the box (the widest gap), then the GP's proposals
+    assert props[2].source == "initial:gap-midpoint" and props[2].lam == pytest.approx(0.5 * (s.alpha + 1))
+    assert {p.source for p in props[3:]} <= {"EI", "LCB", "PI", "UCB-new", "gap"}
     post = s.posterior(50)
     assert post is not None and post.mean.shape == (50,) and set(post.acquisitions) == {"EI", "LCB", "PI"}
     assert (post.std >= 0).all()
@@ -129,3 +131,47 @@ def test_the_gap_fallback_never_proposes_a_point_closer_than_min_distance():
     assert got[0] < 0.5 < got[1] or got[1] < 0.5 < got[0]  # one on each side of 0.5
     with pytest.raises(SearchExhausted, match="no point is left"):
         s.largest_gap()  # five points 0.2 apart or more in [0, 1]: no sixth fits between them
+
+
+@pytest.mark.parametrize(
+    ("space", "initial", "expected"),
+    [
+        ("pair", None, 0.5),  # λ=0, λ=1: the middle of the box
+        ("decay", [(1.0,), (0.0,)], 0.5),  # newest alone, uniform: a linear decay
+        ("window", [(1.0,), (4.0,), (3.0,)], 2.0),  # newest, uniform, LAWA(3): the widest gap is [1, 3]
+        ("decay", [(0.0,), (0.3,), (0.6,), (0.9,)], None),  # no gap wider than a third of the box
+    ],
+)
+def test_a_one_coordinate_bo_adds_the_midpoint_of_its_widest_unseen_gap(space, initial, expected):
+    from ckptmerge.search.searchers import Proposal
+    from ckptmerge.search.space import make_space
+
+    sp = make_space(space, 2 if space == "pair" else 4, 0.0)
+    given = None if initial is None else [Proposal(x, "warm") for x in initial]
+    s = make_searcher(SearchConfig(kind="bo", budget=8, alpha=0.0), sp, given)
+    n_given = 2 if initial is None else len(initial)
+    asked = [s.ask() for _ in range(s.n_initial)]
+    if expected is None:
+        assert len(asked) == n_given and all(p.source != "initial:gap-midpoint" for p in asked)
+    else:
+        assert len(asked) == n_given + 1
+        assert asked[-1].source == "initial:gap-midpoint" and asked[-1].x[0] == pytest.approx(expected)
+
+
+def test_a_simplex_gets_no_midpoint():
+    from ckptmerge.search.space import make_space
+
+    s = make_searcher(SearchConfig(kind="bo", budget=8), make_space("simplex", 4, 0.0))
+    assert all(p.source != "initial:gap-midpoint" for p in s._initial)
+
+
+def test_the_gp_never_spends_an_evaluation_within_five_percent_of_the_box_of_an_evaluated_point():
+    """Acquisitions often re-propose a point a hair away from the best one; under noise that tells the
+    GP nothing, so a point at least 5% of the box away is evaluated instead (while the box has room)."""
+    s, props = drive("bo", budget=8, alpha=0.1)
+    seen: list[float] = []
+    for p in props:
+        if p.source in ("EI", "LCB", "PI", "UCB-new"):
+            assert min(abs(p.lam - x) for x in seen) >= 0.05 * (1 - 0.1) - 1e-12, (p, seen)
+        seen.append(p.lam)
+    assert any(p.source in ("EI", "LCB", "PI") for p in props)

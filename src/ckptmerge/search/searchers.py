@@ -225,6 +225,9 @@ class BayesSearcher(Searcher):
         from skopt import Optimizer
         from skopt.space import Real
 
+        midpoint = self._gap_midpoint()
+        if midpoint is not None:
+            self._initial.append(midpoint)
         self.acq_func = cfg.acq_func
         # The initial points are told by hand (λ=α, λ=1; or a warm start), so the GP takes over after them.
         self.opt = Optimizer(
@@ -234,6 +237,27 @@ class BayesSearcher(Searcher):
             n_initial_points=max(1, self.n_initial),
             random_state=self.seed,
         )
+
+    GAP = 1 / 3  # a one-coordinate initial design leaving more than this fraction of the box unseen gets its midpoint
+
+    def _gap_midpoint(self) -> Proposal | None:
+        """The midpoint of the widest stretch of a one-coordinate box between initial points (or a box
+        end), when that stretch is over ``GAP`` of the box.
+
+        A GP told two points (the pair's λ=α and λ=1, or a family's newest-alone and uniform ends) fits
+        a line between them and spends the next evaluations finding out that the objective bends; a
+        third point inside the widest gap shows the bend at once. Measured with
+        ``benchmarks/sample_efficiency.py`` (docs/search-spaces.md): the pair reaches 90% of its best
+        gain in 3 evaluations instead of 5.
+        """
+        if self.space.dims != 1 or not self._initial:
+            return None
+        ((lo, hi),) = self.bounds
+        edges = sorted({lo, hi, *(float(p.x[0]) for p in self._initial)})
+        width, left = max((b - a, a) for a, b in zip(edges, edges[1:]))
+        if width <= self.GAP * (hi - lo):
+            return None
+        return Proposal((left + width / 2,), "initial:gap-midpoint")
 
     def tell(self, x: Point, objective: float, se: float | None = None) -> None:
         super().tell(x, objective, se)
@@ -282,16 +306,40 @@ class BayesSearcher(Searcher):
     def _next(self) -> Proposal:
         if not self.opt.models:
             return Proposal(self.largest_gap(), "gap")
-        for p in self._candidates():
-            x = self._clip(p.x)
-            if self.is_new(x):
-                return Proposal(x, p.source)
+        candidates = [Proposal(self._clip(p.x), p.source) for p in self._candidates()]
+        if candidates and self._is_far(candidates[0].x):  # the hedge's choice
+            return candidates[0]
+        # the hedge wants to look again next to an evaluated point: the model's most promising point a
+        # step away serves that intent better than another acquisition's point elsewhere in the box
         nearby = self._best_new_by_model()
         if nearby is not None:
             log.info("Every acquisition proposed an evaluated point; taking the model's most promising new one")
             return nearby
+        # the box is covered at EXCLUSION spacing: refining next to an evaluated point is all that is left
+        for p in candidates:
+            if self.is_new(p.x):
+                return p
         log.info("Every acquisition proposed an evaluated point; exploring the least explored one instead")
         return Proposal(self.largest_gap(), "gap")
+
+    def _exclusion(self) -> np.ndarray:
+        lo, hi = np.array(self.bounds).T
+        return np.maximum(self.min_distance, self.EXCLUSION * (hi - lo))
+
+    def _is_far(self, x: Point) -> bool:
+        """At least ``EXCLUSION`` of the box (per coordinate, max-norm) from every evaluated or failed point.
+
+        An acquisition's point closer than that to an evaluated one (EI's first step after the initial
+        design usually lands ~1% of the box from the best point) differs from it by less than one
+        evaluation's standard error, so it tells the GP almost nothing; the model's most promising point
+        farther away is evaluated instead. Measured with ``benchmarks/sample_efficiency.py``
+        (docs/search-spaces.md): 99% of the best gain in 4–5 evaluations instead of 6–7.
+        """
+        seen = self.xs + self.failed
+        if not seen:
+            return True
+        d = np.abs(np.array(x)[None, :] - np.array(seen)) / self._exclusion()
+        return bool(d.max(axis=1).min() >= 1.0)
 
     def _best_new_by_model(self) -> Proposal | None:
         """The highest upper confidence bound (mean + 1.96σ) among points away from every evaluated one.
@@ -307,8 +355,7 @@ class BayesSearcher(Searcher):
         else:
             cands = self._rng.uniform(lo, hi, size=(4000, len(lo)))
         seen = np.array(self.xs + self.failed)
-        radius = np.maximum(self.min_distance, self.EXCLUSION * (hi - lo))
-        far = (np.abs(cands[:, None, :] - seen[None, :, :]) / radius).max(axis=2).min(axis=1) >= 1.0
+        far = (np.abs(cands[:, None, :] - seen[None, :, :]) / self._exclusion()).max(axis=2).min(axis=1) >= 1.0
         if not far.any():
             return None
         cands = cands[far]
