@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import statistics
 import sys
 import tempfile
@@ -43,10 +44,21 @@ class Objective:
     """f(weights) on the resident model: real lm-eval evaluations, cached by weights, with the bootstrap
     draws a search uses to tell its GP each point's noise."""
 
-    def __init__(self, session, resident, k: int) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, session, resident, k: int, store: Path | None = None) -> None:  # type: ignore[no-untyped-def]
         self.session, self.resident, self.resident_k = session, resident, k
         self.cache: dict[tuple[float, ...], tuple[float, object]] = {}
         self.evaluations = 0
+        # --cache: evaluations kept across runs of the benchmark (same trajectory, task and limit), so
+        # a changed searcher re-evaluates only the points it newly proposes
+        self.store = store
+        if store is not None and store.exists():
+            self.cache = pickle.loads(store.read_bytes())
+
+    def _save(self) -> None:
+        if self.store is not None:
+            tmp = self.store.with_suffix(".tmp")
+            tmp.write_bytes(pickle.dumps(self.cache))
+            tmp.replace(self.store)
 
     def evaluate(self, weights: list[float]) -> tuple[float, object]:
         key = tuple(round(w, 9) for w in weights)
@@ -56,6 +68,7 @@ class Objective:
             draws = self.session.bootstrap.objective_draws(self.session.objective, scores)
             self.cache[key] = (float(self.session.objective(metrics)), draws)
             self.evaluations += 1
+            self._save()
         return self.cache[key]
 
     def __call__(self, weights: list[float]) -> float:
@@ -115,6 +128,12 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--limit", type=int, default=None, help="eval.limit: a seeded sample of the task's documents")
     ap.add_argument("--json", type=Path, default=None, help="also write the raw runs here")
+    ap.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="keep evaluations in this file across runs (one file per trajectory seed, --last and --limit)",
+    )
     a = ap.parse_args()
 
     traj = unseen_trajectory(a.traj_seed)  # also sets the offline switches before the libraries load
@@ -144,7 +163,7 @@ def main() -> None:
     seed_everything(0)
     sources = resolve_sources(cfg, progress=False)
     session, resident = EvalSession.with_resident(cfg, sources)
-    f = Objective(session, resident, len(ckpts))
+    f = Objective(session, resident, len(ckpts), a.cache)
     newest = f([0.0] * (len(ckpts) - 1) + [1.0])
     print(
         f"trajectory seed {a.traj_seed}, checkpoints {[Path(c).name for c in ckpts]}, objective "
