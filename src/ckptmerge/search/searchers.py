@@ -2,7 +2,8 @@
 
 A searcher proposes points ``u`` of a :class:`~ckptmerge.search.space.SearchSpace` box; for a pair the
 one coordinate is λ ∈ [α, 1], the weight of the newest checkpoint. All searchers evaluate the initial
-points first (λ=α and λ=1 for a pair, as in the paper; a warm start's baselines for other spaces) and
+points first (λ=α and λ=1 for a pair, as in the paper; a warm start's baselines for other spaces; ``bo``
+adds the midpoint of a one-coordinate box's widest unseen gap) and
 never propose a point within ``min_distance`` (max-norm) of one already evaluated or failed.
 ``bo`` is scikit-optimize's Gaussian
 process with ``acq_func="gp_hedge"`` (a hedge over EI, LCB and PI); ``grid`` and ``random`` exist for

@@ -9,7 +9,8 @@ coordinates, which every trial logs next to the resulting ``weight.<checkpoint>`
 
 Weights are always oldest first, non-negative and sum to 1.
 
-**Initial points.** The pair starts as in the paper, at λ=α and λ=1. Every other space is
+**Initial points.** The pair starts as in the paper, at λ=α and λ=1 (``bo`` adds their midpoint:
+:meth:`~ckptmerge.search.searchers.BayesSearcher._gap_midpoint`). Every other space is
 *warm-started*: it begins with the weightings the cheap baselines use (newest alone, uniform, LAWA,
 EMA), each expressed as the nearest point of the space, newest first; so at equal budget a search never
 ends below a baseline its space can express, and the GP starts from informative points, not corners.
