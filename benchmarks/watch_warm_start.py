@@ -42,11 +42,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
+from sample_efficiency import evaluations_to  # noqa: E402  (the same measure as the spaces' benchmark)
 
 
 class PairObjective:
@@ -89,16 +91,6 @@ class PairObjective:
         tmp = self.cache_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(stored))
         os.replace(tmp, self.cache_file)
-
-
-def evaluations_to(gains: list[float], target: float) -> int | None:
-    """1-based number of evaluations after which the best gain so far reaches ``target``."""
-    best = float("-inf")
-    for i, g in enumerate(gains, 1):
-        best = max(best, g)
-        if best >= target - 1e-12:
-            return i
-    return None
 
 
 def search_pair(cfg, pair: int, f: PairObjective, initial) -> tuple[list[float], list[str], tuple[float, ...]]:  # type: ignore[no-untyped-def]
