@@ -73,13 +73,21 @@ def _tensors(folder: Path) -> dict[str, torch.Tensor]:
 
 def test_a_search_evaluates_and_writes_with_an_outside_method(tmp_path, traj_cache, tiny_trajectory):
     proc = run_main(
-        [*_common(tmp_path, traj_cache), "merge.method=quantile", "search.budget=4", "registry.enabled=false"],
+        # α=0.1: bo's third initial point is the midpoint 0.55, not λ=0.5, where the weighted median of
+        # two checkpoints is a tie (the elementwise smaller value) and belongs to neither
+        [
+            *_common(tmp_path, traj_cache),
+            "merge.method=quantile",
+            "search.budget=4",
+            "search.alpha=0.1",
+            "registry.enabled=false",
+        ],
         cwd=_user_dir(tmp_path),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     by_lambda = {t["lambda"]: t["objective"] for t in result["trials"]}
-    older, newest = by_lambda[0.0], by_lambda[1.0]
+    older, newest = by_lambda[0.1], by_lambda[1.0]
     assert older != newest
     # the weighted median of two checkpoints is one or the other, never an average: the trials ran it
     for lam, objective in by_lambda.items():
