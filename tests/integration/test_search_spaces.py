@@ -51,9 +51,10 @@ def test_a_family_search_covers_the_newest_checkpoints_and_starts_from_the_basel
     )
     assert len(runs) == budget
     for r in runs:
-        shape = float(r.data.params["shape"])
-        assert 0 <= shape <= 1 and "lambda" not in r.data.params
+        newest = float(r.data.params["newest_weight"])
+        assert 1 / len(names) <= newest <= 1 and "lambda" not in r.data.params
+        assert float(r.data.params[f"weight.{names[-1]}"]) == pytest.approx(newest, abs=1e-6)
         assert sum(float(r.data.params[f"weight.{n}"]) for n in names) == pytest.approx(1)
     last = max(runs, key=lambda r: int(r.data.params["trial"]))
     assert "gp_posterior.png" in {a.path for a in client.list_artifacts(last.info.run_id)}
-    assert "gp.mean_at_shape" in last.data.metrics
+    assert "gp.mean_at_newest_weight" in last.data.metrics

@@ -137,9 +137,9 @@ def test_the_gap_fallback_never_proposes_a_point_closer_than_min_distance():
     ("space", "initial", "expected"),
     [
         ("pair", None, 0.5),  # λ=0, λ=1: the middle of the box
-        ("decay", [(1.0,), (0.0,)], 0.5),  # newest alone, uniform: a linear decay
+        ("decay", [(1.0,), (0.25,)], 0.625),  # newest alone, uniform: the newest at 5/8
         ("window", [(1.0,), (4.0,), (3.0,)], 2.0),  # newest, uniform, LAWA(3): the widest gap is [1, 3]
-        ("decay", [(0.0,), (0.3,), (0.6,), (0.9,)], None),  # no gap wider than a third of the box
+        ("decay", [(0.25,), (0.45,), (0.65,), (0.85,)], None),  # no gap wider than a third of the box
     ],
 )
 def test_a_one_coordinate_bo_adds_the_midpoint_of_its_widest_unseen_gap(space, initial, expected):

@@ -41,11 +41,13 @@ def test_the_families_pass_through_the_baselines_they_are_named_after():
     assert window.weights([3.0]) == pytest.approx(lawa_weights(4, 3))
     assert window.weights([4.0]) == pytest.approx(uniform_weights(4))
     assert window.weights([2.5]) == pytest.approx([0, 0.5 / 2.5, 1 / 2.5, 1 / 2.5])  # between LAWA 2 and 3
-    assert decay.weights([0.0]) == pytest.approx(uniform_weights(4))
-    assert decay.weights([0.5]) == pytest.approx(np.array([1, 2, 3, 4]) / 10)  # linear decay with age
-    # more shape, more weight on the newest: the family is ordered
-    newest = [decay.weights([t])[-1] for t in np.linspace(0, 1, 11)]
-    assert newest == sorted(newest) and newest[-1] == 1
+    assert decay.bounds() == [(0.25, 1.0)]
+    assert decay.weights([0.25]) == pytest.approx(uniform_weights(4))
+    assert decay.weights([0.4]) == pytest.approx(np.array([1, 2, 3, 4]) / 10)  # linear decay with age
+    # the coordinate is the newest's weight, and the others fall off with age
+    for t in np.linspace(0.25, 1, 13):
+        w = decay.weights([t])
+        assert w[-1] == pytest.approx(t, abs=1e-9) and list(w) == sorted(w) and sum(w) == pytest.approx(1)
 
 
 def test_the_simplex_inverts_stick_breaking_exactly():

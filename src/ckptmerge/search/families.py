@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from scipy.optimize import brentq
+
 from ckptmerge.merge.soups import ema_weights
 from ckptmerge.search.space import SPACES, SearchSpace
 
@@ -87,28 +89,40 @@ class WindowSpace(SearchSpace):
 
 @SPACES.register("decay")
 class DecaySpace(SearchSpace):
-    """Weights falling off with age by a shape: ``w(age) ∝ (1 − age/k)^s``, newest first.
+    """Weights falling off with age by a power: ``w(age) ∝ (1 − age/k)^s``, searched by the weight the
+    newest checkpoint gets.
 
-    ``shape`` ∈ [0, 1] maps to ``s = shape/(1−shape)``: 0 is the uniform soup, 0.5 a linear decay
-    (a WMA, as in PMA), towards 1 ever more weight on the newest, and 1 the newest alone.
+    The coordinate ``newest_weight`` ∈ [1/k, 1] fixes the power ``s``: 1/k is the uniform soup (s=0),
+    2/(k+1) a linear decay (s=1, a WMA as in PMA), and 1 the newest alone (s → ∞). The newest's weight
+    rather than ``s`` itself (or a squashed ``s``) because a GP's kernel assumes the same smoothness
+    everywhere in the box: in the power, the whole stretch from "three quarters on the newest" to
+    "the newest alone" is a few percent of any bounded range, a cliff the GP spends evaluations
+    finding; in the newest's weight, equal steps move the merge equally, as λ does for the pair.
+    Measured in benchmarks/sample_efficiency.py (docs/search-spaces.md).
     """
 
     @property
     def coordinates(self) -> tuple[str, ...]:
-        return ("shape",)
+        return ("newest_weight",)
 
     def bounds(self) -> list[tuple[float, float]]:
-        return [(0.0, 1.0)]
+        return [(1.0 / self.k, 1.0)]
+
+    def _newest_share(self, s: float) -> float:
+        return 1.0 / sum((1.0 - age / self.k) ** s for age in range(self.k))
 
     def weights(self, u: Sequence[float]) -> list[float]:
         self.check(u)
-        t = min(max(float(u[0]), 0.0), 1.0)
-        if t >= 1.0 - 1e-12:
+        w = min(max(float(u[0]), 1.0 / self.k), 1.0)
+        if w >= 1.0 - 1e-12:
             return [0.0] * (self.k - 1) + [1.0]
-        s = t / (1.0 - t)
+        if w <= 1.0 / self.k + 1e-12:
+            return [1.0 / self.k] * self.k
+        # the newest's share grows monotonically with s, from 1/k at s=0 towards 1: one root
+        s = brentq(lambda p: self._newest_share(p) - w, 0.0, 1e4, xtol=1e-12)
         newest_first = [(1.0 - age / self.k) ** s for age in range(self.k)]
         total = sum(newest_first)
-        return [w / total for w in reversed(newest_first)]
+        return [x / total for x in reversed(newest_first)]
 
     def landmarks(self) -> list[float]:
-        return [0.0, 0.5, 1.0]
+        return [1.0 / self.k, 2.0 / (self.k + 1), 1.0]
