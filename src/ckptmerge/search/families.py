@@ -109,8 +109,9 @@ class DecaySpace(SearchSpace):
     def bounds(self) -> list[tuple[float, float]]:
         return [(1.0 / self.k, 1.0)]
 
-    def _newest_share(self, s: float) -> float:
-        return 1.0 / sum((1.0 - age / self.k) ** s for age in range(self.k))
+    def _newest_first(self, s: float) -> list[float]:
+        """Unnormalised weights ``(1 − age/k)^s``, the newest (age 0, weight 1) first."""
+        return [(1.0 - age / self.k) ** s for age in range(self.k)]
 
     def weights(self, u: Sequence[float]) -> list[float]:
         self.check(u)
@@ -120,8 +121,8 @@ class DecaySpace(SearchSpace):
         if w <= 1.0 / self.k + 1e-12:
             return [1.0 / self.k] * self.k
         # the newest's share grows monotonically with s, from 1/k at s=0 towards 1: one root
-        s = brentq(lambda p: self._newest_share(p) - w, 0.0, 1e4, xtol=1e-12)
-        newest_first = [(1.0 - age / self.k) ** s for age in range(self.k)]
+        s = brentq(lambda p: 1.0 / sum(self._newest_first(p)) - w, 0.0, 1e4, xtol=1e-12)
+        newest_first = self._newest_first(s)
         total = sum(newest_first)
         return [x / total for x in reversed(newest_first)]
 

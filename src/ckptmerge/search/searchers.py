@@ -334,8 +334,9 @@ class BayesSearcher(Searcher):
         design usually lands ~1% of the box from the best point) differs from it by less than one
         evaluation's standard error, so it tells the GP almost nothing; the model's most promising point
         farther away is evaluated instead. Measured with ``benchmarks/sample_efficiency.py``
-        (docs/search-spaces.md), with the midpoint above: 99% of the best gain in 4 evaluations for the
-        pair (was 5) and 5 for window (was 7); decay got slower (>8, was 6).
+        (docs/search-spaces.md, seed 7), with the midpoint above: 99% of the best gain in 4 evaluations
+        for the pair (was 5) and 5 for window (was 7); decay, then searched by a squashed power, got
+        slower (>8, was 6), and reaches it in 3 since it is searched by the newest's weight.
         """
         return bool(self._far_from_seen(np.array([x], dtype=float))[0])
 
