@@ -226,17 +226,24 @@ class BayesSearcher(Searcher):
         from skopt import Optimizer
         from skopt.space import Real
 
+        from ckptmerge.search.gp import skopt_gp
+
         midpoint = self._gap_midpoint()
         if midpoint is not None:
             self._initial.append(midpoint)
         self.acq_func = cfg.acq_func
         # The initial points are told by hand (λ=α, λ=1; or a warm start), so the GP takes over after them.
+        # skopt's own GP but for the length-scale prior (search/gp.py). The seed is drawn from the
+        # optimiser's generator exactly as skopt does for base_estimator="GP", so every later draw (the
+        # acquisition's candidate points) is the one skopt would make.
+        rng = np.random.RandomState(self.seed)
+        gp = skopt_gp(self.space.dims, random_state=int(rng.randint(0, np.iinfo(np.int32).max)))
         self.opt = Optimizer(
             dimensions=[Real(lo, hi, name=n) for (lo, hi), n in zip(self.bounds, self.space.coordinates)],
-            base_estimator="GP",
+            base_estimator=gp,
             acq_func=cfg.acq_func,
             n_initial_points=max(1, self.n_initial),
-            random_state=self.seed,
+            random_state=rng,
         )
 
     GAP = 1 / 3  # a one-coordinate initial design leaving more than this fraction of the box unseen gets its midpoint
@@ -390,6 +397,7 @@ class BayesSearcher(Searcher):
                 for i, e in enumerate(v):
                     out[f"gp.kernel.{k}.{i}"] = float(e)
         out["gp.log_marginal_likelihood"] = float(gp.log_marginal_likelihood_value_)
+        out["gp.log_length_scale_prior"] = float(gp.log_length_scale_prior_value_)
         mean, std = gp.predict(self.opt.space.transform([list(self.xs[-1])]), return_std=True)
         at = self.space.coordinates[0] if self.space.dims == 1 else "point"
         out[f"gp.mean_at_{at}"] = float(-mean[0])
