@@ -8,9 +8,11 @@ it never selects on (held-out docstrings and stdlib code, as in ``search_vs_grid
 2. each searcher (``bo``, ``random``) at ``--budget`` evaluations for each of ``--seeds``, started as
    ``python src/main.py`` starts it (the pair at λ=α and λ=1, every other space warm-started);
 3. per run, the number of evaluations after which its best observed gain first reaches 90% and 99%
-   of the reference; the table shows the median over seeds (``>B`` when a run never got there within
-   its budget, which counts as B+1 in the median), and the best gain each searcher reached at the full
-   budget (median).
+   of the reference, and after which its best observed point is within one paired bootstrap standard
+   error of the reference point (what the evaluations can tell apart at all: on 50 documents 1% of the
+   gain is about one such error, docs/search-spaces.md); the table shows the median over seeds (``>B``
+   when a run never got there within its budget, which counts as B+1 in the median), and the best gain
+   each searcher reached at the full budget (median).
 
 Every evaluation is real (lm-eval on the merged resident model) and cached by weights, so a point two
 runs share (the warm start) is evaluated once. The simplex has no dense sweep (3 coordinates); its row
@@ -32,6 +34,7 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
@@ -85,6 +88,22 @@ def evaluations_to(gains: list[float], target: float) -> int | None:
     return None
 
 
+def evaluations_within_se(run: list[tuple[float, Any]], reference: tuple[float, Any]) -> int | None:
+    """1-based number of evaluations after which the best observed point of ``run`` ((objective, bootstrap
+    draws) per evaluation) is at most one paired standard error below ``reference``: the draws share
+    their resamples, so the error of a difference is the spread of the draws' differences."""
+    import numpy as np
+
+    best: tuple[float, Any] | None = None
+    for i, (y, draws) in enumerate(run, 1):
+        if best is None or y > best[0]:
+            best = (y, draws)
+        se = float(np.std(np.asarray(reference[1]) - np.asarray(best[1]), ddof=1))
+        if reference[0] - best[0] <= se + 1e-12:
+            return i
+    return None
+
+
 def for_space(cfg, name: str):  # type: ignore[no-untyped-def]
     """``cfg`` with ``search/space=name``; ``pair-warm`` is the pair started from the baselines (λ=1, λ=½)
     instead of the paper's λ=α, λ=1."""
@@ -96,8 +115,8 @@ def for_space(cfg, name: str):  # type: ignore[no-untyped-def]
     return replace(cfg, search=replace(cfg.search, space=type(cfg.search.space)(**space)))
 
 
-def run_searcher(cfg, k: int, space_name: str, kind: str, seed: int, f: Objective) -> list[float]:  # type: ignore[no-untyped-def]
-    """The objective of each evaluation, in order, of one search as src/main.py would run it."""
+def run_searcher(cfg, k: int, space_name: str, kind: str, seed: int, f: Objective) -> list[tuple[float, Any]]:  # type: ignore[no-untyped-def]
+    """The objective and bootstrap draws of each evaluation, in order, of one search as src/main.py would run it."""
     from ckptmerge.evaluation.uncertainty import relative_standard_errors
     from ckptmerge.search.searchers import make_searcher
     from ckptmerge.session.setup import search_space
@@ -113,7 +132,7 @@ def run_searcher(cfg, k: int, space_name: str, kind: str, seed: int, f: Objectiv
         relative = relative_standard_errors(draws)  # as TrialLoop tells it: noise relative to the other trials
         searcher.ses[:] = relative[:-1]
         searcher.tell(p.x, y, relative[-1])
-        ys.append(y)
+        ys.append((y, d))
     return ys
 
 
@@ -172,56 +191,64 @@ def main() -> None:
     )
 
     t0 = time.perf_counter()
-    runs: dict[str, dict[str, list[list[float]]]] = {}
+    runs: dict[str, dict[str, list[list[float]]]] = {}  # gains over the newest, per space, searcher, seed
+    evaluated: dict[str, dict[str, list[list[tuple[float, Any]]]]] = {}  # (objective, draws), the same way
     reference: dict[str, float] = {}
+    best_point: dict[str, tuple[float, Any]] = {}
     for name in a.spaces:
         k = 2 if name.startswith("pair") else len(ckpts)
         scfg = for_space(cfg, name)
         space, initial = search_space(scfg, k, scfg.search.space.name)
         pad = [0.0] * (len(ckpts) - k)
-        seen: list[float] = []  # every objective evaluated in this space: the reference is the best of them
+        seen: list[tuple[float, Any]] = []  # every evaluation in this space: the reference is the best of them
         if space.dims == 1:
             ((lo, hi),) = space.bounds()
             points = [(float(x),) for x in np.linspace(lo, hi, a.dense)] + [p.x for p in (initial or [])]
-            seen += [f(pad + space.weights(x)) for x in points]
+            seen += [f.evaluate(pad + space.weights(x)) for x in points]
             print(
                 f"{name}: dense sweep of {len(points)} points done ({f.evaluations} evaluations, "
                 f"{time.perf_counter() - t0:.0f} s)",
                 flush=True,
             )
         runs[name] = {}
+        evaluated[name] = {}
         for kind in a.searchers:
-            runs[name][kind] = [[y - newest for y in run_searcher(cfg, k, name, kind, s, f)] for s in a.seeds]
+            evaluated[name][kind] = [run_searcher(cfg, k, name, kind, s, f) for s in a.seeds]
+            runs[name][kind] = [[y - newest for y, _ in run] for run in evaluated[name][kind]]
             print(
                 f"{name}/{kind}: {len(a.seeds)} seeds done ({f.evaluations} evaluations, "
                 f"{time.perf_counter() - t0:.0f} s)",
                 flush=True,
             )
-        seen += [g + newest for rs in runs[name].values() for g in sum(rs, [])]
+        seen += [e for rs in evaluated[name].values() for run in rs for e in run]
         # the simplex has no dense sweep: its reference is also the best of every space's evaluations,
         # all of which are weightings of the same checkpoints that it can express
-        pool = [v for v, _ in f.cache.values()] if space.dims != 1 else seen
-        reference[name] = max(pool) - newest
+        pool = list(f.cache.values()) if space.dims != 1 else seen
+        best_point[name] = max(pool, key=lambda e: e[0])
+        reference[name] = best_point[name][0] - newest
         print(f"{name}: reference gain {reference[name]:+.5f}", flush=True)
 
     B = a.budget
     print(
-        f"\n| space | searcher | evals to 90% (median) | evals to 99% (median) | gain at {B} (median) | "
-        f"reference gain (dense) | per seed: evals to 90% / 99% |"
+        f"\n| space | searcher | evals to 90% (median) | evals to 99% (median) | evals to within 1 SE (median) | "
+        f"gain at {B} (median) | reference gain (dense) | per seed: evals to 90% / 99% / 1 SE |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for name in a.spaces:
         ref = reference[name]
         for kind in a.searchers:
             per = []
-            for gains in runs[name][kind]:
+            for gains, run in zip(runs[name][kind], evaluated[name][kind]):
                 hit90, hit99 = (evaluations_to(gains, q * ref) if ref > 0 else 1 for q in (0.9, 0.99))
-                per.append((hit90 or B + 1, hit99 or B + 1))
-            med = [statistics.median(x[i] for x in per) for i in (0, 1)]
+                hit_se = evaluations_within_se(run, best_point[name])
+                per.append((hit90 or B + 1, hit99 or B + 1, hit_se or B + 1))
+            med = [statistics.median(x[i] for x in per) for i in (0, 1, 2)]
             shown = [f"{m:g}" if m <= B else f">{B}" for m in med]
             at_budget = statistics.median(max(g) for g in runs[name][kind])
-            seeds = ", ".join(f"{x}/{y}".replace(str(B + 1), f">{B}") for x, y in per)
-            print(f"| {name} | {kind} | {shown[0]} | {shown[1]} | {at_budget:+.5f} | {ref:+.5f} | {seeds} |")
+            seeds = ", ".join("/".join(str(v) if v <= B else f">{B}" for v in x) for x in per)
+            print(
+                f"| {name} | {kind} | {shown[0]} | {shown[1]} | {shown[2]} | {at_budget:+.5f} | {ref:+.5f} | {seeds} |"
+            )
     print(f"\n{f.evaluations} distinct evaluations in {time.perf_counter() - t0:.0f} s; work folder {work}")
     if a.json:
         a.json.write_text(json.dumps({"newest": newest, "reference": reference, "runs": runs}, indent=1))
