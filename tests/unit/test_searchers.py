@@ -175,3 +175,23 @@ def test_the_gp_never_spends_an_evaluation_within_five_percent_of_the_box_of_an_
             assert min(abs(p.lam - x) for x in seen) >= 0.05 * (1 - 0.1) - 1e-12, (p, seen)
         seen.append(p.lam)
     assert any(p.source in ("EI", "LCB", "PI") for p in props)
+
+
+def test_ei_means_the_same_whatever_the_units_of_the_objective():
+    """EI's and PI's least improvement (skopt's xi) is in units of the observations' spread: the same
+    objective in bits per byte, in hundredths of them or in hundreds gets the same proposals. With skopt's
+    absolute xi=0.01 the hundredths version explored the far end of the box instead."""
+
+    def proposals(scale: float) -> list[float]:
+        s = make_searcher(SearchConfig(kind="bo", budget=8, alpha=0.1, seed=0, acq_func="EI"))
+        out = []
+        for _ in range(8):
+            p = s.ask()
+            out.append(p.lam)
+            s.tell(p.x, scale * bumpy(p.lam))
+        assert s.state()["gp.acq_xi"] == pytest.approx(BayesSearcher.XI * float(np.std(s.ys)))
+        return out
+
+    reference = proposals(1.0)
+    for scale in (0.01, 100.0):
+        np.testing.assert_allclose(proposals(scale), reference, atol=1e-3)
