@@ -168,9 +168,14 @@ def mlflow_server(backend_uri: str, artifacts: Path, log_path: Path, port: int |
         "--workers",
         "1",
     ]
+    # Without MLflow's job runner (a supervisor and seven huey consumers, each importing mlflow: about 40 s
+    # of CPU per start on this 2-core machine, while the test searches compete for the cores). It runs
+    # server-side GenAI jobs (scorers, prompt optimisation) that ckptmerge never submits; tracking, the
+    # registry and artifact proxying are the same server code either way.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     log = open(log_path, "ab")
     proc = subprocess.Popen(
-        cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env
     )  # its own process group: the workers go with it
     try:
         deadline = time.monotonic() + SERVER_START_TIMEOUT
