@@ -34,7 +34,7 @@ from ckptmerge.config import Config, ConfigError, searched_method
 from ckptmerge.errors import EvaluationError
 from ckptmerge.evaluation.doc_scores import DocScores
 from ckptmerge.evaluation.uncertainty import Gain, gains_by_metric
-from ckptmerge.merge import linear_merge
+from ckptmerge.merge import baseline_names, linear_merge
 from ckptmerge.merge import method as merge_method
 from ckptmerge.merge.soups import uniform_weights
 from ckptmerge.resident import ResidentModel
@@ -44,6 +44,7 @@ from ckptmerge.session.evaluation import EvalSession
 from ckptmerge.session.setup import search_space
 from ckptmerge.session.study import start_study
 from ckptmerge.session.trials import TrialLoop
+from ckptmerge.session.verdict import head_to_heads
 from ckptmerge.tracking import names
 from ckptmerge.tracking.mlflow_run import SearchTracker
 from ckptmerge.tracking.secrets import redact_data
@@ -242,16 +243,20 @@ class Comparison:
         return res
 
 
+def _test_higher_is_better(session: EvalSession) -> dict[str, bool]:
+    return {
+        f"{t}/{m}": bool(v)
+        for t, info in (session.test.info.items() if session.test else ())
+        for m, v in info.higher_is_better.items()
+    }
+
+
 def add_gains(results: list[MethodResult], session: EvalSession) -> None:
     """Each method's paired gains over ``newest`` on the same documents: dev objective and test metrics."""
     newest = next((r for r in results if r.method == "newest"), None)
     if newest is None or newest.dev_scores is None:
         return
-    hib = {
-        f"{t}/{m}": bool(v)
-        for t, info in (session.test.info.items() if session.test else ())
-        for m, v in info.higher_is_better.items()
-    }
+    hib = _test_higher_is_better(session)
     for r in results:
         if r.dev_scores is not None:
             r.gain = session.bootstrap.objective_gain(session.objective, r.dev_scores, newest.dev_scores)
@@ -390,6 +395,11 @@ def run_compare(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") ->
             if r.gain is not None:
                 tracker.log_metrics(r.gain.as_metrics(names.METRIC_GAIN), run_id=r.run_id)
         md, csv_text, header, rows = _tables(results, baseline, session.objective.describe(), cfg.eval.confidence)
+        verdicts = head_to_heads(
+            results, session.bootstrap, session.objective, _test_higher_is_better(session), set(baseline_names())
+        )
+        if verdicts:
+            md += "\nWhich won, paired on the same documents:\n\n" + "".join(f"- {v.describe()}\n" for v in verdicts)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "compare.md").write_text(md)
         (run_dir / "compare.csv").write_text(csv_text)
@@ -405,6 +415,7 @@ def run_compare(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") ->
             "objective_definition": session.objective.describe(),
             "checkpoints": cset.names,
             "best_method": best.method,
+            "best_against": [v.as_json() for v in verdicts],
             "baseline_objective": baseline,
             "methods": [r.as_json() for r in results],
             "mlflow": {"tracking_uri": tracker.display_uri, "experiment_id": tracker.experiment_id, "run_id": parent},
@@ -447,6 +458,8 @@ def run_compare(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") ->
         from ckptmerge.report import gain_text
 
         console.print(f"best: {won.method}, dev gain over newest {gain_text(won.gain.as_json())}")
+    for v in verdicts:
+        console.print(v.describe())
     console.print(f"tables and chart: {run_dir}/compare.{{md,csv,png}}; MLflow run {parent}")
     return out
 
