@@ -86,3 +86,20 @@ def test_the_stored_likelihood_is_the_likelihood_alone():
     assert gp.log_length_scale_prior_value_ == pytest.approx(gp.log_length_scale_prior(theta), abs=1e-12)
     assert gp.log_marginal_likelihood(theta) == pytest.approx(likelihood + gp.log_length_scale_prior_value_)
     assert gp.log_length_scale_prior_value_ < 0.0  # the fit sits off the median: the data moved it
+
+
+def test_on_one_coordinate_only_shorter_length_scales_pay():
+    """One coordinate: the prior resists a collapse, not a smooth curve (a long length scale costs
+    nothing, so a lucky draw between smooth neighbours is not believed). Several: both ways."""
+    one = skopt_gp(1, random_state=0).fit(EMA_X, EMA_Y)
+    theta = one.kernel_.theta.copy()
+    idx = one._length_scale_indices()
+    theta[idx] = np.log(1.5)  # ten times the median
+    assert one.log_length_scale_prior(theta) == 0.0
+    theta[idx] = np.log(0.015)
+    assert one.log_length_scale_prior(theta) < 0.0
+    x = np.random.default_rng(0).uniform(size=(5, 3))
+    several = skopt_gp(3, random_state=0).fit(x, x.sum(axis=1))
+    theta = several.kernel_.theta.copy()
+    theta[several._length_scale_indices()] = np.log(1.5)
+    assert several.log_length_scale_prior(theta) < 0.0
