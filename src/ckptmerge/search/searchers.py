@@ -281,8 +281,8 @@ class BayesSearcher(Searcher):
     # gain beyond the best point and, near the optimum, explored instead (decay on the embedded
     # trajectory: 99% of the best gain in 8 evaluations). In units of the observations' spread the rule
     # means the same for any metric. Measured with benchmarks/sample_efficiency.py
-    # (docs/search-spaces.md): 0.1 reached 99% sooner than 0, 0.01, 0.3 or skopt's default, and later in
-    # no space.
+    # (docs/search-spaces.md, with the length-scale prior): 0.1 reached 99% sooner than 0, 0.01, 0.3 or
+    # skopt's default, and later in no space.
     XI = 0.1
 
     def _set_noise(self) -> None:
