@@ -33,8 +33,9 @@ from skopt.learning.gaussian_process.kernels import ConstantKernel, Matern
 
 class LengthScalePriorGP(GaussianProcessRegressor):
     """skopt's GP regressor whose hyperparameters maximise the marginal likelihood times a log-normal
-    prior on every length scale. ``log_marginal_likelihood_value_`` stays the likelihood alone; the prior's
-    term at the fit is ``log_length_scale_prior_value_``.
+    prior on every length scale (``shorter_only``: flat above the median, so only its lower half pays).
+    ``log_marginal_likelihood_value_`` stays the likelihood alone; the prior's term at the fit is
+    ``log_length_scale_prior_value_``.
     """
 
     log_marginal_likelihood_value_: float  # set by fit
