@@ -82,13 +82,31 @@ def test_when_the_runner_up_is_the_best_baseline_it_is_tested_once():
     assert [(v.other, v.role) for v in verdicts] == [("greedy", "runner-up and best baseline")]
 
 
-def test_methods_without_scores_or_a_single_method_give_no_verdict():
+def test_a_single_method_or_an_unscored_winner_gives_no_verdict():
     rng = np.random.default_rng(3)
     newest = (rng.uniform(size=50) < 0.5).astype(int)
     lone = [_row("newest", newest, newest)]
     assert head_to_heads(lone, Bootstrap(100, 0.95, seed=0), ACC, HIB, BASELINES) == []
-    unscored = Row("fisher", 0.9, None, None)  # above everything, but nothing to pair it with
+    # fisher tops the table (compare's best_method would name it) but has nothing to pair: the verdict must
+    # not quietly crown bo, the best of the rest, instead
+    unscored = Row("fisher", 0.9, None, None)
     rows = [*lone, unscored, _row("bo", _flip(newest, 2, rng), newest)]
+    assert head_to_heads(rows, Bootstrap(100, 0.95, seed=0), ACC, HIB, BASELINES) == []
+
+
+def test_an_unscored_runner_up_is_left_out_not_replaced_by_the_next_method():
+    rng = np.random.default_rng(4)
+    newest = (rng.uniform(size=50) < 0.5).astype(int)
+    bo = _flip(newest, 6, rng)
+    unscored = Row("fisher", float(bo.mean()) - 0.001, None, None)  # just below bo: the true runner-up
+    rows = [_row("newest", newest, newest), unscored, _row("bo", bo, newest)]
+    # fisher cannot be paired; newest, below it, is tested as what it is (the best baseline), not as the
+    # runner-up
     verdicts = head_to_heads(rows, Bootstrap(100, 0.95, seed=0), ACC, HIB, BASELINES)
-    assert [(v.winner, v.other) for v in verdicts] == [("bo", "newest")]
-    assert verdicts[0].test["test/acc"].value == 0.0  # the same test answers: no test difference
+    assert [(v.other, v.role) for v in verdicts] == [("newest", "best baseline")]
+    rows.append(_row("greedy", _flip(newest, 1, rng), newest))  # the best baseline (fisher is not one here)
+    verdicts = head_to_heads(rows, Bootstrap(100, 0.95, seed=0), ACC, HIB, BASELINES)
+    assert [(v.winner, v.other, v.role) for v in verdicts] == [("bo", "greedy", "best baseline")]
+    # the same runner-up counted as a baseline: it is both roles, and still cannot be paired
+    verdicts = head_to_heads(rows, Bootstrap(100, 0.95, seed=0), ACC, HIB, BASELINES | {"fisher"})
+    assert verdicts == []

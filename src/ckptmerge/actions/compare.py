@@ -251,12 +251,12 @@ def _test_higher_is_better(session: EvalSession) -> dict[str, bool]:
     }
 
 
-def add_gains(results: list[MethodResult], session: EvalSession) -> None:
-    """Each method's paired gains over ``newest`` on the same documents: dev objective and test metrics."""
+def add_gains(results: list[MethodResult], session: EvalSession, hib: dict[str, bool]) -> None:
+    """Each method's paired gains over ``newest`` on the same documents: dev objective and test metrics
+    (``hib``: whether higher is better, per test metric)."""
     newest = next((r for r in results if r.method == "newest"), None)
     if newest is None or newest.dev_scores is None:
         return
-    hib = _test_higher_is_better(session)
     for r in results:
         if r.dev_scores is not None:
             r.gain = session.bootstrap.objective_gain(session.objective, r.dev_scores, newest.dev_scores)
@@ -390,16 +390,23 @@ def run_compare(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") ->
             if cfg.compare.register and r.weights is None and r.objective >= max(x.objective for x in results):
                 snapshot = {k: v.detach().clone() for k, v in resident.model.state_dict().items()}
         baseline = next((r.objective for r in results if r.method == "newest"), None)
-        add_gains(results, session)
+        hib = _test_higher_is_better(session)
+        add_gains(results, session, hib)
         for r in results:
             if r.gain is not None:
                 tracker.log_metrics(r.gain.as_metrics(names.METRIC_GAIN), run_id=r.run_id)
         md, csv_text, header, rows = _tables(results, baseline, session.objective.describe(), cfg.eval.confidence)
-        verdicts = head_to_heads(
-            results, session.bootstrap, session.objective, _test_higher_is_better(session), set(baseline_names())
-        )
+        best = max(results, key=lambda r: r.objective if math.isfinite(r.objective) else -math.inf)
+        verdicts = head_to_heads(results, session.bootstrap, session.objective, hib, set(baseline_names()))
         if verdicts:
             md += "\nWhich won, paired on the same documents:\n\n" + "".join(f"- {v.describe()}\n" for v in verdicts)
+        no_verdict = (
+            f"No paired verdict: {best.method} has no per-document dev scores to pair with another method."
+            if not verdicts and len(results) > 1 and best.dev_scores is None
+            else ""
+        )
+        if no_verdict:
+            md += f"\n{no_verdict}\n"
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "compare.md").write_text(md)
         (run_dir / "compare.csv").write_text(csv_text)
@@ -408,7 +415,6 @@ def run_compare(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") ->
         tracker.log_figure(parent, fig, "compare.png")
         tracker.log_text(parent, md, "compare.md")
         tracker.log_text(parent, csv_text, "compare.csv")
-        best = max(results, key=lambda r: r.objective if math.isfinite(r.objective) else -math.inf)
         tracker.log_metrics({names.METRIC_BEST_OBJECTIVE: best.objective})
         tracker.set_tags({"ckptmerge.best_method": best.method})
         out: dict[str, Any] = {
@@ -453,13 +459,14 @@ def run_compare(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") ->
     for row in rows:
         table.add_row(*row)
     console.print(table)
-    won = max(results, key=lambda r: r.objective if math.isfinite(r.objective) else -math.inf)
-    if won.gain is not None:
+    if best.gain is not None:
         from ckptmerge.report import gain_text
 
-        console.print(f"best: {won.method}, dev gain over newest {gain_text(won.gain.as_json())}")
+        console.print(f"best: {best.method}, dev gain over newest {gain_text(best.gain.as_json())}")
     for v in verdicts:
         console.print(v.describe())
+    if no_verdict:
+        console.print(no_verdict)
     console.print(f"tables and chart: {run_dir}/compare.{{md,csv,png}}; MLflow run {parent}")
     return out
 

@@ -67,14 +67,15 @@ def head_to_heads(
     baselines: set[str],
 ) -> list[HeadToHead]:
     """The best method by dev objective against the runner-up and, if the best is not a baseline, against
-    the best baseline (once, when that is the runner-up). Methods without per-document scores are left
-    out: there is nothing to pair."""
-    ranked = sorted(
-        (r for r in results if r.dev_scores is not None and math.isfinite(r.objective)),
-        key=lambda r: r.objective,
-        reverse=True,
-    )
-    if len(ranked) < 2:
+    the best baseline (once, when that is the runner-up).
+
+    Every method with a finite objective is ranked, as compare's ``best_method`` ranks them, so the
+    verdict names the same winner and the true runner-up. A pair can only be tested when both sides have
+    per-document scores: when the winner has none there is no verdict at all, and a runner-up or best
+    baseline without them is left out rather than replaced by the next method down, which would be a
+    different claim under the same name."""
+    ranked = sorted((r for r in results if math.isfinite(r.objective)), key=lambda r: r.objective, reverse=True)
+    if len(ranked) < 2 or ranked[0].dev_scores is None:
         return []
     best, rest = ranked[0], ranked[1:]
     others = [(rest[0], "runner-up")]
@@ -84,6 +85,7 @@ def head_to_heads(
             others.append((baseline, "best baseline"))
         elif baseline is rest[0]:
             others = [(rest[0], "runner-up and best baseline")]
+    others = [(other, role) for other, role in others if other.dev_scores is not None]
     out = []
     for other, role in others:
         assert best.dev_scores is not None and other.dev_scores is not None
