@@ -80,15 +80,21 @@ class LengthScalePriorGP(GaussianProcessRegressor):
 
     def log_length_scale_prior(self, theta: np.ndarray, eval_gradient: bool = False) -> Any:
         """The log prior density of ``theta`` (log hyperparameters) up to a constant, and its gradient."""
-        z = np.zeros(len(theta))
         idx = self._length_scale_indices()
-        z[idx] = self._standardised(np.asarray(theta)[idx])
-        value = float(-0.5 * np.sum(z**2))
-        return (value, -z / self.length_scale_sigma) if eval_gradient else value
+        value, scale_grad = self._log_prior(np.asarray(theta)[idx])
+        if not eval_gradient:
+            return value
+        grad = np.zeros(len(theta))
+        grad[idx] = scale_grad
+        return value, grad
 
-    def _standardised(self, log_scales: np.ndarray) -> np.ndarray:
+    def _log_prior(self, log_scales: np.ndarray) -> tuple[float, np.ndarray]:
+        """The prior's log density (up to a constant) at these log length scales, and its gradient in them:
+        a standard normal in ``z``, with ``z`` clipped at 0 above the median when ``shorter_only``."""
         z = (log_scales - np.log(self.length_scale_median)) / self.length_scale_sigma
-        return np.minimum(z, 0.0) if self.shorter_only else z
+        if self.shorter_only:
+            z = np.minimum(z, 0.0)
+        return float(-0.5 * np.sum(z**2)), -z / self.length_scale_sigma
 
     def log_marginal_likelihood(self, theta: Any = None, eval_gradient: bool = False, clone_kernel: bool = True) -> Any:
         """With ``theta`` given (as sklearn's optimiser calls it): likelihood plus the length-scale prior."""
@@ -110,8 +116,7 @@ class LengthScalePriorGP(GaussianProcessRegressor):
             for k, v in self.kernel_.get_params().items()
             if k.endswith("length_scale")
         ]
-        z = self._standardised(np.log(np.concatenate(scales)))
-        self.log_length_scale_prior_value_ = float(-0.5 * np.sum(z**2))
+        self.log_length_scale_prior_value_, _ = self._log_prior(np.log(np.concatenate(scales)))
         self.log_marginal_likelihood_value_ -= self.log_length_scale_prior_value_
         return self
 
