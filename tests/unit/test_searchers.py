@@ -195,3 +195,20 @@ def test_ei_means_the_same_whatever_the_units_of_the_objective():
     reference = proposals(1.0)
     for scale in (0.01, 100.0):
         np.testing.assert_allclose(proposals(scale), reference, atol=1e-3)
+
+
+def test_lcb_weighs_the_gp_std_by_the_searchers_kappa():
+    """LCB proposes the minimum over the box of (GP mean − KAPPA·σ) of the negated objective: the
+    searcher's kappa reaches skopt (whose default, 1.96, would explore a short budget away), and the
+    trial logs it."""
+    s = make_searcher(SearchConfig(kind="bo", budget=8, alpha=0.1, seed=0, acq_func="LCB"))
+    for _ in range(4):  # after four points the two weights disagree (after three or five they agree)
+        p = s.ask()
+        s.tell(p.x, bumpy(p.lam))
+    assert s.state()["gp.acq_kappa"] == BayesSearcher.KAPPA != 1.96
+    gp = s.opt.models[-1]
+    grid = np.linspace(0.1, 1.0, 2001)
+    mean, std = gp.predict(s.opt.space.transform(grid.reshape(-1, 1)), return_std=True)
+    by_kappa = {k: float(grid[np.argmin(mean - k * std)]) for k in (BayesSearcher.KAPPA, 1.96)}
+    assert abs(by_kappa[BayesSearcher.KAPPA] - by_kappa[1.96]) > 0.03
+    assert s.next_point()[0] == pytest.approx(by_kappa[BayesSearcher.KAPPA], abs=0.01)
