@@ -17,11 +17,81 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+# Under pytest-xdist (configured in pyproject.toml: -n 4 --dist loadfile --no-loadscope-reorder) each
+# module runs on one worker, so its module fixtures run once. These modules share one session fixture
+# (``e2e_search``): they run on one worker together, so that search runs once per session, as serially.
+E2E_SEARCH_MODULES = (
+    "tests/integration/test_main_e2e.py",
+    "tests/integration/test_ecosystem.py",
+    "tests/integration/test_mlflow_ui_browser.py",
+)
+# The modules that take longest (about a minute or more each in CI's --durations), longest first: under
+# xdist they start first, so that they do not start last and leave the other workers idle at the end.
+# A name missing here only costs the order, never a test.
+LONGEST_MODULES = (
+    "tests/ops/test_server_promotion.py",
+    "tests/integration/test_deepspeed.py",
+    "tests/integration/test_watch.py",
+    "tests/integration/test_output_ownership.py",
+    "tests/integration/test_signals.py",
+    "tests/ops/test_server_outage.py",
+    "tests/integration/test_faults.py",
+    "tests/integration/test_promotion_gate.py",
+    "tests/integration/test_store_safety.py",
+    "tests/integration/test_resume.py",
+)
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: ignored when xdist is not installed
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadfile`` with the ``E2E_SEARCH_MODULES`` as one unit of work. (xdist's own way to
+    group, ``--dist loadgroup``, renames node ids, which pytest 9 no longer lets it do.)"""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class Scheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = super()._split_scope(nodeid)
+            return "e2e-search" if module in E2E_SEARCH_MODULES else module
+
+    return Scheduling(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under xdist, workers take the modules in collection order (``--no-loadscope-reorder``): the longest
+    first, then the other end-to-end (``slow``) ones, then the rest; each module's tests keep their order.
+    A run without xdist keeps pytest's own order."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    module_of = {id(item): item.nodeid.split("::", 1)[0] for item in items}
+    slow_modules = {module_of[id(item)] for item in items if item.get_closest_marker("slow") is not None}
+
+    def rank(item) -> tuple[int, int]:
+        module = module_of[id(item)]
+        if module in LONGEST_MODULES:
+            return 0, LONGEST_MODULES.index(module)
+        if module in E2E_SEARCH_MODULES:  # one unit of work, placed by its first test: keep them adjacent
+            return 1, 0
+        return (2 if module in slow_modules else 3), 0
+
+    items.sort(key=rank)  # stable
+
+
 @pytest.fixture(scope="session")
 def traj_cache(tmp_path_factory) -> Path:
     """One cache folder for the session's tiny trajectories (CKPTMERGE_TEST_CACHE reuses one across runs)."""
     env = os.environ.get("CKPTMERGE_TEST_CACHE")
-    return Path(env) if env else tmp_path_factory.mktemp("trajectories")
+    if env:
+        return Path(env)
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # Under pytest-xdist each worker has its own basetemp (.../pytest-N/popen-gwK): the run's folder
+        # above them is shared, so the workers train each trajectory once (build_trajectory holds a file
+        # lock per spec while one of them builds it; the others wait and then read the finished folder).
+        shared = tmp_path_factory.getbasetemp().parent / "trajectories"
+        shared.mkdir(exist_ok=True)
+        return shared
+    return tmp_path_factory.mktemp("trajectories")
 
 
 @pytest.fixture(scope="session")
