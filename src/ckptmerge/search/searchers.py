@@ -270,7 +270,7 @@ class BayesSearcher(Searcher):
     def tell(self, x: Point, objective: float, se: float | None = None) -> None:
         super().tell(x, objective, se)
         self._set_noise()
-        kappa = self.KAPPA if self.space.dims == 1 else 1.96  # skopt's default where there is more to explore
+        kappa = self.KAPPA if self.space.dims == 1 else self.SKOPT_KAPPA  # where there is more to explore
         self.opt.acq_func_kwargs = {"xi": self.XI * float(np.std(self.ys)), "kappa": kappa}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # sklearn's convergence chatter on 2-3 points
@@ -295,6 +295,7 @@ class BayesSearcher(Searcher):
     # simplex keeps 1.96: its three coordinates are barely covered by the warm start, and with 1.0 its
     # median gain at 8 fell from +0.0312 / +0.0321 to +0.0310 / +0.0318 (seed 7 / seed 0).
     KAPPA = 1.0
+    SKOPT_KAPPA = 1.96  # skopt's own LCB weight, kept for boxes of several coordinates
 
     def _set_noise(self) -> None:
         """Tell the GP each observation's noise variance (from the bootstrap standard errors).
@@ -421,7 +422,7 @@ class BayesSearcher(Searcher):
         out["gp.log_marginal_likelihood"] = float(gp.log_marginal_likelihood_value_)
         out["gp.log_length_scale_prior"] = float(gp.log_length_scale_prior_value_)
         out["gp.acq_xi"] = float((self.opt.acq_func_kwargs or {}).get("xi", 0.01))
-        out["gp.acq_kappa"] = float((self.opt.acq_func_kwargs or {}).get("kappa", 1.96))
+        out["gp.acq_kappa"] = float((self.opt.acq_func_kwargs or {}).get("kappa", self.SKOPT_KAPPA))
         mean, std = gp.predict(self.opt.space.transform([list(self.xs[-1])]), return_std=True)
         at = self.space.coordinates[0] if self.space.dims == 1 else "point"
         out[f"gp.mean_at_{at}"] = float(-mean[0])
