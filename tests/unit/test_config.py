@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from ckptmerge.config import Config, EvalConfig, MergeConfig, SearchConfig, check_weights, config_from_dict, parse_size
+from ckptmerge.config import Config, EvalConfig, MergeConfig, check_weights, config_from_dict, parse_size
 from ckptmerge.errors import ConfigError
 
 
@@ -52,8 +52,9 @@ def test_unknown_key_suggests_the_right_one():
 
 
 def test_unknown_kind_suggests():
+    # registry names are the validation step's last stage (a section alone checks types and ranges)
     with pytest.raises(ConfigError, match="did you mean 'grid'"):
-        SearchConfig(kind="gird")
+        config_from_dict({"search": {"kind": "gird"}})
 
 
 def test_lists_become_tuples_and_dicts_survive():

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from ckptmerge.config import Config, RuntimeConfig
+from ckptmerge.config import RuntimeConfig, config_from_dict
 from ckptmerge.errors import ConfigError
 from ckptmerge.resident.base import pair_tensor_names
 from ckptmerge.resident.zero import deepspeed_config
@@ -66,7 +66,7 @@ def test_runtime_config_is_validated():
     with pytest.raises(ConfigError, match="runtime.timeout_s"):
         RuntimeConfig(backend="deepspeed", timeout_s=0)
     with pytest.raises(ConfigError, match="action=pilot does not run under runtime=deepspeed"):
-        Config(action="pilot", runtime=RuntimeConfig(backend="deepspeed"))
+        config_from_dict({"action": "pilot", "runtime": {"backend": "deepspeed"}})
 
 
 def test_launcher_arguments_are_hidden_from_hydra(monkeypatch):

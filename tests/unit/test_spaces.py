@@ -144,7 +144,7 @@ def test_space_config_errors_name_the_key():
         ConfigError, match=r"unknown config key search.space.beta for search space ema \(did you mean 'beta_max'\?\)"
     ):
         _cfg(name="ema", beta=0.3)
-    with pytest.raises(ConfigError, match=r"search.space \(ema\): beta_max must be in \(0, 1\)"):
+    with pytest.raises(ConfigError, match=r"search.space.beta_max must be in \(0, 1\), got 1.5"):
         _cfg(name="ema", beta_max=1.5)
     with pytest.raises(ConfigError, match="search.space.last must be an integer >= 2"):
         _cfg(name="window", last=1)

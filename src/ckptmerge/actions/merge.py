@@ -41,9 +41,8 @@ def from_mergekit(cfg: Config) -> Config:
     if cfg.merge.dtype != "auto" and recipe.dtype != "auto" and cfg.merge.dtype != recipe.dtype:
         raise ConfigError(f"merge.dtype={cfg.merge.dtype} contradicts {KEY}'s output dtype {recipe.dtype}")
     model = replace(cfg.model, name="local", source="local", checkpoints=recipe.models, pair=None)
-    merge = replace(
-        cfg.merge, weights=recipe.weights, dtype=recipe.dtype if recipe.dtype != "auto" else cfg.merge.dtype
-    )
+    dtype: Any = recipe.dtype if recipe.dtype != "auto" else cfg.merge.dtype  # the schema checks it again
+    merge = replace(cfg.merge, weights=recipe.weights, dtype=dtype)
     return replace(cfg, model=model, merge=merge)
 
 

@@ -8,12 +8,12 @@ the plain average instead of dividing by zero.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ckptmerge.merge.registry import Calibration, register
+from ckptmerge.merge.registry import Calibration, merge_method
+from ckptmerge.merge.settings import FisherSettings
 
 
 def fisher_merge(
@@ -39,24 +39,6 @@ def fisher_merge(
     return (num / den).to(out_dtype)
 
 
-@dataclass(frozen=True)
-class FisherSettings:
-    """``conf/merge/fisher.yaml``."""
-
-    floor: float = 1e-8  # added to every Fisher entry
-    tokens: int = 8192  # calibration tokens per checkpoint for its Fisher estimate
-
-    def __post_init__(self) -> None:
-        if not _is_number(self.floor) or not self.floor > 0:
-            raise ValueError(f"floor must be > 0, got {self.floor!r}")
-        if not isinstance(self.tokens, int) or isinstance(self.tokens, bool) or self.tokens < 1:
-            raise ValueError(f"tokens must be a positive integer, got {self.tokens!r}")
-
-
-def _is_number(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
 def _fisher(*args: Any) -> dict[str, torch.Tensor]:
     from ckptmerge.calibration import diagonal_fisher  # the model's gradients: only when the method runs
 
@@ -71,7 +53,7 @@ def _merge(
     return fisher_merge(tensors, [f[key] for f in fishers], s.floor, out_dtype=tensors[0].dtype)
 
 
-register(
+FISHER = merge_method(
     "fisher",
     needs="calibration",
     calibration=Calibration(_fisher, _merge),

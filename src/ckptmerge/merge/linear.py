@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 import torch
 
+from ckptmerge.merge.registry import merge_method
+
 
 def _acc_dtype(tensors: Sequence[torch.Tensor]) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
@@ -103,3 +105,6 @@ def linear_merge_into(
 
 # The streaming writer merges straight into its reusable output buffers through this.
 linear_merge.into = linear_merge_into  # type: ignore[attr-defined]
+
+# The merge method ``linear`` (declared in merge/__init__.py), beside its function.
+LINEAR = merge_method("linear", linear_merge, summary="weighted linear merge Σ wᵢ·θᵢ")

@@ -21,9 +21,10 @@ A :class:`MergeMethod` declares
 
 Weighting rules and calibration methods produce their own weights, so a search (which searches the
 weights) cannot run them in place and refuses them in one line, as it refuses any method registered
-with ``in_place=False``. Adding a method is one module calling :func:`register` (imported by
-``merge/__init__.py``, or listed in the ``plugins`` config key when it lives outside the package) and,
-where it has settings, one YAML.
+with ``in_place=False``. The built-in methods are declared in ``merge/__init__.py`` (name →
+``module:object``, with their settings from :mod:`ckptmerge.merge.settings`); a method of your own is
+one module calling :func:`register`, listed in the ``plugins`` config key, and, where it has settings,
+one YAML. This module imports no torch: config validation reads the registry.
 """
 
 from __future__ import annotations
@@ -32,23 +33,19 @@ import dataclasses
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ckptmerge.errors import ConfigError
-from ckptmerge.merge.linear import linear_merge
+from ckptmerge.merge.settings import NoSettings
 from ckptmerge.registry import Registry, did_you_mean
 
-MergeFn = Callable[..., torch.Tensor]  # fn(tensors, weights, out_dtype[, settings=...]) -> tensor
+if TYPE_CHECKING:
+    import torch
+
+MergeFn = Callable[..., "torch.Tensor"]  # fn(tensors, weights, out_dtype[, settings=...]) -> tensor
 # weighting(k, settings, evaluate) -> weights over the k checkpoints; evaluate(weights) -> dev objective
 WeightRule = Callable[[int, Any, Callable[[list[float]], float]], list[float]]
 NEEDS = ("weights", "calibration")
-
-
-@dataclass(frozen=True)
-class NoSettings:
-    """The settings of a method that has none."""
 
 
 @dataclass(frozen=True)
@@ -91,20 +88,7 @@ class MergeMethod:
     ) -> Any:
         """The settings dataclass from config keys over its defaults; unknown keys and bad values name the key
         (``beside``: the other keys under ``prefix``, for "did you mean")."""
-        fields = {f.name for f in dataclasses.fields(self.settings)}
-        options = dict(options or {})
-        for key in options:
-            if key not in fields:
-                known = fields | set(beside)
-                raise ConfigError(
-                    f"unknown config key {prefix}.{key} for merge method {self.name}{did_you_mean(key, known)}"
-                )
-        try:
-            return self.settings(**options)
-        except (TypeError, ValueError) as e:
-            raise ConfigError(
-                f"{prefix}.{e}" if _names_a_field(str(e), fields) else f"{prefix} ({self.name}): {e}"
-            ) from None
+        return make_settings(self.settings, self.name, options, prefix, beside)
 
     def bind(self, options: Mapping[str, Any] | None = None) -> MergeFn:
         """The per-tensor function with its settings: ``fn(tensors, weights, out_dtype)``."""
@@ -123,8 +107,34 @@ class MergeMethod:
         return bound
 
 
-def _names_a_field(message: str, fields: set[str]) -> bool:
-    return any(message.startswith(f + " ") for f in fields)
+def make_settings(
+    settings: type, method_name: str, options: Mapping[str, Any] | None, prefix: str, beside: Sequence[str] = ()
+) -> Any:
+    """Settings class ``settings`` of merge method ``method_name`` from config keys over its defaults; unknown
+    keys and bad values name the key. Reads no method module: validation calls it with a declared class."""
+    from ckptmerge.schema import build
+
+    fields = {f.name for f in dataclasses.fields(settings)}
+    options = dict(options or {})
+    for key in options:
+        if key not in fields:
+            known = fields | set(beside)
+            raise ConfigError(
+                f"unknown config key {prefix}.{key} for merge method {method_name}{did_you_mean(key, known)}"
+            )
+    if hasattr(settings, "__pydantic_fields__"):
+        return build(settings, options, prefix)
+    try:  # a plugin's plain dataclass
+        return settings(**options)
+    except (TypeError, ValueError) as e:
+        message = str(e)
+        named = any(message.startswith(f + " ") for f in fields)
+        raise ConfigError(f"{prefix}.{message}" if named else f"{prefix} ({method_name}): {message}") from None
+
+
+def settings_of(name: str) -> type:
+    """The settings class of merge method ``name`` (a declared built-in's without importing its module)."""
+    return METHODS.fact(name, "settings", NoSettings)
 
 
 METHODS: Registry[MergeMethod] = Registry("merge method", "merge.method")
@@ -142,11 +152,40 @@ def register(
     baseline: bool = False,
     summary: str = "",
 ) -> MergeMethod:
-    """Add a merge method under ``name`` (from inside the package or from a user's module).
+    """Add a merge method under ``name`` from a user's module (a plugin; the built-ins are declared in
+    ``merge/__init__.py``).
 
     ``register("pick", pick)`` adds a per-tensor function of the tensors and weights; a method with
     ``settings`` receives them as ``fn(tensors, weights, out_dtype, settings=...)``.
     """
+    entry = merge_method(
+        name,
+        fn,
+        needs,
+        in_place,
+        settings=settings,
+        weighting=weighting,
+        calibration=calibration,
+        baseline=baseline,
+        summary=summary,
+    )
+    METHODS.register(name)(entry)
+    return entry
+
+
+def merge_method(
+    name: str,
+    fn: MergeFn | None = None,
+    needs: str = "weights",
+    in_place: bool = True,
+    *,
+    settings: type = NoSettings,
+    weighting: WeightRule | None = None,
+    calibration: Calibration | None = None,
+    baseline: bool = False,
+    summary: str = "",
+) -> MergeMethod:
+    """A checked :class:`MergeMethod` (not registered: the built-ins' modules define theirs with it)."""
     forms = [f for f in (fn, weighting, calibration) if f is not None]
     if len(forms) != 1:
         raise ValueError(f"merge method {name!r}: give exactly one of fn, weighting, calibration")
@@ -170,7 +209,6 @@ def register(
         baseline,
         summary or _first_line(fn),
     )
-    METHODS.register(name)(entry)
     return entry
 
 
@@ -214,7 +252,4 @@ def method_names() -> list[str]:
 
 def baseline_names() -> list[str]:
     """``action=compare``'s default baselines, in registration order (``newest``, the reference, first)."""
-    return [n for n in METHODS if METHODS.get(n).baseline]
-
-
-register("linear", linear_merge, summary="weighted linear merge Σ wᵢ·θᵢ")
+    return [n for n in METHODS if METHODS.fact(n, "baseline", False)]

@@ -10,12 +10,12 @@ linear layer's weight is averaged uniformly.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ckptmerge.merge.registry import Calibration, register
+from ckptmerge.merge.registry import Calibration, merge_method
+from ckptmerge.merge.settings import RegMeanSettings
 
 
 def scaled_gram(gram: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -56,20 +56,6 @@ def regmean_merge(
     return merged.to(out_dtype).contiguous()
 
 
-@dataclass(frozen=True)
-class RegMeanSettings:
-    """``conf/merge/regmean.yaml``."""
-
-    alpha: float = 0.9  # scale of the Gram matrices' off-diagonal entries
-    tokens: int = 8192  # calibration tokens per checkpoint for its Gram matrices
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.alpha, (int, float)) or isinstance(self.alpha, bool) or not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {self.alpha!r}")
-        if not isinstance(self.tokens, int) or isinstance(self.tokens, bool) or self.tokens < 1:
-            raise ValueError(f"tokens must be a positive integer, got {self.tokens!r}")
-
-
 def _grams(*args: Any) -> dict[str, torch.Tensor]:
     from ckptmerge.calibration import linear_input_grams  # forward hooks on the model: only when the method runs
 
@@ -85,7 +71,7 @@ def _merge(
     return regmean_merge(tensors, [g[module] for g in grams], s.alpha, out_dtype=tensors[0].dtype)
 
 
-register(
+REGMEAN = merge_method(
     "regmean",
     needs="calibration",
     calibration=Calibration(_grams, _merge),

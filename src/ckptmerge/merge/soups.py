@@ -13,9 +13,9 @@ have settings (``conf/merge/lawa.yaml``, ``conf/merge/ema.yaml``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from ckptmerge.merge.registry import register
+from ckptmerge.merge.registry import merge_method
+from ckptmerge.merge.settings import EmaSettings, LawaSettings
 
 
 def uniform_weights(n: int) -> list[float]:
@@ -57,28 +57,6 @@ def baseline_weightings(n: int, lawa_k: int, ema_beta: float) -> dict[str, list[
 # -- the soups as merge methods: weighting rules over the k compared checkpoints, merged linearly ------
 
 
-@dataclass(frozen=True)
-class LawaSettings:
-    """``conf/merge/lawa.yaml``."""
-
-    k: int = 3  # how many of the newest checkpoints are averaged
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.k, int) or isinstance(self.k, bool) or self.k < 1:
-            raise ValueError(f"k must be a positive integer, got {self.k!r}")
-
-
-@dataclass(frozen=True)
-class EmaSettings:
-    """``conf/merge/ema.yaml``."""
-
-    beta: float = 0.5  # θ ← β·θ + (1−β)·θ_t along the checkpoints
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.beta, (int, float)) or isinstance(self.beta, bool) or not 0.0 <= self.beta < 1.0:
-            raise ValueError(f"beta must be in [0, 1), got {self.beta!r}")
-
-
 def _onehot(k: int, i: int) -> list[float]:
     return [1.0 if j == i else 0.0 for j in range(k)]
 
@@ -100,28 +78,30 @@ def greedy_weights(k: int, evaluate: Callable[[list[float]], float]) -> list[flo
     return mean_of(soup)
 
 
-register(
+NEWEST = merge_method(
     "newest",
     weighting=lambda k, s, evaluate: _onehot(k, k - 1),
     baseline=True,
     summary="the newest checkpoint alone: the reference of every gain",
 )
-register("uniform", weighting=lambda k, s, evaluate: uniform_weights(k), baseline=True, summary="uniform soup")
-register(
+UNIFORM = merge_method(
+    "uniform", weighting=lambda k, s, evaluate: uniform_weights(k), baseline=True, summary="uniform soup"
+)
+LAWA = merge_method(
     "lawa",
     weighting=lambda k, s, evaluate: lawa_weights(k, s.k),
     settings=LawaSettings,
     baseline=True,
     summary="latest weight averaging: uniform over the newest k",
 )
-register(
+EMA = merge_method(
     "ema",
     weighting=lambda k, s, evaluate: ema_weights(k, s.beta),
     settings=EmaSettings,
     baseline=True,
     summary="exponential moving average along the checkpoints",
 )
-register(
+GREEDY = merge_method(
     "greedy",
     weighting=lambda k, s, evaluate: greedy_weights(k, evaluate),
     baseline=True,

@@ -10,35 +10,21 @@ on a point it evaluates.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from scipy.optimize import brentq
 
 from ckptmerge.merge.soups import ema_weights
-from ckptmerge.search.space import SPACES, SearchSpace
+from ckptmerge.search.space import SearchSpace
+from ckptmerge.search.space_settings import EmaSpaceSettings
 
 
-def _positive_fraction(name: str, value: float, top: float = 1.0) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) < top:
-        raise ValueError(f"{name} must be in (0, {top:g}), got {value!r}")
-
-
-@dataclass(frozen=True)
-class EmaSettings:
-    beta_max: float = 0.95  # β=1 would keep the oldest checkpoint alone: not an average any more
-
-    def __post_init__(self) -> None:
-        _positive_fraction("beta_max", self.beta_max)
-
-
-@SPACES.register("ema")
 class EmaSpace(SearchSpace):
     """θ ← β·θ + (1−β)·θ_t along the checkpoints: weights ``(1−β)·β^age``, the oldest ``β^(k−1)``.
 
     β=0 is the newest alone; larger β reaches further back.
     """
 
-    Settings = EmaSettings
+    Settings = EmaSpaceSettings
 
     @property
     def coordinates(self) -> tuple[str, ...]:
@@ -55,7 +41,6 @@ class EmaSpace(SearchSpace):
         return [0.0, 0.5]
 
 
-@SPACES.register("window")
 class WindowSpace(SearchSpace):
     """The uniform average of the last ``m`` checkpoints (LAWA), with ``m`` made continuous.
 
@@ -87,7 +72,6 @@ class WindowSpace(SearchSpace):
         return [float(m) for m in range(1, self.k + 1)]
 
 
-@SPACES.register("decay")
 class DecaySpace(SearchSpace):
     """Weights falling off with age by a power: ``w(age) ∝ (1 − age/k)^s``, searched by the weight the
     newest checkpoint gets.

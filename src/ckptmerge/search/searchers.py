@@ -21,7 +21,7 @@ import numpy as np
 
 from ckptmerge.config import SearchConfig
 from ckptmerge.errors import ConfigError
-from ckptmerge.registry import Registry
+from ckptmerge.search import SEARCHERS  # noqa: F401  - re-exported: plugins register here
 from ckptmerge.search.space import PairSpace, SearchSpace
 
 log = logging.getLogger(__name__)
@@ -172,10 +172,6 @@ class Searcher:
         return None
 
 
-SEARCHERS: Registry[type[Searcher]] = Registry("searcher", "search.kind")
-
-
-@SEARCHERS.register("grid")
 class GridSearcher(Searcher):
     """``budget`` evenly spaced points of a one-coordinate space (λ over [α, 1] for a pair), ends first."""
 
@@ -200,7 +196,6 @@ class GridSearcher(Searcher):
         return Proposal(self.largest_gap(), "gap")
 
 
-@SEARCHERS.register("random")
 class RandomSearcher(Searcher):
     """Uniform random points of the box (seeded), initial points first."""
 
@@ -213,7 +208,6 @@ class RandomSearcher(Searcher):
         return Proposal(self.largest_gap(), "gap")
 
 
-@SEARCHERS.register("bo")
 class BayesSearcher(Searcher):
     """scikit-optimize ``Optimizer`` (GP base estimator, ``gp_hedge`` acquisition) on the box."""
 

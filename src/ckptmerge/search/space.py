@@ -18,25 +18,19 @@ ends below a baseline its space can express, and the GP starts from informative 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
 from ckptmerge.errors import ConfigError
-from ckptmerge.registry import Registry
+from ckptmerge.search import SPACES
+from ckptmerge.search.space_settings import NoSettings, make_space_settings
 
 Point = tuple[float, ...]
 
 # Weights closer than this (max-abs) to a baseline's count as expressing it exactly.
 EXACT = 1e-9
-
-
-@dataclass(frozen=True)
-class NoSettings:
-    """A space without settings of its own."""
 
 
 class SearchSpace:
@@ -141,10 +135,6 @@ class SearchSpace:
         return ", ".join(f"{n}={v:.4g}" for n, v in zip(self.coordinates, u))
 
 
-SPACES: Registry[type[SearchSpace]] = Registry("search space", "search.space")
-
-
-@SPACES.register("pair")
 class PairSpace(SearchSpace):
     """λ ∈ [α, 1], the weight of the newer of two checkpoints: λ·Θ_t + (1−λ)·Θ_{t−1} (the paper)."""
 
@@ -181,7 +171,6 @@ class PairSpace(SearchSpace):
         return (lam,), float(np.max(np.abs(np.asarray(self.weights([lam])) - np.asarray(weights, dtype=float))))
 
 
-@SPACES.register("simplex")
 class SimplexSpace(SearchSpace):
     """Any weighting of ``k`` checkpoints, by stick-breaking from the newest backwards.
 
@@ -233,25 +222,11 @@ class SimplexSpace(SearchSpace):
 
 def space_settings(cls: type[SearchSpace], options: Mapping[str, Any], prefix: str = "search.space") -> Any:
     """The space's settings dataclass from its YAML's extra keys; unknown keys and bad values name the key."""
-    from ckptmerge.registry import did_you_mean
-
-    fields = {f.name for f in dataclasses.fields(cls.Settings)}
-    for key in options:
-        if key not in fields:
-            raise ConfigError(
-                f"unknown config key {prefix}.{key} for search space {cls.name}"
-                f"{did_you_mean(key, fields | {'name', 'last', 'warm_start'})}"
-            )
-    try:
-        return cls.Settings(**dict(options))
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{prefix} ({cls.name}): {e}") from None
+    return make_space_settings(cls.Settings, cls.name, options, prefix)
 
 
 def make_space(name: str, k: int, alpha: float = 0.0, options: Mapping[str, Any] | None = None) -> SearchSpace:
-    """The space ``name`` over ``k`` checkpoints (importing the built-in families on first use)."""
-    import ckptmerge.search.families  # noqa: F401  - registers ema, window, decay
-
+    """The space ``name`` over ``k`` checkpoints (its module is imported on first use, by the registry)."""
     cls = SPACES.get(name)
     return cls(k, alpha, space_settings(cls, options or {}))
 
