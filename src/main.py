@@ -256,6 +256,31 @@ def main(cfg: DictConfig) -> None:
         _report_stop(e)
 
 
+def _composition_error(e: Exception) -> str:
+    """One line for an override Hydra could not apply: an unknown key names the nearest known one (from
+    the schema), a value where a section is expected says how to set the section's keys."""
+    from hydra.errors import OverrideParseException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    from ckptmerge.config import known_keys
+    from ckptmerge.registry import did_you_mean
+
+    first = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if isinstance(e, OverrideParseException):
+        return (
+            f"cannot parse the command line ({first}); quote a value holding spaces, non-ASCII or special "
+            "characters, e.g. 'eval.tasks=[\"tâche\"]'"
+        )
+    cause = e.__cause__
+    full_key = str(getattr(cause, "full_key", "") or "")
+    if full_key and isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
+        parent, _, name = full_key.rpartition(".")
+        return f"unknown config key {full_key}{did_you_mean(name, known_keys(parent))}"
+    if full_key and "merging override" in first:
+        return f"{full_key} is a section of keys, not a value: set {full_key}.KEY=VALUE ({first})"
+    return first
+
+
 def _check_group_choices(argv: list[str]) -> None:
     """``model=pythia-7b`` (no such file in conf/model/) as one line with a suggestion, before Hydra's
     multi-line report: the command line is checked against the config folders first."""
@@ -323,7 +348,15 @@ if __name__ == "__main__":
     _check_group_choices(sys.argv[1:])
     _check_moved_keys(sys.argv[1:])
     _check_run_dir(sys.argv[1:])
+    # Hydra raises what it cannot compose (an unknown key, a scalar over a section, an unparsable
+    # override) instead of printing several lines and exiting 1: _composition_error words it as one.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    from hydra.errors import HydraException
+
     try:
         main()
     except KeyboardInterrupt as e:  # a stop while Hydra starts or winds down, outside the action
         _report_stop(e)
+    except HydraException as e:
+        _error_line(_composition_error(e))
+        sys.exit(EXIT_USER_ERROR)

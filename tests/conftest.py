@@ -39,6 +39,7 @@ LONGEST_MODULES = (
     "tests/integration/test_promotion_gate.py",
     "tests/integration/test_store_safety.py",
     "tests/integration/test_resume.py",
+    "tests/unit/test_strict_config.py",
 )
 
 

@@ -399,6 +399,28 @@ SECTIONS: dict[str, type] = {
 }
 
 
+def known_keys(path: str) -> list[str]:
+    """The keys a section takes (``""``: the top level), for "did you mean" on the command line; a merge
+    method's or a space's settings count as keys of ``merge`` / ``search.space``."""
+    import dataclasses
+
+    from ckptmerge.merge.registry import METHODS, settings_of
+    from ckptmerge.search import SPACES
+
+    nested = {"model.trajectory": TrajectoryConfig, "search.space": SpaceConfig, **SECTIONS}
+    if not path:
+        return [*SECTIONS, "action", "plugins"]
+    cls = nested.get(path)
+    if cls is None:
+        return []
+    keys = {f.name for f in dataclasses.fields(cls) if f.name != "settings"}
+    if cls is MergeConfig:
+        keys |= {f.name for m in METHODS for f in dataclasses.fields(settings_of(m))}
+    if cls is SpaceConfig:
+        keys |= {f.name for s in SPACES for f in dataclasses.fields(SPACES.fact(s, "Settings"))}
+    return sorted(keys)
+
+
 def _plain(obj: Any) -> Any:
     if isinstance(obj, Mapping):
         return {str(k): _plain(v) for k, v in obj.items()}

@@ -17,10 +17,8 @@ _MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 def load_plugins(modules: Any) -> tuple[str, ...]:
     """Import each module of ``plugins`` (a module name, importable from the working directory or
     ``PYTHONPATH``): it registers its merge methods, search spaces, searchers or actions."""
-    if isinstance(modules, str):
-        modules = [modules]
-    if not isinstance(modules, (list, tuple)):
-        raise ConfigError(f"plugins must be a list of module names, got {modules!r}")
+    if not isinstance(modules, (list, tuple)):  # a bare name too: plugins=[my_methods] says it is a list
+        raise ConfigError(f"plugins must be a list of module names such as [my_methods], got {modules!r}")
     cwd = os.getcwd()
     if cwd not in sys.path:
         sys.path.append(cwd)  # as `python -m`: a module beside the command is found

@@ -103,6 +103,7 @@ def message(cls: type, error: pydantic.ValidationError, prefix: str, values: Map
     full = ".".join([prefix, name, *_index_path(loc[1:])]).strip(".")
     full = full.replace(".[", "[")
     got = first.get("input")
+    got = list(got) if isinstance(got, tuple) else got  # the command line's [a,b], not a tuple's (a, b)
     if kind == "unexpected_keyword_argument":
         known = [f.name for f in dataclasses.fields(cls)]
         return f"unknown config key {full}{did_you_mean(name, known)}"
