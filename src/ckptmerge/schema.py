@@ -112,7 +112,7 @@ def message(cls: type, error: pydantic.ValidationError, prefix: str, values: Map
     annotation = _annotation(cls, name)
     choices = _choices(annotation)
     if choices and kind == "literal_error":
-        return f"{full}={got!r} is not valid{did_you_mean(got, choices)}"
+        return f"{full}={got!r} is not valid{did_you_mean(str(got), choices)}"
     if kind in ("value_error", "assertion_error"):
         return f"{full}: {_rule_text(first)}"
     expect = _expect(cls, name) if len(loc) == 1 else ""
