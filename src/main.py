@@ -39,6 +39,22 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from ckptmerge.tracking.secrets import redact  # noqa: E402  (os, re: nothing heavy)
 
 log = logging.getLogger("ckptmerge")
+
+
+def store_schema() -> None:
+    """Register the schema's defaults (:func:`ckptmerge.config_defaults.defaults_tree`) as the config
+    group ``schema`` that every preset in ``conf/`` pulls in: each default is written once, in the schema."""
+    from hydra.core.config_store import ConfigStore
+
+    from ckptmerge.config_defaults import defaults_tree
+
+    store = ConfigStore.instance()
+    for path, node in defaults_tree().items():
+        group, _, name = f"schema/{path}".rpartition("/")
+        store.store(group=group, name=name, node=node)
+
+
+store_schema()
 EXIT_USER_ERROR = 2
 _action = "search"  # the action being run, for the line a stop prints
 

@@ -406,6 +406,7 @@ def known_keys(path: str) -> list[str]:
 
     from ckptmerge.merge.registry import METHODS, settings_of
     from ckptmerge.search import SPACES
+    from ckptmerge.search.space_settings import space_settings_of
 
     nested = {"model.trajectory": TrajectoryConfig, "search.space": SpaceConfig, **SECTIONS}
     if not path:
@@ -417,7 +418,7 @@ def known_keys(path: str) -> list[str]:
     if cls is MergeConfig:
         keys |= {f.name for m in METHODS for f in dataclasses.fields(settings_of(m))}
     if cls is SpaceConfig:
-        keys |= {f.name for s in SPACES for f in dataclasses.fields(SPACES.fact(s, "Settings"))}
+        keys |= {f.name for s in SPACES for f in dataclasses.fields(space_settings_of(s))}
     return sorted(keys)
 
 

@@ -82,12 +82,12 @@ def check_names(cfg: Config) -> None:
 
 def _check_search(cfg: Config) -> None:
     from ckptmerge.search import SEARCHERS, SPACES
-    from ckptmerge.search.space_settings import NoSettings, make_space_settings
+    from ckptmerge.search.space_settings import make_space_settings, space_settings_of
 
     SEARCHERS.check(cfg.search.kind)
     space = cfg.search.space
     SPACES.check(space.name)
-    make_space_settings(SPACES.fact(space.name, "Settings", NoSettings), space.name, space.settings)
+    make_space_settings(space_settings_of(space.name), space.name, space.settings)
 
 
 def _check_merge(cfg: Config) -> None:

@@ -21,6 +21,7 @@ from ckptmerge.errors import ConfigError
 from ckptmerge.merge.registry import METHODS, settings_of
 from ckptmerge.schema import fields_of
 from ckptmerge.search import SPACES
+from ckptmerge.search.space_settings import space_settings_of
 from tests.conftest import MAIN, REPO
 
 # Wrong values for each kind of key, as Python values (config_from_dict) and as command-line text.
@@ -78,7 +79,7 @@ def schema_keys() -> list[tuple[str, str, list[str]]]:
         for name, info in fields_of(settings_of(method)).items():
             out.append((f"merge.{name}", _kind(info.annotation), [f"merge={method}"]))
     for space in SPACES:
-        for name, info in fields_of(SPACES.fact(space, "Settings")).items():
+        for name, info in fields_of(space_settings_of(space)).items():
             out.append((f"search.space.{name}", _kind(info.annotation), [f"search/space={space}"]))
     return out
 

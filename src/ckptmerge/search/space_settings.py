@@ -45,3 +45,10 @@ def make_space_settings(settings: type, space: str, options: Mapping[str, Any], 
         return settings(**dict(options))
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{prefix} ({space}): {e}") from None
+
+
+def space_settings_of(name: str) -> type:
+    """The settings class of search space ``name`` (a declared built-in's without importing its module)."""
+    from ckptmerge.search import SPACES
+
+    return SPACES.fact(name, "Settings", NoSettings) or NoSettings
