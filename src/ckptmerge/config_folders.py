@@ -73,8 +73,8 @@ def config_folders(argv: list[str]) -> list[Path] | None:
             for entry in value.strip().strip("[]").split(","):
                 entry = entry.strip().strip("'\"")
                 if entry:
-                    folder = search_path_folder(entry)
-                    if folder is None:
+                    found = search_path_folder(entry)
+                    if found is None:
                         return None
-                    extra.append(folder)
+                    extra.append(found)
     return [primary, *extra]
