@@ -90,9 +90,9 @@ def installed(tmp_path_factory) -> Installed:
     (wheel,) = dist.glob("ckptmerge-*.whl")
     # A fresh environment: the wheel, plus this environment's dependencies after it on the path.
     venv = root / "venv"
-    _build([sys.executable, "-m", "venv", "--without-pip", str(venv)], root, env)
+    _build([sys.executable, "-m", "venv", str(venv)], root, env)
     python = venv / "bin" / "python"
-    _build([*pip, "--python", str(python), "install", "--no-deps", "--no-index", str(wheel)], root, env)
+    _build([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], root, env)
     site = next(venv.glob("lib/python*/site-packages"))
     deps = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
     (site / "zz_reuse_dependencies.pth").write_text("".join(f"{p}\n" for p in deps))
