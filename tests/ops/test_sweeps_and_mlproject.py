@@ -128,16 +128,3 @@ def test_mlproject_runs_the_installed_package():
         assert ep["command"].startswith("eval exec python -m ckptmerge action="), name
         assert "main.py" not in ep["command"], name
     assert (REPO / "src" / "ckptmerge" / "__main__.py").is_file()
-
-
-def test_sweep_jobs_run_the_packaged_hydra_app():
-    """A launcher ships the task function to its workers (joblib's loky processes, submitit's SLURM
-    jobs) by reference: it is the package's, importable wherever ckptmerge is installed, not a
-    function of the ``__main__`` script."""
-    import pickle
-
-    from ckptmerge.cli import hydra_main
-
-    task = hydra_main.__wrapped__  # what Hydra hands the launcher
-    assert task.__module__ == "ckptmerge.cli"
-    assert pickle.loads(pickle.dumps(task)) is task
