@@ -31,6 +31,7 @@ E2E_SEARCH_MODULES = (
 LONGEST_MODULES = (
     "tests/ops/test_server_promotion.py",
     "tests/integration/test_deepspeed.py",
+    "tests/integration/test_wheel_install.py",
     "tests/integration/test_watch.py",
     "tests/integration/test_output_ownership.py",
     "tests/integration/test_signals.py",

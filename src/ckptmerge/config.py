@@ -1,8 +1,8 @@
 """The configuration schema: every key's type, range, choices and default, declared once.
 
-Hydra stays at the edge; it composes ``conf/`` (whose YAML takes these defaults, see
-:func:`ckptmerge.config_rules.defaults_tree`) and hands the result to :func:`config_from_dict`, the
-one validation step:
+Hydra stays at the edge (:mod:`ckptmerge.cli`); it composes ``conf/``, whose presets take these
+defaults (:func:`ckptmerge.config_defaults.defaults_tree`), and hands the result to
+:func:`config_from_dict`, the one validation step:
 
 1. the ``plugins`` are imported (they may add merge methods, spaces, searchers, actions);
 2. the **schema**: each section is a strictly typed frozen dataclass (:mod:`ckptmerge.schema`):

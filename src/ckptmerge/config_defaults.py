@@ -53,6 +53,10 @@ def defaults_tree() -> dict[str, dict[str, Any]]:
     for name, cls in SECTIONS.items():
         nodes[name] = _node(cls, name)
     nodes["compare"]["methods"] = None  # null: every registered baseline, then our searches (at validation)
+    # null, not {}: an override such as eval.metrics={task: acc} replaces it (Hydra would merge into {})
+    nodes["eval"]["metrics"] = nodes["eval"]["weights"] = None
+    # ???: a model preset must say which checkpoints (model=local's user, on the command line)
+    nodes["model"]["checkpoints"] = "???"
     nodes["space"] = _node(SpaceConfig, "space")
     for method in METHODS:
         own = _node(settings_of(method), "settings")

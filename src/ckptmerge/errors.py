@@ -6,7 +6,7 @@ from __future__ import annotations
 class CkptMergeError(Exception):
     """A problem the user can fix (bad config, bad input, unreachable service).
 
-    ``src/main.py`` prints ``str(error)`` as one line and exits non-zero; nothing half done is kept.
+    ``ckptmerge.cli`` prints ``str(error)`` as one line and exits non-zero; nothing half done is kept.
     """
 
 
@@ -30,7 +30,7 @@ class Stopped(KeyboardInterrupt):
     """SIGTERM, SIGINT or SIGHUP arrived (``timeout``, ``docker stop``, Kubernetes, SLURM, Ctrl-C, a dropped
     ssh session).
 
-    Raised by the signal handler ``src/main.py`` installs, so that ``finally`` blocks and
+    Raised by the signal handler ``ckptmerge.cli`` installs, so that ``finally`` blocks and
     ``except BaseException`` cleanups run (the parent and trial runs end KILLED, a half-written merge
     is removed). A ``KeyboardInterrupt`` so that code which already treats Ctrl-C as a stop does so
     for SIGTERM too; it is no ``Exception``, so nothing that catches errors swallows it.

@@ -14,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from ckptmerge.runtime.distributed import free_port
-from tests.conftest import MAIN, run_main
+from tests.conftest import run_main
 
 pytestmark = pytest.mark.slow
 
@@ -35,8 +35,9 @@ def _args(work: Path, traj_cache: Path, name: str) -> list[str]:
 
 
 def run_deepspeed(args: list[str], cwd: Path, nproc: int = 2, timeout: int = 600) -> subprocess.CompletedProcess:
+    """As docs/deepspeed.md says to: every rank is ``python -u -m ckptmerge`` (the installed package)."""
     launcher = Path(sys.executable).parent / "deepspeed"
-    cmd = [str(launcher), "--num_gpus", str(nproc), "--master_port", str(free_port()), str(MAIN), *args]
+    cmd = [str(launcher), "--num_gpus", str(nproc), "--master_port", str(free_port()), "--module", "ckptmerge", *args]
     return subprocess.run(cmd, cwd=cwd, env=dict(os.environ), capture_output=True, text=True, timeout=timeout)
 
 

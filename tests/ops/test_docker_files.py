@@ -135,19 +135,50 @@ def test_mlflow_server_options_exist(compose, mlflow_server_help):
         assert re.search(rf"\s{re.escape(opt)}[\s/]", helptext), f"mlflow server has no option {opt}"
 
 
-def instructions(path: Path) -> dict[str, list[str]]:
-    """The last ENTRYPOINT and CMD of a Dockerfile (exec form), and every COPY source."""
-    out: dict[str, list[str]] = {"ENTRYPOINT": [], "CMD": [], "COPY": []}
+def stages(path: Path) -> list[dict]:
+    """Each stage of a Dockerfile (multi-stage builds): its name, base image, the sources it COPYs from
+    the build context and from other stages, its RUN commands, and its last ENTRYPOINT and CMD (exec
+    form)."""
+    out: list[dict] = []
     text = re.sub(r"\\\n", " ", path.read_text())
     for line in text.splitlines():
         word, _, rest = line.strip().partition(" ")
         word = word.upper()
-        if word in ("ENTRYPOINT", "CMD"):
-            out[word] = json.loads(rest)  # exec form only: shell form would swallow signals
+        if word == "FROM":
+            parts = rest.split()
+            name = parts[2] if len(parts) == 3 and parts[1].upper() == "AS" else None
+            out.append(
+                {"name": name, "base": parts[0], "COPY": [], "COPY_FROM": [], "RUN": [], "ENTRYPOINT": [], "CMD": []}
+            )
+        elif word in ("ENTRYPOINT", "CMD"):
+            out[-1][word] = json.loads(rest)  # exec form only: shell form would swallow signals
+        elif word == "RUN":
+            out[-1]["RUN"].append(rest)
         elif word == "COPY":
+            options = [p for p in rest.split() if p.startswith("--")]
             parts = [p for p in rest.split() if not p.startswith("--")]
-            out["COPY"] += parts[:-1]
+            source = next((o.split("=", 1)[1] for o in options if o.startswith("--from=")), None)
+            if source is None:
+                out[-1]["COPY"] += parts[:-1]
+            else:
+                out[-1]["COPY_FROM"].append((source, parts[:-1]))
     return out
+
+
+def instructions(path: Path) -> dict[str, list[str]]:
+    """The final stage's ENTRYPOINT and CMD, and every COPY source from the build context (all stages)."""
+    all_stages = stages(path)
+    return {
+        "ENTRYPOINT": all_stages[-1]["ENTRYPOINT"],
+        "CMD": all_stages[-1]["CMD"],
+        "COPY": [src for stage in all_stages for src in stage["COPY"]],
+    }
+
+
+def console_scripts() -> dict[str, str]:
+    import tomllib
+
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
 
 
 @pytest.mark.parametrize("path", DOCKERFILES, ids=[p.name for p in DOCKERFILES])
@@ -157,8 +188,9 @@ def test_dockerfile_commands_name_real_entry_points(path, mlflow_server_help):
         assert ins["ENTRYPOINT"] == ["mlflow", "server"] and "--backend-store-uri" in mlflow_server_help
         assert shutil.which("mlflow", path=str(Path(sys.executable).parent)) or shutil.which("mlflow")
         return
-    assert ins["ENTRYPOINT"] == ["python", "src/main.py"]
-    assert (REPO / "src" / "main.py").is_file()
+    # The image runs the installed command, the one the wheel declares (not a checkout's src/main.py).
+    assert ins["ENTRYPOINT"] == ["ckptmerge"]
+    assert console_scripts()["ckptmerge"] == "ckptmerge.cli:main"
     for src in ins["COPY"]:
         assert (REPO / src).exists(), f"{path.name}: COPY {src} does not exist"
     # The default CMD is a list of Hydra overrides that compose and validate.
@@ -166,16 +198,34 @@ def test_dockerfile_commands_name_real_entry_points(path, mlflow_server_help):
     from hydra import initialize_config_dir
     from omegaconf import OmegaConf
 
+    from ckptmerge.cli import store_schema
     from ckptmerge.config import config_from_dict
 
+    store_schema()  # the schema's defaults, as the app registers them before composing
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = hydra_compose(config_name="config", overrides=list(ins["CMD"]))
     config_from_dict(OmegaConf.to_container(cfg, resolve=True))
-    # The image holds what the entry point and `mlflow run` need, and .dockerignore lets it in.
+    # What building the wheel and `mlflow run` need is copied, and .dockerignore lets it in.
     ignore = (REPO / ".dockerignore").read_text().splitlines()
-    for needed in ("src", "conf", "pyproject.toml", "README.md", "MLproject", "python_env.yaml"):
-        assert needed in ins["COPY"], f"{path.name} does not COPY {needed}"
-        assert f"!{needed}" in ignore, f".dockerignore excludes {needed}"
+    needed = ("src", "conf", "pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "MLproject", "python_env.yaml")
+    for name in needed:
+        assert name in ins["COPY"], f"{path.name} does not COPY {name}"
+        assert f"!{name}" in ignore, f".dockerignore excludes {name}"
+
+
+@pytest.mark.parametrize("path", [p for p in DOCKERFILES if p.name != "mlflow.Dockerfile"], ids=lambda p: p.name)
+def test_images_install_the_wheel_built_in_a_stage_of_their_own(path):
+    """A builder stage makes the wheel from the source; the final stage installs that wheel and holds no
+    source: what runs in the image is what `pip install ckptmerge-*.whl` gives any user."""
+    *builders, final = stages(path)
+    wheel_stages = [s for s in builders if any(re.search(r"\bpip wheel\b.*--wheel-dir /dist\b", r) for r in s["RUN"])]
+    assert len(wheel_stages) == 1, f"{path.name}: no stage builds the wheel into /dist"
+    builder = wheel_stages[0]
+    assert builder["name"] and {"src", "conf", "setup.py", "MANIFEST.in"} <= set(builder["COPY"])
+    assert final["COPY_FROM"] == [(builder["name"], ["/dist"])]
+    assert any(re.search(r"pip install [^&]*/dist/ckptmerge-\*\.whl", r) for r in final["RUN"]), final["RUN"]
+    assert not {"src", "conf", "setup.py"} & set(final["COPY"]), f"{path.name}: the final image copies the source"
+    assert final["base"] != builder["name"]
 
 
 def test_dockerfiles_lint_clean():

@@ -71,6 +71,9 @@ def test_sweep_over_adjacent_pairs_lands_in_one_experiment(tmp_path, traj_cache,
 def _compose_hydra(overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
+    from ckptmerge.cli import store_schema
+
+    store_schema()  # the schema's defaults, as the app registers them before composing
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(config_name="config", overrides=overrides, return_hydra_config=True)
 
@@ -116,3 +119,15 @@ def test_slurm_launcher_composes_and_renders_an_sbatch_script(tmp_path, monkeypa
         "#SBATCH --job-name=ckptmerge",
     ):
         assert line in script
+
+
+def test_mlproject_runs_the_installed_package():
+    """`mlflow run` starts `python -m ckptmerge` (an editable install, a wheel or the docker/ images),
+    never a path into a checkout."""
+    import yaml
+
+    entry_points = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]
+    for name, ep in entry_points.items():
+        assert ep["command"].startswith("eval exec python -m ckptmerge action="), name
+        assert "main.py" not in ep["command"], name
+    assert (REPO / "src" / "ckptmerge" / "__main__.py").is_file()

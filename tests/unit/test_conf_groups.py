@@ -8,6 +8,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from ckptmerge.cli import store_schema
 from ckptmerge.config import Config, config_from_dict
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -16,6 +17,7 @@ OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).glob("*.yaml")
 
 
 def _compose(overrides):
+    store_schema()  # the schema's defaults (the group schema/*), as the app registers them before composing
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
     return config_from_dict(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
@@ -72,3 +74,28 @@ def test_local_without_checkpoints_is_refused():
 
     with pytest.raises(MissingMandatoryValue):
         _compose(["model=local"])
+
+
+# keys that say which preset a file is, restated on purpose (runtime=cpu is named cpu, model=embedded embedded)
+IDENTITY = {"name", "kind", "method", "source"}
+
+
+PRESETS = OPTIONS + [("search/space", f.stem) for f in sorted((CONF / "search" / "space").glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("group, option", PRESETS, ids=[f"{g}={o}" for g, o in PRESETS])
+def test_no_preset_restates_a_default_of_the_schema(group, option):
+    """Every default is written once, in the schema: a preset lists only what it changes."""
+    import yaml
+
+    from ckptmerge.config_defaults import defaults_tree
+
+    tree = defaults_tree()
+    node = "space" if group == "search/space" else group
+    defaults = dict(tree[node])
+    for key, value in tree.items():
+        if key.startswith(("merge_settings/", "space_settings/")) and key.endswith(f"/{option}"):
+            defaults.update(value)
+    data = yaml.safe_load((CONF / group / f"{option}.yaml").read_text()) or {}
+    restated = {k for k, v in data.items() if k not in IDENTITY and k in defaults and v == defaults[k]}
+    assert not restated, f"conf/{group}/{option}.yaml restates the schema's default of {sorted(restated)}"

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from ckptmerge.config import CompareConfig, ConfigError, MergeConfig, compare_methods, config_from_dict
-from ckptmerge.merge import METHODS, baseline_names, get_method, method, register, searchable
+from ckptmerge.merge import METHODS, baseline_names, get_method, method, register, searchable, settings_of
 from ckptmerge.merge.soups import greedy_weights
 
 CONF_MERGE = Path(__file__).resolve().parents[2] / "conf" / "merge"
@@ -28,16 +28,17 @@ def test_the_built_in_methods_declare_what_they_need():
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_a_method_with_settings_has_its_yaml_with_the_same_defaults(name):
+def test_a_method_with_settings_has_its_yaml_which_takes_them_from_the_schema(name):
+    """Defaults in one place: a method's YAML pulls its settings' defaults from the schema, restating none."""
     m = method(name)
-    path = CONF_MERGE / f"{name}.yaml"
     if not m.has_settings:
         return
-    data = yaml.safe_load(path.read_text())
+    data = yaml.safe_load((CONF_MERGE / f"{name}.yaml").read_text())
     assert data["method"] == name
+    assert any(str(d).startswith(f"/schema/merge_settings/{name}@_here_") for d in data["defaults"])
     shared = {f.name for f in dataclasses.fields(MergeConfig)}
-    own = {k: v for k, v in data.items() if k not in shared and k != "defaults"}
-    assert own == dataclasses.asdict(m.settings()), path
+    assert not {k for k in data if k not in shared and k != "defaults"}, "a setting's default restated in YAML"
+    assert dataclasses.asdict(m.settings()) == dataclasses.asdict(settings_of(name)())
 
 
 @pytest.mark.parametrize("path", sorted(CONF_MERGE.glob("*.yaml")), ids=lambda p: p.stem)

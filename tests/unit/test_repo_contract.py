@@ -26,7 +26,8 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_the_ckptmerge_command_is_python_src_main_py(tmp_path):
-    """The console script runs the same entry point: same config, same one-line errors, same exit status."""
+    """The console script and ``python -m ckptmerge`` run the same entry point as ``python src/main.py``:
+    same config, same one-line errors, same exit status, from any folder."""
     import subprocess
     import sys
 
@@ -37,8 +38,12 @@ def test_the_ckptmerge_command_is_python_src_main_py(tmp_path):
     via_main = subprocess.run(
         [sys.executable, str(REPO / "src" / "main.py"), *bad], capture_output=True, text=True, cwd=tmp_path, timeout=300
     )
-    assert via_script.returncode == via_main.returncode == 2
-    assert via_script.stderr.strip().splitlines()[-1] == via_main.stderr.strip().splitlines()[-1]
+    via_module = subprocess.run(
+        [sys.executable, "-m", "ckptmerge", *bad], capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
+    assert via_script.returncode == via_main.returncode == via_module.returncode == 2
+    last = {p.stderr.strip().splitlines()[-1] for p in (via_script, via_main, via_module)}
+    assert len(last) == 1, last
     assert "search.budget must be an integer >= 2" in via_script.stderr
 
 

@@ -287,7 +287,9 @@ VALIDATE_ONLY = r"""
 import json, sys
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from ckptmerge.cli import store_schema
 from ckptmerge.config import config_from_dict
+store_schema()
 conf, cases = sys.argv[1], json.loads(sys.argv[2])
 for overrides in cases:
     with initialize_config_dir(config_dir=conf, version_base="1.3"):

@@ -1,6 +1,6 @@
-"""The actions ``action=NAME`` runs: one table, read by config validation, ``src/main.py`` and the docs.
+"""The actions ``action=NAME`` runs: one table, read by config validation, ``ckptmerge.cli`` and the docs.
 
-Every action is a function ``run(cfg, context) -> dict``; ``src/main.py`` dispatches through this
+Every action is a function ``run(cfg, context) -> dict``; ``ckptmerge.cli`` dispatches through this
 registry and writes the returned dict as ``result.json`` in the run directory, with the fields every
 action's result shares (``action``, and ``mlflow``, ``output_dir``, ``registered_model`` where the
 action has them). Entries name their function as ``module:function`` and are imported only when run,

@@ -5,10 +5,11 @@
 
 On each save (rank 0 only) it marks the new ``checkpoint-N`` folder complete (``.ckptmerge-complete``:
 the watcher then need not wait for the settling interval) and, when no watcher it started is running,
-starts ``python src/main.py action=watch model=local watch.dir=<output_dir> ...`` in its own process
-group and session. Training never waits for evaluation: the watcher polls the folder, searches each new
-adjacent pair and exits after ``idle_exit_s`` without a new checkpoint; the next save starts it again
-(the same command continues where the last one stopped, its state is in MLflow).
+starts ``python -m ckptmerge action=watch model=local watch.dir=<output_dir> ...`` in its own process
+group and session, with the training script's interpreter (``sys.executable``): the ckptmerge installed
+there runs the watcher. Training never waits for evaluation: the watcher polls the folder, searches each
+new adjacent pair and exits after ``idle_exit_s`` without a new checkpoint; the next save starts it
+again (the same command continues where the last one stopped, its state is in MLflow).
 """
 
 from __future__ import annotations
@@ -24,15 +25,14 @@ from transformers import TrainerCallback
 
 from ckptmerge.watch.completeness import CKPTMERGE_MARKER
 
-# src/main.py of this checkout (or editable install): the package lives in src/ckptmerge/
-DEFAULT_MAIN = Path(__file__).resolve().parents[2] / "main.py"
-
 
 class CkptMergeCallback(TrainerCallback):
     """Start (or leave running) a ckptmerge watcher on the Trainer's ``output_dir`` at each save.
 
     ``overrides``: extra Hydra overrides for the watcher (tasks, tracking URI, registry name, budget...).
     ``log_file``: where the watcher's stdout and stderr go (default: ``<output_dir>/ckptmerge-watch.log``).
+    ``python``: the interpreter whose installed ckptmerge runs the watcher (``python -m ckptmerge``);
+    ``main_py``: a script to run instead (a checkout's ``src/main.py``).
     """
 
     def __init__(
@@ -48,7 +48,7 @@ class CkptMergeCallback(TrainerCallback):
     ) -> None:
         self.overrides = list(overrides)
         self.idle_exit_s, self.poll_s = idle_exit_s, poll_s
-        self.main_py = Path(main_py) if main_py else DEFAULT_MAIN
+        self.main_py = Path(main_py) if main_py else None
         self.python, self.cwd, self.env = python, cwd, env
         self.log_file = Path(log_file) if log_file else None
         self.process: subprocess.Popen | None = None
@@ -56,9 +56,9 @@ class CkptMergeCallback(TrainerCallback):
         self._log: IO[str] | None = None
 
     def command(self, output_dir: str | Path) -> list[str]:
+        start = [self.python, str(self.main_py)] if self.main_py else [self.python, "-m", "ckptmerge"]
         return [
-            self.python,
-            str(self.main_py),
+            *start,
             "action=watch",
             "model=local",
             f"watch.dir={Path(output_dir).resolve()}",

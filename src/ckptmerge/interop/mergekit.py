@@ -57,7 +57,7 @@ def mergekit_yaml(models: Sequence[str], weights: Sequence[float], out_dtype: st
     header = (
         "# The same linear merge for mergekit (https://github.com/arcee-ai/mergekit), written by ckptmerge:\n"
         "#   mergekit-yaml mergekit_config.yml OUTPUT_DIR\n"
-        "# or, with ckptmerge: python src/main.py action=merge merge.mergekit_config=mergekit_config.yml "
+        "# or, with ckptmerge: ckptmerge action=merge merge.mergekit_config=mergekit_config.yml "
         "merge.output_dir=OUTPUT_DIR\n"
     )
     return header + yaml.safe_dump(config, sort_keys=False)

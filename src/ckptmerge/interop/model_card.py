@@ -12,6 +12,7 @@ import shlex
 from collections.abc import Sequence
 from typing import Any
 
+from ckptmerge import __version__
 from ckptmerge.interop.facts import MergeFacts
 from ckptmerge.interop.mergekit import CONFIG_FILE
 
@@ -55,8 +56,7 @@ def reproduce_command(facts: MergeFacts) -> str:
     models = ",".join(c["model"] for c in facts.checkpoints)
     weights = ",".join(repr(float(w)) for w in facts.weights.values())
     args = [
-        "python",
-        "src/main.py",
+        "ckptmerge",  # the installed command (a checkout: python src/main.py)
         "action=merge",
         "model=local",
         f"model.checkpoints=[{models}]",
@@ -72,7 +72,8 @@ def _body(facts: MergeFacts, model_name: str) -> str:
     parts = [
         f"# {model_name}",
         "",
-        f"A weight-space merge of {len(facts.checkpoints)} adjacent pretraining checkpoints, made by ckptmerge: "
+        f"A weight-space merge of {len(facts.checkpoints)} adjacent pretraining checkpoints, made by ckptmerge "
+        f"{__version__}: "
         f"**{facts.weights_text()}** ({facts.method}: Σ wᵢ·θᵢ in fp32, cast to "
         f"{facts.out_dtype or 'the checkpoints’ dtype'}).",
         "",

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from ckptmerge import __version__
 from ckptmerge.config import TrackingConfig
 from ckptmerge.errors import TrackingError
 from ckptmerge.signals import HoldingStops
@@ -322,7 +323,8 @@ class SearchTracker:
         """
         from mlflow.entities import Param, RunTag
 
-        all_tags = {names.TAG_KIND: "search", **(tags or {})}
+        # the version that last ran it (a resumed search: the one that resumed it)
+        all_tags = {names.TAG_KIND: "search", names.TAG_VERSION: __version__, **(tags or {})}
         if resume_run_id:
             self.run_id = resume_run_id
             self.client.update_run(resume_run_id, status="RUNNING")
@@ -448,7 +450,11 @@ class SearchTracker:
         run = self.client.create_run(
             self.experiment_id,
             run_name=run_name or f"trial-{index:03d}",
-            tags={"mlflow.parentRunId": parent_run_id or self.run_id, names.TAG_KIND: kind},
+            tags={
+                "mlflow.parentRunId": parent_run_id or self.run_id,
+                names.TAG_KIND: kind,
+                names.TAG_VERSION: __version__,
+            },
         )
         self._open_children[run.info.run_id] = None  # until end_trial: finishing() ends it if the block fails
         items = [Param(names.safe_key(k), redact(str(v))) for k, v in params.items()]

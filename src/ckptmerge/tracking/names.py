@@ -34,6 +34,7 @@ TAG_OBJECTIVE = "ckptmerge.objective"
 TAG_CHECKPOINTS = "ckptmerge.checkpoints"
 TAG_ERROR = "ckptmerge.error"  # first line of the error that ended a run (or trial) FAILED
 TAG_STOPPED_BY = "ckptmerge.stopped_by"  # SIGTERM | SIGINT: the signal that ended a run (or trial) KILLED
+TAG_VERSION = "ckptmerge.version"  # on every run ckptmerge creates and every model version it registers
 # Watch run (action=watch: one per watch, its metrics stepped by the newer checkpoint's training step)
 KIND_WATCH = "watch"
 TAG_WATCH_KEY = "ckptmerge.watch.key"  # on the watch run and its searches: folder + search settings

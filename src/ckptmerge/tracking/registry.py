@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ckptmerge import __version__
 from ckptmerge.errors import TrackingError
 from ckptmerge.tracking import names
 from ckptmerge.tracking.secrets import redact
@@ -112,7 +113,7 @@ def log_and_register(
             registry_name,
             info.model_uri,
             run_id=run_id,
-            tags={k: redact(str(v)) for k, v in tags.items()},
+            tags={names.TAG_VERSION: __version__, **{k: redact(str(v)) for k, v in tags.items()}},
             description=redact(description),
             model_id=info.model_id,  # a tracking server requires it for models:/m-... sources
         )
