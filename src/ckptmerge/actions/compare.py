@@ -365,11 +365,32 @@ def _bar_chart(results: list[MethodResult], baseline: float | None) -> Any:
     return fig
 
 
+def check_methods(cfg: Config) -> None:
+    """Each method's needs, before the study starts: a check that could fail after the other methods
+    ran (every setting, calibration text for a calibration method) fails before the first evaluation.
+    The embedded trajectory brings its own calibration text; local checkpoints need
+    ``compare.calibration_path``, and the file is read now (missing, empty) rather than when its method runs."""
+    for name in cfg.compare.methods:
+        if searched_method(name) is not None:
+            continue
+        cfg.compare.method_settings(name)  # a bad compare.settings.NAME fails now
+        if merge_method(name).calibration is None:
+            continue
+        if cfg.compare.calibration_path:
+            read_texts(Path(cfg.compare.calibration_path).expanduser())
+        elif cfg.model.source != "embedded":
+            raise ConfigError(
+                f"compare.calibration_path is needed for {name} (a JSONL file with a 'text' field, never dev "
+                f"or test text); set it, or leave {name} out of compare.methods"
+            )
+
+
 def run_compare(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") -> dict[str, Any]:
     """Run ``compare.methods``; write ``compare.{md,csv,png,json}`` into ``run_dir``."""
     from rich.console import Console
     from rich.table import Table
 
+    check_methods(cfg)
     study = start_study(cfg, cwd, config_yaml, "compare", last=cfg.compare.last)
     tracker, sources, session, resident, parent = (
         study.tracker,
