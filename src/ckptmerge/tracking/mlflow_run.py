@@ -273,8 +273,16 @@ class SearchTracker:
     def _experiment(self, cfg: TrackingConfig, cwd: Path) -> str:
         """``tracking.experiment``, created on first use. Parallel sweep jobs may race to create it."""
         exp = self.client.get_experiment_by_name(cfg.experiment)
+        if exp is not None and exp.lifecycle_stage == "deleted":  # deleted in the UI: MLflow keeps its name
+            raise TrackingError(
+                f"tracking.experiment={cfg.experiment} was deleted in {self.display_uri} (experiment id "
+                f"{exp.experiment_id}); restore it (MLflow UI, or `mlflow experiments restore --experiment-id "
+                f"{exp.experiment_id}`) or name another experiment"
+            )
         if exp is not None:
+            self._refuse_served_sqlite(exp.artifact_location)
             return exp.experiment_id
+        self._refuse_served_sqlite(None)
         location = cfg.artifact_location
         if location is None and urlparse(self.uri).scheme in ("sqlite", "", "file"):
             location = default_artifact_location(cwd)
@@ -285,6 +293,26 @@ class SearchTracker:
             if exp is None:
                 raise
             return exp.experiment_id
+
+    def _refuse_served_sqlite(self, artifact_location: str | None) -> None:
+        """Refuse a direct ``sqlite:///DB`` (or folder store) on a database that an ``mlflow server`` serves.
+
+        Such a server proxies artifacts (``mlflow-artifacts:/`` locations, which only a server's clients can
+        write), and the searches through it take their lock in the store, not beside the file: a direct
+        client would crash at its first artifact and would not see their lock. The store records it: the
+        experiment's artifact location, or the Default experiment's, which the server created.
+        """
+        if urlparse(self.uri).scheme not in ("sqlite", "", "file"):
+            return
+        locations = [artifact_location]
+        with contextlib.suppress(Exception):
+            locations.append(self.client.get_experiment("0").artifact_location)
+        if any(str(loc or "").startswith("mlflow-artifacts:") for loc in locations):
+            raise TrackingError(
+                f"tracking.uri={self.display_uri} is a database that an mlflow server serves (its artifacts "
+                "are proxied, mlflow-artifacts:/); use that server's URL as tracking.uri, so that its searches "
+                "and this one share one store and one lock"
+            )
 
     def _tag_experiment_kind(self) -> None:
         """Mark the experiment as model development, so that MLflow's UI opens it on its runs (untagged,
