@@ -251,7 +251,7 @@ def main(cfg: DictConfig) -> None:
     except CkptMergeError as e:
         log.debug("user error", exc_info=True)
         _error_line(str(e))
-        sys.exit(EXIT_USER_ERROR)
+        sys.exit(getattr(e, "exit_code", EXIT_USER_ERROR))  # 75 when the tracking store stayed down
     except KeyboardInterrupt as e:  # SIGTERM or SIGINT (Stopped), or a plain Ctrl-C
         _report_stop(e)
 

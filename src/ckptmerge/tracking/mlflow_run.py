@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -142,6 +143,40 @@ def _is_locked(e: BaseException) -> bool:
     return False
 
 
+EXIT_STORE_UNAVAILABLE = 75  # EX_TEMPFAIL: try again later; a scheduler may retry the same command
+
+
+class StoreUnavailable(TrackingError):
+    """A tracking call failed after MLflow's own retries (connection refused, timeouts, 5xx answers):
+    the store is down for longer than the client waits. The run stops; the same command resumes it."""
+
+    exit_code = EXIT_STORE_UNAVAILABLE
+
+    def __init__(self, uri: str, reason: str) -> None:
+        super().__init__(
+            f"the MLflow store {redact(uri)} did not answer after MLflow's retries ({reason}); the run stopped "
+            "and is left to resume: run the same command again once the store is back (how long MLflow "
+            "retries: MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_TIMEOUT, docs/operations.md)"
+        )
+
+
+def _unavailable(e: BaseException) -> str | None:
+    """Why the store did not answer, when ``e`` (or what caused it) is MLflow giving up on a request."""
+    seen = 0
+    cur: BaseException | None = e
+    while cur is not None and seen < 10:
+        text = str(cur)
+        if type(cur).__module__.split(".")[0] == "mlflow" and text.startswith("API request to"):
+            if "timeout exception" in text or "Read timed out" in text:
+                return "timed out"
+            if "failed with exception" in text:
+                return "connection refused" if "refused" in text else "no connection"
+            if code := re.search(r"failed with error code (5\d\d)", text):
+                return f"HTTP {code.group(1)}"
+        cur, seen = cur.__cause__ or cur.__context__, seen + 1
+    return None
+
+
 class _LockedFilter(logging.Filter):
     """Drops MLflow's traceback for "database is locked" (``mlflow.store.db.utils`` logs it before it
     raises): :class:`StoreLocked` says it in one line."""
@@ -171,6 +206,8 @@ class _OneLineStoreErrors:
             except Exception as e:
                 if _is_locked(e):
                     raise StoreLocked(self._uri) from None
+                if why := _unavailable(e):
+                    raise StoreUnavailable(self._uri, why) from None
                 raise
 
         return call
@@ -424,6 +461,15 @@ class SearchTracker:
                 e = StoreLocked(self.uri)  # an MLflow call not made through self.client (model logging)
                 self._end_after(e)
                 raise e from None
+            why = _unavailable(e) if isinstance(e, Exception) and not isinstance(e, TrackingError) else None
+            if why:  # as above, an MLflow call not made through self.client
+                e = StoreUnavailable(self.uri, why)
+            if isinstance(e, StoreUnavailable):
+                with _fast_fail_http():  # one try to mark the runs, not MLflow's minutes of retries again
+                    self._end_after(e)
+                if why:
+                    raise e from None
+                raise
             self._end_after(e)
             raise
         self.finish("FINISHED")
