@@ -228,7 +228,7 @@ def _report_stop(e: KeyboardInterrupt) -> None:
     from ckptmerge.errors import Stopped
 
     name, code = (e.signal_name, e.exit_code) if isinstance(e, Stopped) else ("SIGINT", 130)
-    then = "resume" if _action in ("search", "watch") else "start it again"
+    then = "resume" if _action in ("search", "watch", "pilot", "compare") else "start it again"
     _error_line(f"stopped by {name}; run the same command again to {then}")
     sys.exit(code)
 

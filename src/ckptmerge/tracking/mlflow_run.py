@@ -489,6 +489,15 @@ class SearchTracker:
                     frontier.append(r.info.run_id)
         return [r for r in found if self.client.get_run(r).info.status == "RUNNING"]
 
+    def end_interrupted_children(self) -> list[str]:
+        """On a resumed run: end the child runs (and theirs) that its killed process left RUNNING, FAILED
+        with ``ckptmerge.trial_status=interrupted``; they are done again. Returns their ids."""
+        children = self._running_descendants()
+        for child in children:
+            self.set_tags({names.TAG_TRIAL_STATUS: "interrupted"}, child)
+            self.end_trial(child, "FAILED")
+        return children
+
     def _end_after(self, e: BaseException) -> None:
         """End the open child runs and the parent after ``e``; a failure here (the store itself may be
         what failed) is logged, never raised in place of ``e``."""
