@@ -254,7 +254,7 @@ def _report_stop(e: KeyboardInterrupt) -> None:
     from ckptmerge.errors import Stopped
 
     name, code = (e.signal_name, e.exit_code) if isinstance(e, Stopped) else ("SIGINT", 130)
-    then = "resume" if _action in ("search", "watch") else "start it again"
+    then = "resume" if _action in ("search", "watch", "pilot", "compare") else "start it again"
     _error_line(f"stopped by {name}; run the same command again to {then}")
     sys.exit(code)
 
@@ -277,7 +277,7 @@ def hydra_main(cfg: DictConfig) -> None:
     except CkptMergeError as e:
         log.debug("user error", exc_info=True)
         _error_line(str(e))
-        sys.exit(EXIT_USER_ERROR)
+        sys.exit(getattr(e, "exit_code", EXIT_USER_ERROR))  # 75 when the tracking store stayed down
     except KeyboardInterrupt as e:  # SIGTERM or SIGINT (Stopped), or a plain Ctrl-C
         _report_stop(e)
 
@@ -348,6 +348,39 @@ def _check_moved_keys(argv: list[str]) -> None:
             sys.exit(EXIT_USER_ERROR)
 
 
+def _checkpoint_holding(folder: Path) -> Path | None:
+    """The checkpoint folder (a ``config.json`` beside model weights) that is ``folder`` or holds it."""
+    for f in (folder, *folder.parents):
+        weights = ("model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin")
+        if (f / "config.json").is_file() and any(next(f.glob(w), None) for w in weights):
+            return f
+    return None
+
+
+def _check_override_syntax(argv: list[str]) -> None:
+    """An override Hydra cannot read (``tracking.experiment=essai-é``: unquoted unicode) as one line
+    saying how to quote it, instead of Hydra's multi-line lexer report."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue  # Hydra's own flags (-m, --cfg job, -cn NAME) and their values
+        try:
+            parser.parse_overrides([arg])
+        except OverrideParseException as e:
+            key, _, value = arg.partition("=")
+            first = str(e).splitlines()[0].split(":", 1)[0]
+            print(
+                f"error: Hydra cannot read the override {redact(arg)!r} ({first}); a value with non-ASCII letters "
+                f"or characters such as ()[]{{}}:,= goes in quotes: {redact(key)}='{redact(value)}' (in a shell, "
+                f"quote it again: \"{redact(key)}='{redact(value)}'\")",
+                file=sys.stderr,
+            )
+            sys.exit(EXIT_USER_ERROR)
+
+
 def _check_run_dir(argv: list[str]) -> None:
     """A run folder that cannot be created or written (read-only, under /proc) as one line: Hydra
     creates it before main() runs and reports a failure as a traceback. Checked by doing what Hydra
@@ -360,6 +393,13 @@ def _check_run_dir(argv: list[str]) -> None:
         if not values or "${" in values[-1]:
             continue
         value = values[-1].strip("'\"")
+        if held := _checkpoint_holding(Path(value).expanduser().resolve()):
+            print(
+                f"error: {key}={redact(value)} is inside the checkpoint folder {redact(str(held))}; a run writes "
+                "result.json, .hydra/ and merges into its run folder: choose one outside every checkpoint",
+                file=sys.stderr,
+            )
+            sys.exit(EXIT_USER_ERROR)
         try:
             folder = Path(value).expanduser()
             folder.mkdir(parents=True, exist_ok=True)
@@ -387,6 +427,7 @@ def main() -> None:
         sys.exit(0)
     _check_group_choices(sys.argv[1:])
     _check_moved_keys(sys.argv[1:])
+    _check_override_syntax(sys.argv[1:])
     _check_run_dir(sys.argv[1:])
     # Hydra raises what it cannot compose (an unknown key, a scalar over a section, an unparsable
     # override) instead of printing several lines and exiting 1: _composition_error words it as one.

@@ -55,6 +55,29 @@ def test_file_lock_refuses_a_second_holder_and_dies_with_the_first(tmp_path):
     search_lock.acquire(uri, None, None, "k123").release()  # and release() frees it within the process
 
 
+@pytest.mark.parametrize("spelling", ["symlink", "dotdot"])
+def test_one_sqlite_store_under_two_names_is_one_lock(tmp_path, spelling):
+    """The same database through a symlink (or a path through ``..``) is the same store: one lock."""
+    real = tmp_path / "store" / "mlflow.db"
+    real.parent.mkdir()
+    real.touch()
+    if spelling == "symlink":
+        (tmp_path / "elsewhere").mkdir()
+        other = tmp_path / "elsewhere" / "team.db"
+        other.symlink_to(real)
+    else:
+        (tmp_path / "sub").mkdir()
+        other = tmp_path / "sub" / ".." / "store" / "mlflow.db"
+    lock = search_lock.acquire(f"sqlite:///{real}", None, None, "k1")
+    try:
+        lock.attach("RUN1", created=True)
+        with pytest.raises(SearchRunning, match="run RUN1"):
+            search_lock.acquire(f"sqlite:///{other}", None, None, "k1")
+    finally:
+        lock.release()
+    search_lock.acquire(f"sqlite:///{other}", None, None, "k1").release()
+
+
 def _store(tmp_path):
     from mlflow.tracking import MlflowClient
 

@@ -32,7 +32,7 @@ import torch
 from ckptmerge.calibration import read_texts
 from ckptmerge.config import Config, ConfigError, searched_method
 from ckptmerge.errors import EvaluationError
-from ckptmerge.evaluation.doc_scores import DocScores
+from ckptmerge.evaluation.doc_scores import DocScores, scores_from_json, scores_json
 from ckptmerge.evaluation.uncertainty import Gain, gains_by_metric
 from ckptmerge.merge import baseline_names, linear_merge
 from ckptmerge.merge import method as merge_method
@@ -51,6 +51,8 @@ from ckptmerge.tracking.secrets import redact_data
 
 log = logging.getLogger(__name__)
 
+ARTIFACT_METHOD = "method.json"  # a method run's result and per-document scores, for a resumed comparison
+
 
 @dataclass
 class MethodResult:
@@ -67,6 +69,29 @@ class MethodResult:
     gain: Gain | None = None  # dev objective vs the newest checkpoint alone, paired
     test_gains: dict[str, Gain] = field(default_factory=dict)
 
+    def as_record(self) -> dict[str, Any]:
+        """Everything a resumed comparison needs to reuse this method without running it again."""
+        return {
+            **{k: v for k, v in self.as_json().items() if k not in ("gain", "test_gains")},
+            "dev_scores": json.loads(scores_json(self.dev_scores)) if self.dev_scores else None,
+            "test_scores": json.loads(scores_json(self.test_scores)) if self.test_scores else None,
+        }
+
+    @classmethod
+    def from_record(cls, d: dict[str, Any]) -> MethodResult:
+        return cls(
+            d["method"],
+            float(d["objective"]),
+            int(d["evaluations"]),
+            float(d["seconds"]),
+            d["weights"],
+            d["dev_metrics"],
+            d["test_metrics"],
+            d["run_id"],
+            dev_scores=scores_from_json(json.dumps(d["dev_scores"])) if d["dev_scores"] else None,
+            test_scores=scores_from_json(json.dumps(d["test_scores"])) if d["test_scores"] else None,
+        )
+
     def as_json(self) -> dict[str, Any]:
         return {
             "method": self.method,
@@ -80,6 +105,27 @@ class MethodResult:
             "gain": self.gain.as_json() if self.gain else None,
             "test_gains": {k: g.as_json() for k, g in self.test_gains.items()},
         }
+
+
+def finished_methods(tracker: SearchTracker, parent: str) -> dict[str, MethodResult]:
+    """The methods a resumed comparison already finished: its FINISHED method runs, read back from the
+    record each logged (``method.json``). A method that did not finish is run again."""
+    runs = tracker.client.search_runs(
+        [tracker.experiment_id],
+        f"tags.mlflow.parentRunId = '{parent}' and tags.`{names.TAG_KIND}` = 'method' and "
+        "attributes.status = 'FINISHED'",
+        max_results=1000,
+    )
+    done: dict[str, MethodResult] = {}
+    for run in runs:
+        try:
+            local = tracker.client.download_artifacts(run.info.run_id, ARTIFACT_METHOD)
+            result = MethodResult.from_record(json.loads(Path(local).read_text()))
+        except Exception as e:  # noqa: BLE001 - no record (an older run): the method runs again
+            log.info("method run %s has no readable %s (%s); running it again", run.info.run_id, ARTIFACT_METHOD, e)
+            continue
+        done[result.method] = result
+    return done
 
 
 class Comparison:
@@ -238,6 +284,7 @@ class Comparison:
         if weights is not None:
             metrics.update({names.weight_param(n): w for n, w in zip(self.names, weights)})
         self.tracker.log_metrics(metrics, run_id=run_id)
+        self.tracker.log_text(run_id, json.dumps(res.as_record()), ARTIFACT_METHOD)  # what a resume reuses
         self.tracker.end_trial(run_id)
         log.info("%s: objective %.5f, %d evaluations, %.1fs", method, objective, self.evaluations, seconds)
         return res
@@ -365,11 +412,32 @@ def _bar_chart(results: list[MethodResult], baseline: float | None) -> Any:
     return fig
 
 
+def check_methods(cfg: Config) -> None:
+    """Each method's needs, before the study starts: a check that could fail after the other methods
+    ran (every setting, calibration text for a calibration method) fails before the first evaluation.
+    The embedded trajectory brings its own calibration text; local checkpoints need
+    ``compare.calibration_path``, and the file is read now (missing, empty) rather than when its method runs."""
+    for name in cfg.compare.methods:
+        if searched_method(name) is not None:
+            continue
+        cfg.compare.method_settings(name)  # a bad compare.settings.NAME fails now
+        if merge_method(name).calibration is None:
+            continue
+        if cfg.compare.calibration_path:
+            read_texts(Path(cfg.compare.calibration_path).expanduser())
+        elif cfg.model.source != "embedded":
+            raise ConfigError(
+                f"compare.calibration_path is needed for {name} (a JSONL file with a 'text' field, never dev "
+                f"or test text); set it, or leave {name} out of compare.methods"
+            )
+
+
 def run_compare(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") -> dict[str, Any]:
     """Run ``compare.methods``; write ``compare.{md,csv,png,json}`` into ``run_dir``."""
     from rich.console import Console
     from rich.table import Table
 
+    check_methods(cfg)
     study = start_study(cfg, cwd, config_yaml, "compare", last=cfg.compare.last)
     tracker, sources, session, resident, parent = (
         study.tracker,
@@ -382,13 +450,22 @@ def run_compare(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") ->
     comp = Comparison(cfg, tracker, session, resident, sources.calib_path)
     results: list[MethodResult] = []
     snapshot: dict[str, torch.Tensor] | None = None  # the best non-linear merge's parameters, to register it
+    snapshot_of = ""  # the method whose merge the snapshot holds
     with tracker.finishing():
+        done = finished_methods(tracker, parent) if study.resumed else {}
         for method in cfg.compare.methods:
+            if method in done:  # a resumed comparison: this method finished before the process died
+                results.append(done[method])
+                log.info("%s: reused from run %s (objective %.5f)", method, done[method].run_id, done[method].objective)
+                continue
             seed_everything(cfg.search.seed, cfg.runtime.threads)  # each method starts from the same seed
             results.append(comp.run(method))
             r = results[-1]
             if cfg.compare.register and r.weights is None and r.objective >= max(x.objective for x in results):
                 snapshot = {k: v.detach().clone() for k, v in resident.model.state_dict().items()}
+                snapshot_of = method
+        if done:
+            log.info("Resumed compare %s: %d of %d methods reused", parent, len(done), len(cfg.compare.methods))
         baseline = next((r.objective for r in results if r.method == "newest"), None)
         hib = _test_higher_is_better(session)
         add_gains(results, session, hib)
@@ -432,9 +509,11 @@ def run_compare(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") ->
 
             if best.weights is not None:
                 resident.apply(list(best.weights.values()))
-            else:
-                assert snapshot is not None
+            elif snapshot is not None and snapshot_of == best.method:
                 resident.model.load_state_dict(snapshot)
+            else:  # the best was reused from a resumed run: its merge is made again (the same seed, the same merge)
+                seed_everything(cfg.search.seed, cfg.runtime.threads)
+                comp.registered(best.method)
             reg = register_merge(
                 cfg,
                 tracker,

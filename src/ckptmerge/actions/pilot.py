@@ -18,6 +18,7 @@ import numpy as np
 
 from ckptmerge.config import Config
 from ckptmerge.session.study import start_study
+from ckptmerge.tracking import names
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +59,24 @@ def run_pilot(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") -> d
     lam, n = float(cfg.pilot.lam), len(cset)
     with tracker.finishing():
         total = n + n * (n - 1) // 2
+        # a resumed pilot's evaluations are its run's metrics: each one logged is reused, not evaluated again
+        done = tracker.client.get_run(run_id).data.metrics if study.resumed else {}
+        reused = 0
+
+        def evaluate(key: str, weights: list[float]) -> float:
+            nonlocal reused
+            if names.safe_key(key) in done:
+                reused += 1
+                return float(done[names.safe_key(key)])
+            resident.apply(weights)
+            objective = session.objective(session.evaluate_dev())
+            tracker.log_metrics({key: objective})
+            return objective
+
         bar = tqdm(total=total, desc="pilot", unit="eval")
         singles: list[float] = []
         for i in range(n):
-            resident.apply([1.0 if j == i else 0.0 for j in range(n)])
-            singles.append(session.objective(session.evaluate_dev()))
-            tracker.log_metrics({f"single.{cset.names[i]}.objective": singles[-1]})
+            singles.append(evaluate(f"single.{cset.names[i]}.objective", [1.0 if j == i else 0.0 for j in range(n)]))
             bar.update(1)
         gains = np.full((n, n), np.nan)
         rows = []
@@ -71,8 +84,7 @@ def run_pilot(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") -> d
             for i in range(j):
                 w = [0.0] * n
                 w[i], w[j] = 1.0 - lam, lam
-                resident.apply(w)
-                obj = session.objective(session.evaluate_dev())
+                obj = evaluate(f"pair.{cset.names[i]}.{cset.names[j]}.objective", w)
                 gains[i, j] = obj - singles[j]
                 rows.append(
                     {
@@ -84,14 +96,13 @@ def run_pilot(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") -> d
                         "gain": gains[i, j],
                     }
                 )
-                tracker.log_metrics(
-                    {
-                        f"pair.{cset.names[i]}.{cset.names[j]}.objective": obj,
-                        f"pair.{cset.names[i]}.{cset.names[j]}.gain": gains[i, j],
-                    }
-                )
+                tracker.log_metrics({f"pair.{cset.names[i]}.{cset.names[j]}.gain": gains[i, j]})
                 bar.update(1)
         bar.close()
+        if study.resumed:
+            log.info(
+                "Resumed pilot %s: %d of %d evaluations reused, %d done now", run_id, reused, total, total - reused
+            )
         md = _markdown(cset.names, singles, rows, lam, session.objective.describe())
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=list(rows[0]))

@@ -187,6 +187,26 @@ def _trajectory(source: Config) -> Any:
 
 
 # -- loading and scoring ---------------------------------------------------------------------------
+def _check_artifacts(local: Path, uri: str) -> None:
+    """A registered version whose files were deleted from the artifact store after it was registered
+    downloads as an empty (or partial) folder: name what is missing, not a flavor it cannot show."""
+    missing = [] if (local / "MLmodel").is_file() else ["MLmodel"]
+    model_dir = local / "model"
+    if model_dir.is_dir() or not missing:
+        if not (model_dir / "config.json").is_file():
+            missing.append("model/config.json")
+        if not any(model_dir.glob("*.safetensors")) and not any(model_dir.glob("*.bin")):
+            missing.append("model/*.safetensors")
+    elif missing:
+        missing.append("model/")
+    if missing:
+        raise CheckpointError(
+            f"{uri}: its model files are missing from the artifact store ({', '.join(missing)}): they were "
+            "deleted or moved after it was registered; restore them, or set the alias that promote reads "
+            "(registry.alias) on another version"
+        )
+
+
 def load_registered(
     name: str, version: str, tracking_uri: str, device: str, dtype: str, trust_remote_code: bool = False
 ) -> tuple[Any, Any]:
@@ -205,7 +225,8 @@ def load_registered(
             )
         except Exception as e:
             raise TrackingError(f"cannot download models:/{name}/{version}: {str(e).splitlines()[0][:300]}") from None
-        meta = yaml.safe_load((local / "MLmodel").read_text()) if (local / "MLmodel").is_file() else {}
+        _check_artifacts(local, f"models:/{name}/{version}")
+        meta = yaml.safe_load((local / "MLmodel").read_text()) or {}
         flavor = (meta.get("flavors") or {}).get("transformers")
         if not flavor:
             raise CheckpointError(

@@ -34,7 +34,7 @@ from ckptmerge.search.searchers import Searcher, make_searcher
 from ckptmerge.session import evidence
 from ckptmerge.session.evaluation import EvalSession
 from ckptmerge.session.register import register, write_and_verify
-from ckptmerge.session.setup import Sources, resolve_search_sources, search_space
+from ckptmerge.session.setup import Sources, local_checkpoint_folders, resolve_search_sources, search_space
 from ckptmerge.session.trials import Trial, TrialLoop
 from ckptmerge.tracking import names, resume, search_lock
 from ckptmerge.tracking.datasets import CONTEXT_DEV, CONTEXT_TEST
@@ -98,6 +98,7 @@ class SearchRun:
         parse_size(cfg.merge.shard_size, "merge.shard_size")
         # An output folder that an earlier search wrote may be that search's own, to be resumed; which
         # search is known once the parent run is, so its folder is checked again then.
+        refuse_inputs(self.output_dir, local_checkpoint_folders(cfg))  # before "exists", which would advise overwrite
         earlier = folder_owner(self.output_dir)
         check_target(
             self.output_dir,

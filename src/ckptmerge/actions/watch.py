@@ -30,7 +30,7 @@ from ckptmerge.config import Config
 from ckptmerge.errors import CkptMergeError, ConfigError
 from ckptmerge.report import gain_text
 from ckptmerge.tracking import names, resume
-from ckptmerge.tracking.mlflow_run import SearchTracker
+from ckptmerge.tracking.mlflow_run import SearchTracker, StoreUnavailable
 from ckptmerge.tracking.search_lock import SearchRunning
 from ckptmerge.tracking.secrets import redact_data
 from ckptmerge.watch import ledger, timeline
@@ -239,6 +239,8 @@ class WatchRun:
                 "next poll"
             )
             return
+        except StoreUnavailable:  # every pair would fail the same way: the watch stops, the same command resumes
+            raise
         except CkptMergeError as e:  # this pair cannot be searched; the next one may be
             self.failed.add(pair)
             say(f"pair {older.name} → {newer.name}: failed: {' '.join(str(e).split())}")

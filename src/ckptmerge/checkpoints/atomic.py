@@ -50,13 +50,47 @@ def _exists_message(target: Path, key: str) -> str:
     return f"{key}={target} already exists{who}; choose another folder or set merge.overwrite=true"
 
 
+_PID_DIGITS = 7  # Linux's largest pid_max (4194304): the partial folder's name fits whichever pid writes it
+_MKDTEMP_CHARS = 8  # the random part tempfile.mkdtemp adds
+
+
+def _name_max(folder: Path) -> int:
+    """The longest file name (bytes) the file system at ``folder`` (or its nearest existing parent) takes."""
+    for f in (folder, *folder.parents):
+        if f.exists():
+            try:
+                return int(os.pathconf(f, "PC_NAME_MAX"))
+            except (OSError, ValueError):
+                break
+    return 255
+
+
+def check_name_fits(target: Path, key: str = "merge.output_dir") -> None:
+    """Fail when ``target``'s last name, or the hidden ``.NAME.partial-HOST-PID-XXXXXXXX`` folder written
+    beside it, is longer than the file system allows: otherwise that shows only when the merge is written,
+    after every trial."""
+    target = Path(target)
+    limit = _name_max(target.parent)
+    name = os.fsencode(target.name)
+    overhead = len(os.fsencode(f"{_partial_prefix(Path('x'))}{socket.gethostname()}-")) - 1
+    overhead += _PID_DIGITS + 1 + _MKDTEMP_CHARS
+    if len(name) + overhead > limit:
+        raise CheckpointError(
+            f"{key}={target}: its last name is {len(name)} bytes, and the hidden folder written beside it "
+            f"while the merge is written (.NAME.partial-{socket.gethostname()}-PID-XXXXXXXX) would pass the "
+            f"file system's limit of {limit} bytes a name; choose a last name of at most {limit - overhead} bytes"
+        )
+
+
 def check_target(target: Path, overwrite: bool, key: str = "merge.output_dir", owner: str | None = None) -> None:
-    """Fail before any work when ``target`` exists and may not be replaced, or cannot be created.
+    """Fail before any work when ``target`` exists and may not be replaced, or cannot be created, or its
+    name (with the hidden partial folder's) is too long for the file system.
 
     An existing target may be replaced when ``overwrite`` is set or when it records ``owner`` (the same
     search writing again after a crash). This is the early check; the rename checks again.
     """
     target = Path(target)
+    check_name_fits(target, key)
     if target.exists() and not overwrite and not (owner and folder_owner(target) == owner):
         raise CheckpointError(_exists_message(target, key))
     parent = target.parent

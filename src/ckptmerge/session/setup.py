@@ -124,6 +124,12 @@ def resolve_sources(cfg: Config, progress: bool = True, all_checkpoints: bool = 
     )
 
 
+def local_checkpoint_folders(cfg: Config) -> list[Path]:
+    """The folders of ``model.checkpoints`` that exist here, before they are resolved: an output folder
+    that is one of them is refused first, with the reason that no flag can change."""
+    return [p for c in cfg.model.checkpoints if (p := Path(str(c)).expanduser()).is_dir()]
+
+
 def newest_of(sources: Sources, last: int) -> Sources:
     """``sources`` narrowed to its newest ``last`` checkpoints (all of them when there are fewer)."""
     if len(sources.cset) > last:

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -143,6 +144,40 @@ def _is_locked(e: BaseException) -> bool:
     return False
 
 
+EXIT_STORE_UNAVAILABLE = 75  # EX_TEMPFAIL: try again later; a scheduler may retry the same command
+
+
+class StoreUnavailable(TrackingError):
+    """A tracking call failed after MLflow's own retries (connection refused, timeouts, 5xx answers):
+    the store is down for longer than the client waits. The run stops; the same command resumes it."""
+
+    exit_code = EXIT_STORE_UNAVAILABLE
+
+    def __init__(self, uri: str, reason: str) -> None:
+        super().__init__(
+            f"the MLflow store {redact(uri)} did not answer after MLflow's retries ({reason}); the run stopped "
+            "and is left to resume: run the same command again once the store is back (how long MLflow "
+            "retries: MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_TIMEOUT, docs/operations.md)"
+        )
+
+
+def _unavailable(e: BaseException) -> str | None:
+    """Why the store did not answer, when ``e`` (or what caused it) is MLflow giving up on a request."""
+    seen = 0
+    cur: BaseException | None = e
+    while cur is not None and seen < 10:
+        text = str(cur)
+        if type(cur).__module__.split(".")[0] == "mlflow" and text.startswith("API request to"):
+            if "timeout exception" in text or "Read timed out" in text:
+                return "timed out"
+            if "failed with exception" in text:
+                return "connection refused" if "refused" in text else "no connection"
+            if code := re.search(r"failed with error code (5\d\d)", text):
+                return f"HTTP {code.group(1)}"
+        cur, seen = cur.__cause__ or cur.__context__, seen + 1
+    return None
+
+
 class _LockedFilter(logging.Filter):
     """Drops MLflow's traceback for "database is locked" (``mlflow.store.db.utils`` logs it before it
     raises): :class:`StoreLocked` says it in one line."""
@@ -172,6 +207,8 @@ class _OneLineStoreErrors:
             except Exception as e:
                 if _is_locked(e):
                     raise StoreLocked(self._uri) from None
+                if why := _unavailable(e):
+                    raise StoreUnavailable(self._uri, why) from None
                 raise
 
         return call
@@ -274,8 +311,16 @@ class SearchTracker:
     def _experiment(self, cfg: TrackingConfig, cwd: Path) -> str:
         """``tracking.experiment``, created on first use. Parallel sweep jobs may race to create it."""
         exp = self.client.get_experiment_by_name(cfg.experiment)
+        if exp is not None and exp.lifecycle_stage == "deleted":  # deleted in the UI: MLflow keeps its name
+            raise TrackingError(
+                f"tracking.experiment={cfg.experiment} was deleted in {self.display_uri} (experiment id "
+                f"{exp.experiment_id}); restore it (MLflow UI, or `mlflow experiments restore --experiment-id "
+                f"{exp.experiment_id}`) or name another experiment"
+            )
         if exp is not None:
+            self._refuse_served_sqlite(exp.artifact_location)
             return exp.experiment_id
+        self._refuse_served_sqlite(None)
         location = cfg.artifact_location
         if location is None and urlparse(self.uri).scheme in ("sqlite", "", "file"):
             location = default_artifact_location(cwd)
@@ -286,6 +331,26 @@ class SearchTracker:
             if exp is None:
                 raise
             return exp.experiment_id
+
+    def _refuse_served_sqlite(self, artifact_location: str | None) -> None:
+        """Refuse a direct ``sqlite:///DB`` (or folder store) on a database that an ``mlflow server`` serves.
+
+        Such a server proxies artifacts (``mlflow-artifacts:/`` locations, which only a server's clients can
+        write), and the searches through it take their lock in the store, not beside the file: a direct
+        client would crash at its first artifact and would not see their lock. The store records it: the
+        experiment's artifact location, or the Default experiment's, which the server created.
+        """
+        if urlparse(self.uri).scheme not in ("sqlite", "", "file"):
+            return
+        locations = [artifact_location]
+        with contextlib.suppress(Exception):
+            locations.append(self.client.get_experiment("0").artifact_location)
+        if any(str(loc or "").startswith("mlflow-artifacts:") for loc in locations):
+            raise TrackingError(
+                f"tracking.uri={self.display_uri} is a database that an mlflow server serves (its artifacts "
+                "are proxied, mlflow-artifacts:/); use that server's URL as tracking.uri, so that its searches "
+                "and this one share one store and one lock"
+            )
 
     def _tag_experiment_kind(self) -> None:
         """Mark the experiment as model development, so that MLflow's UI opens it on its runs (untagged,
@@ -398,6 +463,15 @@ class SearchTracker:
                 e = StoreLocked(self.uri)  # an MLflow call not made through self.client (model logging)
                 self._end_after(e)
                 raise e from None
+            why = _unavailable(e) if isinstance(e, Exception) and not isinstance(e, TrackingError) else None
+            if why:  # as above, an MLflow call not made through self.client
+                e = StoreUnavailable(self.uri, why)
+            if isinstance(e, StoreUnavailable):
+                with _fast_fail_http():  # one try to mark the runs, not MLflow's minutes of retries again
+                    self._end_after(e)
+                if why:
+                    raise e from None
+                raise
             self._end_after(e)
             raise
         self.finish("FINISHED")
@@ -416,6 +490,15 @@ class SearchTracker:
                     found[r.info.run_id] = None
                     frontier.append(r.info.run_id)
         return [r for r in found if self.client.get_run(r).info.status == "RUNNING"]
+
+    def end_interrupted_children(self) -> list[str]:
+        """On a resumed run: end the child runs (and theirs) that its killed process left RUNNING, FAILED
+        with ``ckptmerge.trial_status=interrupted``; they are done again. Returns their ids."""
+        children = self._running_descendants()
+        for child in children:
+            self.set_tags({names.TAG_TRIAL_STATUS: "interrupted"}, child)
+            self.end_trial(child, "FAILED")
+        return children
 
     def _end_after(self, e: BaseException) -> None:
         """End the open child runs and the parent after ``e``; a failure here (the store itself may be

@@ -63,11 +63,12 @@ def _first_difference(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = 
     return None
 
 
-def find_resumable(client: Any, experiment_id: str, key: Mapping[str, Any]) -> str | None:
-    """The newest unfinished search run with this resume key whose process is gone, if any."""
+def find_resumable(client: Any, experiment_id: str, key: Mapping[str, Any], kind: str = "search") -> str | None:
+    """The newest unfinished run of ``kind`` (a search; a pilot or compare study) with this resume key
+    whose process is gone, if any."""
     runs = client.search_runs(
         [experiment_id],
-        filter_string=f"tags.`{TAG_RESUME_HASH}` = '{key_hash(key)}' and tags.`{names.TAG_KIND}` = 'search'",
+        filter_string=f"tags.`{TAG_RESUME_HASH}` = '{key_hash(key)}' and tags.`{names.TAG_KIND}` = '{kind}'",
         order_by=["attributes.start_time DESC"],
         max_results=20,
     )

@@ -8,13 +8,17 @@ search with the same key on the same store refuses with one line naming the firs
 
 Local stores (``sqlite:///DB``, a ``file:`` / plain folder store): an advisory ``fcntl.flock`` on
 ``DB.ckptmerge-<resume_hash>.lock`` beside the database (``.ckptmerge-<hash>.lock`` inside a folder
-store). The kernel drops a flock when its holder dies, SIGKILL included, so a crashed search never
-leaves a stale lock behind. The file holds the owner (host:pid) and the parent run id, for the
+store), at DB's real path: a symlink to the database, or a path through ``..``, names the same lock.
+A database that an ``mlflow server`` serves is refused as a direct ``sqlite:///`` store (see
+:class:`ckptmerge.tracking.mlflow_run.SearchTracker`): its searches lock through the server. The
+kernel drops a flock when its holder dies, SIGKILL included, so a crashed search never leaves a
+stale lock behind. The file holds the owner (host:pid) and the parent run id, for the
 refusal's line; the lock files stay (a few bytes per key).
 
 Remote stores (http, https, postgresql, ...): no file both processes can lock, so a *claim* tag
-``ckptmerge.claim`` on the parent run, ``{"token", "owner", "t", "beat"}``, refreshed by a heartbeat
-thread every :data:`BEAT_S` seconds. A claim is live while its run is RUNNING and its holder is alive:
+``ckptmerge.claim`` on the parent run (in the store itself: two URLs of one server share it),
+``{"token", "owner", "t", "beat"}``, refreshed by a heartbeat thread
+every :data:`BEAT_S` seconds. A claim is live while its run is RUNNING and its holder is alive:
 on this host the owner's pid must exist, on another its heartbeat must be newer than :data:`STALE_S`.
 Taking it: refuse when a live claim with this key exists; write ours on the run; wait
 :data:`SETTLE_S`; read all live claims again and win only if ours is the oldest (``t``, then token),
@@ -69,10 +73,11 @@ def local_lock_path(uri: str, resume_hash: str) -> Path | None:
     if parsed.scheme == "sqlite":
         if not uri.startswith("sqlite:///") or uri[len("sqlite:///") :] in ("", ":memory:"):
             return None  # in-memory: one process anyway
-        db = Path(uri[len("sqlite:///") :])
+        # the real file: a symlink to it, or the same path spelled with .. , is the same store and lock
+        db = Path(uri[len("sqlite:///") :]).resolve()
         return db.with_name(f"{db.name}.ckptmerge-{resume_hash}.lock")
     if parsed.scheme in ("", "file"):
-        return Path(parsed.path if parsed.scheme else uri) / f".ckptmerge-{resume_hash}.lock"
+        return Path(parsed.path if parsed.scheme else uri).resolve() / f".ckptmerge-{resume_hash}.lock"
     return None
 
 
