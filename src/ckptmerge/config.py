@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckptmerge.errors import ConfigError
+from ckptmerge.plugins import load_plugins  # noqa: F401  - re-exported: config_from_dict imports them first
 from ckptmerge.registry import did_you_mean  # noqa: F401  - re-exported: older imports take it from here
 
 MODEL_SOURCES = ("embedded", "local", "hub")
@@ -649,30 +650,6 @@ def _space(data: Any, prefix: str) -> SpaceConfig:
         raise ConfigError(f"{prefix} must be a mapping, got {type(data).__name__}")
     common = {k: data[k] for k in ("name", "last", "warm_start") if k in data}
     return SpaceConfig(**common, settings={k: v for k, v in data.items() if k not in common})
-
-
-def load_plugins(modules: Any) -> tuple[str, ...]:
-    """Import each module of ``plugins`` (a module name, importable from the working directory or
-    ``PYTHONPATH``): it registers its merge methods, search spaces, searchers or actions."""
-    import importlib
-    import os
-    import sys
-
-    if isinstance(modules, str):
-        modules = [modules]
-    if not isinstance(modules, (list, tuple)):
-        raise ConfigError(f"plugins must be a list of module names, got {modules!r}")
-    cwd = os.getcwd()
-    if cwd not in sys.path:
-        sys.path.append(cwd)  # as `python -m`: a module beside the command is found
-    for i, name in enumerate(modules):
-        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", name):
-            raise ConfigError(f"plugins[{i}] must be a module name such as my_methods, got {name!r}")
-        try:
-            importlib.import_module(name)
-        except ImportError as e:
-            raise ConfigError(f"plugins[{i}]: cannot import {name!r} ({e})") from None
-    return tuple(modules)
 
 
 def config_from_dict(data: Mapping[str, Any]) -> Config:
