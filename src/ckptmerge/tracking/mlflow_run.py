@@ -34,7 +34,11 @@ def default_tracking_uri(cwd: Path) -> str:
     return f"sqlite:///{(Path(cwd) / 'mlflow.db').resolve()}"
 
 
-def default_artifact_location(cwd: Path) -> str:
+def default_artifact_location(cwd: Path, uri: str = "") -> str:
+    """``mlartifacts/`` beside a sqlite store's file (a store the user named keeps its artifacts with it,
+    so that moving or sharing the folder keeps both), else in the working directory."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///") :]).parent / "mlartifacts").resolve().as_uri()
     return (Path(cwd) / "mlartifacts").resolve().as_uri()
 
 
@@ -277,7 +281,7 @@ class SearchTracker:
             return exp.experiment_id
         location = cfg.artifact_location
         if location is None and urlparse(self.uri).scheme in ("sqlite", "", "file"):
-            location = default_artifact_location(cwd)
+            location = default_artifact_location(cwd, self.uri)
         try:
             return self.client.create_experiment(cfg.experiment, artifact_location=location)
         except Exception:
