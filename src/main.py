@@ -41,6 +41,7 @@ from ckptmerge.tracking.secrets import redact  # noqa: E402  (os, re: nothing he
 log = logging.getLogger("ckptmerge")
 EXIT_USER_ERROR = 2
 _action = "search"  # the action being run, for the line a stop prints
+_finished: Path | None = None  # the result.json of an action that has finished: a later stop undoes nothing
 
 
 def _run(cfg_dict: dict, run_dir: Path, cwd: Path, config_yaml: str) -> dict:
@@ -80,15 +81,22 @@ def _run(cfg_dict: dict, run_dir: Path, cwd: Path, config_yaml: str) -> dict:
 
 def _run_action(cfg: Any, run_dir: Path, cwd: Path, config_yaml: str, channel: Any = None) -> dict:
     """The action from the registry; its result, with the fields every action shares, as ``result.json``."""
+    global _finished
+    from ckptmerge import signals
     from ckptmerge.actions.registry import ACTIONS, ActionContext
     from ckptmerge.tracking.secrets import redact_data
 
-    result = ACTIONS.get(cfg.action).load()(cfg, ActionContext(run_dir, cwd, config_yaml, channel))
-    shared = {"action": cfg.action, "mlflow": None, "output_dir": None, "registered_model": None}
-    # the tracking URI's password, a token in a path: never in the run folder
-    result = redact_data(json.loads(json.dumps({**shared, **result}, default=str)))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "result.json").write_text(json.dumps(result, indent=2))
+    # a stop after a search has committed its result waits until that result is reported here
+    with signals.publishing():
+        result = ACTIONS.get(cfg.action).load()(cfg, ActionContext(run_dir, cwd, config_yaml, channel))
+        shared = {"action": cfg.action, "mlflow": None, "output_dir": None, "registered_model": None}
+        # the tracking URI's password, a token in a path: never in the run folder
+        result = redact_data(json.loads(json.dumps({**shared, **result}, default=str)))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = run_dir / f".result.json.{os.getpid()}.tmp"  # whole or absent, whenever the process ends
+        tmp.write_text(json.dumps(result, indent=2))
+        os.replace(tmp, run_dir / "result.json")
+        _finished = run_dir / "result.json"
     return result
 
 
@@ -224,10 +232,14 @@ def _error_line(text: str) -> None:
 
 
 def _report_stop(e: KeyboardInterrupt) -> None:
-    """The one line a stop prints, and the shell's status for it (128 + signal number)."""
+    """The one line a stop prints, and the shell's status for it (128 + signal number); after the action
+    has finished (its ``result.json`` written), a line saying so and exit status 0."""
     from ckptmerge.errors import Stopped
 
     name, code = (e.signal_name, e.exit_code) if isinstance(e, Stopped) else ("SIGINT", 130)
+    if _finished is not None:  # nothing to undo or resume: the result stands, and the exit status says so
+        print(f"{name} arrived after the {_action} had finished; its result stands ({_finished})", file=sys.stderr)
+        sys.exit(0)
     then = "resume" if _action in ("search", "watch") else "start it again"
     _error_line(f"stopped by {name}; run the same command again to {then}")
     sys.exit(code)

@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from ckptmerge import signals
 from ckptmerge.config import Config
 from ckptmerge.errors import CkptMergeError, ConfigError
 from ckptmerge.report import gain_text
@@ -226,27 +227,29 @@ class WatchRun:
             on_locked=not_done_meanwhile,
             previous_result=previous.result if previous is not None else None,
         )
-        try:
-            result = search.run()
-        except PairAlreadySearched as e:
-            self.done[pair] = e.run_id
-            say(f"pair {older.name} → {newer.name}: finished by another watcher (run {e.run_id}); skipped")
-            self._refresh_timeline()
-            return
-        except SearchRunning as e:  # its line tells a user of action=search to wait; the watcher does so itself
-            say(
-                f"pair {older.name} → {newer.name}: {str(e).replace('; wait for it or stop it', '')}; looking again "
-                "next poll"
-            )
-            return
-        except CkptMergeError as e:  # this pair cannot be searched; the next one may be
-            self.failed.add(pair)
-            say(f"pair {older.name} → {newer.name}: failed: {' '.join(str(e).split())}")
-            return
-        finally:
-            self.last_activity = time.monotonic()
-        result = redact_data(result)
-        (pair_dir / "result.json").write_text(json.dumps(result, indent=2))
+        # a stop after the pair's search has committed waits until its result.json is written
+        with signals.publishing():
+            try:
+                result = search.run()
+            except PairAlreadySearched as e:
+                self.done[pair] = e.run_id
+                say(f"pair {older.name} → {newer.name}: finished by another watcher (run {e.run_id}); skipped")
+                self._refresh_timeline()
+                return
+            except SearchRunning as e:  # its line tells a user of action=search to wait; the watcher does so itself
+                say(
+                    f"pair {older.name} → {newer.name}: {str(e).replace('; wait for it or stop it', '')}; "
+                    "looking again next poll"
+                )
+                return
+            except CkptMergeError as e:  # this pair cannot be searched; the next one may be
+                self.failed.add(pair)
+                say(f"pair {older.name} → {newer.name}: failed: {' '.join(str(e).split())}")
+                return
+            finally:
+                self.last_activity = time.monotonic()
+            result = redact_data(result)
+            (pair_dir / "result.json").write_text(json.dumps(result, indent=2))
         self.done[pair] = result["mlflow"]["run_id"]
         self.searched_here.append(pair)
         self._refresh_timeline()
