@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +33,7 @@ from ckptmerge.merge import searchable
 from ckptmerge.resident import ResidentModel
 from ckptmerge.runtime import seed_everything
 from ckptmerge.runtime.distributed import Channel
-from ckptmerge.search.searchers import Searcher, make_searcher
+from ckptmerge.search.searchers import Searcher, make_searcher, warm_start_left_out
 from ckptmerge.session import evidence, finish
 from ckptmerge.session.evaluation import EvalSession
 from ckptmerge.session.finish import HeldOutReport, Selection, Written
@@ -76,6 +77,7 @@ class SearchRun:
         self.on_locked = on_locked
         self.previous_result = previous_result
         self.warm_point: tuple[float, ...] | None = None
+        self.warm_left_out: list[str] = []
         self.run_dir = Path(run_dir).resolve()
         self.cwd = Path(cwd)
         self.config_yaml = config_yaml
@@ -119,6 +121,15 @@ class SearchRun:
         self.warm_point, initial = warm.initial_for(
             self.space, initial, self.previous_result, float(cfg.search.min_distance)
         )
+        self.warm_left_out = warm_start_left_out(initial, cfg.search.budget)
+        if self.warm_left_out:  # the result is then not checked against those baselines: say so
+            print(
+                f"warning: search.budget={cfg.search.budget} cannot hold the warm start of "
+                f"search/space={self.space.name} ({len(initial or [])} points): baselines "
+                f"{', '.join(self.warm_left_out)} are left out and the result is not checked against them; "
+                f"set search.budget>={len(initial or [])} to evaluate them",
+                file=sys.stderr,
+            )
         searcher = make_searcher(cfg.search, self.space, initial)  # e.g. grid over k > 2 is refused here
         # unknown tasks/metrics and test-split dev tasks fail before the model is built
         session, resident = EvalSession.with_resident(cfg, sources, self.channel)
@@ -405,6 +416,7 @@ class SearchRun:
         return {
             **finish.result_fields(chosen, merge, report, self.space, self.trials),
             "stopped_early": loop.stopped_reason,
+            "warm_start_dropped": self.warm_left_out,  # baselines of the warm start the budget did not reach
             "objective_definition": session.objective.describe(),
             "checkpoints": [{"name": c.name, **c.identity()} for c in sources.cset.checkpoints],
             "mlflow": {"tracking_uri": tracker.uri, "experiment_id": tracker.experiment_id, "run_id": tracker.run_id},
