@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +98,15 @@ def _run_action(cfg: Any, run_dir: Path, cwd: Path, config_yaml: str, channel: A
         tmp.write_text(json.dumps(result, indent=2))
         os.replace(tmp, run_dir / "result.json")
         _finished = run_dir / "result.json"
+    if threading.current_thread() is threading.main_thread():
+        signals.settle(_say_finished)  # a stop from here on (Hydra's shutdown, exit) changes nothing
     return result
+
+
+def _say_finished(name: str) -> None:
+    """The line for a stop that came after the action had finished (and ``result.json`` was written)."""
+    text = f"{name} arrived after the {_action} had finished; its result stands ({_finished})"
+    os.write(2, (redact(text) + "\n").encode())  # from a signal handler: no buffered stream, which may be mid-write
 
 
 def _launcher_argv(argv: list[str]) -> list[str]:
@@ -238,7 +247,10 @@ def _report_stop(e: KeyboardInterrupt) -> None:
 
     name, code = (e.signal_name, e.exit_code) if isinstance(e, Stopped) else ("SIGINT", 130)
     if _finished is not None:  # nothing to undo or resume: the result stands, and the exit status says so
-        print(f"{name} arrived after the {_action} had finished; its result stands ({_finished})", file=sys.stderr)
+        from ckptmerge.signals import settle
+
+        settle(lambda _name: None)  # a second signal now would only interrupt the exit
+        _say_finished(name)
         sys.exit(0)
     then = "resume" if _action in ("search", "watch") else "start it again"
     _error_line(f"stopped by {name}; run the same command again to {then}")
@@ -247,8 +259,14 @@ def _report_stop(e: KeyboardInterrupt) -> None:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    global _action
+    global _action, _finished
     from ckptmerge.errors import CkptMergeError
+
+    if _finished is not None:  # the next job of a sweep: a stop stops it again
+        from ckptmerge.signals import install_stop_handlers
+
+        _finished = None
+        install_stop_handlers()
 
     _mask_outputs()
     run_dir = Path(HydraConfig.get().runtime.output_dir).resolve()

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
@@ -65,6 +65,27 @@ def _on_recheck(signum: int, frame: FrameType | None) -> None:
         return
     held, _pending = _pending, None
     raise Stopped(held)
+
+
+def settle(note: Callable[[str], None]) -> None:
+    """The work is done and reported: from here a stop signal undoes nothing, so it raises nothing either
+    (raised during the interpreter's exit it would be a traceback from an ``atexit`` callback); the first
+    one calls ``note`` with its name. :func:`install_stop_handlers` makes signals stop again (the next job
+    of a sweep)."""
+    global _pending
+    said: list[int] = []
+
+    def after(signum: int, frame: FrameType | None) -> None:
+        if not said:
+            said.append(signum)
+            note(signal.Signals(signum).name)
+
+    _pending = None
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, after)
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, after)
 
 
 def install_stop_handlers() -> None:

@@ -74,3 +74,16 @@ def test_a_second_stop_during_cleanup_is_dropped():
     with signals.holding(drop=True):
         _stop_now()
     time.sleep(0.05)  # nothing pending any more: no stop is raised later either
+
+
+def test_after_the_result_is_reported_a_stop_is_a_note_not_an_exception():
+    """Raised during the interpreter's exit, a stop would be a traceback from an atexit callback."""
+    notes = []
+    signals.settle(notes.append)
+    _stop_now()
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.05)
+    assert notes == ["SIGTERM"]  # said once
+    signals.install_stop_handlers()  # the next job of a sweep stops again
+    with pytest.raises(Stopped):
+        _stop_now()
