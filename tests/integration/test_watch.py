@@ -319,3 +319,25 @@ def test_a_pair_search_starts_from_the_previous_pairs_point(tmp_path, tiny_traje
     assert [r.data.params["proposed_by"] for r in first] == ["warm:previous-pair"]
     key = json.loads(Path(client.download_artifacts(run_id, "resume_key.json")).read_text())
     assert key["search"]["previous_pair"] == [0.4]
+
+
+def test_a_watch_dir_that_is_itself_a_checkpoint_gets_a_warning_naming_the_fix(tmp_path, tiny_trajectory):
+    ckpt = tiny_trajectory.checkpoints[-1]  # read only: nothing is written into the watched folder
+    proc = run_main(
+        [
+            "action=watch",
+            "model=local",
+            f"watch.dir={ckpt}",
+            "watch.poll_s=0.3",
+            "watch.idle_exit_s=1",
+            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [ln for ln in proc.stderr.splitlines() if ln.startswith("warning:")] == [
+        f"warning: watch.dir={ckpt} is itself a checkpoint folder (config.json and weights), not a folder of "
+        f"checkpoints; watch the folder the trainer writes them into, e.g. watch.dir={ckpt.parent}"
+    ]
+

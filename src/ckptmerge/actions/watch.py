@@ -20,6 +20,7 @@ import dataclasses
 import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from ckptmerge.tracking.search_lock import SearchRunning
 from ckptmerge.tracking.secrets import redact_data
 from ckptmerge.watch import ledger, timeline
 from ckptmerge.watch.completeness import Settling, latest_pointer_step, why_not_ready
-from ckptmerge.watch.folders import StepFolder, step_folders
+from ckptmerge.watch.folders import StepFolder, checkpoint_folder_hint, step_folders
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,9 @@ class WatchRun:
             f"watching {self.dir} (MLflow watch run {self.run_id}{', continued' if earlier else ''}); "
             f"a new pair is searched when its newer checkpoint is complete"
         )
+        hint = checkpoint_folder_hint(self.dir)
+        if hint:
+            print(f"warning: {hint}", file=sys.stderr, flush=True)
         with tracker.finishing():
             try:
                 self._refresh_timeline()
