@@ -341,3 +341,45 @@ def test_a_watch_dir_that_is_itself_a_checkpoint_gets_a_warning_naming_the_fix(t
         f"checkpoints; watch the folder the trainer writes them into, e.g. watch.dir={ckpt.parent}"
     ]
 
+
+def test_a_watch_dir_deleted_mid_watch_is_a_wait_and_one_warning(tmp_path):
+    """Deleted (or unmounted) while the watcher runs: a warning, a wait, and the watch goes on when it is
+    back; not a FileNotFoundError traceback and a FAILED watch run."""
+    watch = tmp_path / "ckpts"
+    watch.mkdir()
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            str(MAIN),
+            "action=watch",
+            "model=local",
+            f"watch.dir={watch}",
+            "watch.poll_s=0.2",
+            "watch.idle_exit_s=6",
+            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+    )
+    first = p.stdout.readline()
+    assert first.startswith(f"watching {watch}"), first + p.stderr.read()
+    watch.rmdir()
+    time.sleep(2)  # several polls while it is gone
+    watch.mkdir()
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err[-3000:]
+    assert "Traceback" not in err
+    assert [ln for ln in err.splitlines() if ln.startswith(("warning:", "error:"))] == [
+        f"warning: watch.dir={watch} cannot be read (No such file or directory); waiting for it to come back "
+        "(watch.idle_exit_s ends the watch if it does not)"
+    ]
+    assert f"{watch} can be read again" in out
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.search_runs(
+        [client.get_experiment_by_name("ckptmerge").experiment_id], "tags.`ckptmerge.kind` = 'watch'"
+    )[0]
+    assert run.info.status == "FINISHED"

@@ -61,6 +61,10 @@ def _watched_dir(cfg: Config) -> Path:
         raise ConfigError(f"watch.dir={cfg.watch.dir} does not exist; create it (the trainer's output folder)")
     if not directory.is_dir():
         raise ConfigError(f"watch.dir={cfg.watch.dir} is not a folder")
+    if not os.access(directory, os.R_OK | os.X_OK):
+        raise ConfigError(
+            f"watch.dir={cfg.watch.dir} cannot be read (permission denied); watch a folder this user can list"
+        )
     return directory.resolve()
 
 
@@ -141,7 +145,21 @@ class WatchRun:
         """One look: note complete folders, search the pairs they complete; how many pairs are still open
         (complete, neither finished nor failed here: another process holds them)."""
         latest = latest_pointer_step(self.dir)
-        folders = step_folders(self.dir)
+        try:
+            folders = step_folders(self.dir)
+        except OSError as e:  # deleted, unmounted or made unreadable while we watch: wait for it to come back
+            gone = e.strerror or type(e).__name__
+            if self.said.get(self.dir) != gone:
+                print(
+                    f"warning: watch.dir={self.dir} cannot be read ({gone}); waiting for it to come back "
+                    "(watch.idle_exit_s ends the watch if it does not)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                self.said[self.dir] = gone
+            return 0
+        if self.said.pop(self.dir, None) is not None:
+            say(f"{self.dir} can be read again")
         for f in folders:
             if f.path in self.ready:
                 continue
