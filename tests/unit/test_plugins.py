@@ -15,10 +15,7 @@ BROKEN = {
     "raises_at_import": ("raise RuntimeError('no GPU visible')\n", "RuntimeError: no GPU visible"),
     "bad_syntax": ("def f(:\n    pass\n", "SyntaxError: "),
     "second_linear": (
-        "from ckptmerge.merge.registry import METHODS\n"
-        "@METHODS.register('linear')\n"
-        "class Mine:\n"
-        "    pass\n",
+        "from ckptmerge.merge.registry import METHODS\n@METHODS.register('linear')\nclass Mine:\n    pass\n",
         "ValueError: merge method 'linear' registered twice",
     ),
     "exits_at_import": ("import sys\nsys.exit(0)\n", "called sys.exit(0) while being imported"),
