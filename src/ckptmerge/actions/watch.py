@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -328,12 +329,18 @@ class WatchRun:
         return " ".join(parts)
 
     def _refresh_timeline(self) -> None:
-        """Log every done pair's row on the watch run that is not there yet; redraw the plot; result.json."""
+        """Log every row on the watch run that is not there yet, or whose adjacent pair changed (a lower step
+        arrived later: 600→700 replaces 500→700 at step 700); redraw the plot; result.json."""
         client, exp = self.tracker.client, self.tracker.experiment_id
         pairs = ledger.done_pairs(client, exp, self.key, self._results)
         self.rows = timeline.timeline_rows(pairs)
-        have = ledger.logged_steps(client, self.run_id, names.METRIC_MERGED_OBJECTIVE)
-        new = [r for r in self.rows if r["step"] not in have]
+        have = ledger.logged_values(client, self.run_id, names.METRIC_MERGED_OBJECTIVE)
+        new = [
+            r
+            for r in self.rows
+            if r["step"] not in have
+            or (r["merged_objective"] is not None and not math.isclose(have[r["step"]], r["merged_objective"]))
+        ]
         for r in new:
             self.tracker.log_metrics(timeline.row_metrics(r), step=r["step"], run_id=self.run_id)
         if new and self.tracker.log_plots:

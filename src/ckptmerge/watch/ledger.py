@@ -150,8 +150,13 @@ def done_pairs(client: Any, experiment_id: str, key: str, cache: dict[str, dict]
     return sorted(out, key=lambda p: p.steps)
 
 
-def logged_steps(client: Any, run_id: str, metric: str) -> set[int]:
-    return {m.step for m in client.get_metric_history(run_id, metric)}
+def logged_values(client: Any, run_id: str, metric: str) -> dict[int, float]:
+    """The latest value of ``metric`` logged at each step (a step logged again shows its newest value)."""
+    latest: dict[int, tuple[int, float]] = {}
+    for m in client.get_metric_history(run_id, metric):
+        if m.step not in latest or m.timestamp >= latest[m.step][0]:
+            latest[m.step] = (m.timestamp, m.value)
+    return {step: v for step, (_, v) in latest.items()}
 
 
 def search_tags(watch_run_id: str, key: str, directory: Path, steps: tuple[int, int]) -> Mapping[str, str]:
