@@ -25,7 +25,7 @@ from ckptmerge import signals
 from ckptmerge.checkpoints.atomic import check_target, folder_owner, refuse_inputs
 from ckptmerge.checkpoints.writer import check_space, merged_size
 from ckptmerge.config import Config, parse_size
-from ckptmerge.errors import EvaluationError
+from ckptmerge.errors import CheckpointError, EvaluationError
 from ckptmerge.evaluation.doc_scores import scores_json
 from ckptmerge.interop import folder_files, update_card
 from ckptmerge.interop.facts import MergeFacts, checkpoint_entries, floating_dtype
@@ -177,9 +177,16 @@ class SearchRun:
             check_target(self.output_dir, cfg.merge.overwrite, owner=self.owner)  # before any trial
             try:
                 result = self._search_and_register(tracker, sources, session, resident, searcher, past)
-            except BaseException:
+            except BaseException as e:
                 if self._written and not self._committed:  # a merge whose report or registration failed or stopped
                     shutil.rmtree(self.output_dir, ignore_errors=True)
+                gone = [c.folder for c in cset.checkpoints if not Path(c.folder).is_dir()]
+                if gone and isinstance(e, Exception):  # what failed is then a symptom: name the cause
+                    first = str(e).splitlines()[0] if str(e) else type(e).__name__
+                    raise CheckpointError(
+                        f"checkpoint folder {gone[0]} disappeared during the search ({first[:200]}); "
+                        "nothing was written or registered"
+                    ) from e
                 raise
         return result
 

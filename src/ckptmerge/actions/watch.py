@@ -86,6 +86,7 @@ class WatchRun:
         self.done: dict[str, str] = {}  # "older,newer" -> the search run that finished it
         self.failed: set[str] = set()  # pairs whose search failed in this process: not retried here
         self.searched_here: list[str] = []
+        self.vanished: dict[str, tuple[Path, Path]] = {}  # failed pairs whose input folder disappeared
         self.last_activity = time.monotonic()
         self.rows: list[dict] = []
         self._results: dict[str, dict] = {}  # search run id -> its result.json, read once
@@ -161,6 +162,12 @@ class WatchRun:
             return 0
         if self.said.pop(self.dir, None) is not None:
             say(f"{self.dir} can be read again")
+        for pair, paths in list(self.vanished.items()):
+            if all(p.is_dir() for p in paths):  # its input is back: the pair is worth another try
+                del self.vanished[pair]
+                self.failed.discard(pair)
+                for p in paths:
+                    self.ready.pop(p, None)  # and must be complete again before it is searched
         for f in folders:
             if f.path in self.ready:
                 continue
@@ -267,6 +274,8 @@ class WatchRun:
                 return
             except CkptMergeError as e:  # this pair cannot be searched; the next one may be
                 self.failed.add(pair)
+                if not (older.path.is_dir() and newer.path.is_dir()):  # tried again once its input is back
+                    self.vanished[pair] = (older.path, newer.path)
                 say(f"pair {older.name} → {newer.name}: failed: {' '.join(str(e).split())}")
                 return
             finally:
