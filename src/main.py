@@ -8,7 +8,9 @@
 Hydra composes ``conf/``; the result becomes a validated :class:`ckptmerge.config.Config`; the action
 runs; ``result.json`` lands in the Hydra run directory. A problem the user can fix ends the run with
 one line on stderr and exit status 2. SIGTERM and SIGINT end it as a stop: the MLflow runs end KILLED,
-one line says so, exit status 143 / 130, and the same command resumes.
+one line says so, exit status 143 / 130, and the same command resumes. A stop after a search has
+committed its result (``ckptmerge.signals.committing``) changes nothing: once ``result.json`` is
+written, one line says the search had finished, exit status 0.
 
 Secrets (URI passwords, secret-named environment values) are masked in everything this process
 prints or writes: stdout, stderr, the log, ``result.json`` and the Hydra run folder's ``.hydra/*.yaml``.
