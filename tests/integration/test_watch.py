@@ -383,3 +383,29 @@ def test_a_watch_dir_deleted_mid_watch_is_a_wait_and_one_warning(tmp_path):
         [client.get_experiment_by_name("ckptmerge").experiment_id], "tags.`ckptmerge.kind` = 'watch'"
     )[0]
     assert run.info.status == "FINISHED"
+
+
+def test_a_renamed_checkpoint_folder_is_not_searched_again(tmp_path, tiny_trajectory):
+    """A checkpoint is its weights, not its folder's name: step00090 renamed checkpoint-90 after its pair
+    finished is the same pair, skipped, not a second search and a second version."""
+    watch = tmp_path / "ckpts"
+    watch.mkdir()
+    for c in tiny_trajectory.checkpoints[-2:]:
+        shutil.copytree(c, watch / c.name)
+    args = _args(tmp_path, tiny_trajectory, watch, 1, tmp_path / "run", budget=2)
+    first = run_main(args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("ckptmerge").experiment_id
+    (search,) = _searches(client, exp)
+
+    newest = tiny_trajectory.checkpoints[-1].name
+    (watch / newest).rename(watch / "checkpoint-90")
+    again = run_main(args, cwd=tmp_path)  # the same command
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [r.info.run_id for r in _searches(client, exp)] == [search.info.run_id]
+    older = tiny_trajectory.checkpoints[-2].name
+    assert (
+        f"pair {older} → checkpoint-90: already searched (the same weights under other folder names) "
+        f"(run {search.info.run_id}); skipped"
+    ) in again.stdout

@@ -38,7 +38,7 @@ from ckptmerge.tracking.search_lock import SearchRunning
 from ckptmerge.tracking.secrets import redact_data
 from ckptmerge.watch import ledger, timeline
 from ckptmerge.watch.completeness import Settling, latest_pointer_step, why_not_ready
-from ckptmerge.watch.folders import StepFolder, checkpoint_folder_hint, step_folders
+from ckptmerge.watch.folders import StepFolder, checkpoint_folder_hint, content_digest, step_folders
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ class WatchRun:
         self.done: dict[str, str] = {}  # "older,newer" -> the search run that finished it
         self.failed: set[str] = set()  # pairs whose search failed in this process: not retried here
         self.searched_here: list[str] = []
+        self.contents: dict[Path, str] = {}  # complete folder -> content_digest (its identity)
         self.vanished: dict[str, tuple[Path, Path]] = {}  # failed pairs whose input folder disappeared
         self.last_activity = time.monotonic()
         self.rows: list[dict] = []
@@ -177,6 +178,7 @@ class WatchRun:
             reason = why_not_ready(f.path, f.step, quiet, self.settling.settle_s, latest)
             if reason is None:
                 self.ready[f.path] = f
+                self.contents[f.path] = content_digest(f.path)  # complete and settled: its bytes are final
                 self.said.pop(f.path, None)
             else:
                 if self.said.get(f.path) != reason:
@@ -197,9 +199,13 @@ class WatchRun:
             return
         client, exp = self.tracker.client, self.tracker.experiment_id
         finished = ledger.finished_search(client, exp, self.key, pair)
+        renamed = None
+        if not finished:  # the same weights under other names (a folder renamed, copied or re-linked)
+            renamed = finished = ledger.finished_search_of_content(client, exp, self.key, self._content(older, newer))
         if finished:  # an earlier watcher, or another one beside this one
             self.done[pair] = finished
-            say(f"pair {older.name} → {newer.name}: already searched (run {finished}); skipped")
+            same = " (the same weights under other folder names)" if renamed else ""
+            say(f"pair {older.name} → {newer.name}: already searched{same} (run {finished}); skipped")
             self._refresh_timeline()
             return
         running = ledger.running_search(client, exp, self.key, pair)
@@ -212,6 +218,9 @@ class WatchRun:
                 self.said[newer.path] = running
             return
         self._search(older, newer, pair)
+
+    def _content(self, older: StepFolder, newer: StepFolder) -> str:
+        return f"{self.contents[older.path]},{self.contents[newer.path]}"
 
     def _search(self, older: StepFolder, newer: StepFolder, pair: str) -> None:
         from ckptmerge.actions.search import SearchRun
@@ -251,7 +260,9 @@ class WatchRun:
             self.cwd,
             pair_yaml,
             tags={
-                **ledger.search_tags(self.run_id, self.key, self.dir, (older.step, newer.step)),
+                **ledger.search_tags(
+                    self.run_id, self.key, self.dir, (older.step, newer.step), self._content(older, newer)
+                ),
                 **({names.TAG_WARM_FROM: previous.run_id} if previous is not None else {}),
             },
             on_locked=not_done_meanwhile,

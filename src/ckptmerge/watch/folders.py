@@ -8,6 +8,7 @@ into place) is not a checkpoint. Names are matched whole, so ``checkpoint-500.tm
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,3 +73,15 @@ def checkpoint_folder_hint(directory: Path) -> str | None:
         f"watch.dir={directory} is itself a checkpoint folder (config.json and weights), not a folder of "
         f"checkpoints; watch the folder the trainer writes them into, e.g. watch.dir={directory.parent}"
     )
+
+
+def content_digest(folder: Path) -> str:
+    """A checkpoint's identity by content: the sha256 of its weight files' bytes, in name order. A folder
+    renamed, copied or re-linked keeps it, so a watch does not search the same weights twice."""
+    h = hashlib.sha256()
+    files = sorted(p for pattern in ("*.safetensors", "*.bin") for p in Path(folder).glob(pattern))
+    for f in files:
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 24):
+                h.update(chunk)
+    return h.hexdigest()[:24]
