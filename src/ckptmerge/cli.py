@@ -11,7 +11,8 @@ run :func:`main`. Hydra composes the packaged configs (``config_folders.conf_dir
 :class:`ckptmerge.config.Config`; the action runs; ``result.json`` lands in the Hydra run directory. A
 problem the user can fix ends the run with one line on stderr and exit status 2. SIGTERM and SIGINT
 end it as a stop: the MLflow runs end KILLED, one line says so, exit status 143 / 130, and the same
-command resumes.
+command resumes. A stop after a search has committed its result (``ckptmerge.signals.committing``)
+changes nothing: once ``result.json`` is written, one line says the search had finished, exit status 0.
 
 Secrets (URI passwords, secret-named environment values) are masked in everything this process
 prints or writes: stdout, stderr, the log, ``result.json`` and the Hydra run folder's ``.hydra/*.yaml``.
@@ -23,6 +24,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +63,7 @@ def store_schema() -> None:
 store_schema()  # before Hydra composes: here, so that every way of starting the app has it
 EXIT_USER_ERROR = 2
 _action = "search"  # the action being run, for the line a stop prints
+_finished: Path | None = None  # the result.json of an action that has finished: a later stop undoes nothing
 
 
 def _run(cfg_dict: dict, run_dir: Path, cwd: Path, config_yaml: str) -> dict:
@@ -100,22 +103,37 @@ def _run(cfg_dict: dict, run_dir: Path, cwd: Path, config_yaml: str) -> dict:
 
 def _run_action(cfg: Any, run_dir: Path, cwd: Path, config_yaml: str, channel: Any = None) -> dict:
     """The action from the registry; its result, with the fields every action shares, as ``result.json``."""
+    global _finished
+    from ckptmerge import signals
     from ckptmerge.actions.registry import ACTIONS, ActionContext
     from ckptmerge.tracking.secrets import redact_data
 
-    result = ACTIONS.get(cfg.action).load()(cfg, ActionContext(run_dir, cwd, config_yaml, channel))
-    shared = {
-        "action": cfg.action,
-        "ckptmerge_version": __version__,  # which ckptmerge made this result
-        "mlflow": None,
-        "output_dir": None,
-        "registered_model": None,
-    }
-    # the tracking URI's password, a token in a path: never in the run folder
-    result = redact_data(json.loads(json.dumps({**shared, **result}, default=str)))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "result.json").write_text(json.dumps(result, indent=2))
+    # a stop after a search has committed its result waits until that result is reported here
+    with signals.publishing():
+        result = ACTIONS.get(cfg.action).load()(cfg, ActionContext(run_dir, cwd, config_yaml, channel))
+        shared = {
+            "action": cfg.action,
+            "ckptmerge_version": __version__,  # which ckptmerge made this result
+            "mlflow": None,
+            "output_dir": None,
+            "registered_model": None,
+        }
+        # the tracking URI's password, a token in a path: never in the run folder
+        result = redact_data(json.loads(json.dumps({**shared, **result}, default=str)))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = run_dir / f".result.json.{os.getpid()}.tmp"  # whole or absent, whenever the process ends
+        tmp.write_text(json.dumps(result, indent=2))
+        os.replace(tmp, run_dir / "result.json")
+        _finished = run_dir / "result.json"
+    if threading.current_thread() is threading.main_thread():
+        signals.settle(_say_finished)  # a stop from here on (Hydra's shutdown, exit) changes nothing
     return result
+
+
+def _say_finished(name: str) -> None:
+    """The line for a stop that came after the action had finished (and ``result.json`` was written)."""
+    text = f"{name} arrived after the {_action} had finished; its result stands ({_finished})"
+    os.write(2, (redact(text) + "\n").encode())  # from a signal handler: no buffered stream, which may be mid-write
 
 
 def _launcher_argv(argv: list[str]) -> list[str]:
@@ -250,10 +268,17 @@ def _error_line(text: str) -> None:
 
 
 def _report_stop(e: KeyboardInterrupt) -> None:
-    """The one line a stop prints, and the shell's status for it (128 + signal number)."""
+    """The one line a stop prints, and the shell's status for it (128 + signal number); after the action
+    has finished (its ``result.json`` written), a line saying so and exit status 0."""
     from ckptmerge.errors import Stopped
 
     name, code = (e.signal_name, e.exit_code) if isinstance(e, Stopped) else ("SIGINT", 130)
+    if _finished is not None:  # nothing to undo or resume: the result stands, and the exit status says so
+        from ckptmerge.signals import settle
+
+        settle(lambda _name: None)  # a second signal now would only interrupt the exit
+        _say_finished(name)
+        sys.exit(0)
     then = "resume" if _action in ("search", "watch", "pilot", "compare") else "start it again"
     _error_line(f"stopped by {name}; run the same command again to {then}")
     sys.exit(code)
@@ -261,8 +286,14 @@ def _report_stop(e: KeyboardInterrupt) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
 def hydra_main(cfg: DictConfig) -> None:
-    global _action
+    global _action, _finished
     from ckptmerge.errors import CkptMergeError
+
+    if _finished is not None:  # the next job of a sweep: a stop stops it again
+        from ckptmerge.signals import install_stop_handlers
+
+        _finished = None
+        install_stop_handlers()
 
     _mask_outputs()
     run_dir = Path(HydraConfig.get().runtime.output_dir).resolve()

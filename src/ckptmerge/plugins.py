@@ -1,5 +1,10 @@
-"""The ``plugins`` config key: modules of the user's own imported before the config is checked, so
-that the merge methods, search spaces, searchers or actions they register are known to validation."""
+"""``plugins``: the user's own modules, imported before the config is read, that register merge methods,
+search spaces, searchers or actions.
+
+A module that fails while it is imported (a missing module, an exception, a syntax error, a name that
+is already registered, ``sys.exit`` at import) is one line naming the module and the error, exit 2,
+before any work: ``error: plugins[0]: my_methods: ValueError: merge method 'linear' registered twice``.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +32,17 @@ def load_plugins(modules: Any) -> tuple[str, ...]:
             raise ConfigError(f"plugins[{i}] must be a module name such as my_methods, got {name!r}")
         try:
             importlib.import_module(name)
-        except ImportError as e:
-            raise ConfigError(f"plugins[{i}]: cannot import {name!r} ({e})") from None
+        except ModuleNotFoundError as e:
+            if e.name is not None and (e.name == name or name.startswith(e.name + ".")):  # the plugin is not there
+                raise ConfigError(f"plugins[{i}]: cannot import {name!r} ({e})") from None
+            raise ConfigError(f"plugins[{i}]: {name}: {_one_line(e)}") from None
+        except SystemExit as e:  # the module's own code ended the process: that is no way to load a plugin
+            raise ConfigError(f"plugins[{i}]: {name}: called sys.exit({e.code!r}) while being imported") from None
+        except Exception as e:  # noqa: BLE001 - whatever the module's code raised, as one line naming it
+            raise ConfigError(f"plugins[{i}]: {name}: {_one_line(e)}") from None
     return tuple(modules)
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__

@@ -157,3 +157,52 @@ def test_a_dev_task_whose_code_raises_stops_the_search_at_the_first_trial(tmp_pa
     assert len(trials) == 1 and trials[0].info.status == "FAILED"
     assert client.search_registered_models() == []
     assert not (tmp_path / "run" / "merged").exists()
+
+
+def test_a_checkpoint_folder_deleted_during_the_search_is_named_in_one_line(tmp_path, tiny_trajectory):
+    """Not a symptom (the written merge "does not load"): the folder that went away, and nothing written."""
+    import os
+    import signal as _signal
+    import time
+
+    from tests.integration.test_signals import _running_trial
+
+    inputs = []
+    for c in tiny_trajectory.checkpoints[-2:]:
+        inputs.append(tmp_path / "ckpts" / c.name)
+        shutil.copytree(c, inputs[-1])
+    args = [
+        "model=local",
+        f"model.checkpoints=[{inputs[0]},{inputs[1]}]",
+        "eval.tasks=[ckptmerge_dev_bpb]",
+        f"eval.include_path={tiny_trajectory.tasks_dir}",
+        "eval.limit=8",
+        "eval.batch_size=2",
+        "search.budget=3",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        "registry.name=fault-test",
+        "tracking.log_plots=false",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
+    p = subprocess.Popen(
+        [sys.executable, str(MAIN), *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 400
+    while time.time() < deadline and p.poll() is None and _running_trial(tmp_path / "mlflow.db") is None:
+        time.sleep(0.05)
+    assert p.poll() is None, "the search ended before its first trial"
+    shutil.rmtree(inputs[1])  # the trainer's cleanup removes the newer checkpoint mid-search
+    try:
+        _, err = p.communicate(timeout=400)
+    except subprocess.TimeoutExpired:
+        os.kill(p.pid, _signal.SIGKILL)
+        raise
+    assert p.returncode == 2, err[-3000:]
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(
+        f"error: checkpoint folder {inputs[1]} disappeared during the search"
+    )
+    assert "Traceback" not in err
+    assert not (tmp_path / "run" / "merged").exists() and not (tmp_path / "run" / "result.json").exists()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert client.search_registered_models() == []

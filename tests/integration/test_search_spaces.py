@@ -58,3 +58,33 @@ def test_a_family_search_covers_the_newest_checkpoints_and_starts_from_the_basel
     last = max(runs, key=lambda r: int(r.data.params["trial"]))
     assert "gp_posterior.png" in {a.path for a in client.list_artifacts(last.info.run_id)}
     assert "gp.mean_at_newest_weight" in last.data.metrics
+
+
+def test_a_budget_smaller_than_the_warm_start_says_which_baselines_it_leaves_out(tmp_path, traj_cache, tiny_trajectory):
+    """The simplex over the tiny trajectory's 3 checkpoints warm-starts from newest, uniform and ema (lawa
+    over 3 of 3 is the uniform soup): a budget of 2 cannot hold them, and "never below the baselines"
+    does not hold for those it leaves out."""
+    proc = run_main(
+        [
+            "model.trajectory.preset=tiny",
+            f"model.trajectory.cache_dir={traj_cache}",
+            "search/space=simplex",
+            "search.budget=2",
+            "eval.limit=8",
+            "registry.enabled=false",
+            "tracking.log_plots=false",
+            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    evaluated = [t["proposed_by"].removeprefix("warm:") for t in result["trials"]]
+    assert evaluated == ["newest", "uniform"]
+    assert result["warm_start_dropped"] == ["ema"]
+    warnings = [ln for ln in proc.stderr.splitlines() if ln.startswith("warning: search.budget=2")]
+    assert warnings == [
+        "warning: search.budget=2 cannot hold the warm start of search/space=simplex (3 points): baselines ema "
+        "are left out and the result is not checked against them; set search.budget>=3 to evaluate them"
+    ]

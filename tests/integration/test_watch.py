@@ -319,3 +319,93 @@ def test_a_pair_search_starts_from_the_previous_pairs_point(tmp_path, tiny_traje
     assert [r.data.params["proposed_by"] for r in first] == ["warm:previous-pair"]
     key = json.loads(Path(client.download_artifacts(run_id, "resume_key.json")).read_text())
     assert key["search"]["previous_pair"] == [0.4]
+
+
+def test_a_watch_dir_that_is_itself_a_checkpoint_gets_a_warning_naming_the_fix(tmp_path, tiny_trajectory):
+    ckpt = tiny_trajectory.checkpoints[-1]  # read only: nothing is written into the watched folder
+    proc = run_main(
+        [
+            "action=watch",
+            "model=local",
+            f"watch.dir={ckpt}",
+            "watch.poll_s=0.3",
+            "watch.idle_exit_s=1",
+            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [ln for ln in proc.stderr.splitlines() if ln.startswith("warning:")] == [
+        f"warning: watch.dir={ckpt} is itself a checkpoint folder (config.json and weights), not a folder of "
+        f"checkpoints; watch the folder the trainer writes them into, e.g. watch.dir={ckpt.parent}"
+    ]
+
+
+def test_a_watch_dir_deleted_mid_watch_is_a_wait_and_one_warning(tmp_path):
+    """Deleted (or unmounted) while the watcher runs: a warning, a wait, and the watch goes on when it is
+    back; not a FileNotFoundError traceback and a FAILED watch run."""
+    watch = tmp_path / "ckpts"
+    watch.mkdir()
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            str(MAIN),
+            "action=watch",
+            "model=local",
+            f"watch.dir={watch}",
+            "watch.poll_s=0.2",
+            "watch.idle_exit_s=6",
+            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+    )
+    first = p.stdout.readline()
+    assert first.startswith(f"watching {watch}"), first + p.stderr.read()
+    watch.rmdir()
+    time.sleep(2)  # several polls while it is gone
+    watch.mkdir()
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err[-3000:]
+    assert "Traceback" not in err
+    assert [ln for ln in err.splitlines() if ln.startswith(("warning:", "error:"))] == [
+        f"warning: watch.dir={watch} cannot be read (No such file or directory); waiting for it to come back "
+        "(watch.idle_exit_s ends the watch if it does not)"
+    ]
+    assert f"{watch} can be read again" in out
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.search_runs(
+        [client.get_experiment_by_name("ckptmerge").experiment_id], "tags.`ckptmerge.kind` = 'watch'"
+    )[0]
+    assert run.info.status == "FINISHED"
+
+
+def test_a_renamed_checkpoint_folder_is_not_searched_again(tmp_path, tiny_trajectory):
+    """A checkpoint is its weights, not its folder's name: step00090 renamed checkpoint-90 after its pair
+    finished is the same pair, skipped, not a second search and a second version."""
+    watch = tmp_path / "ckpts"
+    watch.mkdir()
+    for c in tiny_trajectory.checkpoints[-2:]:
+        shutil.copytree(c, watch / c.name)
+    args = _args(tmp_path, tiny_trajectory, watch, 1, tmp_path / "run", budget=2)
+    first = run_main(args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("ckptmerge").experiment_id
+    (search,) = _searches(client, exp)
+
+    newest = tiny_trajectory.checkpoints[-1].name
+    (watch / newest).rename(watch / "checkpoint-90")
+    again = run_main(args, cwd=tmp_path)  # the same command
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [r.info.run_id for r in _searches(client, exp)] == [search.info.run_id]
+    older = tiny_trajectory.checkpoints[-2].name
+    assert (
+        f"pair {older} → checkpoint-90: already searched (the same weights under other folder names) "
+        f"(run {search.info.run_id}); skipped"
+    ) in again.stdout

@@ -136,3 +136,32 @@ def test_an_input_checkpoint_or_its_parent_is_never_an_output(tmp_path):
     with pytest.raises(CheckpointError, match="is a folder holding the input checkpoint"):
         refuse_inputs(tmp_path / "ckpts", inputs)
     refuse_inputs(tmp_path / "ckpts" / "merged", inputs)  # beside them is fine
+
+
+@pytest.mark.parametrize("umask,folder_mode,file_mode", [(0o022, 0o755, 0o644), (0o027, 0o750, 0o640)])
+def test_a_published_folder_has_the_modes_the_umask_gives_a_plain_mkdir(tmp_path, umask, folder_mode, file_mode):
+    """Not mkdtemp's owner-only 0700: a serving account must be able to read a registered merge."""
+    from ckptmerge.interop import update_card
+    from ckptmerge.interop.facts import MergeFacts
+
+    old = os.umask(umask)
+    try:
+        with atomic_folder(tmp_path / "out") as tmp:
+            (tmp / "model.safetensors").write_bytes(b"x")
+        update_card(
+            tmp_path / "out",
+            MergeFacts(
+                checkpoints=tuple(
+                    {"name": n, "hub": False, "model": f"/ckpt/{n}", "folder": f"/ckpt/{n}"} for n in "ab"
+                ),
+                weights={"a": 0.5, "b": 0.5},
+            ),
+        )
+    finally:
+        os.umask(old)
+    out = tmp_path / "out"
+    assert out.stat().st_mode & 0o777 == folder_mode
+    assert {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()} == {
+        "model.safetensors": file_mode,
+        "README.md": file_mode,
+    }

@@ -61,3 +61,18 @@ def test_an_error_fails_the_runs_and_a_resumed_run_drops_the_stale_tags(tracker)
     run = tracker.client.get_run(parent)
     assert run.info.status == "FINISHED"
     assert not {"ckptmerge.error", "ckptmerge.stopped_by"} & set(run.data.tags)
+
+
+def test_a_sqlite_store_elsewhere_keeps_its_artifacts_beside_it(tmp_path):
+    """Not in the working directory: the artifacts belong with the store the user named."""
+    store, cwd = tmp_path / "team" / "store", tmp_path / "work"
+    store.mkdir(parents=True)
+    cwd.mkdir()
+    t = SearchTracker(TrackingConfig(uri=f"sqlite:///{store / 'mlflow.db'}", log_plots=False), cwd)
+    location = t.client.get_experiment(t.experiment_id).artifact_location
+    assert location == (store / "mlartifacts").as_uri()
+    set_by_user = (tmp_path / "elsewhere").as_uri()
+    t2 = SearchTracker(
+        TrackingConfig(uri=f"sqlite:///{store / 'mlflow.db'}", experiment="x", artifact_location=set_by_user), cwd
+    )
+    assert t2.client.get_experiment(t2.experiment_id).artifact_location == set_by_user

@@ -78,3 +78,21 @@ def test_an_interval_that_could_not_be_computed_is_left_out():
     assert row["steps_gained_ci"] == [None, None]
     m = row_metrics(row)
     assert "gain.ci_low" not in m and "steps_gained.ci_low" not in m and m["steps_gained"] == pytest.approx(10.0)
+
+
+def test_a_lower_step_that_arrives_later_replaces_the_non_adjacent_pair_in_the_timeline():
+    """Watch step500 and step700, then step600 arrives: one row per step, each from its adjacent pair."""
+    from ckptmerge.watch.ledger import DonePair
+    from ckptmerge.watch.timeline import timeline_rows
+
+    def pair(a, b, merged):
+        return DonePair(
+            (f"step{a}", f"step{b}"),
+            (a, b),
+            f"run-{a}-{b}",
+            {"objective": merged, "baseline_objective": merged - 0.01, "trials": []},
+        )
+
+    rows = timeline_rows([pair(500, 700, -2.0), pair(500, 600, -2.2), pair(600, 700, -1.9)])
+    assert [r["step"] for r in rows] == [600, 700]
+    assert rows[1]["checkpoints"] == ["step600", "step700"] and rows[1]["merged_objective"] == -1.9

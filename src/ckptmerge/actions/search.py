@@ -13,16 +13,19 @@ import json
 import logging
 import os
 import shutil
+import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ckptmerge import signals
 from ckptmerge.checkpoints.atomic import check_target, folder_owner, refuse_inputs
 from ckptmerge.checkpoints.writer import check_space, merged_size
 from ckptmerge.config import Config, parse_size
-from ckptmerge.errors import EvaluationError
+from ckptmerge.errors import CheckpointError, EvaluationError
 from ckptmerge.evaluation.doc_scores import scores_json
 from ckptmerge.interop import folder_files, update_card
 from ckptmerge.interop.facts import MergeFacts, checkpoint_entries, floating_dtype
@@ -30,10 +33,11 @@ from ckptmerge.merge import searchable
 from ckptmerge.resident import ResidentModel
 from ckptmerge.runtime import seed_everything
 from ckptmerge.runtime.distributed import Channel
-from ckptmerge.search.searchers import Searcher, make_searcher
-from ckptmerge.session import evidence
+from ckptmerge.search.searchers import Searcher, make_searcher, warm_start_left_out
+from ckptmerge.session import evidence, finish
 from ckptmerge.session.evaluation import EvalSession
-from ckptmerge.session.register import register, write_and_verify
+from ckptmerge.session.finish import HeldOutReport, Selection, Written
+from ckptmerge.session.register import PendingVersion, log_for_registry, write_and_verify
 from ckptmerge.session.setup import Sources, local_checkpoint_folders, resolve_search_sources, search_space
 from ckptmerge.session.trials import Trial, TrialLoop
 from ckptmerge.tracking import names, resume, search_lock
@@ -73,6 +77,7 @@ class SearchRun:
         self.on_locked = on_locked
         self.previous_result = previous_result
         self.warm_point: tuple[float, ...] | None = None
+        self.warm_left_out: list[str] = []
         self.run_dir = Path(run_dir).resolve()
         self.cwd = Path(cwd)
         self.config_yaml = config_yaml
@@ -81,6 +86,7 @@ class SearchRun:
         )
         self.trials: list[Trial] = []
         self._written = False
+        self._committed = False  # the finish committed (see _commit): nothing undoes it from then on
         self._lock: search_lock.SearchLock | None = None
 
     # -- the whole thing ---------------------------------------------------------------------
@@ -116,6 +122,15 @@ class SearchRun:
         self.warm_point, initial = warm.initial_for(
             self.space, initial, self.previous_result, float(cfg.search.min_distance)
         )
+        self.warm_left_out = warm_start_left_out(initial, cfg.search.budget)
+        if self.warm_left_out:  # the result is then not checked against those baselines: say so
+            print(
+                f"warning: search.budget={cfg.search.budget} cannot hold the warm start of "
+                f"search/space={self.space.name} ({len(initial or [])} points): baselines "
+                f"{', '.join(self.warm_left_out)} are left out and the result is not checked against them; "
+                f"set search.budget>={len(initial or [])} to evaluate them",
+                file=sys.stderr,
+            )
         searcher = make_searcher(cfg.search, self.space, initial)  # e.g. grid over k > 2 is refused here
         # unknown tasks/metrics and test-split dev tasks fail before the model is built
         session, resident = EvalSession.with_resident(cfg, sources, self.channel)
@@ -125,6 +140,9 @@ class SearchRun:
         self._lock = search_lock.acquire(tracker.uri, tracker.client, tracker.experiment_id, resume.key_hash(key))
         if self.on_locked is not None:
             self.on_locked(tracker)
+        done = self._finished_before(tracker, key, earlier)
+        if done is not None:
+            return done
         resume_id = self._resumable(tracker, key)
         run_id = tracker.start(
             run_name=f"search-{'-'.join(cset.names)}",
@@ -160,9 +178,16 @@ class SearchRun:
             check_target(self.output_dir, cfg.merge.overwrite, owner=self.owner)  # before any trial
             try:
                 result = self._search_and_register(tracker, sources, session, resident, searcher, past)
-            except BaseException:
-                if self._written:  # a merge we wrote whose report or registration failed never stays behind
+            except BaseException as e:
+                if self._written and not self._committed:  # a merge whose report or registration failed or stopped
                     shutil.rmtree(self.output_dir, ignore_errors=True)
+                gone = [c.folder for c in cset.checkpoints if not Path(c.folder).is_dir()]
+                if gone and isinstance(e, Exception):  # what failed is then a symptom: name the cause
+                    first = str(e).splitlines()[0] if str(e) else type(e).__name__
+                    raise CheckpointError(
+                        f"checkpoint folder {gone[0]} disappeared during the search ({first[:200]}); "
+                        "nothing was written or registered"
+                    ) from e
                 raise
         return result
 
@@ -240,6 +265,36 @@ class SearchRun:
             }
         return key
 
+    def _finished_before(self, tracker: SearchTracker, key: dict[str, Any], owner: str | None) -> dict[str, Any] | None:
+        """The result of the finished search with this key that wrote the output folder, if that is who
+        wrote it: the same command run again after a search finished (a stop that came after its commit
+        included) reports that result again instead of refusing the search's own folder.
+        ``search.resume=never`` searches afresh (and is refused the folder, as before)."""
+        if not owner or not owner.startswith(OWNER_SEARCH) or self.cfg.search.resume == "never":
+            return None
+        run_id = owner[len(OWNER_SEARCH) :]
+        try:
+            run = tracker.client.get_run(run_id)
+            if (
+                run.info.status != "FINISHED"
+                or run.info.experiment_id != tracker.experiment_id
+                or run.data.tags.get(resume.TAG_RESUME_HASH) != resume.key_hash(key)
+            ):
+                return None
+            with tempfile.TemporaryDirectory() as tmp:
+                path = tracker.client.download_artifacts(run_id, names.ARTIFACT_RESULT, tmp)
+                result: dict[str, Any] = json.loads(Path(path).read_text())
+        except Exception as e:  # noqa: BLE001 - not a finished search of ours: the folder check decides
+            log.debug("output folder's search %s cannot be reported again: %s", run_id, e)
+            return None
+        log.info(
+            "Search %s already finished with this config and wrote %s; reporting its result again "
+            "(search.resume=never searches afresh)",
+            run_id,
+            self.output_dir,
+        )
+        return result
+
     def _resumable(self, tracker: SearchTracker, key: dict[str, Any]) -> str | None:
         choice = self.cfg.search.resume
         if choice == "never" or os.environ.get("MLFLOW_RUN_ID"):
@@ -258,21 +313,53 @@ class SearchRun:
         searcher: Searcher,
         past: list,
     ) -> dict[str, Any]:
-        cfg, cset = self.cfg, sources.cset
+        """The trials, then the finish in named steps: select, write, test report, result, log the model,
+        commit. Everything before :meth:`_commit` is undone by a stop or an error (the run ends KILLED or
+        FAILED, the written merge is removed, nothing is registered); the commit is one step under signals."""
+        loop = self._trials(tracker, session, resident, searcher, past)
+        chosen = self._select(tracker, loop, searcher, session, sources)
+        facts = self.facts.with_(
+            weights=dict(chosen.best.weights),
+            objective=chosen.best.objective,
+            dev_metrics=dict(chosen.best.metrics),
+            gain=chosen.gain.as_json() if chosen.gain else None,
+            decision=chosen.verdict.decision,
+            decision_reason=chosen.verdict.reason,
+            plot_artifact=chosen.plot,
+        )
+        merge = self._write(session, resident, chosen, facts)
+        report = self._test_report(tracker, session, resident, sources, merge)
+        facts = facts.with_(test_metrics=dict(report.by_model.get("best", {})))
+        self._log_summary(tracker, chosen, merge, report)
+        result = self._result(tracker, session, resident, sources, loop, chosen, merge, report)
+        pending = None
+        if chosen.verdict.decision == evidence.REGISTERED:
+            pending = self._log_for_registry(tracker, session, sources, chosen, merge, facts)
+        self._commit(tracker, result, pending, facts)
+        return result
+
+    def _trials(
+        self, tracker: SearchTracker, session: EvalSession, resident: ResidentModel, searcher: Searcher, past: list
+    ) -> TrialLoop:
+        cfg = self.cfg
         loop = TrialLoop(resident, session, tracker, searcher, self.space, parent_run_id=tracker.run_id)
         loop.replay(past)
         over = "" if self.space.is_pair else f" over {self.space.name}"
         self.trials = loop.run(cfg.search.budget, desc=f"search ({cfg.search.kind}{over})")
         if loop.best is None:
             raise EvaluationError(f"every trial failed, nothing to merge; the first failure: {self.trials[0].error}")
-        plot = None
         if tracker.log_plots and searcher.posterior() is not None:
             loop.log_plot(tracker.run_id, cfg.search.budget)  # type: ignore[arg-type]
-            plot = names.ARTIFACT_PLOT
+        return loop
+
+    def _select(
+        self, tracker: SearchTracker, loop: TrialLoop, searcher: Searcher, session: EvalSession, sources: Sources
+    ) -> Selection:
+        """The result among the trials, its paired dev gain over the newest checkpoint, and what that allows."""
+        cfg, cset = self.cfg, sources.cset
         best, selected_by = evidence.select_result(self.trials, searcher, cfg.search.select)
         assert best.objective is not None  # the result is chosen among evaluated trials
         newest = evidence.newest_alone(self.trials)
-        baseline = newest.objective if newest else None
         gain = (
             session.bootstrap.objective_gain(
                 session.objective, evidence.dev_scores(best, loop, session), evidence.dev_scores(newest, loop, session)
@@ -281,21 +368,17 @@ class SearchRun:
             else None
         )
         verdict = evidence.weigh(gain, cset.names[-1], cfg.registry.enabled, cfg.registry.require_significant_gain)
+        plot = names.ARTIFACT_PLOT if tracker.log_plots and searcher.posterior() is not None else None
+        return Selection(best, selected_by, newest, gain, verdict, plot)
 
-        # The best merge: written from the checkpoint tensors, verified, reloaded and re-scored. Only once
-        # it is in place is the folder ours to remove on a later failure (a refused rename leaves the
-        # existing folder, someone else's, as it was).
-        facts = self.facts.with_(
-            weights=dict(best.weights),
-            objective=best.objective,
-            dev_metrics=dict(best.metrics),
-            gain=gain.as_json() if gain else None,
-            decision=verdict.decision,
-            decision_reason=verdict.reason,
-            plot_artifact=plot,
-        )
-        merged_model, merged_tok, reloaded, rescored = write_and_verify(
-            cfg,
+    def _write(self, session: EvalSession, resident: ResidentModel, chosen: Selection, facts: MergeFacts) -> Written:
+        """The best merge: written from the checkpoint tensors, verified, reloaded and re-scored. Only once
+        it is in place is the folder ours to remove on a later failure (a refused rename leaves the
+        existing folder, someone else's, as it was)."""
+        best = chosen.best
+        assert best.objective is not None
+        model, tokenizer, lm, rescored = write_and_verify(
+            self.cfg,
             session,
             resident,
             best.weights,
@@ -306,86 +389,98 @@ class SearchRun:
             files=folder_files(facts),
         )
         self._written = True
-        test, test_scores = session.test_report(reloaded, resident)
+        return Written(model, tokenizer, lm, rescored)
+
+    def _test_report(
+        self, tracker: SearchTracker, session: EvalSession, resident: ResidentModel, sources: Sources, merge: Written
+    ) -> HeldOutReport:
+        test, test_scores = session.test_report(merge.lm, resident)
         tracker.log_datasets(None, session.datasets("test"), CONTEXT_TEST)
-        facts = facts.with_(test_metrics=dict(test.get("best", {})))
-        test_gains = session.test_gains(test_scores, cset.names[-1])
+        test_gains = session.test_gains(test_scores, sources.cset.names[-1])
         if test_scores:  # per reported model, so that later comparisons need not evaluate again
             tracker.log_text(
                 None,
                 "{" + ",".join(f"{json.dumps(who)}:{scores_json(sc)}" for who, sc in test_scores.items()) + "}",
                 names.ARTIFACT_TEST_DOC_SCORES,
             )
-        summary = {
-            names.METRIC_BEST_LAMBDA: list(best.weights.values())[-1],
-            names.METRIC_RESCORED_OBJECTIVE: rescored,
-            **{names.weight_param(n): w for n, w in best.weights.items()},
-            **{names.PREFIX_BEST + k: v for k, v in best.metrics.items()},
-            **{f"{names.PREFIX_TEST}{who}.{k}": v for who, ms in test.items() for k, v in ms.items()},
-        }
-        if baseline is not None:
-            summary[names.METRIC_BASELINE_OBJECTIVE] = baseline
-        if gain is not None:
-            summary.update(gain.as_metrics(names.METRIC_GAIN))
-        for key, g in test_gains.items():
-            summary.update(g.as_metrics(names.safe_key(names.PREFIX_TEST_GAIN + key)))
-        tracker.log_metrics(summary, step=cfg.search.budget)
-        tracker.set_tags({names.TAG_DECISION: verdict.decision, names.TAG_SELECTED_BY: selected_by})
+        return HeldOutReport(test, test_gains)
 
-        result: dict[str, Any] = {
-            "lambda": best.lam,
-            "weights": best.weights,
-            "point": list(best.x),
-            "space": {
-                "name": self.space.name,
-                "checkpoints": len(best.weights),
-                "point": dict(zip(self.space.coordinates, best.x)),
-            },
-            "objective": best.objective,
-            "objective_se": best.objective_se,
-            "selected_by": selected_by,
-            "baseline_objective": baseline,
-            "gain": gain.as_json() if gain else None,
-            "test_gains": evidence.gains_json(test_gains),
-            "decision": verdict.decision,
+    def _log_summary(self, tracker: SearchTracker, chosen: Selection, merge: Written, report: HeldOutReport) -> None:
+        tracker.log_metrics(finish.summary_metrics(chosen, merge, report), step=self.cfg.search.budget)
+        tracker.set_tags({names.TAG_DECISION: chosen.verdict.decision, names.TAG_SELECTED_BY: chosen.selected_by})
+
+    def _result(
+        self,
+        tracker: SearchTracker,
+        session: EvalSession,
+        resident: ResidentModel,
+        sources: Sources,
+        loop: TrialLoop,
+        chosen: Selection,
+        merge: Written,
+        report: HeldOutReport,
+    ) -> dict[str, Any]:
+        """The ``result.json`` dict (``registered_model`` is filled in by the commit)."""
+        return {
+            **finish.result_fields(chosen, merge, report, self.space, self.trials),
             "stopped_early": loop.stopped_reason,
-            "decision_reason": verdict.reason,
-            "rescored_objective": rescored,
+            "warm_start_dropped": self.warm_left_out,  # baselines of the warm start the budget did not reach
             "objective_definition": session.objective.describe(),
-            "metrics": best.metrics,
-            "test_metrics": test.get("best", {}),
-            "test_metrics_by_checkpoint": {k: v for k, v in test.items() if k != "best"},
-            "trials": [t.as_json() for t in self.trials],
-            "checkpoints": [{"name": c.name, **c.identity()} for c in cset.checkpoints],
+            "checkpoints": [{"name": c.name, **c.identity()} for c in sources.cset.checkpoints],
             "mlflow": {"tracking_uri": tracker.uri, "experiment_id": tracker.experiment_id, "run_id": tracker.run_id},
             "runtime": self._runtime_info(resident),
             "registered_model": None,
             "output_dir": str(self.output_dir),
         }
-        if verdict.decision == evidence.REGISTERED:
-            gain_tags = {
-                "gain": json.dumps(gain.as_json()) if gain else "",
-                "significant": str(verdict.significant_gain).lower(),
-                "decision": verdict.decision,
-                "checkpoints": ",".join(cset.names),
-            }
-            result["registered_model"] = register(
-                cfg,
-                tracker,
-                merged_model,
-                merged_tok,
-                best.weights,
-                best.objective,
-                session,
-                version_description(facts),
-                {"sources": ",".join(c.ref.text for c in cset.checkpoints), **gain_tags},
-                folder=self.output_dir,
-            )
-            facts = facts.with_(registered=result["registered_model"])
-        update_card(self.output_dir, facts)  # now with test results and the registered version
-        tracker.describe(run_note(facts, tracker.run_id))
-        tracker.log_text(None, json.dumps(result, indent=2), names.ARTIFACT_RESULT)
-        return result
+
+    def _log_for_registry(
+        self,
+        tracker: SearchTracker,
+        session: EvalSession,
+        sources: Sources,
+        chosen: Selection,
+        merge: Written,
+        facts: MergeFacts,
+    ) -> PendingVersion:
+        """The verified merge logged to MLflow (slow; a stop here is still undone): the version itself is
+        created by the commit."""
+        best, gain, cset = chosen.best, chosen.gain, sources.cset
+        assert best.objective is not None
+        gain_tags = {
+            "gain": json.dumps(gain.as_json()) if gain else "",
+            "significant": str(chosen.verdict.significant_gain).lower(),
+            "decision": chosen.verdict.decision,
+            "checkpoints": ",".join(cset.names),
+        }
+        return log_for_registry(
+            self.cfg,
+            tracker,
+            merge.model,
+            merge.tokenizer,
+            best.weights,
+            best.objective,
+            session,
+            version_description(facts),
+            {"sources": ",".join(c.ref.text for c in cset.checkpoints), **gain_tags},
+            folder=self.output_dir,
+        )
+
+    def _commit(
+        self, tracker: SearchTracker, result: dict[str, Any], pending: PendingVersion | None, facts: MergeFacts
+    ) -> None:
+        """The one step that makes the search finished: the registered version and its alias, the card, the
+        run's note and ``result.json`` artifact, the run ended FINISHED. Stop signals are held from here
+        until the result is reported (:func:`ckptmerge.signals.committing`): a stop before this step
+        undoes the search, one after it changes nothing."""
+        with signals.committing():
+            if pending is not None:
+                result["registered_model"] = pending.commit(tracker)
+                facts = facts.with_(registered=result["registered_model"])
+            update_card(self.output_dir, facts)  # now with test results and the registered version
+            tracker.describe(run_note(facts, tracker.run_id))
+            tracker.log_text(None, json.dumps(result, indent=2), names.ARTIFACT_RESULT)
+            tracker.finish("FINISHED")
+            self._committed = True
 
 
 def run(cfg: Config, context: Any) -> dict[str, Any]:

@@ -19,13 +19,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ckptmerge import signals
 from ckptmerge.config import Config
 from ckptmerge.errors import CkptMergeError, ConfigError
 from ckptmerge.report import gain_text
@@ -35,7 +38,7 @@ from ckptmerge.tracking.search_lock import SearchRunning
 from ckptmerge.tracking.secrets import redact_data
 from ckptmerge.watch import ledger, timeline
 from ckptmerge.watch.completeness import Settling, latest_pointer_step, why_not_ready
-from ckptmerge.watch.folders import StepFolder, step_folders
+from ckptmerge.watch.folders import StepFolder, checkpoint_folder_hint, content_digest, step_folders
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,10 @@ def _watched_dir(cfg: Config) -> Path:
         raise ConfigError(f"watch.dir={cfg.watch.dir} does not exist; create it (the trainer's output folder)")
     if not directory.is_dir():
         raise ConfigError(f"watch.dir={cfg.watch.dir} is not a folder")
+    if not os.access(directory, os.R_OK | os.X_OK):
+        raise ConfigError(
+            f"watch.dir={cfg.watch.dir} cannot be read (permission denied); watch a folder this user can list"
+        )
     return directory.resolve()
 
 
@@ -79,6 +86,8 @@ class WatchRun:
         self.done: dict[str, str] = {}  # "older,newer" -> the search run that finished it
         self.failed: set[str] = set()  # pairs whose search failed in this process: not retried here
         self.searched_here: list[str] = []
+        self.contents: dict[Path, str] = {}  # complete folder -> content_digest (its identity)
+        self.vanished: dict[str, tuple[Path, Path]] = {}  # failed pairs whose input folder disappeared
         self.last_activity = time.monotonic()
         self.rows: list[dict] = []
         self._results: dict[str, dict] = {}  # search run id -> its result.json, read once
@@ -109,6 +118,9 @@ class WatchRun:
             f"watching {self.dir} (MLflow watch run {self.run_id}{', continued' if earlier else ''}); "
             f"a new pair is searched when its newer checkpoint is complete"
         )
+        hint = checkpoint_folder_hint(self.dir)
+        if hint:
+            print(f"warning: {hint}", file=sys.stderr, flush=True)
         with tracker.finishing():
             try:
                 self._refresh_timeline()
@@ -136,7 +148,27 @@ class WatchRun:
         """One look: note complete folders, search the pairs they complete; how many pairs are still open
         (complete, neither finished nor failed here: another process holds them)."""
         latest = latest_pointer_step(self.dir)
-        folders = step_folders(self.dir)
+        try:
+            folders = step_folders(self.dir)
+        except OSError as e:  # deleted, unmounted or made unreadable while we watch: wait for it to come back
+            gone = e.strerror or type(e).__name__
+            if self.said.get(self.dir) != gone:
+                print(
+                    f"warning: watch.dir={self.dir} cannot be read ({gone}); waiting for it to come back "
+                    "(watch.idle_exit_s ends the watch if it does not)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                self.said[self.dir] = gone
+            return 0
+        if self.said.pop(self.dir, None) is not None:
+            say(f"{self.dir} can be read again")
+        for pair, paths in list(self.vanished.items()):
+            if all(p.is_dir() for p in paths):  # its input is back: the pair is worth another try
+                del self.vanished[pair]
+                self.failed.discard(pair)
+                for p in paths:
+                    self.ready.pop(p, None)  # and must be complete again before it is searched
         for f in folders:
             if f.path in self.ready:
                 continue
@@ -146,6 +178,7 @@ class WatchRun:
             reason = why_not_ready(f.path, f.step, quiet, self.settling.settle_s, latest)
             if reason is None:
                 self.ready[f.path] = f
+                self.contents[f.path] = content_digest(f.path)  # complete and settled: its bytes are final
                 self.said.pop(f.path, None)
             else:
                 if self.said.get(f.path) != reason:
@@ -166,9 +199,13 @@ class WatchRun:
             return
         client, exp = self.tracker.client, self.tracker.experiment_id
         finished = ledger.finished_search(client, exp, self.key, pair)
+        renamed = None
+        if not finished:  # the same weights under other names (a folder renamed, copied or re-linked)
+            renamed = finished = ledger.finished_search_of_content(client, exp, self.key, self._content(older, newer))
         if finished:  # an earlier watcher, or another one beside this one
             self.done[pair] = finished
-            say(f"pair {older.name} → {newer.name}: already searched (run {finished}); skipped")
+            same = " (the same weights under other folder names)" if renamed else ""
+            say(f"pair {older.name} → {newer.name}: already searched{same} (run {finished}); skipped")
             self._refresh_timeline()
             return
         running = ledger.running_search(client, exp, self.key, pair)
@@ -181,6 +218,9 @@ class WatchRun:
                 self.said[newer.path] = running
             return
         self._search(older, newer, pair)
+
+    def _content(self, older: StepFolder, newer: StepFolder) -> str:
+        return f"{self.contents[older.path]},{self.contents[newer.path]}"
 
     def _search(self, older: StepFolder, newer: StepFolder, pair: str) -> None:
         from ckptmerge.actions.search import SearchRun
@@ -220,35 +260,41 @@ class WatchRun:
             self.cwd,
             pair_yaml,
             tags={
-                **ledger.search_tags(self.run_id, self.key, self.dir, (older.step, newer.step)),
+                **ledger.search_tags(
+                    self.run_id, self.key, self.dir, (older.step, newer.step), self._content(older, newer)
+                ),
                 **({names.TAG_WARM_FROM: previous.run_id} if previous is not None else {}),
             },
             on_locked=not_done_meanwhile,
             previous_result=previous.result if previous is not None else None,
         )
-        try:
-            result = search.run()
-        except PairAlreadySearched as e:
-            self.done[pair] = e.run_id
-            say(f"pair {older.name} → {newer.name}: finished by another watcher (run {e.run_id}); skipped")
-            self._refresh_timeline()
-            return
-        except SearchRunning as e:  # its line tells a user of action=search to wait; the watcher does so itself
-            say(
-                f"pair {older.name} → {newer.name}: {str(e).replace('; wait for it or stop it', '')}; looking again "
-                "next poll"
-            )
-            return
-        except StoreUnavailable:  # every pair would fail the same way: the watch stops, the same command resumes
-            raise
-        except CkptMergeError as e:  # this pair cannot be searched; the next one may be
-            self.failed.add(pair)
-            say(f"pair {older.name} → {newer.name}: failed: {' '.join(str(e).split())}")
-            return
-        finally:
-            self.last_activity = time.monotonic()
-        result = redact_data(result)
-        (pair_dir / "result.json").write_text(json.dumps(result, indent=2))
+        # a stop after the pair's search has committed waits until its result.json is written
+        with signals.publishing():
+            try:
+                result = search.run()
+            except PairAlreadySearched as e:
+                self.done[pair] = e.run_id
+                say(f"pair {older.name} → {newer.name}: finished by another watcher (run {e.run_id}); skipped")
+                self._refresh_timeline()
+                return
+            except SearchRunning as e:  # its line tells a user of action=search to wait; the watcher does so itself
+                say(
+                    f"pair {older.name} → {newer.name}: {str(e).replace('; wait for it or stop it', '')}; "
+                    "looking again next poll"
+                )
+                return
+            except StoreUnavailable:  # every pair would fail the same way: the watch stops, the same command resumes
+                raise
+            except CkptMergeError as e:  # this pair cannot be searched; the next one may be
+                self.failed.add(pair)
+                if not (older.path.is_dir() and newer.path.is_dir()):  # tried again once its input is back
+                    self.vanished[pair] = (older.path, newer.path)
+                say(f"pair {older.name} → {newer.name}: failed: {' '.join(str(e).split())}")
+                return
+            finally:
+                self.last_activity = time.monotonic()
+            result = redact_data(result)
+            (pair_dir / "result.json").write_text(json.dumps(result, indent=2))
         self.done[pair] = result["mlflow"]["run_id"]
         self.searched_here.append(pair)
         self._refresh_timeline()
@@ -305,12 +351,18 @@ class WatchRun:
         return " ".join(parts)
 
     def _refresh_timeline(self) -> None:
-        """Log every done pair's row on the watch run that is not there yet; redraw the plot; result.json."""
+        """Log every row on the watch run that is not there yet, or whose adjacent pair changed (a lower step
+        arrived later: 600→700 replaces 500→700 at step 700); redraw the plot; result.json."""
         client, exp = self.tracker.client, self.tracker.experiment_id
         pairs = ledger.done_pairs(client, exp, self.key, self._results)
         self.rows = timeline.timeline_rows(pairs)
-        have = ledger.logged_steps(client, self.run_id, names.METRIC_MERGED_OBJECTIVE)
-        new = [r for r in self.rows if r["step"] not in have]
+        have = ledger.logged_values(client, self.run_id, names.METRIC_MERGED_OBJECTIVE)
+        new = [
+            r
+            for r in self.rows
+            if r["step"] not in have
+            or (r["merged_objective"] is not None and not math.isclose(have[r["step"]], r["merged_objective"]))
+        ]
         for r in new:
             self.tracker.log_metrics(timeline.row_metrics(r), step=r["step"], run_id=self.run_id)
         if new and self.tracker.log_plots:

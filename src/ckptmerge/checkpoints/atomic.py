@@ -35,6 +35,15 @@ _RENAME_NOREPLACE = 1
 _AT_FDCWD = -100
 
 
+def umask_mode(mode: int) -> int:
+    """``mode`` as the process's umask leaves it for a plain ``mkdir`` (0o777) or ``open`` (0o666): 0o755 /
+    0o644 under umask 022. ``mkdtemp`` and ``mkstemp`` make owner-only entries whatever the umask, which
+    would keep a published merge from the account that serves it."""
+    mask = os.umask(0o022)  # reading the umask sets it: set it straight back
+    os.umask(mask)
+    return mode & ~mask
+
+
 def folder_owner(folder: Path) -> str | None:
     """The ``owner`` recorded in a folder we wrote, or None (not ours, or not a folder)."""
     try:
@@ -180,6 +189,7 @@ def atomic_folder(
         tempfile.mkdtemp(prefix=f"{_partial_prefix(target)}{socket.gethostname()}-{os.getpid()}-", dir=target.parent)
     )
     try:
+        os.chmod(tmp, umask_mode(0o777))  # published as a mkdir'd folder would be, as save_pretrained does
         yield tmp
         replace = target.exists() and (overwrite or (owner is not None and folder_owner(target) == owner))
         if replace:

@@ -31,6 +31,9 @@ def update_card(folder: Path, facts: MergeFacts) -> None:
 
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{CARD_FILE}.", suffix=".partial")
     try:
+        mask = os.umask(0o022)  # reading the umask sets it: set it straight back
+        os.umask(mask)
+        os.fchmod(fd, 0o666 & ~mask)  # as open() makes the card it replaces (mkstemp's is owner-only)
         with os.fdopen(fd, "w") as fh:
             fh.write(model_card(facts))
         os.replace(tmp, Path(folder) / CARD_FILE)

@@ -460,6 +460,14 @@ def warm_start(space: SearchSpace, baselines: dict[str, list[float]], min_distan
     return [Proposal(x, label) for x, label in space.warm_start(baselines, min_distance)]
 
 
+def warm_start_left_out(initial: list[Proposal] | None, budget: int) -> list[str]:
+    """The warm start's baselines a budget of ``budget`` evaluations never reaches (initial proposals are
+    evaluated first, in order), by name: ``["ema"]``."""
+    return [
+        p.source.removeprefix("warm:").rstrip("~") for p in (initial or [])[budget:] if p.source.startswith("warm:")
+    ]
+
+
 def make_searcher(
     cfg: SearchConfig, space: SearchSpace | None = None, initial: list[Proposal] | None = None
 ) -> Searcher:

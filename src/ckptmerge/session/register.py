@@ -7,10 +7,12 @@ reproduces the objective the caller saw is returned for registration.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +89,30 @@ def write_and_verify(
     return model, tok, lm, rescored
 
 
-def register(
+@dataclass(frozen=True)
+class PendingVersion:
+    """A verified merge logged to MLflow, waiting to become a registered version (see :meth:`commit`)."""
+
+    registry_name: str
+    alias: str
+    run_id: str
+    tracking_uri: str
+    tags: Mapping[str, str]
+    description: str
+    logged: Any  # ckptmerge.tracking.registry.LoggedModel; None when the run already registered it
+
+    def commit(self, tracker: SearchTracker) -> dict[str, str]:
+        """Create the version and its alias (quick registry calls: a search makes them inside its commit)."""
+        from ckptmerge.tracking.registry import register_logged
+
+        reg = register_logged(
+            self.run_id, self.logged, self.registry_name, self.alias, self.tags, self.description, self.tracking_uri
+        )
+        tracker.set_tags({"ckptmerge.registered_model": f"{reg.name}/{reg.version}"})
+        return {"name": reg.name, "version": reg.version, "alias": reg.alias}
+
+
+def log_for_registry(
     cfg: Config,
     tracker: SearchTracker,
     model: Any,
@@ -98,22 +123,16 @@ def register(
     description: str,
     tags: Mapping[str, str],
     folder: Path | None = None,
-) -> dict[str, str]:
-    """Log the verified merge as an MLflow model and register a new version of ``registry.name``.
+) -> PendingVersion:
+    """Log the verified merge as an MLflow model (the slow part), ready to become a new version of
+    ``registry.name`` by :meth:`PendingVersion.commit`.
 
     ``model`` None (the merge was verified in a partitioned model, which no rank holds whole): the
     written ``folder`` is loaded here, on the CPU, for MLflow's transformers flavor to log.
     """
-    from ckptmerge.tracking.registry import log_and_register
+    from mlflow.tracking import MlflowClient
 
-    if model is None:
-        from transformers import AutoModelForCausalLM
-
-        assert folder is not None, "register: no model object and no folder to load it from"
-        log.info("Loading %s on the CPU to log it to MLflow", folder)
-        model = AutoModelForCausalLM.from_pretrained(
-            folder, dtype="auto", trust_remote_code=session.sources.cset.trust_remote_code
-        )
+    from ckptmerge.tracking.registry import log_model, registered_version
 
     cset_sources = tags.get("sources", "")
     all_tags = {
@@ -127,18 +146,39 @@ def register(
         all_tags["weights"] = json.dumps({n: round(w, 6) for n, w in weights.items()})
         all_tags.setdefault("lambda", f"{list(weights.values())[-1]:.6f}")
     assert tracker.run_id is not None, "registration happens inside the search's run"
-    reg = log_and_register(
-        tracker.run_id,
-        model,
-        tokenizer,
-        cfg.registry.name,
-        cfg.registry.alias,
-        all_tags,
-        description,
-        tracker.uri,
+    pending = PendingVersion(
+        cfg.registry.name, cfg.registry.alias, tracker.run_id, tracker.uri, all_tags, description, None
     )
-    tracker.set_tags({"ckptmerge.registered_model": f"{reg.name}/{reg.version}"})
-    return {"name": reg.name, "version": reg.version, "alias": reg.alias}
+    if registered_version(MlflowClient(tracker.uri), cfg.registry.name, tracker.run_id, cfg.registry.alias):
+        return pending  # a rerun after a crash that came after registration: commit() finds that version
+    if model is None:
+        from transformers import AutoModelForCausalLM
+
+        assert folder is not None, "register: no model object and no folder to load it from"
+        log.info("Loading %s on the CPU to log it to MLflow", folder)
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, dtype="auto", trust_remote_code=session.sources.cset.trust_remote_code
+        )
+    logged = log_model(tracker.run_id, model, tokenizer, cfg.registry.name, description, tracker.uri)
+    return dataclasses.replace(pending, logged=logged)
+
+
+def register(
+    cfg: Config,
+    tracker: SearchTracker,
+    model: Any,
+    tokenizer: Any,
+    weights: Mapping[str, float] | None,
+    objective: float,
+    session: EvalSession,
+    description: str,
+    tags: Mapping[str, str],
+    folder: Path | None = None,
+) -> dict[str, str]:
+    """Log the verified merge as an MLflow model and register a new version of ``registry.name``."""
+    return log_for_registry(
+        cfg, tracker, model, tokenizer, weights, objective, session, description, tags, folder
+    ).commit(tracker)
 
 
 def register_merge(

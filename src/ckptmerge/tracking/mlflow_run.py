@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 from ckptmerge import __version__
 from ckptmerge.config import TrackingConfig
 from ckptmerge.errors import TrackingError
-from ckptmerge.signals import HoldingStops
+from ckptmerge.signals import HoldingStops, holding
 from ckptmerge.tracking import names
 from ckptmerge.tracking.secrets import has_uri_password, redact
 
@@ -36,7 +36,11 @@ def default_tracking_uri(cwd: Path) -> str:
     return f"sqlite:///{(Path(cwd) / 'mlflow.db').resolve()}"
 
 
-def default_artifact_location(cwd: Path) -> str:
+def default_artifact_location(cwd: Path, uri: str = "") -> str:
+    """``mlartifacts/`` beside a sqlite store's file (a store the user named keeps its artifacts with it,
+    so that moving or sharing the folder keeps both), else in the working directory."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///") :]).parent / "mlartifacts").resolve().as_uri()
     return (Path(cwd) / "mlartifacts").resolve().as_uri()
 
 
@@ -290,6 +294,7 @@ class SearchTracker:
             self.experiment_id = self._experiment(cfg, cwd)
         self._tag_experiment_kind()
         self.run_id: str | None = None
+        self.ended: str | None = None  # the status the parent run was ended with here, once it was
         self._env_run = env_run
         self._open_children: dict[str, None] = {}  # child runs started and not yet ended, in order
 
@@ -323,7 +328,7 @@ class SearchTracker:
         self._refuse_served_sqlite(None)
         location = cfg.artifact_location
         if location is None and urlparse(self.uri).scheme in ("sqlite", "", "file"):
-            location = default_artifact_location(cwd)
+            location = default_artifact_location(cwd, self.uri)
         try:
             return self.client.create_experiment(cfg.experiment, artifact_location=location)
         except Exception:
@@ -390,6 +395,7 @@ class SearchTracker:
 
         # the version that last ran it (a resumed search: the one that resumed it)
         all_tags = {names.TAG_KIND: "search", names.TAG_VERSION: __version__, **(tags or {})}
+        self.ended = None
         if resume_run_id:
             self.run_id = resume_run_id
             self.client.update_run(resume_run_id, status="RUNNING")
@@ -448,6 +454,7 @@ class SearchTracker:
     def finish(self, status: str = "FINISHED") -> None:
         if self.run_id and not self._env_run:  # `mlflow run` ends its own run
             self.client.set_terminated(self.run_id, status=status)
+        self.ended = status
 
     @contextlib.contextmanager
     def finishing(self) -> Iterator[None]:
@@ -455,10 +462,13 @@ class SearchTracker:
         KILLED with the signal as the ``ckptmerge.stopped_by`` tag (SIGTERM, SIGINT: see
         :class:`ckptmerge.errors.Stopped`) or FAILED with the error's first line as ``ckptmerge.error``.
         A child run still open (the trial in progress) ends the same way first: nothing stays RUNNING.
+        A run the block itself ended FINISHED (a search's commit) stays so.
         """
         try:
             yield
         except BaseException as e:
+            if self.ended == "FINISHED":  # committed: nothing after the commit undoes it
+                raise
             if isinstance(e, Exception) and not isinstance(e, TrackingError) and _is_locked(e):
                 e = StoreLocked(self.uri)  # an MLflow call not made through self.client (model logging)
                 self._end_after(e)
@@ -474,7 +484,8 @@ class SearchTracker:
                 raise
             self._end_after(e)
             raise
-        self.finish("FINISHED")
+        if self.ended is None:
+            self.finish("FINISHED")
 
     def _running_descendants(self) -> list[str]:
         """Child runs still RUNNING: those started and not ended here, and any the store holds under
@@ -508,13 +519,16 @@ class SearchTracker:
             status, tags = "KILLED", {names.TAG_STOPPED_BY: stopped}
         else:
             status, tags = "FAILED", {names.TAG_ERROR: str(e).splitlines()[0] if str(e) else type(e).__name__}
+        # a second signal (an impatient Ctrl-C, a supervisor repeating SIGTERM) must not cut this short and
+        # leave a run RUNNING: the process is ending anyway
         try:
-            for child in self._running_descendants():
-                self.set_tags({names.TAG_TRIAL_STATUS: "interrupted", **tags}, child)
-                self.end_trial(child, status)
-            if self.run_id:
-                self.set_tags(tags)
-                self.finish(status)
+            with holding(drop=True):
+                for child in self._running_descendants():
+                    self.set_tags({names.TAG_TRIAL_STATUS: "interrupted", **tags}, child)
+                    self.end_trial(child, status)
+                if self.run_id:
+                    self.set_tags(tags)
+                    self.finish(status)
         except Exception as cleanup:  # noqa: BLE001 - the original error is the one to report
             log.warning("could not mark run %s %s in MLflow: %s", self.run_id, status, redact(str(cleanup))[:300])
 

@@ -41,6 +41,7 @@ TAG_WATCH_KEY = "ckptmerge.watch.key"  # on the watch run and its searches: fold
 TAG_WATCH_RUN = "ckptmerge.watch.run_id"  # on each search: the watch run that started (or resumed) it
 TAG_WATCH_STEPS = "ckptmerge.watch.steps"  # on each search: "<older step>,<newer step>"
 TAG_WATCH_DIR = "ckptmerge.watch.dir"
+TAG_WATCH_CONTENT = "ckptmerge.watch.content"  # on each search: "<older>,<newer>" digests of the weights' bytes
 TAG_WARM_FROM = "ckptmerge.watch.warm_from"  # on a search: the previous pair's search whose point it also started from
 METRIC_NEWEST_OBJECTIVE = "newest_objective"  # the newer checkpoint alone
 METRIC_MERGED_OBJECTIVE = "merged_objective"  # the pair's best merge

@@ -2,9 +2,10 @@
 
 The model object is the one reloaded from the written folder and re-scored, so what is registered is
 what was verified. (MLflow's local-checkpoint-path logging breaks on transformers 5 task metadata, so
-the loaded components are logged.) Registration is the last step of a search; if any part of it fails,
-the version created is
-deleted so that nothing half done stays in the registry.
+the loaded components are logged.) Registering is two steps: :func:`log_model` (slow: the weights are
+copied into the artifact store) and :func:`register_logged` (a few quick registry calls, which a search
+makes inside its commit, with stop signals held). If any part fails, the version created is deleted so
+that nothing half done stays in the registry.
 """
 
 from __future__ import annotations
@@ -68,31 +69,28 @@ def registered_version(client: Any, registry_name: str, run_id: str, alias: str)
     return RegisteredVersion(name=registry_name, version=str(mv.version), alias=alias, model_uri=mv.source)
 
 
-def log_and_register(
-    run_id: str,
-    model: Any,
-    tokenizer: Any,
-    registry_name: str,
-    alias: str,
-    tags: Mapping[str, str],
-    description: str,
-    tracking_uri: str,
-) -> RegisteredVersion:
-    """Log ``model`` under ``run_id`` as model artifact ``model`` and register it as a new version."""
+@dataclass(frozen=True)
+class LoggedModel:
+    """A merge logged as an MLflow model under its run, not yet a registered version."""
+
+    model_uri: str
+    model_id: str | None
+
+
+def _failed(registry_name: str, e: Exception) -> TrackingError:
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return TrackingError(f"registering the merge as '{registry_name}' failed: {msg[:300]}")
+
+
+def log_model(
+    run_id: str, model: Any, tokenizer: Any, registry_name: str, description: str, tracking_uri: str
+) -> LoggedModel:
+    """Log ``model`` under ``run_id`` as model artifact ``model`` (the slow part of registering; a stop
+    here leaves a logged model of a run that did not finish, and nothing in the registry)."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
-    done = registered_version(client, registry_name, run_id, alias)
-    if done is not None:  # a rerun after a crash that came after registration: one version per run
-        log.info(
-            "Run %s is already registered as %s version %s; not registering it again",
-            run_id,
-            registry_name,
-            done.version,
-        )
-        return done
-    version = None
     try:
         # The logged model belongs to the search's experiment (MLflow 3 otherwise files it under the
         # active experiment, i.e. Default, and its artifact root).
@@ -105,26 +103,85 @@ def log_and_register(
             model_card=_model_card(redact(description)),
             run_id=run_id,
         )
+    except Exception as e:
+        raise _failed(registry_name, e) from e
+    return LoggedModel(model_uri=info.model_uri, model_id=info.model_id)
+
+
+def register_logged(
+    run_id: str,
+    logged: LoggedModel | None,
+    registry_name: str,
+    alias: str,
+    tags: Mapping[str, str],
+    description: str,
+    tracking_uri: str,
+) -> RegisteredVersion:
+    """A new version of ``registry_name`` for ``logged``, with ``alias``: a few quick registry calls, made
+    inside the search's commit (see :func:`ckptmerge.signals.committing`). A failure deletes the version."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    done = registered_version(client, registry_name, run_id, alias)
+    if done is not None:  # a rerun after a crash that came after registration: one version per run
+        log.info(
+            "Run %s is already registered as %s version %s; not registering it again",
+            run_id,
+            registry_name,
+            done.version,
+        )
+        return done
+    if logged is None:
+        raise TrackingError(
+            f"registering the merge as '{registry_name}' failed: the version run {run_id} registered is gone"
+        )
+    version = None
+    try:
         try:
             client.get_registered_model(registry_name)
         except Exception:
             client.create_registered_model(registry_name, description="Merged checkpoints registered by ckptmerge")
         mv = client.create_model_version(
             registry_name,
-            info.model_uri,
+            logged.model_uri,
             run_id=run_id,
             tags={names.TAG_VERSION: __version__, **{k: redact(str(v)) for k, v in tags.items()}},
             description=redact(description),
-            model_id=info.model_id,  # a tracking server requires it for models:/m-... sources
+            model_id=logged.model_id,  # a tracking server requires it for models:/m-... sources
         )
         version = mv.version
         client.set_registered_model_alias(registry_name, alias, version)
-        return RegisteredVersion(name=registry_name, version=str(version), alias=alias, model_uri=info.model_uri)
+        return RegisteredVersion(name=registry_name, version=str(version), alias=alias, model_uri=logged.model_uri)
     except Exception as e:
         if version is not None:
             try:
                 client.delete_model_version(registry_name, version)
             except Exception:  # the registry itself is failing; report the original error
                 pass
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise TrackingError(f"registering the merge as '{registry_name}' failed: {msg[:300]}") from e
+        raise _failed(registry_name, e) from e
+
+
+def log_and_register(
+    run_id: str,
+    model: Any,
+    tokenizer: Any,
+    registry_name: str,
+    alias: str,
+    tags: Mapping[str, str],
+    description: str,
+    tracking_uri: str,
+) -> RegisteredVersion:
+    """Log ``model`` under ``run_id`` as model artifact ``model`` and register it as a new version."""
+    from mlflow.tracking import MlflowClient
+
+    done = registered_version(MlflowClient(tracking_uri), registry_name, run_id, alias)
+    if done is not None:  # a rerun after a crash that came after registration: one version per run
+        log.info(
+            "Run %s is already registered as %s version %s; not registering it again",
+            run_id,
+            registry_name,
+            done.version,
+        )
+        return done
+    logged = log_model(run_id, model, tokenizer, registry_name, description, tracking_uri)
+    return register_logged(run_id, logged, registry_name, alias, tags, description, tracking_uri)

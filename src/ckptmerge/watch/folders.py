@@ -8,6 +8,7 @@ into place) is not a checkpoint. Names are matched whole, so ``checkpoint-500.tm
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,3 +55,33 @@ def step_folders(directory: Path) -> list[StepFolder]:
         if step is not None and entry.is_dir():
             found.append(StepFolder(step, entry))
     return sorted(found)
+
+
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
+
+
+def checkpoint_folder_hint(directory: Path) -> str | None:
+    """A warning when ``directory`` is itself a checkpoint (``config.json`` and weights, no checkpoint
+    folders in it) rather than the folder a trainer writes its checkpoints into: a watch there would
+    wait for ever with nothing to say."""
+    directory = Path(directory)
+    if not (directory / "config.json").is_file() or step_folders(directory):
+        return None
+    if not any(next(directory.glob(p), None) for p in WEIGHT_PATTERNS):
+        return None
+    return (
+        f"watch.dir={directory} is itself a checkpoint folder (config.json and weights), not a folder of "
+        f"checkpoints; watch the folder the trainer writes them into, e.g. watch.dir={directory.parent}"
+    )
+
+
+def content_digest(folder: Path) -> str:
+    """A checkpoint's identity by content: the sha256 of its weight files' bytes, in name order. A folder
+    renamed, copied or re-linked keeps it, so a watch does not search the same weights twice."""
+    h = hashlib.sha256()
+    files = sorted(p for pattern in ("*.safetensors", "*.bin") for p in Path(folder).glob(pattern))
+    for f in files:
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 24):
+                h.update(chunk)
+    return h.hexdigest()[:24]

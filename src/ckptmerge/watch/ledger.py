@@ -77,6 +77,20 @@ def finished_search(client: Any, experiment_id: str, key: str, pair_names: str) 
     return runs[0].info.run_id if runs else None
 
 
+def finished_search_of_content(client: Any, experiment_id: str, key: str, content: str) -> str | None:
+    """The run id of a FINISHED search under this watch key of the same weights (``TAG_WATCH_CONTENT``),
+    whatever the folders are called now."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=(
+            f"tags.`{TAG_WATCH_KEY}` = '{key}' and tags.`{names.TAG_KIND}` = 'search' and "
+            f"tags.`{names.TAG_WATCH_CONTENT}` = '{_escape(content)}' and attributes.status = 'FINISHED'"
+        ),
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
 def running_search(client: Any, experiment_id: str, key: str, pair_names: str) -> str | None:
     """A RUNNING search of this pair whose process is alive (on this host: its pid; on another, with a
     remote store: a fresh heartbeat on its claim): a hint to leave the pair alone this poll without
@@ -150,14 +164,22 @@ def done_pairs(client: Any, experiment_id: str, key: str, cache: dict[str, dict]
     return sorted(out, key=lambda p: p.steps)
 
 
-def logged_steps(client: Any, run_id: str, metric: str) -> set[int]:
-    return {m.step for m in client.get_metric_history(run_id, metric)}
+def logged_values(client: Any, run_id: str, metric: str) -> dict[int, float]:
+    """The latest value of ``metric`` logged at each step (a step logged again shows its newest value)."""
+    latest: dict[int, tuple[int, float]] = {}
+    for m in client.get_metric_history(run_id, metric):
+        if m.step not in latest or m.timestamp >= latest[m.step][0]:
+            latest[m.step] = (m.timestamp, m.value)
+    return {step: v for step, (_, v) in latest.items()}
 
 
-def search_tags(watch_run_id: str, key: str, directory: Path, steps: tuple[int, int]) -> Mapping[str, str]:
+def search_tags(
+    watch_run_id: str, key: str, directory: Path, steps: tuple[int, int], content: str | None = None
+) -> Mapping[str, str]:
     return {
         TAG_WATCH_RUN: watch_run_id,
         TAG_WATCH_KEY: key,
         TAG_WATCH_DIR: str(directory),
         TAG_WATCH_STEPS: f"{steps[0]},{steps[1]}",
+        **({names.TAG_WATCH_CONTENT: content} if content else {}),
     }

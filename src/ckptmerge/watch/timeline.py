@@ -94,12 +94,23 @@ def curve_points(pairs: Sequence[Any]) -> list[tuple[int, float]]:
     return sorted(points.items())
 
 
+def adjacent_pairs(pairs: Sequence[Any]) -> list[Any]:
+    """Per newer step, the done pair with the highest older step: a pair searched before a lower step
+    arrived (500→700, then 600 appeared) is superseded by the adjacent one (600→700)."""
+    best: dict[int, Any] = {}
+    for p in pairs:
+        step = p.steps[1]
+        if step not in best or p.steps[0] > best[step].steps[0]:
+            best[step] = p
+    return [best[s] for s in sorted(best)]
+
+
 def timeline_rows(pairs: Sequence[Any]) -> list[dict]:
-    """One row per done pair (a :class:`ckptmerge.watch.ledger.DonePair`), by the newer step: what the
-    watch run logs at that step and what its ``result.json`` lists."""
+    """One row per newer step, from its adjacent done pair (a :class:`ckptmerge.watch.ledger.DonePair`;
+    see :func:`adjacent_pairs`): what the watch run logs at that step and what its ``result.json`` lists."""
     curve = curve_points(pairs)
     rows = []
-    for p in pairs:
+    for p in adjacent_pairs(pairs):
         r, step = p.result, p.steps[1]
         gain = r.get("gain") or None
         merged = r.get("objective")
