@@ -65,9 +65,17 @@ class ModelConfig:
     # check: refuse checkpoints whose training steps (folder names, trainer_state.json) are known and
     # do not increase oldest → newest; given: merge them in the order listed.
     order: str = "check"
+    # Training-native checkpoints (DeepSpeed ZeRO, PyTorch DCP; docs/checkpoints-and-tasks.md): a YAML of
+    # rename/drop rules from their tensor names to the transformers model's, a transformers folder with
+    # config.json and tokenizer when the checkpoint has none, and which ZeRO weights to read
+    # (auto: transformers weights where the folder has them, else the fp32 masters; master; module).
+    key_map: str | None = None
+    config: str | None = None
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         _choice("model.source", self.source, MODEL_SOURCES)
+        _choice("model.precision", self.precision, ("auto", "master", "module"))
         _choice("model.order", self.order, MODEL_ORDERS)
         if self.pair is not None:
             self._pick_pair()

@@ -84,7 +84,7 @@ def run_merge(cfg: Config) -> dict[str, Any]:
     stats = StreamStats()
     write_merged(
         [c.reader for c in cset.checkpoints],
-        cset.newest.folder,
+        cset.newest.config_dir,
         weights,
         target,
         fn,

@@ -35,7 +35,7 @@ import torch
 
 from ckptmerge.checkpoints import pages
 from ckptmerge.checkpoints.layout import Placement, Shard
-from ckptmerge.checkpoints.reader import CheckpointReader
+from ckptmerge.checkpoints.reader import TensorReader
 from ckptmerge.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,7 @@ class MergeStream:
 
     def __init__(
         self,
-        sources: Sequence[CheckpointReader],
+        sources: Sequence[TensorReader],
         weights: Sequence[float],
         merge_fn: Callable[..., torch.Tensor],
         shards: Sequence[Shard],
