@@ -59,7 +59,7 @@ def folders(tmp_path_factory) -> dict[str, Path]:
 
 
 def _same(reader, hf: CheckpointReader) -> None:
-    """Every tensor as in the transformers folder (whose file says ``embed_out``, transformers 5's model ``lm_head``)."""
+    """Every tensor as in the transformers folder (its file says ``embed_out``, the model ``lm_head``)."""
     file_key = {"lm_head.weight": "embed_out.weight"}
     assert len(reader.keys()) == len(hf.keys())
     for key in reader.keys():
