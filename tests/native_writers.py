@@ -2,9 +2,10 @@
 DeepSpeed ZeRO (``engine.save_checkpoint``, two gloo ranks on the CPU accelerator, started by the
 ``deepspeed`` launcher) and PyTorch Distributed Checkpoints (``torch.distributed.checkpoint.save``).
 
-Run as a script under the launcher: ``deepspeed --num_gpus 2 tests/native_writers.py STAGE OUT HF_FOLDER...``
-writes ``OUT/<folder name>/global_step<N>/`` and ``OUT/<folder name>/latest`` for each folder, from the
-model's weights as loaded (fp32), with an AdamW optimizer, so the fp32 masters are the folder's weights.
+Run as a script under the launcher: ``deepspeed --num_gpus 2 tests/native_writers.py 2,3 OUT HF_FOLDER...``
+writes ``OUT/zero<stage>/<folder name>/global_step<N>/`` and ``.../<folder name>/latest`` for each stage
+and folder, from the model's weights as loaded (fp32), with an AdamW optimizer and no step taken, so the
+fp32 masters are the folder's weights exactly.
 """
 
 from __future__ import annotations
@@ -21,17 +22,20 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 
 
-def write_zero(stage: int, out: Path, folders: list[Path], nproc: int = 2, timeout: int = 600) -> list[Path]:
-    """ZeRO-``stage`` checkpoints of ``folders`` in ``out`` (one run folder each, with ``latest``)."""
+def write_zero(
+    stages: tuple[int, ...], out: Path, folders: list[Path], nproc: int = 2, timeout: int = 900
+) -> dict[int, list[Path]]:
+    """ZeRO checkpoints of ``folders`` for each of ``stages``, in ``out/zero<stage>/<folder name>`` (with
+    ``latest``), written by one launch of ``nproc`` ranks."""
     from ckptmerge.runtime.distributed import free_port
 
     launcher = Path(sys.executable).parent / "deepspeed"
     cmd = [str(launcher), "--num_gpus", str(nproc), "--master_port", str(free_port()), __file__]
-    cmd += [str(stage), str(out), *map(str, folders)]
+    cmd += [",".join(map(str, stages)), str(out), *map(str, folders)]
     env = {**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'src'}"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    return [out / f.name for f in folders]
+    return {s: [out / f"zero{s}" / f.name for f in folders] for s in stages}
 
 
 def write_dcp(
@@ -62,12 +66,12 @@ def _step(name: str) -> int:
     return int(m.group(1)) if m else 0
 
 
-def _main(stage: int, out: Path, folders: list[Path]) -> None:
+def _main(stages: list[int], out: Path, folders: list[Path]) -> None:
     import deepspeed
     from transformers import AutoModelForCausalLM
 
     deepspeed.init_distributed(dist_backend="gloo")
-    for folder in folders:
+    for stage, folder in ((s, f) for s in stages for f in folders):
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
         config = {
             "train_micro_batch_size_per_gpu": 1,
@@ -77,10 +81,10 @@ def _main(stage: int, out: Path, folders: list[Path]) -> None:
         }
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=config)
-        engine.save_checkpoint(str(out / folder.name), tag=f"global_step{_step(folder.name)}")
+        engine.save_checkpoint(str(out / f"zero{stage}" / folder.name), tag=f"global_step{_step(folder.name)}")
         del engine, opt, model
 
 
 if __name__ == "__main__":
     args = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]
-    _main(int(args[0]), Path(args[1]), [Path(a) for a in args[2:]])
+    _main([int(s) for s in args[0].split(",")], Path(args[1]), [Path(a) for a in args[2:]])

@@ -127,6 +127,9 @@ class MergeConfig:
     allow_nonfinite: bool = False
     # action=merge only: a mergekit YAML (linear) giving the checkpoints, weights and dtype instead.
     mergekit_config: str | None = None
+    # action=merge only: hf (a transformers folder) or dcp (a PyTorch Distributed Checkpoint under the
+    # newest input's own tensor names, for a training job to continue from).
+    output_format: str = "hf"
     # The rest of merge.*: merge.method's settings (conf/merge/<method>.yaml), checked by the method.
     settings: Mapping[str, Any] = field(default_factory=dict)
 
@@ -136,6 +139,7 @@ class MergeConfig:
         beside = [f.name for f in dataclasses.fields(self) if f.name != "settings"]
         method(self.method).make_settings(self.settings, "merge", beside)  # an unknown name or setting names its key
         _choice("merge.dtype", self.dtype, DTYPES)
+        _choice("merge.output_format", self.output_format, ("hf", "dcp"))
         parse_size(self.shard_size, "merge.shard_size")
         if self.weights is not None:
             check_weights(self.weights, "merge.weights")

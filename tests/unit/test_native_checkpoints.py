@@ -172,3 +172,48 @@ def test_key_map_rules_are_ordered_and_checked(tmp_path):
     p.write_text("renames: []\n")
     with pytest.raises(CheckpointError, match=r"must be a mapping with 'rename'"):
         KeyMap.load(p)
+
+
+def test_merge_written_as_dcp_loads_back_under_the_inputs_names_and_trains(folders, tmp_path):
+    """``merge.output_format=dcp``: the merge of two renamed DCPs, written back under their own names,
+    loads with ``torch.distributed.checkpoint`` into the model (renamed as the training job had it)
+    holding the same tensors as the transformers-folder merge, and a training step runs from it."""
+    import torch.distributed.checkpoint as dcp
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from tests.conftest import run_main
+
+    def merge(name: str, ckpts: list[Path], *extra: str):
+        args = [
+            "action=merge",
+            "model=local",
+            f"model.checkpoints=[{ckpts[0]},{ckpts[1]}]",
+            f"model.config={folders['hf1']}",
+            "merge.weights=[0.3,0.7]",
+            f"merge.output_dir={tmp_path / name}",
+            f"hydra.run.dir={tmp_path / ('run-' + name)}",
+            *extra,
+        ]
+        proc = run_main(args, cwd=tmp_path, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return tmp_path / name
+
+    ref = load_file(str(merge("hf", [folders["hf0"], folders["hf1"]]) / "model.safetensors"))
+    out = merge("dcp", [folders["ren0"], folders["ren1"]], f"model.key_map={folders['map']}", "merge.output_format=dcp")
+    assert (out / ".metadata").is_file() and (out / "config.json").is_file() and not list(out.glob("*.safetensors"))
+    result = __import__("json").loads((tmp_path / "run-dcp" / "result.json").read_text())
+    assert result["output_format"] == "dcp" and result["output_names"] == "input"
+
+    model = AutoModelForCausalLM.from_pretrained(folders["hf0"], dtype=torch.float32)  # other values first
+    state = {_rename(k): v for k, v in model.state_dict().items()}  # views of the parameters
+    dcp.load({"model": state}, checkpoint_id=str(out), no_dist=True)
+    for key, value in model.state_dict().items():
+        want = ref[key if key in ref else "embed_out.weight"]
+        assert torch.equal(value, want), key
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    ids = torch.randint(0, 64, (2, 16))
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss) and all(torch.isfinite(p).all() for p in model.parameters())

@@ -108,7 +108,11 @@ class Slot:
 
     def source(self, reader: TensorReader) -> torch.Tensor:
         t = reader.get(self.key)
-        return t.reshape(-1).narrow(0, self.start, self.count) if self.flat else t
+        if not self.flat:
+            return t
+        part = t.reshape(-1).narrow(0, self.start, self.count)
+        # A ZeRO or DCP tensor was read into memory whole: keep only this partition, not a view of it all.
+        return part if isinstance(reader, CheckpointReader) else part.clone()
 
 
 class ResidentModel:
