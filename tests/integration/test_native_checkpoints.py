@@ -163,3 +163,36 @@ def test_watch_takes_a_zero_tag_once_latest_names_it_and_every_rank_saved(native
     assert why_not_ready(tag, 90, 60.0, 60.0, None) is None
     next(tag.glob("zero_pp_rank_1_*_optim_states.pt")).unlink()  # rank 1 still saving
     assert "a rank is still saving" in why_not_ready(tag, 90, 99.0, 60.0, None)
+
+
+def _search(native: dict, name: str, folders: list[Path], traj) -> dict:
+    tmp = native["tmp"]
+    args = [
+        "model=local",
+        f"model.checkpoints=[{','.join(map(str, folders))}]",
+        f"model.config={native['config']}",
+        "eval.tasks=[ckptmerge_dev_bpb]",
+        f"eval.include_path={traj.tasks_dir}",
+        "search.budget=3",
+        f"tracking.uri=sqlite:///{tmp / (name + '.db')}",
+        "tracking.experiment=native",
+        f"registry.name=native-{name}",
+        "registry.require_significant_gain=false",
+        f"hydra.run.dir={tmp / ('search_' + name)}",
+    ]
+    proc = run_main(args, cwd=tmp, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((tmp / f"search_{name}" / "result.json").read_text())
+
+
+def test_search_over_zero3_and_dcp_gives_the_transformers_result(native, tiny_trajectory):
+    """Same trials, same objective to the last bit, same chosen weights; the written merge the same tensors."""
+    ref = _search(native, "hf", native["hf"], tiny_trajectory)
+    for fmt in ("zero3", "dcp"):
+        got = _search(native, fmt, native[fmt], tiny_trajectory)
+        assert [(t["lambda"], t["objective"]) for t in got["trials"]] == [
+            (t["lambda"], t["objective"]) for t in ref["trials"]
+        ], fmt
+        assert got["objective"] == ref["objective"] and got["weights"] == ref["weights"], fmt
+        assert got["rescored_objective"] == ref["rescored_objective"], fmt
+        _assert_same_tensors(native["tmp"] / f"search_{fmt}" / "merged", native["tmp"] / "search_hf" / "merged")
