@@ -21,11 +21,13 @@ import io
 import logging
 import pickle
 import re
+import weakref
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ckptmerge.checkpoints import pages
 from ckptmerge.checkpoints.reader import TensorMeta
 from ckptmerge.errors import CheckpointError
 
@@ -90,7 +92,13 @@ class ZeroReader:
                 f"checkpoint {label}: tag {self.tag} has {len(model_files)} model-state files but "
                 f"{len(optim_files)} optimizer-state files; a rank's file is missing"
             )
+        # Stage-3 partitions are memory-mapped: pages a gather touched are dropped after it (the page
+        # cache keeps them), or every tensor read would stay resident until the checkpoint is closed.
+        self._partitions: list[torch.Tensor] = []
+        self._ranges: list[int] = []
+        self._finalizer = weakref.finalize(self, pages.unregister_file_ranges, self._ranges)
         self._state = self._open_module() if precision == "module" else self._open_master()
+        self._register_partitions()
 
     def _deepspeed(self, what: str, fn: Any) -> Any:
         """Call into DeepSpeed: its prints and progress bars go to the log, its errors become one line
@@ -135,6 +143,24 @@ class ZeroReader:
             raise CheckpointError(f"checkpoint {self.label}: {path.name} holds no module weights")
         return {k: v for k, v in module.items() if isinstance(v, torch.Tensor)}
 
+    def _register_partitions(self) -> None:
+        from deepspeed.utils.zero_to_fp32 import GatheredTensor
+
+        lazy = next((v for v in self._state.values() if isinstance(v, GatheredTensor)), None)
+        if lazy is None:
+            return
+        seen: set[int] = set()
+        for rank in lazy.flat_groups:
+            for t in rank:
+                storage = t.untyped_storage()
+                start = storage.data_ptr()
+                if start in seen or not t.is_cpu:
+                    continue
+                seen.add(start)
+                pages.register_file_range(start, storage.nbytes())
+                self._ranges.append(start)
+                self._partitions.append(t)
+
     def raw_meta(self) -> dict[str, TensorMeta]:
         return {k: TensorMeta(tuple(int(d) for d in v.shape), v.dtype) for k, v in self._state.items()}
 
@@ -145,6 +171,8 @@ class ZeroReader:
         value = self._state[key]
         # DeepSpeed's lazy stage-3 tensor gathers its partitions on .contiguous(); the rest are tensors.
         t = self._deepspeed(f"tensor {key}", value.contiguous)
+        if self._partitions and not isinstance(value, torch.Tensor):
+            pages.release(self._partitions)  # a gather (torch.cat) copied what it needed
         expect = tuple(int(d) for d in value.shape)
         if tuple(t.shape) != expect:
             raise CheckpointError(
