@@ -204,6 +204,7 @@ def test_merge_written_as_dcp_loads_back_under_the_inputs_names_and_trains(folde
     assert (out / ".metadata").is_file() and (out / "config.json").is_file() and not list(out.glob("*.safetensors"))
     result = __import__("json").loads((tmp_path / "run-dcp" / "result.json").read_text())
     assert result["output_format"] == "dcp" and result["output_names"] == "input"
+    assert "A PyTorch Distributed Checkpoint" in (out / "README.md").read_text()
 
     model = AutoModelForCausalLM.from_pretrained(folders["hf0"], dtype=torch.float32)  # other values first
     state = {_rename(k): v for k, v in model.state_dict().items()}  # views of the parameters

@@ -49,6 +49,15 @@ def from_mergekit(cfg: Config) -> Config:
     return replace(cfg, model=model, merge=merge)
 
 
+DCP_CARD = """
+## Format
+
+A PyTorch Distributed Checkpoint (`merge.output_format=dcp`): {n} tensors under the newest input's own
+names (e.g. `{first}`), weights only, no optimizer state. Load it as the training job saved them:
+`torch.distributed.checkpoint.load(state_dict, checkpoint_id=THIS_FOLDER)`.
+"""
+
+
 def output_names(cset: Any) -> dict[str, str]:
     """Model tensor name → the newest input's own name for it (a ZeRO or DCP checkpoint's, else the same)."""
     reader = cset.newest.reader
@@ -93,6 +102,11 @@ def run_merge(cfg: Config) -> dict[str, Any]:
     stats = StreamStats()
     fmt = cfg.merge.output_format
     names = output_names(cset) if fmt == "dcp" else {}
+    files = folder_files(merge_facts(cfg, cset, weights))
+    if fmt == "dcp":
+        files["README.md"] = files.get("README.md", "") + DCP_CARD.format(
+            n=len(names), first=next(iter(names.values()))
+        )
 
     def write(folder: Path) -> Path:
         return write_merged(
@@ -108,7 +122,7 @@ def run_merge(cfg: Config) -> dict[str, Any]:
                 "ckptmerge.json": json.dumps(
                     {"weights": named, "method": cfg.merge.method, "output_format": fmt}, indent=2
                 ),
-                **folder_files(merge_facts(cfg, cset, weights)),
+                **files,
             },
             progress=True,
             stats=stats,
