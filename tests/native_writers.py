@@ -83,6 +83,11 @@ def _main(stages: list[int], out: Path, folders: list[Path]) -> None:
         engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=config)
         engine.save_checkpoint(str(out / f"zero{stage}" / folder.name), tag=f"global_step{_step(folder.name)}")
         del engine, opt, model
+    # Tear gloo down before exit: left to the C++ runtime's exit it can abort the process
+    # ("terminate called without an active exception"; see ckptmerge.runtime.distributed.shutdown).
+    from ckptmerge.runtime.distributed import shutdown
+
+    shutdown()
 
 
 if __name__ == "__main__":
