@@ -196,3 +196,37 @@ def test_search_over_zero3_and_dcp_gives_the_transformers_result(native, tiny_tr
         assert got["objective"] == ref["objective"] and got["weights"] == ref["weights"], fmt
         assert got["rescored_objective"] == ref["rescored_objective"], fmt
         _assert_same_tensors(native["tmp"] / f"search_{fmt}" / "merged", native["tmp"] / "search_hf" / "merged")
+
+
+def test_watch_over_a_deepspeed_run_folder_searches_its_zero3_tags(native, tiny_trajectory):
+    """``action=watch`` beside a DeepSpeed job: the run folder's ``global_stepN`` tags and its ``latest``,
+    config and tokenizer from model.config; the pair is searched and its merge written."""
+    tmp = native["tmp"]
+    run = tmp / "ds_run"
+    run.mkdir()
+    for folder in native["zero3"]:
+        tag = (folder / "latest").read_text().strip()
+        shutil.copytree(folder / tag, run / tag)
+    (run / "latest").write_text("global_step90")
+    args = [
+        "action=watch",
+        "model=local",
+        f"watch.dir={run}",
+        "watch.poll_s=0.3",
+        "watch.settle_s=1",
+        "watch.idle_exit_s=5",
+        f"model.config={native['config']}",
+        "eval.tasks=[ckptmerge_dev_bpb]",
+        f"eval.include_path={tiny_trajectory.tasks_dir}",
+        "eval.limit=12",
+        "search.budget=2",
+        f"tracking.uri=sqlite:///{tmp / 'watch.db'}",
+        "registry.name=native-watch",
+        "tracking.log_plots=false",
+        f"hydra.run.dir={tmp / 'watch_run'}",
+    ]
+    proc = run_main(args, cwd=tmp, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "pair global_step60 → global_step90: searching (budget 2)" in proc.stdout + proc.stderr
+    merged = tmp / "watch_run" / "merges" / "global_step60+global_step90"
+    assert (merged / "model.safetensors").is_file() and (merged / "tokenizer.json").is_file()
