@@ -78,6 +78,13 @@ class ModelConfig:
     # check: refuse checkpoints whose training steps (folder names, trainer_state.json) are known and
     # do not increase oldest → newest; given: merge them in the order listed.
     order: Literal["check", "given"] = "check"
+    # Training-native checkpoints (DeepSpeed ZeRO, PyTorch DCP; docs/checkpoints-and-tasks.md): a YAML of
+    # rename/drop rules from their tensor names to the transformers model's, a transformers folder with
+    # config.json and tokenizer when the checkpoint has none, and which ZeRO weights to read
+    # (auto: transformers weights where the folder has them, else the fp32 masters; master; module).
+    key_map: Text | None = None
+    config: Text | None = None
+    precision: Literal["auto", "master", "module"] = "auto"
 
     def __post_init__(self) -> None:
         for i, c in enumerate(self.checkpoints):
@@ -147,6 +154,9 @@ class MergeConfig:
     allow_nonfinite: bool = False
     # action=merge only: a mergekit YAML (linear) giving the checkpoints, weights and dtype instead.
     mergekit_config: Text | None = None
+    # action=merge only: hf (a transformers folder) or dcp (a PyTorch Distributed Checkpoint under the
+    # newest input's own tensor names, for a training job to continue from).
+    output_format: Literal["hf", "dcp"] = "hf"
     # The rest of merge.*: merge.method's settings (conf/merge/<method>.yaml), checked against the method's
     # declared settings class in the registry step.
     settings: Mapping[str, Any] = field(default_factory=dict)

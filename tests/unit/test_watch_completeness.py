@@ -111,3 +111,16 @@ def test_a_latest_pointer_holds_back_newer_folders(whole, tmp_path):
     (tmp_path / "latest").unlink()
     (tmp_path / "latest_checkpointed_iteration.txt").write_text("7000")  # Megatron
     assert latest_pointer_step(tmp_path) == 7000
+
+
+def test_a_distributed_checkpoint_is_used_once_its_metadata_is_written_and_it_settled(whole, tmp_path):
+    """DCP (torchtitan's ``step-N``): no config.json or safetensors of its own; ``.metadata`` is written last."""
+    from tests.native_writers import write_dcp
+
+    folder = write_dcp(whole, tmp_path / "step-100")
+    assert missing_part(folder) is None
+    assert why_not_ready(folder, 100, 0.0, 10.0, None).startswith("settling")
+    assert why_not_ready(folder, 100, 10.0, 10.0, None) is None
+    (folder / ".metadata").unlink()  # a save still under way: the data files, not yet the metadata
+    assert ".metadata is not written yet" in missing_part(folder)
+    assert ".metadata is not written yet" in why_not_ready(folder, 100, 99.0, 10.0, None)

@@ -10,6 +10,7 @@ def test_each_trainer_style_names_its_step():
     assert step_of("checkpoint-500") == 500  # Hugging Face Trainer
     assert step_of("global_step1200") == 1200  # DeepSpeed
     assert step_of("iter_0007000") == 7000  # Megatron
+    assert step_of("step-3000") == 3000  # torchtitan's Distributed Checkpoints
 
 
 def test_other_names_are_not_checkpoints():

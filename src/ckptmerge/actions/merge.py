@@ -1,4 +1,5 @@
-"""``action=merge``: merge k >= 2 checkpoints with given weights into a transformers folder."""
+"""``action=merge``: merge k >= 2 checkpoints with given weights into a transformers folder, or a
+Distributed Checkpoint under the input's own names (``merge.output_format=dcp``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import torch
 
 from ckptmerge.checkpoints.atomic import check_target, refuse_inputs
+from ckptmerge.checkpoints.dcp_writer import write_merged_dcp
 from ckptmerge.checkpoints.stream import StreamStats
 from ckptmerge.checkpoints.writer import write_merged
 from ckptmerge.config import Config, parse_size
@@ -44,6 +46,22 @@ def from_mergekit(cfg: Config) -> Config:
     dtype: Any = recipe.dtype if recipe.dtype != "auto" else cfg.merge.dtype  # the schema checks it again
     merge = replace(cfg.merge, weights=recipe.weights, dtype=dtype)
     return replace(cfg, model=model, merge=merge)
+
+
+DCP_CARD = """
+## Format
+
+A PyTorch Distributed Checkpoint (`merge.output_format=dcp`): {n} tensors under the newest input's own
+names (e.g. `{first}`), weights only, no optimizer state. Load it as the training job saved them:
+`torch.distributed.checkpoint.load(state_dict, checkpoint_id=THIS_FOLDER)`.
+"""
+
+
+def output_names(cset: Any) -> dict[str, str]:
+    """Model tensor name → the newest input's own name for it (a ZeRO or DCP checkpoint's, else the same)."""
+    reader = cset.newest.reader
+    raw = getattr(reader, "raw_name", None)
+    return {k: raw(k) if raw else k for k in reader.keys()}
 
 
 def merge_facts(cfg: Config, cset: Any, weights: list[float]) -> MergeFacts:
@@ -82,22 +100,38 @@ def run_merge(cfg: Config) -> dict[str, Any]:
     out_dtype = None if cfg.merge.dtype == "auto" else getattr(torch, cfg.merge.dtype)
     named = dict(zip(cset.names, weights))
     stats = StreamStats()
-    write_merged(
-        [c.reader for c in cset.checkpoints],
-        cset.newest.folder,
-        weights,
-        target,
-        fn,
-        shard_bytes,
-        out_dtype=out_dtype,
-        overwrite=cfg.merge.overwrite,
-        extra_files={
-            "ckptmerge.json": json.dumps({"weights": named, "method": cfg.merge.method}, indent=2),
-            **folder_files(merge_facts(cfg, cset, weights)),
-        },
-        progress=True,
-        stats=stats,
-    )
+    fmt = cfg.merge.output_format
+    names = output_names(cset) if fmt == "dcp" else {}
+    files = folder_files(merge_facts(cfg, cset, weights))
+    if fmt == "dcp":
+        files["README.md"] = files.get("README.md", "") + DCP_CARD.format(
+            n=len(names), first=next(iter(names.values()))
+        )
+
+    def write(folder: Path) -> Path:
+        return write_merged(
+            [c.reader for c in cset.checkpoints],
+            cset.newest.config_dir,
+            weights,
+            folder,
+            fn,
+            shard_bytes,
+            out_dtype=out_dtype,
+            overwrite=cfg.merge.overwrite,
+            extra_files={
+                "ckptmerge.json": json.dumps(
+                    {"weights": named, "method": cfg.merge.method, "output_format": fmt}, indent=2
+                ),
+                **files,
+            },
+            progress=True,
+            stats=stats,
+        )
+
+    if fmt == "dcp":
+        write_merged_dcp(write, target, names, cfg.merge.overwrite)
+    else:
+        write(target)
     rate = stats.bytes_written / max(stats.seconds, 1e-9) / 1e9
     print(
         f"merged {len(cset)} checkpoints {named} into {target} "
@@ -109,6 +143,9 @@ def run_merge(cfg: Config) -> dict[str, Any]:
         "tensors": stats.tensors,
         "bytes": stats.bytes_written,
         "seconds": stats.seconds,
+        "output_format": fmt,
+        # dcp: the tensor names as the newest input holds them (a training job loads them as it saved them)
+        **({"output_names": "input"} if fmt == "dcp" else {}),
     }
 
 

@@ -74,6 +74,8 @@ def training_step(c: Checkpoint) -> int | None:
     """The checkpoint's step: ``trainer_state.json``'s ``global_step`` (what the trainer recorded),
     else the folder name (the revision, for a hub checkpoint), else None."""
     state = c.folder / "trainer_state.json"
+    if not state.is_file():  # a tag folder of an HF Trainer checkpoint: the state is beside it
+        state = c.config_dir / "trainer_state.json"
     if state.is_file():
         try:
             step = json.loads(state.read_text()).get("global_step")
@@ -81,7 +83,9 @@ def training_step(c: Checkpoint) -> int | None:
                 return step
         except (OSError, ValueError, AttributeError):
             pass  # an unreadable state file says nothing; the name may
-    return step_from_name(c.ref.name)
+    step = step_from_name(c.ref.name)
+    tag = getattr(c.reader, "tag", None)  # a DeepSpeed run folder named by its ``latest`` tag
+    return step if step is not None or not tag else step_from_name(tag)
 
 
 def _label(c: Checkpoint) -> str:
@@ -191,25 +195,26 @@ def check_tokenizers(cset: CheckpointSet, required: bool = True) -> None:
     tokenizer files through: a weights-only merge, as ``mergekit --no-copy-tokenizer`` writes. Some with
     and some without is still refused: the merged folder takes the newest's files.
     """
-    if not required and not any(_tokenizer_files(c.folder) for c in cset.checkpoints):
+    if not required and not any(_tokenizer_files(c.config_dir) for c in cset.checkpoints):
         log.warning("No checkpoint has tokenizer files: the merged folder gets weights and config only")
         return
     from transformers import AutoTokenizer  # only here: a weights-only merge never imports transformers
 
-    files = {c.name: _tokenizer_files(c.folder) for c in cset.checkpoints}
+    files = {c.name: _tokenizer_files(c.config_dir) for c in cset.checkpoints}
     for c in cset.checkpoints:  # every checkpoint's files first: a missing one is the likelier mistake
         if not files[c.name]:
             raise CheckpointError(
-                f"checkpoint {_label(c)} has no tokenizer files ({', '.join(TOKENIZER_FILES[:4])}, ...) in {c.folder}; "
+                f"checkpoint {_label(c)} has no tokenizer files ({', '.join(TOKENIZER_FILES[:4])}, ...) in "
+                f"{c.config_dir}; "
                 "without them transformers builds an empty tokenizer: copy them from the training run"
             )
     loaded: dict[str, tuple[int, dict]] = {}
     first: tuple[Checkpoint, int, dict] | None = None
     for c in cset.checkpoints:
-        key = _tokenizer_bytes_hash(c.folder, files[c.name])
+        key = _tokenizer_bytes_hash(c.config_dir, files[c.name])
         if key not in loaded:
             try:
-                tok = AutoTokenizer.from_pretrained(c.folder, trust_remote_code=cset.trust_remote_code)
+                tok = AutoTokenizer.from_pretrained(c.config_dir, trust_remote_code=cset.trust_remote_code)
                 loaded[key] = (len(tok), tok.get_vocab())
             except Exception as e:  # tokenizers fail in many types; the message is what helps
                 msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
@@ -218,7 +223,7 @@ def check_tokenizers(cset: CheckpointSet, required: bool = True) -> None:
         if n < MIN_VOCAB:
             raise CheckpointError(
                 f"checkpoint {_label(c)}: its tokenizer has only {n} tokens; the tokenizer files in "
-                f"{c.folder} are incomplete"
+                f"{c.config_dir} are incomplete"
             )
         size = _config_vocab_size(c.config)
         if size is not None and n > size:

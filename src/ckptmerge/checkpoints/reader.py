@@ -19,6 +19,7 @@ import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -65,6 +66,23 @@ class TensorMeta:
     @property
     def nbytes(self) -> int:
         return self.numel * torch.empty((), dtype=self.dtype).element_size()
+
+
+class TensorReader(Protocol):
+    """What the merge stream, the resident model, the content checks and the fingerprints ask of a
+    checkpoint: a transformers folder (:class:`CheckpointReader`) or a training-native one
+    (:class:`~ckptmerge.checkpoints.native.NativeReader`)."""
+
+    folder: Path
+    format: str
+
+    def keys(self) -> list[str]: ...
+    def meta(self) -> dict[str, TensorMeta]: ...
+    def get(self, key: str) -> torch.Tensor: ...
+    def byte_range(self, key: str) -> tuple[Path, int, int] | None: ...
+    def data_files(self) -> list[Path]: ...
+    def nbytes(self) -> int: ...
+    def close(self) -> None: ...
 
 
 def _read_safetensors_layout(path: Path) -> tuple[dict, int]:
@@ -260,6 +278,10 @@ class CheckpointReader:
         """``(file, start, end)`` of a safetensors tensor's bytes; None for ``.bin``."""
         loc = self._loc.get(key)
         return (loc.file, loc.start, loc.end) if loc else None
+
+    def data_files(self) -> list[Path]:
+        """The files holding the tensors (what a fingerprint of the checkpoint covers)."""
+        return sorted(self.folder.glob("*.safetensors")) + sorted(self.folder.glob("*.bin"))
 
     def iter_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
         for key in self.keys():

@@ -35,7 +35,7 @@ import torch
 
 from ckptmerge.checkpoints import pages
 from ckptmerge.checkpoints.layout import Placement, Shard
-from ckptmerge.checkpoints.reader import CheckpointReader
+from ckptmerge.checkpoints.reader import CheckpointReader, TensorReader
 from ckptmerge.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,7 @@ class MergeStream:
 
     def __init__(
         self,
-        sources: Sequence[CheckpointReader],
+        sources: Sequence[TensorReader],
         weights: Sequence[float],
         merge_fn: Callable[..., torch.Tensor],
         shards: Sequence[Shard],
@@ -190,6 +190,9 @@ class MergeStream:
         self._written: dict[str, int] = {}
         self._fds: list[int] = []
         self._total = sum(len(s.tensors) for s in self.shards)
+        # Sources whose get() reads into memory rather than viewing a memory map (no byte ranges).
+        self._in_memory = any(not isinstance(r, CheckpointReader) for r in self.sources)
+        self._metas = [r.meta() for r in self.sources] if self._in_memory else []
 
     # -- failure handling ----------------------------------------------------------------------
     def _fail(self, e: BaseException) -> None:
@@ -216,6 +219,10 @@ class MergeStream:
         try:
             for shard in self.shards:
                 for p in shard.tensors:
+                    # A ZeRO or DCP source reads a tensor into memory on get(): admit its bytes before
+                    # reading, not after, so that no second tensor is read while the budget is spent.
+                    if self._in_memory and not self.read_budget.acquire(self._source_bytes(p.key)):
+                        return
                     views = [r.get(p.key) for r in self.sources]
                     for r, v in zip(self.sources, views):
                         if tuple(v.shape) != p.shape:
@@ -227,13 +234,16 @@ class MergeStream:
                     for s, e in self._units(p):
                         parts = [f[s:e] for f in flats] if self.elementwise else flats
                         n = sum(x.numel() * x.element_size() for x in parts)
-                        if not self.read_budget.acquire(n):
+                        if not self._in_memory and not self.read_budget.acquire(n):
                             return
                         pages.populate(parts)
                         self.inq.put((p, s, e, parts, n))
             self.inq.put(_DONE)
         except BaseException as e:  # surfaces in the calling thread
             self._fail(e)
+
+    def _source_bytes(self, key: str) -> int:
+        return sum(m[key].nbytes for m in self._metas)
 
     # -- stage 2: arithmetic (calling thread) ----------------------------------------------------
     def _merge_unit(self, p: Placement, s: int, e: int, parts: list[torch.Tensor]) -> torch.Tensor:

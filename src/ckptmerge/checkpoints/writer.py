@@ -22,7 +22,7 @@ import torch
 from ckptmerge.checkpoints import pages
 from ckptmerge.checkpoints.atomic import atomic_folder
 from ckptmerge.checkpoints.layout import SAFE_INDEX, index_json, plan_shards
-from ckptmerge.checkpoints.reader import CheckpointReader, TensorMeta
+from ckptmerge.checkpoints.reader import CheckpointReader, TensorMeta, TensorReader
 from ckptmerge.checkpoints.stream import (
     DEFAULT_CHUNK_ELEMS,
     DEFAULT_PREFETCH_BYTES,
@@ -99,7 +99,7 @@ _SIDE_FILES = (
 )
 
 
-def _check_sources(sources: Sequence[CheckpointReader], weights: Sequence[float]) -> dict[str, TensorMeta]:
+def _check_sources(sources: Sequence[TensorReader], weights: Sequence[float]) -> dict[str, TensorMeta]:
     """The newest source's tensors, which every other source must match (cheap: headers only)."""
     if len(sources) < 2 or len(sources) != len(weights):
         raise CheckpointError(f"need at least 2 sources and one weight each, got {len(sources)} and {len(weights)}")
@@ -150,7 +150,7 @@ def _copy_side_files(side_folder: Path, tmp: Path, out_dtype: torch.dtype | None
 
 
 def write_merged(
-    sources: Sequence[CheckpointReader],
+    sources: Sequence[TensorReader],
     side_folder: Path,
     weights: Sequence[float],
     target: Path,

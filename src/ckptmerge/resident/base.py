@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from ckptmerge.checkpoints.checkpoint_set import CheckpointSet
-from ckptmerge.checkpoints.reader import CheckpointReader
+from ckptmerge.checkpoints.reader import CheckpointReader, TensorReader
 from ckptmerge.checkpoints.stream import take_newest, torch_threads
 from ckptmerge.errors import CheckpointError
 from ckptmerge.merge.linear import linear_merge_into
@@ -106,9 +106,13 @@ class Slot:
     count: int
     flat: bool
 
-    def source(self, reader: CheckpointReader) -> torch.Tensor:
+    def source(self, reader: TensorReader) -> torch.Tensor:
         t = reader.get(self.key)
-        return t.reshape(-1).narrow(0, self.start, self.count) if self.flat else t
+        if not self.flat:
+            return t
+        part = t.reshape(-1).narrow(0, self.start, self.count)
+        # A ZeRO or DCP tensor was read into memory whole: keep only this partition, not a view of it all.
+        return part if isinstance(reader, CheckpointReader) else part.clone()
 
 
 class ResidentModel:
@@ -133,8 +137,8 @@ class ResidentModel:
         self.cset, self.device, self.dtype = cset, device, dtype
         newest = cset.newest
         with loading(newest.ref.text):
-            self.tokenizer = AutoTokenizer.from_pretrained(newest.folder, trust_remote_code=cset.trust_remote_code)
-        self.model = self._build_model(newest.folder)
+            self.tokenizer = AutoTokenizer.from_pretrained(newest.config_dir, trust_remote_code=cset.trust_remote_code)
+        self.model = self._build_model(newest.config_dir)
         self.weights: tuple[float, ...] = tuple(0.0 for _ in cset.checkpoints[:-1]) + (1.0,)
         self._device_full = False
         self._slots: list[Slot] = []

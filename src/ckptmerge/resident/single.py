@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from ckptmerge.checkpoints.checkpoint_set import CheckpointSet
+from ckptmerge.checkpoints.reader import CheckpointReader
 from ckptmerge.resident.base import ResidentModel, loading, resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
@@ -22,18 +23,30 @@ class SingleResidentModel(ResidentModel):
     def __init__(self, cset: CheckpointSet, device: str = "cpu", dtype: str = "auto") -> None:
         device = resolve_device(device)
         super().__init__(cset, device, resolve_dtype(dtype, cset, device))
+        if self._from_config:  # a ZeRO or DCP checkpoint: its weights come in through the merge itself
+            self.apply(self.weights)
 
     def _build_model(self, folder: Path) -> Any:
         from transformers import AutoModelForCausalLM
 
         newest = self.cset.newest
         log.info("Building the resident model from %s (%s, %s)", newest.name, self.device, self.dtype)
+        trust = self.cset.trust_remote_code
         with loading(newest.ref.text):
-            model = AutoModelForCausalLM.from_pretrained(
-                folder, dtype=self.dtype, trust_remote_code=self.cset.trust_remote_code
-            )
-        model.to(self.device).eval()  # type: ignore[arg-type]  # transformers' wrapped .to() stub
+            if self._from_config:
+                from transformers import AutoConfig
+
+                config = AutoConfig.from_pretrained(folder, trust_remote_code=trust)
+                model = AutoModelForCausalLM.from_config(config, dtype=self.dtype, trust_remote_code=trust)
+            else:
+                model = AutoModelForCausalLM.from_pretrained(folder, dtype=self.dtype, trust_remote_code=trust)
+        model.to(self.device).eval()
         return model
+
+    @property
+    def _from_config(self) -> bool:
+        """The newest checkpoint is no transformers folder (ZeRO, DCP): the model is built from its config."""
+        return not isinstance(self.cset.newest.reader, CheckpointReader)
 
     def _model_shapes(self) -> dict[str, tuple[int, ...]]:
         return {k: tuple(v.shape) for k, v in self.model.state_dict().items()}

@@ -55,7 +55,7 @@ def write_and_verify(
         out_dtype = None if cfg.merge.dtype == "auto" else getattr(torch, cfg.merge.dtype)
         write_merged(
             [c.reader for c in cset.checkpoints],
-            cset.newest.folder,
+            cset.newest.config_dir,
             list(weights.values()),
             target,
             get_method(cfg.merge.method, cfg.merge.settings),

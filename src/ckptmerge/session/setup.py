@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ckptmerge.checkpoints import CheckpointSet
+from ckptmerge.checkpoints.checkpoint_set import ReadOptions
 from ckptmerge.checkpoints.content import check_content
 from ckptmerge.config import Config, ModelConfig
 from ckptmerge.errors import ConfigError
@@ -110,7 +111,11 @@ def resolve_sources(cfg: Config, progress: bool = True, all_checkpoints: bool = 
             "eval.tasks is empty: name the lm-eval dev tasks that form the objective, e.g. "
             "'eval.tasks=[ckptmerge_wikitext_dev]'"
         )
-    cset = CheckpointSet.from_refs(list(model.checkpoints), trust_remote_code=model.trust_remote_code)
+    cset = CheckpointSet.from_refs(
+        list(model.checkpoints),
+        trust_remote_code=model.trust_remote_code,
+        options=ReadOptions(key_map=model.key_map, config=model.config, precision=model.precision),
+    )
     if check:
         _check_content(cfg, cset)
     test_tasks = cfg.eval.test_tasks or (() if cfg.eval.tasks else model.test_tasks)

@@ -14,6 +14,13 @@ folder is used only when all of these hold:
 * the trainer's ``latest`` pointer, where the watched folder has one (DeepSpeed's ``latest``,
   Megatron's ``latest_checkpointed_iteration.txt``), has reached its step.
 
+Training-native checkpoints have no config.json or safetensors of their own:
+
+* a DeepSpeed ZeRO tag (``global_stepN/``, or an HF Trainer ``checkpoint-N/`` holding one) needs its
+  model-state and optimizer-state files (for ZeRO-3 one of each per rank); it is complete once the
+  ``latest`` pointer names its step (DeepSpeed writes it after every rank saved), else once settled;
+* a PyTorch Distributed Checkpoint needs its ``.metadata`` (written last), then is used once settled.
+
 :func:`missing_part` answers the structural questions from the files alone; :class:`Settling`
 remembers what each folder looked like and since when.
 """
@@ -76,9 +83,61 @@ def _index_shortfall(folder: Path, index_name: str) -> str | None:
     return None
 
 
+DCP_METADATA = ".metadata"
+
+
+def native_kind(folder: Path) -> str | None:
+    """``dcp`` or ``zero`` for a training-native checkpoint folder (also one still being written), else None."""
+    folder = Path(folder)
+    if (folder / DCP_METADATA).is_file() or any(folder.glob("*.distcp")):
+        return "dcp"
+    if _zero_tag(folder) is not None:
+        return "zero"
+    return None
+
+
+def _has_zero_files(folder: Path) -> bool:
+    return any(folder.glob("*_model_states.pt")) or any(folder.glob("*_optim_states.pt"))
+
+
+def _zero_tag(folder: Path) -> Path | None:
+    """The DeepSpeed tag folder ``folder`` is, or holds (an HF Trainer ``checkpoint-N/``)."""
+    if _has_zero_files(folder):
+        return folder
+    tags = sorted(d for d in folder.glob("global_step*") if d.is_dir() and _has_zero_files(d))
+    return tags[-1] if tags else None
+
+
+def _zero_shortfall(tag: Path) -> str | None:
+    model, optim = sorted(tag.glob("*_model_states.pt")), sorted(tag.glob("*_optim_states.pt"))
+    if not model:
+        return f"{tag.name} has no *_model_states.pt yet"
+    if not optim:
+        return f"{tag.name} has no *_optim_states.pt yet"
+    if any(f.name.startswith("zero_pp_rank_") for f in model) and len(model) != len(optim):
+        return (
+            f"{tag.name} has {len(model)} model-state and {len(optim)} optimizer-state files (a rank is still saving)"
+        )
+    return None
+
+
+def _has_hf_weights(folder: Path) -> bool:
+    return any((folder / n).is_file() for n in (SAFE_INDEX, SAFE_SINGLE, BIN_INDEX, BIN_SINGLE))
+
+
 def missing_part(folder: Path) -> str | None:
     """What the checkpoint in ``folder`` still lacks, from its files alone; None when nothing does."""
     folder = Path(folder)
+    kind = native_kind(folder)
+    if kind == "dcp":
+        if not (folder / DCP_METADATA).is_file():
+            return f"{DCP_METADATA} is not written yet (a Distributed Checkpoint writes it last)"
+        return None
+    tag = _zero_tag(folder) if kind == "zero" else None
+    if tag == folder:  # a bare tag: config and tokenizer come from model.config
+        return _zero_shortfall(folder)
+    if tag is not None and not _has_hf_weights(folder):  # an HF Trainer checkpoint holding a ZeRO tag
+        return _zero_shortfall(tag)
     try:
         json.loads((folder / "config.json").read_text())
     except FileNotFoundError:
@@ -159,6 +218,8 @@ def why_not_ready(folder: Path, step: int, quiet_s: float, settle_s: float, late
         return missing
     if has_completion_marker(folder):
         return None
+    if latest_step is not None and native_kind(folder) == "zero":
+        return None  # DeepSpeed names a tag in ``latest`` only after every rank saved it
     if quiet_s < settle_s:
         return f"settling (used once its files are unchanged for {settle_s:g}s)"
     return None

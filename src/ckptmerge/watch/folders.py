@@ -1,7 +1,8 @@
 """Checkpoint folders in a watched directory, recognised by name, ordered by training step.
 
-Trainers name their checkpoint folders after the step: ``stepN`` (Pythia, our embedded trajectory),
-``checkpoint-N`` (Hugging Face Trainer), ``global_stepN`` (DeepSpeed), ``iter_NNNNNNN`` (Megatron).
+Trainers name their checkpoint folders after the step: ``stepN`` (Pythia, our embedded trajectory,
+OLMo-core), ``step-N`` (torchtitan), ``checkpoint-N`` (Hugging Face Trainer), ``global_stepN``
+(DeepSpeed), ``iter_NNNNNNN`` (Megatron).
 Anything else in the folder (logs, ``runs/``, a ``latest`` file, a temporary folder a trainer renames
 into place) is not a checkpoint. Names are matched whole, so ``checkpoint-500.tmp`` is not one.
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 # One pattern per trainer style; the whole name must match.
 STEP_PATTERNS = (
     re.compile(r"step(\d+)"),
+    re.compile(r"step-(\d+)"),
     re.compile(r"checkpoint-(\d+)"),
     re.compile(r"global_step(\d+)"),
     re.compile(r"iter_(\d+)"),
