@@ -59,7 +59,7 @@ class Contender:
 
 
 @dataclass(frozen=True)
-class Verdict:
+class PromotionDecision:
     """What the comparison allows, and the one line that says why."""
 
     decision: str
@@ -345,24 +345,24 @@ def run_promote(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") ->
         tags={names.TAG_KIND: "promotion", "ckptmerge.registered_model": name},
     )
     with tracker.finishing():
-        verdict = (
+        promotion = (
             _decide(cfg, judge, candidate, champion)
             if judge
-            else Verdict(
+            else PromotionDecision(
                 UNCHANGED, f"candidate v{candidate.version} is already {reg.champion_alias}; nothing evaluated"
             )
         )
-        outcome = _record(cfg, tracker, judge, candidate, champion, verdict, tasks)
+        outcome = _record(cfg, tracker, judge, candidate, champion, promotion, tasks)
     outcome["mlflow"] = {"tracking_uri": tracker.display_uri, "experiment_id": tracker.experiment_id, "run_id": run_id}
     outcome = redact_data(outcome)  # no password or token in what is printed (main writes it as result.json)
     _print_summary(outcome)
     return outcome
 
 
-def _decide(cfg: Config, judge: Judge, candidate: Contender, champion: Contender | None) -> Verdict:
+def _decide(cfg: Config, judge: Judge, candidate: Contender, champion: Contender | None) -> PromotionDecision:
     judge.evaluate(candidate)
     if champion is None:
-        return Verdict(
+        return PromotionDecision(
             FIRST,
             f"first candidate v{candidate.version} becomes {cfg.registry.champion_alias} "
             "(there was none to compare with)",
@@ -381,7 +381,7 @@ def _decide(cfg: Config, judge: Judge, candidate: Contender, champion: Contender
 
 def gate(
     gain: Gain, task_gains: dict[str, Gain], margin: float, allow_task_regression: bool, candidate: str, champion: str
-) -> Verdict:
+) -> PromotionDecision:
     """The rule: promote when the gain's lower bound is above ``margin`` and no scored metric is
     significantly worse (unless allowed); the reason names the interval and any regressing metric."""
     regressions = tuple(k for k, g in task_gains.items() if g.ci_high < 0)  # NaN (no interval) is no evidence
@@ -392,7 +392,7 @@ def gate(
     )
     interval = gain.describe()
     if not math.isfinite(gain.ci_low):  # too few finite resamples: no claim either way
-        return Verdict(
+        return PromotionDecision(
             KEPT,
             f"kept champion v{champion}: candidate v{candidate} gains {gain.value:+.5f} with no "
             "interval (too few finite bootstrap resamples)",
@@ -403,7 +403,7 @@ def gate(
     clears = gain.ci_low > margin
     if clears and (not regressions or allow_task_regression):
         note = f", allowed by registry.allow_task_regression=true: regresses on {worse}" if regressions else ""
-        return Verdict(
+        return PromotionDecision(
             PROMOTED,
             f"promoted candidate v{candidate} over champion v{champion}: gains {interval}, "
             f"lower bound above the margin {margin:g}{note}",
@@ -421,7 +421,7 @@ def gate(
         why = f"significant, but the lower bound does not clear the margin {margin:g}"
     if regressions and not clears:
         why += f"; regresses on {worse}"
-    return Verdict(
+    return PromotionDecision(
         KEPT,
         f"kept champion v{champion}: candidate v{candidate} gains {interval}: {why}",
         gain,
@@ -436,12 +436,12 @@ def _record(
     judge: Judge | None,
     candidate: Contender,
     champion: Contender | None,
-    verdict: Verdict,
+    promotion: PromotionDecision,
     tasks: PromotionTasks,
 ) -> dict[str, Any]:
     """Move the alias if decided, tag the candidate version (and a replaced champion), log the run."""
     reg, client, name = cfg.registry, tracker.client, cfg.registry.name
-    decision, gain = verdict.decision, verdict.gain
+    decision, gain = promotion.decision, promotion.gain
     margin = float(reg.promote_margin)
     new_champion = candidate.version if decision in (FIRST, PROMOTED, UNCHANGED) else champion.version  # type: ignore[union-attr]
     if decision in (FIRST, PROMOTED):
@@ -456,7 +456,7 @@ def _record(
         "score_definition": definition,
         "test_tasks": ",".join(tasks.names),
         "run_id": tracker.run_id or "",
-        "reason": verdict.reason,
+        "reason": promotion.reason,
         # the score's gain, candidate - champion, and its interval ("" when there was nothing to compare)
         "gain": "" if gain is None else f"{gain.value:.6f}",
         "gain_ci_low": "" if gain is None else f"{gain.ci_low:.6f}",
@@ -464,7 +464,7 @@ def _record(
         "gain_p_value": "" if gain is None else f"{gain.p_value:.4g}",
         "gain_significant": "" if gain is None else str(gain.significant).lower(),
         "confidence": f"{cfg.eval.confidence:g}",
-        "regressions": ",".join(verdict.regressions),
+        "regressions": ",".join(promotion.regressions),
         "allow_task_regression": str(reg.allow_task_regression).lower(),
     }
     if decision != UNCHANGED:  # a re-run on the champion itself keeps the tags of the decision that made it
@@ -480,9 +480,9 @@ def _record(
         metrics.update({f"{role}.{k}": v for k, v in who.metrics.items()})
     if gain is not None:  # score_gain and score_gain.ci_low/.ci_high/.p_value/.significant
         metrics.update(gain.as_metrics("score_gain"))
-        for key, g in verdict.task_gains.items():
+        for key, g in promotion.task_gains.items():
             metrics.update(g.as_metrics(names.safe_key(f"task_gain.{key}")))
-        metrics["regressions"] = float(len(verdict.regressions))
+        metrics["regressions"] = float(len(promotion.regressions))
     tracker.log_metrics(metrics)
     tracker.set_tags(
         {
@@ -491,22 +491,22 @@ def _record(
             "promotion.champion_version": "" if champion is None else champion.version,
             "promotion.new_champion": new_champion,
             "promotion.score_definition": definition,
-            "promotion.reason": verdict.reason[:4000],
-            "promotion.regressions": ",".join(verdict.regressions),
+            "promotion.reason": promotion.reason[:4000],
+            "promotion.regressions": ",".join(promotion.regressions),
         }
     )
     outcome = {
         "registered_model": name,
         "decision": decision,
         "margin": margin,
-        "reason": verdict.reason,
+        "reason": promotion.reason,
         "score_definition": definition,
         "test_tasks": list(tasks.names),
         "limit": tasks.limit,
         # paired bootstrap over the test documents: + means the candidate is better
         "gain": None if gain is None else gain.as_json(),
-        "task_gains": {k: g.as_json() for k, g in verdict.task_gains.items()},
-        "regressions": list(verdict.regressions),
+        "task_gains": {k: g.as_json() for k, g in promotion.task_gains.items()},
+        "regressions": list(promotion.regressions),
         "allow_task_regression": reg.allow_task_regression,
         "bootstrap": {"resamples": cfg.eval.bootstrap, "confidence": cfg.eval.confidence, "seed": cfg.search.seed},
         "candidate": {
@@ -558,13 +558,13 @@ def _print_summary(o: dict[str, Any]) -> None:
             note = "  regresses" if key in o["regressions"] else ""
             print(f"  {key:<40} {g['value']:+.5f} [{g['ci_low']:+.5f}, {g['ci_high']:+.5f}] {mark}{note}")
     print(o["reason"])
-    verdict = {
+    meaning = {
         FIRST: "first candidate becomes champion",
         PROMOTED: "candidate promoted",
         KEPT: "champion kept",
         UNCHANGED: "candidate is already champion",
     }[o["decision"]]
-    print(f"decision: {o['decision']} ({verdict}); {o['new_champion']['model_uri']} = v{o['new_champion']['version']}")
+    print(f"decision: {o['decision']} ({meaning}); {o['new_champion']['model_uri']} = v{o['new_champion']['version']}")
     print(f"MLflow run {o['mlflow']['run_id']} (experiment {o['mlflow']['experiment_id']})")
 
 

@@ -323,8 +323,8 @@ class SearchRun:
             objective=chosen.best.objective,
             dev_metrics=dict(chosen.best.metrics),
             gain=chosen.gain.as_json() if chosen.gain else None,
-            decision=chosen.verdict.decision,
-            decision_reason=chosen.verdict.reason,
+            decision=chosen.evidence.decision,
+            decision_reason=chosen.evidence.reason,
             plot_artifact=chosen.plot,
         )
         merge = self._write(session, resident, chosen, facts)
@@ -333,7 +333,7 @@ class SearchRun:
         self._log_summary(tracker, chosen, merge, report)
         result = self._result(tracker, session, resident, sources, loop, chosen, merge, report)
         pending = None
-        if chosen.verdict.decision == evidence.REGISTERED:
+        if chosen.evidence.decision == evidence.REGISTERED:
             pending = self._log_for_registry(tracker, session, sources, chosen, merge, facts)
         self._commit(tracker, result, pending, facts)
         return result
@@ -367,9 +367,9 @@ class SearchRun:
             if newest
             else None
         )
-        verdict = evidence.weigh(gain, cset.names[-1], cfg.registry.enabled, cfg.registry.require_significant_gain)
+        weighed = evidence.weigh(gain, cset.names[-1], cfg.registry.enabled, cfg.registry.require_significant_gain)
         plot = names.ARTIFACT_PLOT if tracker.log_plots and searcher.posterior() is not None else None
-        return Selection(best, selected_by, newest, gain, verdict, plot)
+        return Selection(best, selected_by, newest, gain, weighed, plot)
 
     def _write(self, session: EvalSession, resident: ResidentModel, chosen: Selection, facts: MergeFacts) -> Written:
         """The best merge: written from the checkpoint tensors, verified, reloaded and re-scored. Only once
@@ -407,7 +407,7 @@ class SearchRun:
 
     def _log_summary(self, tracker: SearchTracker, chosen: Selection, merge: Written, report: HeldOutReport) -> None:
         tracker.log_metrics(finish.summary_metrics(chosen, merge, report), step=self.cfg.search.budget)
-        tracker.set_tags({names.TAG_DECISION: chosen.verdict.decision, names.TAG_SELECTED_BY: chosen.selected_by})
+        tracker.set_tags({names.TAG_DECISION: chosen.evidence.decision, names.TAG_SELECTED_BY: chosen.selected_by})
 
     def _result(
         self,
@@ -448,8 +448,8 @@ class SearchRun:
         assert best.objective is not None
         gain_tags = {
             "gain": json.dumps(gain.as_json()) if gain else "",
-            "significant": str(chosen.verdict.significant_gain).lower(),
-            "decision": chosen.verdict.decision,
+            "significant": str(chosen.evidence.significant_gain).lower(),
+            "decision": chosen.evidence.decision,
             "checkpoints": ",".join(cset.names),
         }
         return log_for_registry(

@@ -25,7 +25,7 @@ class Selection:
     selected_by: str
     newest: Trial | None  # the newest checkpoint alone: the baseline (None when its trial failed)
     gain: Gain | None
-    verdict: evidence.Evidence
+    evidence: evidence.Evidence
     plot: str | None  # the posterior plot's artifact, when one was logged
 
     @property
@@ -86,8 +86,8 @@ def result_fields(
         "baseline_objective": chosen.baseline,
         "gain": gain.as_json() if gain else None,
         "test_gains": evidence.gains_json(report.gains),
-        "decision": chosen.verdict.decision,
-        "decision_reason": chosen.verdict.reason,
+        "decision": chosen.evidence.decision,
+        "decision_reason": chosen.evidence.reason,
         "rescored_objective": merge.rescored,
         "metrics": best.metrics,
         "test_metrics": test.get("best", {}),
