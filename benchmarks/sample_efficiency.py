@@ -122,7 +122,7 @@ def run_searcher(cfg, k: int, space_name: str, kind: str, seed: int, f: Objectiv
     from ckptmerge.session.setup import search_space
 
     cfg = for_space(cfg, space_name)
-    space, initial = search_space(cfg, k, cfg.search.space.name)
+    space, initial = search_space(cfg.search, cfg.compare, k, cfg.search.space.name)
     searcher = make_searcher(replace(cfg.search, kind=kind, seed=seed), space, initial)
     ys, draws = [], []
     for _ in range(cfg.search.budget):
@@ -180,8 +180,8 @@ def main() -> None:
         }
     )
     seed_everything(0)
-    sources = resolve_sources(cfg, progress=False)
-    session, resident = EvalSession.with_resident(cfg, sources)
+    sources = resolve_sources(cfg.model, cfg.eval, progress=False)
+    session, resident = EvalSession.with_resident(cfg.eval, cfg.search.seed, cfg.runtime, cfg.merge, sources)
     f = Objective(session, resident, len(ckpts), a.cache)
     newest = f([0.0] * (len(ckpts) - 1) + [1.0])
     print(
@@ -198,7 +198,7 @@ def main() -> None:
     for name in a.spaces:
         k = 2 if name.startswith("pair") else len(ckpts)
         scfg = for_space(cfg, name)
-        space, initial = search_space(scfg, k, scfg.search.space.name)
+        space, initial = search_space(scfg.search, scfg.compare, k, scfg.search.space.name)
         pad = [0.0] * (len(ckpts) - k)
         seen: list[tuple[float, Any]] = []  # every evaluation in this space: the reference is the best of them
         if space.dims == 1:

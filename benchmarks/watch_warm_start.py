@@ -99,7 +99,7 @@ def search_pair(cfg, pair: int, f: PairObjective, initial) -> tuple[list[float],
     from ckptmerge.search.searchers import make_searcher
     from ckptmerge.session.setup import search_space
 
-    space, _ = search_space(cfg, 2)
+    space, _ = search_space(cfg.search, cfg.compare, 2)
     searcher = make_searcher(cfg.search, space, initial)
     ys, sources, draws = [], [], []
     for _ in range(cfg.search.budget):
@@ -142,8 +142,8 @@ def main() -> None:
     )
     seed_everything(0)
     t0 = time.perf_counter()
-    sources = resolve_sources(cfg, progress=False, all_checkpoints=True)
-    session, resident = EvalSession.with_resident(cfg, sources)
+    sources = resolve_sources(cfg.model, cfg.eval, progress=False, all_checkpoints=True)
+    session, resident = EvalSession.with_resident(cfg.eval, cfg.search.seed, cfg.runtime, cfg.merge, sources)
     names = sources.cset.names
     n = len(names)
     tag = f"{sources.trajectory_root.name if sources.trajectory_root else 'embedded'}:limit={a.limit}"
@@ -151,7 +151,7 @@ def main() -> None:
     print(f"embedded trajectory {names}; objective {session.objective.describe()}, eval.limit={a.limit}", flush=True)
 
     alpha = float(cfg.search.alpha)
-    space, _ = search_space(cfg, 2)
+    space, _ = search_space(cfg.search, cfg.compare, 2)
     pairs = list(range(n - 1))
     newest = {p: f.evaluate(p, 1.0)[0] for p in pairs}
     dense: dict[int, list[tuple[float, float]]] = {}

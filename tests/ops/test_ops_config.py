@@ -40,7 +40,7 @@ def test_pair_out_of_range_of_the_trajectory_names_the_key(tiny_trajectory, traj
         }
     )
     with pytest.raises(ConfigError, match=r"model.pair=2 is out of range: the embedded trajectory has 3 checkpoints"):
-        resolve_sources(cfg, progress=False)
+        resolve_sources(cfg.model, cfg.eval, progress=False)
 
 
 def test_registry_promotion_keys_are_validated():

@@ -37,7 +37,7 @@ def _asked(searcher, n: int) -> list[tuple[tuple[float, ...], str]]:
 
 def test_the_previous_point_goes_first_with_its_label_and_counts_in_the_budget():
     cfg = config_from_dict({"search": {"budget": 5, "space": PAPER}})
-    space, configured = search_space(cfg, 2)
+    space, configured = search_space(cfg.search, cfg.compare, 2)
     point, initial = warm.initial_for(space, configured, _result(0.62), cfg.search.min_distance)
     assert point == (0.62,)
     warm_first = [Proposal((0.62,), "warm:previous-pair"), Proposal((0.0,), "initial"), Proposal((1.0,), "initial")]
@@ -136,7 +136,7 @@ def test_the_pair_after_a_finished_one_starts_from_its_point_and_a_restart_gets_
     first = _finished_search(w, "step10", "step20", (10, 20), _result(0.62))
     prev = w._warm_from(step(20))
     assert prev is not None and prev.run_id == first and prev.names == ("step10", "step20")
-    space, configured = search_space(w.cfg, 2)
+    space, configured = search_space(w.cfg.search, w.cfg.compare, 2)
     point, initial = warm.initial_for(space, configured, prev.result, w.cfg.search.min_distance)
     assert point == (0.62,) and initial is not None and initial[0] == Proposal((0.62,), "warm:previous-pair")
 

@@ -225,7 +225,9 @@ class Comparison:
 
     def searched(self, method: str, run_id: str) -> tuple[list[float] | None, float, dict]:
         kind, space_name = searched_method(method)  # type: ignore[misc]  # validated with the config
-        space, initial = search_space(self.cfg, 2 if space_name == "pair" else self.k, space_name)
+        space, initial = search_space(
+            self.cfg.search, self.cfg.compare, 2 if space_name == "pair" else self.k, space_name
+        )
         search_cfg = dataclasses.replace(self.cfg.search, kind=kind)
         loop = TrialLoop(
             self.resident,
@@ -515,7 +517,8 @@ def run_compare(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") ->
                 seed_everything(cfg.search.seed, cfg.runtime.threads)
                 comp.registered(best.method)
             reg = register_merge(
-                cfg,
+                cfg.merge,
+                cfg.registry,
                 tracker,
                 session,
                 resident,

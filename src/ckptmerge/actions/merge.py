@@ -20,7 +20,7 @@ from ckptmerge.errors import ConfigError
 from ckptmerge.interop import folder_files
 from ckptmerge.interop.facts import MergeFacts, checkpoint_entries, floating_dtype
 from ckptmerge.merge import get_method
-from ckptmerge.session.setup import local_checkpoint_folders, resolve_sources
+from ckptmerge.session.setup import Purpose, local_checkpoint_folders, resolve_sources
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +87,10 @@ def run_merge(cfg: Config) -> dict[str, Any]:
         cfg = from_mergekit(cfg)
     fn = get_method(cfg.merge.method, cfg.merge.settings)
     target = Path(cfg.merge.output_dir).expanduser().resolve()  # type: ignore[arg-type]
-    refuse_inputs(target, local_checkpoint_folders(cfg))  # before "exists": no overwrite may replace an input
+    refuse_inputs(target, local_checkpoint_folders(cfg.model))  # before "exists": no overwrite may replace an input
     check_target(target, cfg.merge.overwrite)
     shard_bytes = parse_size(cfg.merge.shard_size, "merge.shard_size")
-    cset = resolve_sources(cfg).cset
+    cset = resolve_sources(cfg.model, cfg.eval, Purpose(merge=True, allow_nonfinite=cfg.merge.allow_nonfinite)).cset
     refuse_inputs(target, [c.folder for c in cset.checkpoints])
     weights = list(cfg.merge.weights or ())
     if len(weights) != len(cset):

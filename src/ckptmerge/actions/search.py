@@ -104,7 +104,9 @@ class SearchRun:
         parse_size(cfg.merge.shard_size, "merge.shard_size")
         # An output folder that an earlier search wrote may be that search's own, to be resumed; which
         # search is known once the parent run is, so its folder is checked again then.
-        refuse_inputs(self.output_dir, local_checkpoint_folders(cfg))  # before "exists", which would advise overwrite
+        refuse_inputs(
+            self.output_dir, local_checkpoint_folders(cfg.model)
+        )  # before "exists", which would advise overwrite
         earlier = folder_owner(self.output_dir)
         check_target(
             self.output_dir,
@@ -112,13 +114,13 @@ class SearchRun:
             owner=earlier if earlier and earlier.startswith(OWNER_SEARCH) else None,
         )
         tracker = SearchTracker(cfg.tracking, self.cwd)  # unreachable tracking fails here, in seconds
-        sources = resolve_search_sources(cfg)
+        sources = resolve_search_sources(cfg.model, cfg.eval, cfg.search.space)
         cset = sources.cset
         refuse_inputs(self.output_dir, [c.folder for c in cset.checkpoints])
         # The merge is written after the whole budget: a disk too small for it fails now, not then.
         out_dtype = None if cfg.merge.dtype == "auto" else getattr(torch, cfg.merge.dtype)
         check_space(self.output_dir, merged_size(cset.newest.reader.meta(), out_dtype))
-        self.space, initial = search_space(cfg, len(cset))
+        self.space, initial = search_space(cfg.search, cfg.compare, len(cset))
         self.warm_point, initial = warm.initial_for(
             self.space, initial, self.previous_result, float(cfg.search.min_distance)
         )
@@ -133,7 +135,9 @@ class SearchRun:
             )
         searcher = make_searcher(cfg.search, self.space, initial)  # e.g. grid over k > 2 is refused here
         # unknown tasks/metrics and test-split dev tasks fail before the model is built
-        session, resident = EvalSession.with_resident(cfg, sources, self.channel)
+        session, resident = EvalSession.with_resident(
+            cfg.eval, cfg.search.seed, cfg.runtime, cfg.merge, sources, self.channel
+        )
         key = self._resume_key(sources, session, resident)
         # one search per key on this store: taken before looking for a run to resume, so two resumes
         # of one crashed search serialise instead of one resuming and the other starting afresh
@@ -378,7 +382,8 @@ class SearchRun:
         best = chosen.best
         assert best.objective is not None
         model, tokenizer, lm, rescored = write_and_verify(
-            self.cfg,
+            self.cfg.merge,
+            self.cfg.registry,
             session,
             resident,
             best.weights,
@@ -453,7 +458,7 @@ class SearchRun:
             "checkpoints": ",".join(cset.names),
         }
         return log_for_registry(
-            self.cfg,
+            self.cfg.registry,
             tracker,
             merge.model,
             merge.tokenizer,

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ckptmerge.config import Config, EvalConfig
+from ckptmerge.config import EvalConfig, MergeConfig, RuntimeConfig
 from ckptmerge.errors import CheckpointError, ConfigError
 from ckptmerge.evaluation import TaskSuite, build_objective, make_lm
 from ckptmerge.evaluation.doc_scores import DocScores
@@ -44,15 +44,22 @@ class EvalSession:
 
     @classmethod
     def with_resident(
-        cls, cfg: Config, sources: Sources, channel: Channel | None = None
+        cls,
+        ev: EvalConfig,
+        seed: int,
+        runtime: RuntimeConfig,
+        merge: MergeConfig,
+        sources: Sources,
+        channel: Channel | None = None,
     ) -> tuple[EvalSession, ResidentModel]:
-        """Tasks first (bad task names fail before the model is built), then the resident model, bound.
+        """Tasks first (``eval.*``; bad task names fail before the model is built), then the resident model
+        (where ``runtime.*`` puts it, merged with ``merge.method``), bound.
 
         Under ``runtime=deepspeed`` the model is partitioned over the ranks of ``channel``'s launch;
         rank 0 first tells the others to build theirs (they wait in the worker's ``serve`` loop).
         """
-        session = cls(cfg.eval, cfg.search.seed, sources)
-        if cfg.runtime.backend == "deepspeed":
+        session = cls(ev, seed, sources)
+        if runtime.backend == "deepspeed":
             from ckptmerge.resident.zero import ZeroResidentModel
             from ckptmerge.runtime import distributed
 
@@ -60,17 +67,17 @@ class EvalSession:
             channel.send(distributed.START)
             session._channel = channel
             resident: ResidentModel = ZeroResidentModel(
-                sources.cset, channel, dtype=cfg.runtime.dtype, deepspeed_config_path=cfg.runtime.deepspeed_config
+                sources.cset, channel, dtype=runtime.dtype, deepspeed_config_path=runtime.deepspeed_config
             )
         else:
-            resident = SingleResidentModel(sources.cset, device=cfg.runtime.device, dtype=cfg.runtime.dtype)
-        if cfg.merge.method != "linear":  # trials evaluate the merge that will be written, not a linear one
-            if cfg.runtime.backend == "deepspeed":
+            resident = SingleResidentModel(sources.cset, device=runtime.device, dtype=runtime.dtype)
+        if merge.method != "linear":  # trials evaluate the merge that will be written, not a linear one
+            if runtime.backend == "deepspeed":
                 raise ConfigError(
-                    f"merge.method={cfg.merge.method} needs whole tensors; under runtime=deepspeed only "
+                    f"merge.method={merge.method} needs whole tensors; under runtime=deepspeed only "
                     "linear merges run on the partitions"
                 )
-            resident.merge_fn = searchable(cfg.merge.method).bind(cfg.merge.settings)
+            resident.merge_fn = searchable(merge.method).bind(merge.settings)
         session.bind(resident)
         return session, resident
 

@@ -20,7 +20,7 @@ import torch
 
 from ckptmerge.checkpoints.atomic import OWNER_FILE, atomic_folder
 from ckptmerge.checkpoints.writer import write_merged
-from ckptmerge.config import Config, parse_size
+from ckptmerge.config import MergeConfig, RegistryConfig, parse_size
 from ckptmerge.errors import EvaluationError
 from ckptmerge.merge import get_method
 from ckptmerge.resident import ResidentModel
@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 
 
 def write_and_verify(
-    cfg: Config,
+    merge: MergeConfig,
+    registry: RegistryConfig,
     session: EvalSession,
     resident: ResidentModel,
     weights: Mapping[str, float] | None,
@@ -52,30 +53,30 @@ def write_and_verify(
     cset = resident.cset
     extra = {**dict(files or {}), OWNER_FILE: json.dumps({**dict(info), "owner": owner}, indent=2, default=str)}
     if weights is not None:
-        out_dtype = None if cfg.merge.dtype == "auto" else getattr(torch, cfg.merge.dtype)
+        out_dtype = None if merge.dtype == "auto" else getattr(torch, merge.dtype)
         write_merged(
             [c.reader for c in cset.checkpoints],
             cset.newest.config_dir,
             list(weights.values()),
             target,
-            get_method(cfg.merge.method, cfg.merge.settings),
-            parse_size(cfg.merge.shard_size, "merge.shard_size"),
+            get_method(merge.method, merge.settings),
+            parse_size(merge.shard_size, "merge.shard_size"),
             out_dtype=out_dtype,
-            overwrite=cfg.merge.overwrite,
+            overwrite=merge.overwrite,
             extra_files=extra,
             progress=True,
             owner=owner,
         )
     else:
-        with atomic_folder(target, overwrite=cfg.merge.overwrite, owner=owner) as tmp:  # resident's own dtype
-            resident.model.save_pretrained(tmp, max_shard_size=cfg.merge.shard_size)
+        with atomic_folder(target, overwrite=merge.overwrite, owner=owner) as tmp:  # resident's own dtype
+            resident.model.save_pretrained(tmp, max_shard_size=merge.shard_size)
             resident.tokenizer.save_pretrained(tmp)
             for name, text in extra.items():
                 (tmp / name).write_text(text)
     try:
         model, tok, lm = session.reload(target)
         rescored = session.objective(session.evaluate_dev(lm))
-        tol = cfg.registry.rescore_tolerance * max(1.0, abs(objective))
+        tol = registry.rescore_tolerance * max(1.0, abs(objective))
         if not math.isfinite(rescored) or abs(rescored - objective) > tol:
             raise EvaluationError(
                 f"the written merge scores {rescored:.6f} but the search saw {objective:.6f} "
@@ -113,7 +114,7 @@ class PendingVersion:
 
 
 def log_for_registry(
-    cfg: Config,
+    registry: RegistryConfig,
     tracker: SearchTracker,
     model: Any,
     tokenizer: Any,
@@ -146,10 +147,8 @@ def log_for_registry(
         all_tags["weights"] = json.dumps({n: round(w, 6) for n, w in weights.items()})
         all_tags.setdefault("lambda", f"{list(weights.values())[-1]:.6f}")
     assert tracker.run_id is not None, "registration happens inside the search's run"
-    pending = PendingVersion(
-        cfg.registry.name, cfg.registry.alias, tracker.run_id, tracker.uri, all_tags, description, None
-    )
-    if registered_version(MlflowClient(tracker.uri), cfg.registry.name, tracker.run_id, cfg.registry.alias):
+    pending = PendingVersion(registry.name, registry.alias, tracker.run_id, tracker.uri, all_tags, description, None)
+    if registered_version(MlflowClient(tracker.uri), registry.name, tracker.run_id, registry.alias):
         return pending  # a rerun after a crash that came after registration: commit() finds that version
     if model is None:
         from transformers import AutoModelForCausalLM
@@ -159,12 +158,12 @@ def log_for_registry(
         model = AutoModelForCausalLM.from_pretrained(
             folder, dtype="auto", trust_remote_code=session.sources.cset.trust_remote_code
         )
-    logged = log_model(tracker.run_id, model, tokenizer, cfg.registry.name, description, tracker.uri)
+    logged = log_model(tracker.run_id, model, tokenizer, registry.name, description, tracker.uri)
     return dataclasses.replace(pending, logged=logged)
 
 
 def register(
-    cfg: Config,
+    registry: RegistryConfig,
     tracker: SearchTracker,
     model: Any,
     tokenizer: Any,
@@ -177,12 +176,13 @@ def register(
 ) -> dict[str, str]:
     """Log the verified merge as an MLflow model and register a new version of ``registry.name``."""
     return log_for_registry(
-        cfg, tracker, model, tokenizer, weights, objective, session, description, tags, folder
+        registry, tracker, model, tokenizer, weights, objective, session, description, tags, folder
     ).commit(tracker)
 
 
 def register_merge(
-    cfg: Config,
+    merge: MergeConfig,
+    registry: RegistryConfig,
     tracker: SearchTracker,
     session: EvalSession,
     resident: ResidentModel,
@@ -194,7 +194,8 @@ def register_merge(
 ) -> dict[str, str]:
     """:func:`write_and_verify` then :func:`register` (compare's best merge)."""
     model, tok, _, _ = write_and_verify(
-        cfg,
+        merge,
+        registry,
         session,
         resident,
         weights,
@@ -206,7 +207,7 @@ def register_merge(
     sources = ",".join(c.ref.text for c in resident.cset.checkpoints)
     try:
         return register(
-            cfg, tracker, model, tok, weights, objective, session, description, {"sources": sources, **tags}
+            registry, tracker, model, tok, weights, objective, session, description, {"sources": sources, **tags}
         )
     except BaseException:
         import shutil

@@ -13,7 +13,7 @@ from pathlib import Path
 from ckptmerge.checkpoints import CheckpointSet
 from ckptmerge.checkpoints.checkpoint_set import ReadOptions
 from ckptmerge.checkpoints.content import check_content
-from ckptmerge.config import Config, ModelConfig
+from ckptmerge.config import CompareConfig, EvalConfig, ModelConfig, SearchConfig, SpaceConfig
 from ckptmerge.errors import ConfigError
 from ckptmerge.search.searchers import Proposal
 from ckptmerge.search.space import SearchSpace
@@ -61,9 +61,22 @@ def _embedded_checkpoints(
     return [picked[j] for j in order], traj
 
 
-def _check_content(cfg: Config, cset: CheckpointSet) -> None:
+@dataclass(frozen=True)
+class Purpose:
+    """What the checkpoints are resolved for: a written merge (``action=merge``) takes a set with no
+    tokenizer and, when ``allow_nonfinite`` (``merge.allow_nonfinite``), checkpoints holding NaN/Inf;
+    every other action scores them, so it needs dev tasks and a tokenizer."""
+
+    merge: bool = False
+    allow_nonfinite: bool = False
+
+
+SCORING = Purpose()
+
+
+def _check_content(model: ModelConfig, purpose: Purpose, cset: CheckpointSet) -> None:
     """What the checkpoints hold (see :mod:`ckptmerge.checkpoints.content`), before any trial or write."""
-    merge = cfg.action == "merge"
+    merge = purpose.merge
     hint = (
         "; set merge.allow_nonfinite=true to write such a merge anyway"
         if merge
@@ -72,41 +85,48 @@ def _check_content(cfg: Config, cset: CheckpointSet) -> None:
     # Only actions that score need a tokenizer in every checkpoint; a weights-only merge is legitimate.
     check_content(
         cset,
-        order=cfg.model.order,
-        allow_nonfinite=merge and cfg.merge.allow_nonfinite,
+        order=model.order,
+        allow_nonfinite=merge and purpose.allow_nonfinite,
         nonfinite_hint=hint,
         tokenizer_required=not merge,
     )
 
 
-def resolve_sources(cfg: Config, progress: bool = True, all_checkpoints: bool = False, check: bool = True) -> Sources:
-    """Checkpoints (embedded, local or hub) checked to be mergeable, and the dev/test task lists.
+def resolve_sources(
+    model: ModelConfig,
+    ev: EvalConfig,
+    purpose: Purpose = SCORING,
+    progress: bool = True,
+    all_checkpoints: bool = False,
+    check: bool = True,
+) -> Sources:
+    """Checkpoints (embedded, local or hub) of ``model.*`` checked to be mergeable, and the dev/test task
+    lists (``eval.*``, else the model's own).
 
     ``all_checkpoints``: the whole embedded trajectory instead of ``model.select`` (pilot, compare).
     ``check``: run the content checks (a DeepSpeed rank other than 0 skips them: rank 0 ran them
     before it sent the start).
     """
-    model = cfg.model
-    include = [str(Path(cfg.eval.include_path).expanduser().resolve())] if cfg.eval.include_path else []
-    if cfg.eval.include_path and not Path(include[0]).exists():
-        raise ConfigError(f"eval.include_path does not exist: {cfg.eval.include_path}")
+    include = [str(Path(ev.include_path).expanduser().resolve())] if ev.include_path else []
+    if ev.include_path and not Path(include[0]).exists():
+        raise ConfigError(f"eval.include_path does not exist: {ev.include_path}")
     if model.source == "embedded":
         refs, traj = _embedded_checkpoints(model, progress, all_checkpoints)
         cset = CheckpointSet.from_refs(refs, trust_remote_code=False)
         if check:
-            _check_content(cfg, cset)
+            _check_content(model, purpose, cset)
         return Sources(
             cset=cset,
-            dev_tasks=cfg.eval.tasks or model.dev_tasks or traj.dev_tasks,  # type: ignore[attr-defined]
-            test_tasks=cfg.eval.test_tasks or (() if cfg.eval.tasks else (model.test_tasks or traj.test_tasks)),  # type: ignore[attr-defined]
-            dev_weights=_weights(cfg),
+            dev_tasks=ev.tasks or model.dev_tasks or traj.dev_tasks,  # type: ignore[attr-defined]
+            test_tasks=ev.test_tasks or (() if ev.tasks else (model.test_tasks or traj.test_tasks)),  # type: ignore[attr-defined]
+            dev_weights=_weights(model, ev),
             include_paths=[str(traj.tasks_dir)] + include + [str(PACKAGE_TASKS)],  # type: ignore[attr-defined]
-            max_length=cfg.eval.max_length or traj.max_length,  # type: ignore[attr-defined]
+            max_length=ev.max_length or traj.max_length,  # type: ignore[attr-defined]
             trajectory_root=traj.root,  # type: ignore[attr-defined]
             calib_path=traj.calib_path,  # type: ignore[attr-defined]
         )
-    dev_tasks = cfg.eval.tasks or model.dev_tasks
-    if not dev_tasks and cfg.action != "merge":
+    dev_tasks = ev.tasks or model.dev_tasks
+    if not dev_tasks and not purpose.merge:
         raise ConfigError(
             "eval.tasks is empty: name the lm-eval dev tasks that form the objective, e.g. "
             "'eval.tasks=[ckptmerge_wikitext_dev]'"
@@ -117,22 +137,22 @@ def resolve_sources(cfg: Config, progress: bool = True, all_checkpoints: bool = 
         options=ReadOptions(key_map=model.key_map, config=model.config, precision=model.precision),
     )
     if check:
-        _check_content(cfg, cset)
-    test_tasks = cfg.eval.test_tasks or (() if cfg.eval.tasks else model.test_tasks)
+        _check_content(model, purpose, cset)
+    test_tasks = ev.test_tasks or (() if ev.tasks else model.test_tasks)
     return Sources(
         cset=cset,
         dev_tasks=dev_tasks,
         test_tasks=test_tasks,
-        dev_weights=_weights(cfg),
+        dev_weights=_weights(model, ev),
         include_paths=include + [str(PACKAGE_TASKS)],
-        max_length=cfg.eval.max_length,
+        max_length=ev.max_length,
     )
 
 
-def local_checkpoint_folders(cfg: Config) -> list[Path]:
+def local_checkpoint_folders(model: ModelConfig) -> list[Path]:
     """The folders of ``model.checkpoints`` that exist here, before they are resolved: an output folder
     that is one of them is refused first, with the reason that no flag can change."""
-    return [p for c in cfg.model.checkpoints if (p := Path(str(c)).expanduser()).is_dir()]
+    return [p for c in model.checkpoints if (p := Path(str(c)).expanduser()).is_dir()]
 
 
 def newest_of(sources: Sources, last: int) -> Sources:
@@ -142,15 +162,16 @@ def newest_of(sources: Sources, last: int) -> Sources:
     return sources
 
 
-def resolve_search_sources(cfg: Config, progress: bool = True, check: bool = True) -> Sources:
+def resolve_search_sources(
+    model: ModelConfig, ev: EvalConfig, space: SpaceConfig, progress: bool = True, check: bool = True
+) -> Sources:
     """The checkpoints a search's space covers: the two selected ones for the pair; for a wider space
     (``search/space=simplex|ema|…``) the newest ``search.space.last`` of the trajectory (embedded, unless
     ``model.select`` names them) or of ``model.checkpoints``."""
-    space = cfg.search.space
     if space.name == "pair":
-        return resolve_sources(cfg, progress, check=check)
-    whole = cfg.model.source == "embedded" and tuple(cfg.model.select) == (-2, -1) and cfg.model.pair is None
-    sources = newest_of(resolve_sources(cfg, progress, all_checkpoints=whole, check=check), space.last)
+        return resolve_sources(model, ev, progress=progress, check=check)
+    whole = model.source == "embedded" and tuple(model.select) == (-2, -1) and model.pair is None
+    sources = newest_of(resolve_sources(model, ev, progress=progress, all_checkpoints=whole, check=check), space.last)
     if len(sources.cset) < space.last:
         log.info(
             "search/space=%s covers the %d checkpoints given (search.space.last=%d)",
@@ -161,28 +182,30 @@ def resolve_search_sources(cfg: Config, progress: bool = True, check: bool = Tru
     return sources
 
 
-def search_space(cfg: Config, k: int, name: str | None = None) -> tuple[SearchSpace, list[Proposal] | None]:
+def search_space(
+    search: SearchConfig, compare: CompareConfig, k: int, name: str | None = None
+) -> tuple[SearchSpace, list[Proposal] | None]:
     """The space ``name`` (default ``search/space``) over ``k`` checkpoints and its initial proposals: a
-    warm start from the cheap baselines' weightings (``lawa`` and ``ema`` as in compare.settings) for every
-    space but the pair, whose initial points are the paper's (λ=α, λ=1)."""
+    warm start from the cheap baselines' weightings (``lawa`` and ``ema`` as in ``compare.settings``) for
+    every space but the pair, whose initial points are the paper's (λ=α, λ=1)."""
     from ckptmerge.merge.soups import baseline_weightings
     from ckptmerge.search.searchers import warm_start
     from ckptmerge.search.space import make_space
 
-    sp = cfg.search.space
+    sp = search.space
     name = name or sp.name
     settings = sp.settings if name == sp.name else {}
-    space = make_space(name, k, float(cfg.search.alpha), settings)
+    space = make_space(name, k, float(search.alpha), settings)
     configured = name == sp.name
     # the pair starts as in the paper (λ=α, λ=1) unless its config asks for the warm start
     if (configured and not sp.warm_start) or (not configured and space.is_pair):
         return space, None
-    baselines = baseline_weightings(k, cfg.compare.method_settings("lawa").k, cfg.compare.method_settings("ema").beta)
-    return space, warm_start(space, baselines, float(cfg.search.min_distance))
+    baselines = baseline_weightings(k, compare.method_settings("lawa").k, compare.method_settings("ema").beta)
+    return space, warm_start(space, baselines, float(search.min_distance))
 
 
-def _weights(cfg: Config) -> dict[str, float]:
+def _weights(model: ModelConfig, ev: EvalConfig) -> dict[str, float]:
     """eval.weights; the model's suggested weights apply only to the model's suggested tasks."""
-    if cfg.eval.weights or cfg.eval.tasks:
-        return dict(cfg.eval.weights)
-    return dict(cfg.model.dev_weights)
+    if ev.weights or ev.tasks:
+        return dict(ev.weights)
+    return dict(model.dev_weights)

@@ -43,11 +43,11 @@ def start_study(cfg: Config, cwd: Path, config_yaml: str, kind: str, last: int |
     ending the child runs that process left RUNNING."""
     seed_everything(cfg.search.seed, cfg.runtime.threads)
     tracker = SearchTracker(cfg.tracking, cwd)
-    sources = resolve_sources(cfg, all_checkpoints=True)
+    sources = resolve_sources(cfg.model, cfg.eval, all_checkpoints=True)
     if last is not None:
         sources = newest_of(sources, last)
     cset = sources.cset
-    session, resident = EvalSession.with_resident(cfg, sources)
+    session, resident = EvalSession.with_resident(cfg.eval, cfg.search.seed, cfg.runtime, cfg.merge, sources)
     checkpoints = [{"name": c.name, **c.identity()} for c in cset.checkpoints]
     # the same command again continues the newest unfinished study of this key (as a search resumes)
     key = {"kind": kind, "config": cfg.to_dict(), "checkpoints": checkpoints}

@@ -26,8 +26,11 @@ def serve(cfg: Config, channel: distributed.Channel) -> None:
         return  # stop before start: rank 0 needed no model (merge, promote) or failed first (and says why)
     seed_everything(cfg.search.seed)
     # rank 0 built any embedded trajectory and checked the checkpoints' content already
-    sources = (resolve_search_sources if cfg.action == "search" else resolve_sources)(cfg, progress=False, check=False)
-    session, resident = EvalSession.with_resident(cfg, sources, channel)
+    if cfg.action == "search":
+        sources = resolve_search_sources(cfg.model, cfg.eval, cfg.search.space, progress=False, check=False)
+    else:
+        sources = resolve_sources(cfg.model, cfg.eval, progress=False, check=False)
+    session, resident = EvalSession.with_resident(cfg.eval, cfg.search.seed, cfg.runtime, cfg.merge, sources, channel)
     assert isinstance(resident, ZeroResidentModel)
     while True:
         command, args = channel.receive()
