@@ -174,6 +174,12 @@ class SearchConfig:
     # Which evaluated point is the result: the best of the GP's posterior mean over the evaluated points
     # (robust to a lucky draw of the noise), or the best single observation.
     select: str = "posterior_mean"
+    # converged: a bo search ends once no point of the space is expected to beat the incumbent by more
+    # than stop_margin of its paired standard errors, patience proposals in a row (budget stays the cap);
+    # budget: always spend the whole budget (docs/search-spaces.md)
+    stop: str = "converged"
+    stop_margin: float = 0.3
+    patience: int = 2
 
     def __post_init__(self) -> None:
         from ckptmerge.search.searchers import SEARCHERS
@@ -190,6 +196,13 @@ class SearchConfig:
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:
             raise ConfigError(f"search.seed must be an integer in [0, 2**32), got {self.seed!r}")
         _choice("search.acq_func", self.acq_func, ("gp_hedge", "EI", "PI", "LCB"))
+        _choice("search.stop", self.stop, ("converged", "budget"))
+        if not _is_number(self.stop_margin) or not 0.0 <= float(self.stop_margin) <= 10.0:
+            raise ConfigError(
+                f"search.stop_margin must be a number in [0, 10] (paired standard errors), got {self.stop_margin!r}"
+            )
+        if not isinstance(self.patience, int) or isinstance(self.patience, bool) or self.patience < 1:
+            raise ConfigError(f"search.patience must be an integer >= 1, got {self.patience!r}")
         if not isinstance(self.resume, str) or not self.resume.strip():
             raise ConfigError(f"search.resume must be auto, never or an MLflow run id, got {self.resume!r}")
         if not _is_number(self.min_distance) or not 0 < self.min_distance < 0.5:

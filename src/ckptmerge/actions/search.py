@@ -31,7 +31,7 @@ from ckptmerge.resident import ResidentModel
 from ckptmerge.runtime import seed_everything
 from ckptmerge.runtime.distributed import Channel
 from ckptmerge.search.searchers import Searcher, make_searcher
-from ckptmerge.session import evidence
+from ckptmerge.session import cost, evidence
 from ckptmerge.session.evaluation import EvalSession
 from ckptmerge.session.register import register, write_and_verify
 from ckptmerge.session.setup import Sources, resolve_search_sources, search_space
@@ -265,6 +265,8 @@ class SearchRun:
         if loop.best is None:
             raise EvaluationError(f"every trial failed, nothing to merge; the first failure: {self.trials[0].error}")
         plot = None
+        if loop.stopped.get("reason") == "converged":
+            tracker.set_tags({names.TAG_STOPPED: f"converged after {loop.stopped['after']} of {loop.stopped['of']}"})
         if tracker.log_plots and searcher.posterior() is not None:
             loop.log_plot(tracker.run_id, cfg.search.budget)  # type: ignore[arg-type]
             plot = names.ARTIFACT_PLOT
@@ -328,6 +330,8 @@ class SearchRun:
             summary.update(gain.as_metrics(names.METRIC_GAIN))
         for key, g in test_gains.items():
             summary.update(g.as_metrics(names.safe_key(names.PREFIX_TEST_GAIN + key)))
+        bill = loop.cost(cfg.search.budget)
+        summary.update(cost.cost_metrics(bill))
         tracker.log_metrics(summary, step=cfg.search.budget)
         tracker.set_tags({names.TAG_DECISION: verdict.decision, names.TAG_SELECTED_BY: selected_by})
 
@@ -348,6 +352,8 @@ class SearchRun:
             "test_gains": evidence.gains_json(test_gains),
             "decision": verdict.decision,
             "stopped_early": loop.stopped_reason,
+            "cost": bill,
+            "stopped": loop.stopped,
             "decision_reason": verdict.reason,
             "rescored_objective": rescored,
             "objective_definition": session.objective.describe(),
