@@ -291,7 +291,7 @@ def stop_tables(a, cfg, session, f, evaluated, traces, reference, best_point) ->
         else sum(len(t.eval_docs) for t in suite.task_objects().values())
     )
     default = (float(SearchConfig.stop_margin), int(SearchConfig.patience))
-    settings = sorted({(m, p) for m in (0.1, 0.2, 0.25, 0.3, 0.4, 0.5) for p in (1, 2, 3)} | {default})
+    settings = sorted({(m, p) for m in (0.3, 0.5, 0.6, 0.75, 1.0, 1.5) for p in (1, 2)} | {default})
     runs = {name: evaluated[name]["bo"] for name in traces}
     print(f"\nstop rule (bo, budget {a.budget}, {len(a.seeds)} seeds, {per_eval} documents per evaluation):\n")
     for line in stopping.study(runs, traces, reference, newest, session.bootstrap, per_eval, settings, default):

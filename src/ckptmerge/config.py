@@ -178,7 +178,7 @@ class SearchConfig:
     # than stop_margin of its paired standard errors, patience proposals in a row (budget stays the cap);
     # budget: always spend the whole budget (docs/search-spaces.md)
     stop: str = "converged"
-    stop_margin: float = 0.3
+    stop_margin: float = 1.0
     patience: int = 2
 
     def __post_init__(self) -> None:

@@ -16,8 +16,9 @@ SE = 0.0016  # a paired standard error of the embedded trajectory's objective (d
 
 
 def peaked(lam: float) -> float:
-    """A smooth objective with its maximum at OPTIMUM, its whole range ~20 standard errors (like a real pair)."""
-    return -0.03 * ((lam - OPTIMUM) / 0.62) ** 2
+    """A smooth objective with its maximum at OPTIMUM, sharp enough that only λ within ~0.05 of it is within
+    one standard error of the best."""
+    return -0.3 * ((lam - OPTIMUM) / 0.62) ** 2
 
 
 def drive(f, budget=10, seed=0, noise=0.0, **stop):
@@ -73,7 +74,6 @@ def test_pure_noise_stops_early():
 def test_patience_counts_consecutive_checks():
     quick = drive(peaked, patience=1)[2]
     patient = drive(peaked, patience=3)[2]
-    assert quick == 3  # the first check after the design is already below the margin on this objective
     assert quick < patient
 
 
