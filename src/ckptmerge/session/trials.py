@@ -298,7 +298,8 @@ class TrialLoop:
             trial.error = str(e)
             trial.seconds = time.perf_counter() - t0
             searcher.mark_failed(prop.x)
-            tracker.log_metrics(self._bill(trial), step=index, run_id=trial.run_id)
+            if self._bill(trial):  # what the failed evaluation spent, when it got as far as evaluating
+                tracker.log_metrics(self._bill(trial), step=index, run_id=trial.run_id)
             tracker.set_tags({names.TAG_TRIAL_STATUS: "failed", "ckptmerge.error": trial.error[:4000]}, trial.run_id)
             tracker.end_trial(trial.run_id, "FAILED")
             log.warning("Trial %d at %s failed: %s", index, named, trial.error, exc_info=e.__cause__ is not None)
