@@ -115,17 +115,24 @@ def for_space(cfg, name: str):  # type: ignore[no-untyped-def]
     return replace(cfg, search=replace(cfg.search, space=type(cfg.search.space)(**space)))
 
 
-def run_searcher(cfg, k: int, space_name: str, kind: str, seed: int, f: Objective) -> list[tuple[float, Any]]:  # type: ignore[no-untyped-def]
-    """The objective and bootstrap draws of each evaluation, in order, of one search as src/main.py would run it."""
+def run_searcher(
+    cfg, k: int, space_name: str, kind: str, seed: int, f: Objective, trace: list | None = None
+) -> list[tuple[float, Any]]:  # type: ignore[no-untyped-def]
+    """The objective and bootstrap draws of each evaluation, in order, of one search as src/main.py would run it
+    at its whole budget (``search.stop=budget``). ``trace``, if given, gets per evaluation the stop rule's
+    criterion checked before it was proposed (None while it does not apply) and, after it was told, the
+    index of the point ``select`` would return: what any ``search.stop=converged`` setting would have done
+    is then read off the full run (its trials are a prefix of this run's; stop_study)."""
     from ckptmerge.evaluation.uncertainty import relative_standard_errors
     from ckptmerge.search.searchers import make_searcher
     from ckptmerge.session.setup import search_space
 
     cfg = for_space(cfg, space_name)
     space, initial = search_space(cfg.search, cfg.compare, k, cfg.search.space.name)
-    searcher = make_searcher(replace(cfg.search, kind=kind, seed=seed), space, initial)
+    searcher = make_searcher(replace(cfg.search, kind=kind, seed=seed, stop="budget"), space, initial)
     ys, draws = [], []
     for _ in range(cfg.search.budget):
+        criterion = searcher.improvement_criterion()
         p = searcher.ask()
         y, d = f.evaluate([0.0] * (f.resident_k - k) + space.weights(p.x))
         draws.append(d)
@@ -133,6 +140,9 @@ def run_searcher(cfg, k: int, space_name: str, kind: str, seed: int, f: Objectiv
         searcher.ses[:] = relative[:-1]
         searcher.tell(p.x, y, relative[-1])
         ys.append((y, d))
+        if trace is not None:
+            picked = searcher.select(cfg.search.select)
+            trace.append((criterion, picked[0] if picked else len(ys) - 1))
     return ys
 
 
@@ -146,6 +156,11 @@ def main() -> None:
     ap.add_argument("--searchers", nargs="+", default=["bo", "random"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--limit", type=int, default=None, help="eval.limit: a seeded sample of the task's documents")
+    ap.add_argument(
+        "--stop-study",
+        action="store_true",
+        help="also tabulate what search.stop=converged would have done (bo only; benchmarks/stopping.py)",
+    )
     ap.add_argument("--json", type=Path, default=None, help="also write the raw runs here")
     ap.add_argument(
         "--cache",
@@ -193,6 +208,7 @@ def main() -> None:
     t0 = time.perf_counter()
     runs: dict[str, dict[str, list[list[float]]]] = {}  # gains over the newest, per space, searcher, seed
     evaluated: dict[str, dict[str, list[list[tuple[float, Any]]]]] = {}  # (objective, draws), the same way
+    traces: dict[str, list[list[tuple[float | None, int]]]] = {}  # bo's stop criterion and pick, per step
     reference: dict[str, float] = {}
     best_point: dict[str, tuple[float, Any]] = {}
     for name in a.spaces:
@@ -213,7 +229,11 @@ def main() -> None:
         runs[name] = {}
         evaluated[name] = {}
         for kind in a.searchers:
-            evaluated[name][kind] = [run_searcher(cfg, k, name, kind, s, f) for s in a.seeds]
+            traces[name] = [[] for _ in a.seeds] if kind == "bo" else traces.get(name, [])
+            evaluated[name][kind] = [
+                run_searcher(cfg, k, name, kind, s, f, traces[name][i] if kind == "bo" else None)
+                for i, s in enumerate(a.seeds)
+            ]
             runs[name][kind] = [[y - newest for y, _ in run] for run in evaluated[name][kind]]
             print(
                 f"{name}/{kind}: {len(a.seeds)} seeds done ({f.evaluations} evaluations, "
@@ -249,9 +269,43 @@ def main() -> None:
             print(
                 f"| {name} | {kind} | {shown[0]} | {shown[1]} | {shown[2]} | {at_budget:+.5f} | {ref:+.5f} | {seeds} |"
             )
+    if a.stop_study and "bo" in a.searchers:
+        stop_tables(a, cfg, session, f, evaluated, traces, reference, best_point)
     print(f"\n{f.evaluations} distinct evaluations in {time.perf_counter() - t0:.0f} s; work folder {work}")
     if a.json:
         a.json.write_text(json.dumps({"newest": newest, "reference": reference, "runs": runs}, indent=1))
+
+
+def stop_tables(a, cfg, session, f, evaluated, traces, reference, best_point) -> None:  # type: ignore[no-untyped-def]
+    """The stop rule's settings against today's full budget (benchmarks/stopping.py), and a pure-noise pair."""
+    import numpy as np
+    import stopping
+
+    from ckptmerge.config import SearchConfig
+
+    newest = f.evaluate([0.0] * (f.resident_k - 1) + [1.0])
+    suite = f.session.dev
+    per_eval = (
+        sum(len(v) for v in suite.samples.values())
+        if suite.samples
+        else sum(len(t.eval_docs) for t in suite.task_objects().values())
+    )
+    default = (float(SearchConfig.stop_margin), int(SearchConfig.patience))
+    settings = sorted({(m, p) for m in (0.3, 0.5, 0.6, 0.75, 1.0, 1.5) for p in (1, 2)} | {default})
+    runs = {name: evaluated[name]["bo"] for name in traces}
+    print(f"\nstop rule (bo, budget {a.budget}, {len(a.seeds)} seeds, {per_eval} documents per evaluation):\n")
+    for line in stopping.study(runs, traces, reference, newest, session.bootstrap, per_eval, settings, default):
+        print(line)
+    # the noise of the pure-noise objective: the median paired s.e. of a pair run's points against the newest
+    pair = runs.get("pair") or next(iter(runs.values()))
+    se = float(
+        np.median(
+            [np.std(np.asarray(y[1]) - np.asarray(newest[1]), ddof=1) for run in pair for y in run if y[0] != newest[0]]
+        )
+    )
+    print(f"\npure-noise pair objective (paired s.e. {se:.5f}), default stop rule:")
+    for line in stopping.pure_noise(cfg, newest, session.bootstrap, a.seeds, *default, se):
+        print(line)
 
 
 if __name__ == "__main__":

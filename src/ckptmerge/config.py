@@ -203,6 +203,12 @@ class SearchConfig:
     # Which evaluated point is the result: the best of the GP's posterior mean over the evaluated points
     # (robust to a lucky draw of the noise), or the best single observation.
     select: Literal["posterior_mean", "observed"] = "posterior_mean"
+    # converged: a bo search ends once no point of the space is expected to beat the incumbent by more
+    # than stop_margin of its paired standard errors, patience proposals in a row (budget stays the cap);
+    # budget: always spend the whole budget (docs/search-spaces.md)
+    stop: Literal["converged", "budget"] = "converged"
+    stop_margin: float = key(1.0, "a number in [0, 10] (paired standard errors)", ge=0.0, le=10.0)
+    patience: int = key(2, "an integer >= 1", ge=1)
 
     def __post_init__(self) -> None:
         max_points = int(math.floor((1.0 - float(self.alpha)) / self.min_distance)) + 1

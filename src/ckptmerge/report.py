@@ -34,6 +34,18 @@ def _num(x: float) -> str:
     return f"{x:+.5f}" if abs(x) < 1e4 else f"{x:+.4g}"
 
 
+def cost_line(cost: dict[str, Any]) -> str:
+    """``cost: 6 evaluations, 300 documents, 61,440 tokens, 12.3 s of evaluation; saved 40% of ...``:
+    what the search's dev evaluations spent (result.json's ``cost``, session/cost.py)."""
+    saved = cost.get("saved_fraction")
+    tail = f"; saved {saved:.0%} of the full budget on every document" if saved is not None else ""
+    note = f" ({cost['incomplete']} trials without a record)" if cost.get("incomplete") else ""
+    return (
+        f"[bold]cost[/bold]: {cost['evaluations']} evaluations, {cost['documents']:,} documents, "
+        f"{cost['tokens']:,} tokens, {cost['seconds']:.1f} s of evaluation{tail}{note}"
+    )
+
+
 def mlflow_ui_command(tracking_uri: str) -> str:
     tracking_uri = redact(tracking_uri)  # a password in the URI is not printed
     if tracking_uri.startswith(("http://", "https://")):
@@ -87,6 +99,18 @@ def print_search_summary(result: dict[str, Any], run_dir: Path, console: Console
         console.print(table)
         if gains:
             console.print(f"gains: + means the merge is better; * significant at {pct}, the rest within noise")
+    stopped = result.get("stopped") or {}
+    if stopped.get("reason") == "converged":
+        crit = stopped.get("criterion") or {}
+        why = (
+            f": best expected improvement {crit['max_expected_improvement_in_se']:.3g} s.e. < "
+            f"{crit['stop_margin']:g}, {crit['patience']} in a row"
+            if crit
+            else ""
+        )
+        console.print(f"[bold]converged[/bold] after {stopped['after']} of {stopped['of']} evaluations{why}")
+    if result.get("cost"):
+        console.print(cost_line(result["cost"]))
     if result.get("decision_reason"):
         console.print(f"[bold]decision[/bold]: {result['decision']}: {result['decision_reason']}")
     ml = result["mlflow"]

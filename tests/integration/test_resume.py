@@ -26,6 +26,7 @@ def _args(work, traj_cache, run_dir):
         "model.trajectory.preset=tiny",
         f"model.trajectory.cache_dir={traj_cache}",
         f"search.budget={BUDGET}",
+        "search.stop=budget",  # counts every trial of the budget
         f"tracking.uri=sqlite:///{work / 'mlflow.db'}",
         "registry.name=resume-test",
         "registry.require_significant_gain=false",

@@ -24,6 +24,7 @@ def test_a_family_search_covers_the_newest_checkpoints_and_starts_from_the_basel
             f"model.trajectory.cache_dir={traj_cache}",
             "search/space=decay",
             f"search.budget={budget}",
+            "search.stop=budget",  # counts every trial of the budget
             "eval.limit=10",
             "registry.enabled=false",
             f"tracking.uri={uri}",

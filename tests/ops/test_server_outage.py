@@ -40,6 +40,7 @@ def test_search_survives_a_server_restart(tmp_path, traj_cache, tiny_trajectory)
         "model.trajectory.preset=tiny",
         f"model.trajectory.cache_dir={traj_cache}",
         f"search.budget={BUDGET}",
+        "search.stop=budget",  # counts every trial of the budget
         "eval.limit=8",
         "tracking.log_plots=false",
         "tracking.experiment=outage",

@@ -85,5 +85,8 @@ def test_the_watch_key_follows_what_changes_a_search():
         return ledger.watch_key(config_from_dict(base).to_dict(), "/runs/ckpts")
 
     assert key() == key(watch={"poll_s": 5, "idle_exit_s": 60}) == key(search={"budget": 20})
+    # when to stop spending the budget is not part of a search's identity either (a watch started before
+    # search.stop existed keeps its key)
+    assert key() == key(search={"stop": "budget"}) == key(search={"stop_margin": 1.0, "patience": 4})
     assert key() != key(eval={"limit": 10})
     assert key() != key(search={"alpha": 0.5})

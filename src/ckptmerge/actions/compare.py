@@ -32,7 +32,7 @@ import torch
 from ckptmerge.calibration import read_texts
 from ckptmerge.config import Config, ConfigError, searched_method
 from ckptmerge.errors import EvaluationError
-from ckptmerge.evaluation.doc_scores import DocScores, scores_from_json, scores_json
+from ckptmerge.evaluation.doc_scores import DocScores, documents, scores_from_json, scores_json
 from ckptmerge.evaluation.uncertainty import Gain, gains_by_metric
 from ckptmerge.merge import baseline_names, linear_merge
 from ckptmerge.merge import method as merge_method
@@ -68,6 +68,7 @@ class MethodResult:
     test_scores: DocScores | None = field(default=None, repr=False)
     gain: Gain | None = None  # dev objective vs the newest checkpoint alone, paired
     test_gains: dict[str, Gain] = field(default_factory=dict)
+    documents: int = 0  # dev documents scored to reach it (its evaluations' bill, session/cost.py)
 
     def as_record(self) -> dict[str, Any]:
         """Everything a resumed comparison needs to reuse this method without running it again."""
@@ -97,6 +98,7 @@ class MethodResult:
             "method": self.method,
             "objective": self.objective,
             "evaluations": self.evaluations,
+            "documents": self.documents,
             "seconds": self.seconds,
             "weights": self.weights,
             "dev_metrics": self.dev_metrics,
@@ -145,12 +147,14 @@ class Comparison:
         self.calib_path = calib_path
         self._texts: list[str] | None = None
         self.evaluations = 0
+        self.documents = 0  # dev documents scored for the current method
         self.scores: DocScores | None = None  # per-document dev scores of the method's merge
 
     # -- helpers -------------------------------------------------------------------------------
     def _score(self) -> tuple[float, dict[str, float]]:
         metrics, self.scores = self.session.evaluate_with_scores("dev")
         self.evaluations += 1
+        self.documents += documents(self.scores)
         return self.session.objective(metrics), metrics
 
     def _onehot(self, i: int) -> list[float]:
@@ -239,7 +243,8 @@ class Comparison:
             best_metric_run_id=run_id,
         )
         loop.run(search_cfg.budget, desc=f"compare {method}")
-        self.evaluations += len(loop.trials)
+        self.evaluations += len(loop.trials)  # what the search spent: fewer than the budget once it converged
+        self.documents += sum(t.docs_evaluated or 0 for t in loop.trials)
         if loop.best is None:
             raise EvaluationError(f"{method}: every trial failed; the first failure: {loop.trials[0].error}")
         # The best observation, as every other method here is ranked by its observed dev objective.
@@ -251,7 +256,7 @@ class Comparison:
 
     def run(self, method: str) -> MethodResult:
         run_id = self.tracker.start_trial(0, {"method": method}, run_name=method, kind="method")
-        self.evaluations, self.scores, t0 = 0, None, time.perf_counter()
+        self.evaluations, self.documents, self.scores, t0 = 0, 0, None, time.perf_counter()
         fn: Callable[[], tuple] = (
             (lambda: self.registered(method))
             if searched_method(method) is None
@@ -275,10 +280,12 @@ class Comparison:
             run_id,
             dev_scores=self.scores,
             test_scores=test_scores,
+            documents=self.documents,
         )
         metrics = {
             names.METRIC_OBJECTIVE: objective,
             "evaluations": self.evaluations,
+            "documents": self.documents,
             "seconds": seconds,
             **dev,
             **{names.PREFIX_TEST + k: v for k, v in test.items()},
@@ -323,7 +330,17 @@ def _tables(
     """
     test_keys = sorted({k for r in results for k in r.test_metrics})
     pct = f"{confidence:.0%}"
-    header = ["method", "dev objective", "gain vs newest", f"{pct} CI", "p", *test_keys, "evaluations", "seconds"]
+    header = [
+        "method",
+        "dev objective",
+        "gain vs newest",
+        f"{pct} CI",
+        "p",
+        *test_keys,
+        "evaluations",
+        "seconds",
+        "documents",
+    ]
     csv_header = [
         "method",
         "dev objective",
@@ -335,6 +352,7 @@ def _tables(
         *[f"{k}{s}" for k in test_keys for s in ("", " gain", " ci_low", " ci_high", " significant")],
         "evaluations",
         "seconds",
+        "documents",
     ]
     rows, csv_rows = [], []
     for r in results:
@@ -354,6 +372,7 @@ def _tables(
                 *tests,
                 str(r.evaluations),
                 f"{r.seconds:.1f}",
+                str(r.documents),
             ]
         )
         cells = []
@@ -380,6 +399,7 @@ def _tables(
                 *cells,
                 str(r.evaluations),
                 f"{r.seconds:.1f}",
+                str(r.documents),
             ]
         )
     md = [

@@ -34,7 +34,7 @@ from ckptmerge.resident import ResidentModel
 from ckptmerge.runtime import seed_everything
 from ckptmerge.runtime.distributed import Channel
 from ckptmerge.search.searchers import Searcher, make_searcher, warm_start_left_out
-from ckptmerge.session import evidence, finish
+from ckptmerge.session import cost, evidence, finish
 from ckptmerge.session.evaluation import EvalSession
 from ckptmerge.session.finish import HeldOutReport, Selection, Written
 from ckptmerge.session.register import PendingVersion, log_for_registry, write_and_verify
@@ -334,7 +334,7 @@ class SearchRun:
         merge = self._write(session, resident, chosen, facts)
         report = self._test_report(tracker, session, resident, sources, merge)
         facts = facts.with_(test_metrics=dict(report.by_model.get("best", {})))
-        self._log_summary(tracker, chosen, merge, report)
+        self._log_summary(tracker, loop, chosen, merge, report)
         result = self._result(tracker, session, resident, sources, loop, chosen, merge, report)
         pending = None
         if chosen.evidence.decision == evidence.REGISTERED:
@@ -352,6 +352,8 @@ class SearchRun:
         self.trials = loop.run(cfg.search.budget, desc=f"search ({cfg.search.kind}{over})")
         if loop.best is None:
             raise EvaluationError(f"every trial failed, nothing to merge; the first failure: {self.trials[0].error}")
+        if loop.stopped.get("reason") == "converged":
+            tracker.set_tags({names.TAG_STOPPED: f"converged after {loop.stopped['after']} of {loop.stopped['of']}"})
         if tracker.log_plots and searcher.posterior() is not None:
             loop.log_plot(tracker.run_id, cfg.search.budget)  # type: ignore[arg-type]
         return loop
@@ -410,8 +412,14 @@ class SearchRun:
             )
         return HeldOutReport(test, test_gains)
 
-    def _log_summary(self, tracker: SearchTracker, chosen: Selection, merge: Written, report: HeldOutReport) -> None:
-        tracker.log_metrics(finish.summary_metrics(chosen, merge, report), step=self.cfg.search.budget)
+    def _log_summary(
+        self, tracker: SearchTracker, loop: TrialLoop, chosen: Selection, merge: Written, report: HeldOutReport
+    ) -> None:
+        summary = {
+            **finish.summary_metrics(chosen, merge, report),
+            **cost.cost_metrics(loop.cost(self.cfg.search.budget)),
+        }
+        tracker.log_metrics(summary, step=self.cfg.search.budget)
         tracker.set_tags({names.TAG_DECISION: chosen.evidence.decision, names.TAG_SELECTED_BY: chosen.selected_by})
 
     def _result(
@@ -430,6 +438,8 @@ class SearchRun:
             **finish.result_fields(chosen, merge, report, self.space, self.trials),
             "stopped_early": loop.stopped_reason,
             "warm_start_dropped": self.warm_left_out,  # baselines of the warm start the budget did not reach
+            "cost": loop.cost(self.cfg.search.budget),
+            "stopped": loop.stopped,
             "objective_definition": session.objective.describe(),
             "checkpoints": [{"name": c.name, **c.identity()} for c in sources.cset.checkpoints],
             "mlflow": {"tracking_uri": tracker.uri, "experiment_id": tracker.experiment_id, "run_id": tracker.run_id},

@@ -348,6 +348,13 @@ class WatchRun:
                 parts.append(f"steps gained undefined ({row['steps_gained_undefined_because']});")
         reg = result.get("registered_model")
         parts.append(f"registered {reg['name']} v{reg['version']}" if reg else f"decision {result.get('decision')}")
+        cost = result.get("cost")
+        if cost:  # what the pair's search spent: fewer evaluations than the budget once it converged
+            stopped = result.get("stopped") or {}
+            how = (
+                f"converged after {stopped['after']} of {stopped['of']}" if stopped.get("reason") == "converged" else ""
+            )
+            parts.append(f"({how or str(cost['evaluations'])} evaluations, {cost['documents']:,} documents)")
         return " ".join(parts)
 
     def _refresh_timeline(self) -> None:

@@ -139,3 +139,12 @@ def scores_from_json(text: str) -> DocScores:
     import json
 
     return {k: MetricScores.from_json(v) for k, v in json.loads(text).items()}
+
+
+def documents(scores: DocScores) -> int:
+    """How many documents these scores cover: each task's documents once, however many metrics it has."""
+    per_task: dict[str, int] = {}
+    for name, s in scores.items():
+        task = name.split("/", 1)[0]
+        per_task[task] = max(per_task.get(task, 0), s.n)
+    return sum(per_task.values())

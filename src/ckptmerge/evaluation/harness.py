@@ -88,6 +88,7 @@ class TaskSuite:
             ) from None
         self.info = {name: self._info(name) for name in self.names}
         self.samples = self._sample(limit, sample_seed)
+        self.last_tokens: int | None = None  # tokens the model read in the last evaluation (None: not counted)
 
     def _sample(self, limit: int | None, seed: int) -> dict[str, list[int]] | None:
         """``limit`` documents of each task, drawn at random with ``seed``: the same for every model of a
@@ -156,6 +157,8 @@ class TaskSuite:
         except Exception as e:
             raise EvaluationError(f"evaluation of {self.names} failed: {describe_exception(e)}") from e
         scores = from_samples((results or {}).get("samples", {}), self._task_dict["tasks"], metric_name)
+        take = getattr(lm, "take_tokens_read", None)  # the counting wrapper of make_lm; every rank calls it
+        self.last_tokens = int(take()) if take is not None else None
         return self._flat(results), scores
 
     @staticmethod
@@ -184,6 +187,7 @@ def make_lm(
 
     if not interactive():
         HFLM = _without_bars(HFLM)  # noqa: N806
+    HFLM = _counting_tokens(HFLM)  # noqa: N806
     if world_size == 1:
         return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length, device=device)
     return _data_parallel_lm(HFLM)(
@@ -222,6 +226,32 @@ def _without_bars(base: type) -> type:
     return QuietHFLM
 
 
+def _counting_tokens(base: type) -> type:
+    """HFLM that counts the tokens it reads, for the bill of an evaluation (``tokens_evaluated``).
+
+    Every log-likelihood request (rolling windows included) reaches ``_loglikelihood_tokens`` as
+    ``(context tokens, continuation tokens)``; the model reads both, less the last, truncated on the
+    left to ``max_length`` as HFLM truncates them. Generation requests are not counted.
+    """
+
+    class CountingHFLM(base):
+        _tokens_read = 0
+
+        def _loglikelihood_tokens(
+            self, requests: Any, disable_tqdm: bool = False, override_bs: int | None = None
+        ) -> Any:
+            limit = int(self.max_length)
+            self._tokens_read += sum(min(len(ctx) + len(cont) - 1, limit) for _, ctx, cont in requests)
+            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+
+        def take_tokens_read(self) -> int:
+            """The tokens read since the last call (and start counting again)."""
+            n, self._tokens_read = self._tokens_read, 0
+            return n
+
+    return CountingHFLM
+
+
 def _data_parallel_lm(base: type) -> type:
     """HFLM whose rank, world size and collectives are torch.distributed's (DeepSpeed's process group).
 
@@ -249,6 +279,12 @@ def _data_parallel_lm(base: type) -> type:
 
         def barrier(self) -> None:
             dist.barrier()
+
+        def take_tokens_read(self) -> int:
+            """Every rank's tokens, summed (every rank evaluates, so every rank calls this)."""
+            count = torch.tensor(float(super().take_tokens_read()), device=self.device)
+            dist.all_reduce(count)
+            return int(count.item())
 
         # Each rank is handed its share of a task's requests; saying how many shows the split in the log
         # (rank 0's), whether or not progress bars are drawn.

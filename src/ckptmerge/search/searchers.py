@@ -47,6 +47,20 @@ class Proposal:
         return self.x[0]
 
 
+@dataclass(frozen=True)
+class Convergence:
+    """The stop rule's check before a proposal (``search.stop=converged``, :meth:`Searcher.check_convergence`).
+
+    ``criterion``: the largest expected improvement over the incumbent of any unevaluated point of the
+    box, in the incumbent's paired standard errors; ``streak``: how many checks in a row it was below
+    ``search.stop_margin``; ``converged``: the streak reached ``search.patience``.
+    """
+
+    criterion: float
+    streak: int
+    converged: bool
+
+
 @dataclass
 class Posterior:
     """The GP posterior over a grid of λ (pairs only), in objective units (higher is better)."""
@@ -78,6 +92,10 @@ class Searcher:
         # the points evaluated before any model proposes: the space's own, or a warm start's
         self._initial = list(initial) if initial else [Proposal(x, "initial") for x in self.space.initial()]
         self._rng = np.random.default_rng(self.seed)
+        self.stop = str(getattr(cfg, "stop", "budget"))
+        self.stop_margin = float(getattr(cfg, "stop_margin", 0.0))
+        self.patience = int(getattr(cfg, "patience", 1))
+        self._streak = 0  # consecutive convergence checks below the margin
 
     def is_new(self, x: Point) -> bool:
         return all(max(abs(a - b) for a, b in zip(x, y)) >= self.min_distance for y in self.xs + self.failed)
@@ -159,6 +177,23 @@ class Searcher:
     def posterior_mean_at(self, points: list[Point]) -> np.ndarray | None:
         """The model's posterior mean (higher is better) at ``points``; None without a model."""
         return None
+
+    def improvement_criterion(self) -> float | None:
+        """The largest expected improvement over the incumbent, in its paired standard errors; None where
+        the rule does not apply (no model, initial points pending, no standard error known)."""
+        return None
+
+    def check_convergence(self) -> Convergence | None:
+        """The stop rule, checked before each proposal (replayed ones too, so a resumed search stops
+        where the original did): None while it does not apply (``search.stop=budget``, a searcher
+        without a model, the initial design not yet evaluated)."""
+        if self.stop != "converged":
+            return None
+        value = self.improvement_criterion()
+        if value is None:
+            return None
+        self._streak = self._streak + 1 if value < self.stop_margin else 0
+        return Convergence(value, self._streak, self._streak >= self.patience)
 
     def state(self) -> dict[str, Any]:
         """Model state after the last ``tell`` (empty for model-free searchers)."""
@@ -313,6 +348,43 @@ class BayesSearcher(Searcher):
             return None
         mean = self.opt.models[-1].predict(self.opt.space.transform([list(p) for p in points]))
         return -np.asarray(mean, dtype=float)
+
+    def improvement_criterion(self) -> float | None:
+        """max over unevaluated points x of E[max(f(x) − f*, 0)] / s.e.(incumbent).
+
+        f* is the incumbent: the highest posterior mean at an evaluated point (what ``select`` would
+        return now). f(x) is the GP's latent objective at x (mean and standard deviation in objective
+        units). The incumbent's paired standard error is the relative one told to the GP (the noise that
+        can change which point is best, TrialLoop._tell). Unevaluated: at least ``min_distance`` from
+        every evaluated or failed point, on a 1001-point grid of a one-coordinate box or 4000 seeded
+        random points of a larger one (a generator of its own, so the search's proposals are the same
+        with the rule on or off).
+        """
+        if self._initial or not self.opt.models or not self.xs:
+            return None
+        known = [se for se in self.ses if se is not None and se > 0]
+        if not known:
+            return None
+        from scipy.stats import norm
+
+        means = self.posterior_mean_at(self.xs)
+        assert means is not None
+        incumbent = int(np.argmax(means))
+        se = self.ses[incumbent] if self.ses[incumbent] else float(np.median(known))
+        lo, hi = np.array(self.bounds).T
+        if self.space.dims == 1:
+            cands = np.linspace(lo[0], hi[0], 1001).reshape(-1, 1)
+        else:
+            cands = np.random.default_rng([self.seed, len(self.xs)]).uniform(lo, hi, size=(4000, len(lo)))
+        seen = np.array(self.xs + self.failed)
+        far = np.abs(cands[:, None, :] - seen[None, :, :]).max(axis=2).min(axis=1) >= self.min_distance
+        if not far.any():
+            return 0.0  # nothing left to evaluate: nothing can improve
+        mean, std = self.opt.models[-1].predict(self.opt.space.transform(cands[far].tolist()), return_std=True)
+        mu, sd = -np.asarray(mean, dtype=float), np.maximum(np.asarray(std, dtype=float), 1e-12)
+        z = (mu - float(means[incumbent])) / sd
+        ei = (mu - float(means[incumbent])) * norm.cdf(z) + sd * norm.pdf(z)
+        return float(np.max(ei) / se)
 
     def _candidates(self) -> list[Proposal]:
         """The hedge's chosen point first, then the other acquisitions' proposals."""

@@ -11,11 +11,12 @@ from typing import Any
 import numpy as np
 
 from ckptmerge.errors import EvaluationError
-from ckptmerge.evaluation.doc_scores import DocScores, scores_from_json, scores_json
+from ckptmerge.evaluation.doc_scores import DocScores, documents, scores_from_json, scores_json
 from ckptmerge.evaluation.uncertainty import relative_standard_errors
 from ckptmerge.resident import ResidentModel
-from ckptmerge.search.searchers import Proposal, Searcher, SearchExhausted
+from ckptmerge.search.searchers import Convergence, Proposal, Searcher, SearchExhausted
 from ckptmerge.search.space import SearchSpace
+from ckptmerge.session import cost
 from ckptmerge.session.evaluation import EvalSession
 from ckptmerge.tracking import names
 from ckptmerge.tracking.datasets import CONTEXT_DEV
@@ -38,6 +39,10 @@ class Trial:
     objective_se: float | None = None  # bootstrap standard error of the objective over documents
     scores: DocScores | None = field(default=None, repr=False)  # per-document dev scores (None: not at hand)
     draws: Any = field(default=None, repr=False)  # the objective on each bootstrap resample (numpy array)
+    # the bill of its dev evaluation (session/cost.py); None: not recorded (a trial resumed from an older run)
+    eval_seconds: float | None = None
+    docs_evaluated: int | None = None
+    tokens_evaluated: int | None = None
 
     @property
     def lam(self) -> float | None:
@@ -54,6 +59,9 @@ class Trial:
             "metrics": self.metrics,
             "run_id": self.run_id,
             "seconds": round(self.seconds, 3),
+            cost.METRIC_EVAL_SECONDS: None if self.eval_seconds is None else round(self.eval_seconds, 3),
+            cost.METRIC_DOCS: self.docs_evaluated,
+            cost.METRIC_TOKENS: self.tokens_evaluated,
         }
         if self.error:
             out["error"] = self.error
@@ -89,6 +97,8 @@ class TrialLoop:
         self.trials: list[Trial] = []
         self.best: Trial | None = None
         self.stopped_reason: str | None = None  # why the loop ended before the budget, if it did
+        self.convergence: Convergence | None = None  # the stop rule's last check (search.stop=converged)
+        self.stopped: dict[str, Any] = {}  # result.json's ``stopped``: reason, after, of, criterion
         n = len(resident.cset)
         if space.k > n:
             raise ValueError(f"space over {space.k} checkpoints, resident model has {n}")
@@ -111,6 +121,7 @@ class TrialLoop:
         same path; the recorded point is what is told (a mismatch is logged: it means the runs differ).
         """
         for p in past:
+            self._check_convergence()  # as before the original proposal: the streak follows the same path
             prop = self.searcher.ask()
             if max(abs(a - b) for a, b in zip(prop.x, p.x)) > 1e-9:
                 log.warning(
@@ -130,6 +141,9 @@ class TrialLoop:
                 run_id=p.run_id,
                 error=p.error,
                 objective_se=p.objective_se,
+                eval_seconds=p.eval_seconds,
+                docs_evaluated=p.docs_evaluated,
+                tokens_evaluated=p.tokens_evaluated,
             )
             if p.objective is None:
                 self.searcher.mark_failed(p.x)
@@ -176,11 +190,22 @@ class TrialLoop:
         bar = tqdm(
             total=budget, initial=min(len(self.trials), budget), desc=desc, unit="trial", disable=not interactive()
         )
+        self.stopped = {"reason": "budget", "after": min(len(self.trials), budget), "of": budget, "criterion": None}
         for index in range(len(self.trials), budget):
+            check = self._check_convergence()
+            if check is not None and check.converged:
+                self.stopped_reason = (
+                    f"converged after {index} of {budget} evaluations: no point is expected to beat the best "
+                    f"by {self.searcher.stop_margin:g} paired standard errors ({self.searcher.patience} in a row)"
+                )
+                self.stopped = {"reason": "converged", "after": index, "of": budget, "criterion": self._criterion()}
+                log.info("Search %s", self.stopped_reason)
+                break
             try:
                 proposal = self.searcher.ask()
             except SearchExhausted as e:  # the box holds no more points at min_distance: end with these
                 self.stopped_reason = f"stopped after {index} of {budget} evaluations: {e}"
+                self.stopped = {"reason": "exhausted", "after": index, "of": budget, "criterion": self._criterion()}
                 log.warning("Search %s", self.stopped_reason)
                 break
             self._record(self._trial(index, proposal))
@@ -193,8 +218,27 @@ class TrialLoop:
                     best_newest_weight=f"{list(self.best.weights.values())[-1]:.3f}", best=f"{self.best.objective:.4f}"
                 )
             bar.update(1)
+            self.stopped.update(after=len(self.trials), criterion=self._criterion())
         bar.close()
         return self.trials
+
+    def _check_convergence(self) -> Convergence | None:
+        check = self.searcher.check_convergence()
+        if check is not None:
+            self.convergence = check
+        return check
+
+    def _criterion(self) -> dict[str, Any] | None:
+        """The stop rule's last check, for result.json (None: it never applied)."""
+        c = self.convergence
+        if c is None:
+            return None
+        return {
+            "max_expected_improvement_in_se": round(c.criterion, 6),
+            "stop_margin": self.searcher.stop_margin,
+            "streak": c.streak,
+            "patience": self.searcher.patience,
+        }
 
     def _log_line(self, trial: Trial, budget: int, desc: str) -> None:
         """One line per trial (what a log keeps of the progress bar)."""
@@ -238,7 +282,13 @@ class TrialLoop:
         t0 = time.perf_counter()
         try:
             resident.apply([0.0] * self._pad + weights)
-            trial.metrics, trial.scores = session.evaluate_with_scores("dev")
+            t_eval = time.perf_counter()
+            try:
+                trial.metrics, trial.scores = session.evaluate_with_scores("dev")
+            finally:  # a failed evaluation was paid for too
+                trial.eval_seconds = time.perf_counter() - t_eval
+            trial.docs_evaluated = documents(trial.scores)
+            trial.tokens_evaluated = session.dev.last_tokens
             objective = session.objective(trial.metrics)
             if not math.isfinite(objective):
                 raise EvaluationError(f"objective is not finite ({objective}) at weights {named}")
@@ -248,6 +298,8 @@ class TrialLoop:
             trial.error = str(e)
             trial.seconds = time.perf_counter() - t0
             searcher.mark_failed(prop.x)
+            if self._bill(trial):  # what the failed evaluation spent, when it got as far as evaluating
+                tracker.log_metrics(self._bill(trial), step=index, run_id=trial.run_id)
             tracker.set_tags({names.TAG_TRIAL_STATUS: "failed", "ckptmerge.error": trial.error[:4000]}, trial.run_id)
             tracker.end_trial(trial.run_id, "FAILED")
             log.warning("Trial %d at %s failed: %s", index, named, trial.error, exc_info=e.__cause__ is not None)
@@ -267,6 +319,7 @@ class TrialLoop:
             names.METRIC_OBJECTIVE_SE: trial.objective_se,
             **trial.metrics,
             "trial_seconds": trial.seconds,
+            **self._bill(trial),
         }
         tracker.log_text(trial.run_id, scores_json(trial.scores), names.ARTIFACT_DOC_SCORES)
         metrics.update({k: v for k, v in state.items() if isinstance(v, float)})
@@ -276,6 +329,21 @@ class TrialLoop:
         self.log_plot(trial.run_id, index)
         tracker.end_trial(trial.run_id)
         return trial
+
+    @staticmethod
+    def _bill(trial: Trial) -> dict[str, float]:
+        """The trial's child-run metrics of what its evaluation spent (those that are known)."""
+        figures = {
+            cost.METRIC_EVAL_SECONDS: trial.eval_seconds,
+            cost.METRIC_DOCS: trial.docs_evaluated,
+            cost.METRIC_TOKENS: trial.tokens_evaluated,
+        }
+        return {k: float(v) for k, v in figures.items() if v is not None}
+
+    def cost(self, budget: int) -> dict[str, Any]:
+        """What this loop's trials spent (``cost`` of result.json; session/cost.py)."""
+        full = max((t.docs_evaluated for t in self.trials if t.docs_evaluated), default=None)
+        return cost.search_cost(self.trials, budget, full)
 
     def log_plot(self, run_id: str, index: int) -> None:
         """The GP posterior over λ (pairs) or the objective over λ, as ``gp_posterior.png`` on ``run_id``."""

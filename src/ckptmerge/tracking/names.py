@@ -12,11 +12,16 @@ PARAM_POINT_PREFIX = "u"  # u1..u{k-1}: the searched point for k > 2 (see search
 PARAM_PROPOSED_BY = "proposed_by"  # initial | EI | LCB | PI | grid | random | gap
 METRIC_OBJECTIVE = "objective"  # oriented so that higher is better
 METRIC_OBJECTIVE_SE = "objective_se"  # its bootstrap standard error over documents
+# a trial's bill (session/cost.py): seconds of dev evaluation, documents and tokens the model read
+METRIC_EVAL_SECONDS = "eval_seconds"
+METRIC_DOCS_EVALUATED = "docs_evaluated"
+METRIC_TOKENS_EVALUATED = "tokens_evaluated"
 ARTIFACT_DOC_SCORES = "doc_scores.json"  # per-document dev scores of the trial (see evaluation/doc_scores.py)
 TAG_NEXT_ACQUISITION = "gp.next_acquisition"
 TAG_TRIAL_STATUS = "ckptmerge.trial_status"
 
 # Parent run (one per search)
+TAG_STOPPED = "ckptmerge.stopped"  # parent run: "converged after N of B" when the stop rule ended the search
 METRIC_BEST_OBJECTIVE = "best_objective"  # logged with step = trial index
 METRIC_BEST_LAMBDA = "best_lambda"  # weight of the newest checkpoint in the best merge
 METRIC_BASELINE_OBJECTIVE = "baseline_objective"  # the newest checkpoint alone (λ=1)

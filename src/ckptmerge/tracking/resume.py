@@ -108,6 +108,13 @@ class PastTrial:
     error: str | None
     run_id: str
     objective_se: float | None = None
+    eval_seconds: float | None = None  # the bill of its evaluation (None: a run from before it was logged)
+    docs_evaluated: int | None = None
+    tokens_evaluated: int | None = None
+
+
+def _int_or_none(v: float | None) -> int | None:
+    return None if v is None else int(v)
 
 
 def read_trials(client: Any, experiment_id: str, parent_id: str, coordinates: Sequence[str]) -> list[PastTrial]:
@@ -143,6 +150,9 @@ def read_trials(client: Any, experiment_id: str, parent_id: str, coordinates: Se
             tags.get("ckptmerge.error"),
             run.info.run_id,
             run.data.metrics.get(names.METRIC_OBJECTIVE_SE) if status == "ok" else None,
+            run.data.metrics.get(names.METRIC_EVAL_SECONDS),
+            _int_or_none(run.data.metrics.get(names.METRIC_DOCS_EVALUATED)),
+            _int_or_none(run.data.metrics.get(names.METRIC_TOKENS_EVALUATED)),
         )
     indices = sorted(done)
     if indices != list(range(len(indices))):

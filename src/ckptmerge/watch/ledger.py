@@ -37,6 +37,8 @@ def watch_key(config: Mapping[str, Any], directory: Path) -> str:
         d.pop(section, None)
     d["tracking"].pop("log_plots", None)
     d["search"].pop("budget", None)  # a restart may give more evaluations, as a resumed search may
+    for when_to_stop in ("stop", "stop_margin", "patience"):  # nor when to stop spending them
+        d["search"].pop(when_to_stop, None)
     d["search"].pop("resume", None)
     d["merge"].pop("output_dir", None)
     d["merge"].pop("overwrite", None)

@@ -1,0 +1,93 @@
+"""search.stop=converged: a bo search ends once no unevaluated point is expected to beat the incumbent by
+more than search.stop_margin of its paired standard errors, search.patience checks in a row; never during
+the initial design, never past search.budget, and never with search.stop=budget."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ckptmerge.config import SearchConfig
+from ckptmerge.errors import ConfigError
+from ckptmerge.search.searchers import make_searcher
+
+OPTIMUM = 0.62
+SE = 0.0016  # a paired standard error of the embedded trajectory's objective (docs/statistics.md scale)
+
+
+def peaked(lam: float) -> float:
+    """A smooth objective with its maximum at OPTIMUM, sharp enough that only λ within ~0.05 of it is within
+    one standard error of the best."""
+    return -0.3 * ((lam - OPTIMUM) / 0.62) ** 2
+
+
+def drive(f, budget=10, seed=0, noise=0.0, **stop):
+    """Run the search as TrialLoop does: the rule is checked before each proposal. Returns the searcher,
+    the checks made (None where the rule did not apply), and the number of evaluations spent."""
+    cfg = SearchConfig(kind="bo", budget=budget, seed=seed, **stop)
+    s = make_searcher(cfg)
+    rng = np.random.default_rng(seed)
+    checks = []
+    for i in range(budget):
+        c = s.check_convergence()
+        checks.append(c)
+        if c is not None and c.converged:
+            return s, checks, i
+        p = s.ask()
+        s.tell(p.x, f(p.lam) + float(rng.normal(0, noise)), SE)
+    return s, checks, budget
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_stops_after_finding_the_optimum_never_during_the_initial_design(seed):
+    s, checks, spent = drive(peaked, seed=seed)
+    n_initial = 3  # λ=0, λ=1 and their midpoint
+    assert all(c is None for c in checks[:n_initial])  # the rule never applies before the design is evaluated
+    assert n_initial < spent < 10, f"spent {spent} of 10"
+    assert checks[n_initial] is not None  # and applies right after it
+    # it stopped after it had found the optimum: the best evaluated λ is within a few hundredths of it,
+    # and the pick it would return there is within one standard error of the true best
+    best = s.xs[int(np.argmax(s.ys))][0]
+    assert abs(best - OPTIMUM) < 0.05
+    assert peaked(OPTIMUM) - max(s.ys) < SE
+    last = checks[-1]
+    assert last.converged and last.streak == s.patience and last.criterion < s.stop_margin
+
+
+def test_does_not_stop_while_a_point_is_expected_to_improve():
+    """With a zero margin nothing is ever 'converged' (EI is positive): the whole budget is spent."""
+    _, checks, spent = drive(peaked, budget=7, stop_margin=0.0)
+    assert spent == 7 and all(c is None or not c.converged for c in checks)
+
+
+def test_stop_budget_keeps_todays_behaviour():
+    _, checks, spent = drive(peaked, budget=7, stop="budget")
+    assert spent == 7 and all(c is None for c in checks)
+
+
+def test_pure_noise_stops_early():
+    """Every merge within noise of the newest: nothing is expected to beat the incumbent by a margin."""
+    flat = [drive(lambda lam: 0.0, seed=s, noise=SE / 2)[2] for s in range(3)]
+    assert all(3 < n <= 6 for n in flat), flat
+
+
+def test_patience_counts_consecutive_checks():
+    quick = drive(peaked, patience=1)[2]
+    patient = drive(peaked, patience=3)[2]
+    assert quick < patient
+
+
+def test_the_rule_does_not_change_the_proposals():
+    """Converged stops a prefix of the full-budget search: the same points in the same order."""
+    on, _, spent = drive(peaked, seed=4)
+    off, _, _ = drive(peaked, seed=4, stop="budget")
+    assert on.xs == off.xs[:spent]
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("stop", "early"), ("stop_margin", -0.1), ("stop_margin", "x"), ("patience", 0), ("patience", 1.5)],
+)
+def test_bad_settings_name_their_key(key, value):
+    with pytest.raises(ConfigError, match=f"search.{key}"):
+        SearchConfig(**{key: value})
