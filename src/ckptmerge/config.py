@@ -32,6 +32,7 @@ from ckptmerge.config_rules import (  # noqa: F401  - compare_methods, searched_
     searched_method,
 )
 from ckptmerge.errors import ConfigError
+from ckptmerge.plugins import load_plugins  # noqa: F401  - re-exported: config_from_dict imports them first
 from ckptmerge.registry import did_you_mean  # noqa: F401  - re-exported: older imports take it from here
 from ckptmerge.schema import Text, key, section
 
@@ -495,8 +496,6 @@ def moved_compare_key(key: str) -> str | None:
 def config_from_dict(data: Mapping[str, Any]) -> Config:
     """Validate a plain nested dict (as Hydra composes it) into a :class:`Config`: the one validation step
     (plugins, schema, the action's rules, registry names; see the module docstring)."""
-    from ckptmerge.plugins import load_plugins
-
     if not isinstance(data, Mapping):
         raise ConfigError(f"the configuration must be a mapping, got {type(data).__name__}")
     plugins = load_plugins(data.get("plugins") or ())  # before the registries are read

@@ -134,13 +134,15 @@ def test_compare_runs_every_method_on_the_same_budget_and_registers_the_best(tmp
     # which won, paired on the same documents: the best against the runner-up and, when the best is not
     # a baseline, against the best baseline
     ranked = sorted(out["methods"], key=lambda m: m["objective"], reverse=True)
-    verdicts = out["best_against"]
-    assert verdicts[0]["winner"] == best["method"] and verdicts[0]["other"] == ranked[1]["method"]
+    head_to_head_results = out["best_against"]
+    assert (
+        head_to_head_results[0]["winner"] == best["method"] and head_to_head_results[0]["other"] == ranked[1]["method"]
+    )
     baselines = {"newest", "uniform", "lawa", "ema", "greedy", "fisher", "regmean"}
     best_baseline = next(m["method"] for m in ranked if m["method"] in baselines)
     if best["method"] not in baselines:
-        assert any(v["other"] == best_baseline and v["role"].endswith("best baseline") for v in verdicts)
-    for v in verdicts:
+        assert any(v["other"] == best_baseline and v["role"].endswith("best baseline") for v in head_to_head_results)
+    for v in head_to_head_results:
         g = v["dev_gain"]
         assert g["value"] == pytest.approx(best["objective"] - by[v["other"]]["objective"], abs=1e-9)
         assert g["ci_low"] <= g["value"] <= g["ci_high"]

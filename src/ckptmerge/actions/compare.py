@@ -41,10 +41,10 @@ from ckptmerge.resident import ResidentModel
 from ckptmerge.runtime import seed_everything
 from ckptmerge.search.searchers import make_searcher
 from ckptmerge.session.evaluation import EvalSession
+from ckptmerge.session.head_to_head import head_to_heads
 from ckptmerge.session.setup import search_space
 from ckptmerge.session.study import start_study
 from ckptmerge.session.trials import TrialLoop
-from ckptmerge.session.verdict import head_to_heads
 from ckptmerge.tracking import names
 from ckptmerge.tracking.mlflow_run import SearchTracker
 from ckptmerge.tracking.secrets import redact_data
@@ -496,16 +496,18 @@ def run_compare(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") ->
                 tracker.log_metrics(r.gain.as_metrics(names.METRIC_GAIN), run_id=r.run_id)
         md, csv_text, header, rows = _tables(results, baseline, session.objective.describe(), cfg.eval.confidence)
         best = max(results, key=lambda r: r.objective if math.isfinite(r.objective) else -math.inf)
-        verdicts = head_to_heads(results, session.bootstrap, session.objective, hib, set(baseline_names()))
-        if verdicts:
-            md += "\nWhich won, paired on the same documents:\n\n" + "".join(f"- {v.describe()}\n" for v in verdicts)
-        no_verdict = (
-            f"No paired verdict: {best.method} has no per-document dev scores to pair with another method."
-            if not verdicts and len(results) > 1 and best.dev_scores is None
+        head_to_head_results = head_to_heads(results, session.bootstrap, session.objective, hib, set(baseline_names()))
+        if head_to_head_results:
+            md += "\nWhich won, paired on the same documents:\n\n" + "".join(
+                f"- {v.describe()}\n" for v in head_to_head_results
+            )
+        no_head_to_head = (
+            f"No paired head-to-head: {best.method} has no per-document dev scores to pair with another method."
+            if not head_to_head_results and len(results) > 1 and best.dev_scores is None
             else ""
         )
-        if no_verdict:
-            md += f"\n{no_verdict}\n"
+        if no_head_to_head:
+            md += f"\n{no_head_to_head}\n"
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "compare.md").write_text(md)
         (run_dir / "compare.csv").write_text(csv_text)
@@ -520,7 +522,7 @@ def run_compare(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") ->
             "objective_definition": session.objective.describe(),
             "checkpoints": cset.names,
             "best_method": best.method,
-            "best_against": [v.as_json() for v in verdicts],
+            "best_against": [v.as_json() for v in head_to_head_results],
             "baseline_objective": baseline,
             "methods": [r.as_json() for r in results],
             "mlflow": {"tracking_uri": tracker.display_uri, "experiment_id": tracker.experiment_id, "run_id": parent},
@@ -565,10 +567,10 @@ def run_compare(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") ->
         from ckptmerge.report import gain_text
 
         console.print(f"best: {best.method}, dev gain over newest {gain_text(best.gain.as_json())}")
-    for v in verdicts:
+    for v in head_to_head_results:
         console.print(v.describe())
-    if no_verdict:
-        console.print(no_verdict)
+    if no_head_to_head:
+        console.print(no_head_to_head)
     console.print(f"tables and chart: {run_dir}/compare.{{md,csv,png}}; MLflow run {parent}")
     return out
 

@@ -70,8 +70,8 @@ def head_to_heads(
     the best baseline (once, when that is the runner-up).
 
     Every method with a finite objective is ranked, as compare's ``best_method`` ranks them, so the
-    verdict names the same winner and the true runner-up. A pair can only be tested when both sides have
-    per-document scores: when the winner has none there is no verdict at all, and a runner-up or best
+    head-to-head names the same winner and the true runner-up. A pair can only be tested when both sides have
+    per-document scores: when the winner has none there is no head-to-head at all, and a runner-up or best
     baseline without them is left out rather than replaced by the next method down, which would be a
     different claim under the same name."""
     ranked = sorted((r for r in results if math.isfinite(r.objective)), key=lambda r: r.objective, reverse=True)
