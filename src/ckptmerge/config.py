@@ -34,7 +34,7 @@ from ckptmerge.config_rules import (  # noqa: F401  - compare_methods, searched_
 from ckptmerge.errors import ConfigError
 from ckptmerge.plugins import load_plugins  # noqa: F401  - re-exported: config_from_dict imports them first
 from ckptmerge.registry import did_you_mean  # noqa: F401  - re-exported: older imports take it from here
-from ckptmerge.schema import Text, key, section
+from ckptmerge.schema import Number, Text, key, section
 
 MODEL_SOURCES = ("embedded", "local", "hub")
 DEVICES = ("cpu", "cuda", "auto")
@@ -74,7 +74,7 @@ class ModelConfig:
     # their weights in the objective (used when eval.weights is empty too; 0 = tracked, not optimised).
     dev_tasks: tuple[Text, ...] = ()
     test_tasks: tuple[Text, ...] = ()
-    dev_weights: Mapping[str, float] = field(default_factory=dict)
+    dev_weights: Mapping[str, Number] = field(default_factory=dict)
     pair: int | None = key(None, "an integer >= 0 (checkpoints i and i+1, oldest first) or null", ge=0)
     # check: refuse checkpoints whose training steps (folder names, trainer_state.json) are known and
     # do not increase oldest → newest; given: merge them in the order listed.
@@ -145,7 +145,7 @@ class MergeConfig:
     """How checkpoints are combined; ``weights`` and ``output_dir`` serve ``action=merge``."""
 
     method: Text = "linear"
-    weights: tuple[float, ...] | None = None
+    weights: tuple[Number, ...] | None = None
     output_dir: Text | None = None
     overwrite: bool = False
     # the size of one written shard, as given ("2GB", "500MiB" or bytes); shard_bytes is it parsed
@@ -192,12 +192,12 @@ class SearchConfig:
     kind: Text = "bo"
     space: SpaceConfig = field(default_factory=SpaceConfig)
     budget: int = key(10, "an integer >= 2 (λ=alpha and λ=1 come first)", ge=2)
-    alpha: float = key(0.0, "in [0, 1)", ge=0.0, lt=1.0)
+    alpha: Number = key(0.0, "in [0, 1)", ge=0.0, lt=1.0)
     # skopt, numpy and torch all take this seed; numpy accepts only [0, 2**32).
     seed: int = key(0, "an integer in [0, 2**32)", ge=0, lt=2**32)
     acq_func: Literal["gp_hedge", "EI", "PI", "LCB"] = "gp_hedge"
     # Two λ closer than this count as the same point; the search never evaluates a point twice.
-    min_distance: float = key(1e-3, "in (0, 0.5)", gt=0.0, lt=0.5)
+    min_distance: Number = key(1e-3, "in (0, 0.5)", gt=0.0, lt=0.5)
     # auto: continue the newest unfinished search with the same resume key (same command again);
     # never: always start afresh; or an MLflow run id to continue that search.
     resume: Annotated[Text, AfterValidator(lambda v: _non_empty(v))] = key("auto", "auto, never or an MLflow run id")
@@ -208,7 +208,7 @@ class SearchConfig:
     # than stop_margin of its paired standard errors, patience proposals in a row (budget stays the cap);
     # budget: always spend the whole budget (docs/search-spaces.md)
     stop: Literal["converged", "budget"] = "converged"
-    stop_margin: float = key(1.0, "a number in [0, 10] (paired standard errors)", ge=0.0, le=10.0)
+    stop_margin: Number = key(1.0, "a number in [0, 10] (paired standard errors)", ge=0.0, le=10.0)
     patience: int = key(2, "an integer >= 1", ge=1)
 
     def __post_init__(self) -> None:
@@ -244,7 +244,7 @@ class EvalConfig:
     include_path: Text | None = None
     limit: int | None = key(None, "a positive integer or null", ge=1)
     metrics: Mapping[str, Text] = field(default_factory=dict)
-    weights: Mapping[str, Annotated[float, key(expect="a number >= 0 (0: tracked, not optimised)", ge=0)]] = field(
+    weights: Mapping[str, Annotated[Number, key(expect="a number >= 0 (0: tracked, not optimised)", ge=0)]] = field(
         default_factory=dict
     )
     batch_size: int = key(16, "a positive integer", ge=1)
@@ -252,7 +252,7 @@ class EvalConfig:
     allow_test_split: bool = False
     # Every gain is a paired bootstrap over documents with `bootstrap` resamples and an interval at
     # `confidence`.
-    confidence: float = key(0.95, "in [0.5, 1)", ge=0.5, lt=1.0)
+    confidence: Number = key(0.95, "in [0.5, 1)", ge=0.5, lt=1.0)
     bootstrap: int = key(1000, "an integer in [100, 100000]", ge=100, le=100_000)
 
     def __post_init__(self) -> None:
@@ -288,12 +288,12 @@ class RegistryConfig:
     alias: Text = key("candidate", "a name of letters, digits, '_' and '-'", pattern=NAME_PATTERN)
     # The written merge is reloaded and re-scored; it must match the search's objective within this
     # relative tolerance (fp32 math is bitwise identical; a half-precision output dtype rounds).
-    rescore_tolerance: float = key(1e-3, "in [0, 1)", ge=0.0, lt=1.0)
+    rescore_tolerance: Number = key(1e-3, "in [0, 1)", ge=0.0, lt=1.0)
     # action=promote: `champion_alias` moves to the `alias` version only when its test score (the
     # objective over the test tasks, higher is better) beats the champion's by more than `promote_margin`
     # with significance: the lower bound of the paired interval (eval.confidence) is above the margin.
     champion_alias: Text = key("champion", "a name of letters, digits, '_' and '-'", pattern=NAME_PATTERN)
-    promote_margin: float = key(0.0, "a number >= 0", ge=0.0)
+    promote_margin: Number = key(0.0, "a number >= 0", ge=0.0)
     # ...and no test task's scored metric is significantly worse (its interval below 0), unless this is
     # true: a trade-off between tasks the weights allow is then accepted.
     allow_task_regression: bool = False
@@ -328,7 +328,7 @@ class RuntimeConfig:
 class PilotConfig:
     """``action=pilot``: every checkpoint alone and every pair merged at ``lambda``."""
 
-    lam: float = key(0.5, "in [0, 1]", ge=0.0, le=1.0)
+    lam: Number = key(0.5, "in [0, 1]", ge=0.0, le=1.0)
 
 
 @section("compare")
@@ -359,11 +359,11 @@ class WatchConfig:
     """``action=watch``: search each new adjacent pair of checkpoints a trainer writes into ``dir``."""
 
     dir: Annotated[Text, AfterValidator(lambda v: _non_empty(v))] | None = key(None, "a folder path")
-    poll_s: float = key(30.0, "a number of seconds > 0", gt=0)
+    poll_s: Number = key(30, "a number of seconds > 0", gt=0)
     # exit 0 after this long with nothing new (no new checkpoint, no pending one changing); null: until stopped
-    idle_exit_s: float | None = key(None, "a number of seconds >= 0 or null", ge=0)
+    idle_exit_s: Number | None = key(None, "a number of seconds >= 0 or null", ge=0)
     # a checkpoint without a trainer's completion marker is used once its files are unchanged this long
-    settle_s: float = key(10.0, "a number of seconds >= 0", ge=0)
+    settle_s: Number = key(10, "a number of seconds >= 0", ge=0)
     # run action=promote's policy after each registered candidate
     promote: bool = False
     # each pair's search also starts from the point the previous pair's search chose (ckptmerge.watch.warm)

@@ -80,6 +80,9 @@ def _int_as_text(value: Any) -> Any:
 
 # Text: a string; an integer is taken as its digits (YAML reads experiment=2024 as an int), a boolean never.
 Text = Annotated[str, BeforeValidator(_int_as_text)]
+# Number: an int or a float, kept as given (1000 stays 1000 in logged params and resume keys), never a
+# boolean or a string.
+Number = int | float
 
 
 def build(cls: type[C], values: Mapping[str, Any], prefix: str) -> C:
@@ -99,6 +102,7 @@ def message(cls: type, error: pydantic.ValidationError, prefix: str, values: Map
     kind = first.get("type", "")
     if not loc:  # a rule over several keys (model_validator / __post_init__): its sentence names the keys
         return _rule_text(first)
+    loc = [p for p in loc if not _union_member(p)]  # "m.int": which member of int | float refused it
     name = loc[0]
     full = ".".join([prefix, name, *_index_path(loc[1:])]).strip(".")
     full = full.replace(".[", "[")
@@ -117,6 +121,10 @@ def message(cls: type, error: pydantic.ValidationError, prefix: str, values: Map
         return f"{full}: {_rule_text(first)}"
     expect = _expect(cls, name) if len(loc) == 1 else ""
     return f"{full} must be {expect or _phrase(kind, first)}, got {got!r}"
+
+
+def _union_member(part: str) -> bool:
+    return part in ("int", "float", "str", "bool") or "[" in part or "(" in part
 
 
 def _index_path(rest: list[str]) -> list[str]:

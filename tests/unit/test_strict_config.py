@@ -44,6 +44,8 @@ def _kind(annotation: Any) -> str:
         return _kind(get_args(annotation)[0])
     if origin in (typing.Union, types.UnionType):
         kinds = {_kind(a) for a in get_args(annotation) if a is not type(None)}
+        if kinds == {"int", "float"}:  # a Number: an int or a float, kept as given
+            return "float"
         return "size" if kinds == {"int", "text"} else kinds.pop()
     if origin is Literal:
         return "choice"

@@ -37,7 +37,7 @@ from ckptmerge.search.searchers import Searcher, make_searcher, warm_start_left_
 from ckptmerge.session import cost, evidence, finish
 from ckptmerge.session.evaluation import EvalSession
 from ckptmerge.session.finish import HeldOutReport, Selection, Written
-from ckptmerge.session.register import PendingVersion, log_for_registry, write_and_verify
+from ckptmerge.session.register import PendingVersion, log_for_registry, published_by, write_and_verify
 from ckptmerge.session.setup import Sources, local_checkpoint_folders, resolve_search_sources, search_space
 from ckptmerge.session.trials import Trial, TrialLoop
 from ckptmerge.tracking import names, resume, search_lock
@@ -183,7 +183,9 @@ class SearchRun:
             try:
                 result = self._search_and_register(tracker, sources, session, resident, searcher, past)
             except BaseException as e:
-                if self._written and not self._committed:  # a merge whose report or registration failed or stopped
+                # a merge whose report or registration failed or stopped (also one that landed in place a
+                # moment before the stop, which its owner file tells)
+                if not self._committed and (self._written or published_by(self.output_dir, self.owner)):
                     shutil.rmtree(self.output_dir, ignore_errors=True)
                 gone = [c.folder for c in cset.checkpoints if not Path(c.folder).is_dir()]
                 if gone and isinstance(e, Exception):  # what failed is then a symptom: name the cause

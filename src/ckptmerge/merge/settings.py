@@ -7,7 +7,7 @@ class. The defaults here are the only ones: ``conf/merge/<method>.yaml`` reads t
 
 from __future__ import annotations
 
-from ckptmerge.schema import key, section
+from ckptmerge.schema import Number, key, section
 
 
 @section()
@@ -26,7 +26,7 @@ class LawaSettings:
 class EmaSettings:
     """``merge=ema``: θ ← β·θ + (1−β)·θ_t along the checkpoints."""
 
-    beta: float = key(0.5, "in [0, 1)", ge=0.0, lt=1.0)
+    beta: Number = key(0.5, "in [0, 1)", ge=0.0, lt=1.0)
 
 
 @section()
@@ -34,7 +34,7 @@ class FisherSettings:
     """``merge=fisher``: Fisher-weighted averaging."""
 
     # added to every Fisher entry: a parameter no Fisher sees falls back to the plain average
-    floor: float = key(1e-8, "> 0", gt=0.0)
+    floor: Number = key(1e-8, "> 0", gt=0.0)
     tokens: int = key(8192, "a positive integer (calibration tokens per checkpoint)", ge=1)
 
 
@@ -43,5 +43,5 @@ class RegMeanSettings:
     """``merge=regmean``: RegMean on every linear layer."""
 
     # scale of the Gram matrices' off-diagonal entries (1: full RegMean, 0: per-feature average)
-    alpha: float = key(0.9, "in [0, 1]", ge=0.0, le=1.0)
+    alpha: Number = key(0.9, "in [0, 1]", ge=0.0, le=1.0)
     tokens: int = key(8192, "a positive integer (calibration tokens per checkpoint)", ge=1)

@@ -10,7 +10,7 @@ from typing import Any
 
 from ckptmerge.errors import ConfigError
 from ckptmerge.registry import did_you_mean
-from ckptmerge.schema import build, key, section
+from ckptmerge.schema import Number, build, key, section
 
 
 @section()
@@ -23,7 +23,7 @@ class EmaSpaceSettings:
     """``search/space=ema``: how far back the family may reach."""
 
     # β=1 would keep the oldest checkpoint alone: not an average any more
-    beta_max: float = key(0.95, "in (0, 1)", gt=0.0, lt=1.0)
+    beta_max: Number = key(0.95, "in (0, 1)", gt=0.0, lt=1.0)
 
 
 COMMON_KEYS = ("name", "last", "warm_start")  # every space's YAML has these; the rest are its settings

@@ -52,27 +52,36 @@ def write_and_verify(
     """
     cset = resident.cset
     extra = {**dict(files or {}), OWNER_FILE: json.dumps({**dict(info), "owner": owner}, indent=2, default=str)}
-    if weights is not None:
-        out_dtype = None if merge.dtype == "auto" else getattr(torch, merge.dtype)
-        write_merged(
-            [c.reader for c in cset.checkpoints],
-            cset.newest.config_dir,
-            list(weights.values()),
-            target,
-            get_method(merge.method, merge.settings),
-            parse_size(merge.shard_size, "merge.shard_size"),
-            out_dtype=out_dtype,
-            overwrite=merge.overwrite,
-            extra_files=extra,
-            progress=True,
-            owner=owner,
-        )
-    else:
-        with atomic_folder(target, overwrite=merge.overwrite, owner=owner) as tmp:  # resident's own dtype
-            resident.model.save_pretrained(tmp, max_shard_size=merge.shard_size)
-            resident.tokenizer.save_pretrained(tmp)
-            for name, text in extra.items():
-                (tmp / name).write_text(text)
+    try:
+        if weights is not None:
+            out_dtype = None if merge.dtype == "auto" else getattr(torch, merge.dtype)
+            write_merged(
+                [c.reader for c in cset.checkpoints],
+                cset.newest.config_dir,
+                list(weights.values()),
+                target,
+                get_method(merge.method, merge.settings),
+                parse_size(merge.shard_size, "merge.shard_size"),
+                out_dtype=out_dtype,
+                overwrite=merge.overwrite,
+                extra_files=extra,
+                progress=True,
+                owner=owner,
+            )
+        else:
+            with atomic_folder(target, overwrite=merge.overwrite, owner=owner) as tmp:  # resident's own dtype
+                resident.model.save_pretrained(tmp, max_shard_size=merge.shard_size)
+                resident.tokenizer.save_pretrained(tmp)
+                for name, text in extra.items():
+                    (tmp / name).write_text(text)
+    except BaseException:
+        # a stop or failure just after the folder was renamed into place (the writer's last steps): the
+        # folder is ours, and a stopped search leaves nothing behind; anyone else's folder stays as it was
+        if published_by(target, owner):
+            import shutil
+
+            shutil.rmtree(target, ignore_errors=True)
+        raise
     try:
         model, tok, lm = session.reload(target)
         rescored = session.objective(session.evaluate_dev(lm))
@@ -88,6 +97,16 @@ def write_and_verify(
         shutil.rmtree(target, ignore_errors=True)
         raise
     return model, tok, lm, rescored
+
+
+def published_by(target: Path, owner: str | None) -> bool:
+    """Whether ``target`` is a folder this writer published (its owner file names ``owner``)."""
+    if owner is None:
+        return False
+    try:
+        return json.loads((target / OWNER_FILE).read_text()).get("owner") == owner
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 @dataclass(frozen=True)
