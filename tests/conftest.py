@@ -29,6 +29,7 @@ E2E_SEARCH_MODULES = (
 # xdist they start first, so that they do not start last and leave the other workers idle at the end.
 # A name missing here only costs the order, never a test.
 LONGEST_MODULES = (
+    "tests/integration/test_finish_signals.py",
     "tests/integration/test_native_checkpoints.py",
     "tests/ops/test_server_promotion.py",
     "tests/integration/test_deepspeed.py",
@@ -41,6 +42,8 @@ LONGEST_MODULES = (
     "tests/integration/test_promotion_gate.py",
     "tests/integration/test_store_safety.py",
     "tests/integration/test_resume.py",
+    "tests/integration/test_study_resume.py",
+    "tests/integration/test_converged_search.py",
     "tests/unit/test_strict_config.py",
 )
 
