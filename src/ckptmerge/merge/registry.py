@@ -141,34 +141,16 @@ METHODS: Registry[MergeMethod] = Registry("merge method", "merge.method")
 
 
 def register(
-    name: str,
-    fn: MergeFn | None = None,
-    needs: str = "weights",
-    in_place: bool = True,
-    *,
-    settings: type = NoSettings,
-    weighting: WeightRule | None = None,
-    calibration: Calibration | None = None,
-    baseline: bool = False,
-    summary: str = "",
+    name: str, fn: MergeFn | None = None, needs: str = "weights", in_place: bool = True, **form: Any
 ) -> MergeMethod:
     """Add a merge method under ``name`` from a user's module (a plugin; the built-ins are declared in
-    ``merge/__init__.py``).
+    ``merge/__init__.py``): :func:`merge_method`'s arguments (``settings``, ``weighting``,
+    ``calibration``, ``baseline``, ``summary``), then the entry registered.
 
     ``register("pick", pick)`` adds a per-tensor function of the tensors and weights; a method with
     ``settings`` receives them as ``fn(tensors, weights, out_dtype, settings=...)``.
     """
-    entry = merge_method(
-        name,
-        fn,
-        needs,
-        in_place,
-        settings=settings,
-        weighting=weighting,
-        calibration=calibration,
-        baseline=baseline,
-        summary=summary,
-    )
+    entry = merge_method(name, fn, needs, in_place, **form)
     METHODS.register(name)(entry)
     return entry
 

@@ -181,24 +181,6 @@ def log_for_registry(
     return dataclasses.replace(pending, logged=logged)
 
 
-def register(
-    registry: RegistryConfig,
-    tracker: SearchTracker,
-    model: Any,
-    tokenizer: Any,
-    weights: Mapping[str, float] | None,
-    objective: float,
-    session: EvalSession,
-    description: str,
-    tags: Mapping[str, str],
-    folder: Path | None = None,
-) -> dict[str, str]:
-    """Log the verified merge as an MLflow model and register a new version of ``registry.name``."""
-    return log_for_registry(
-        registry, tracker, model, tokenizer, weights, objective, session, description, tags, folder
-    ).commit(tracker)
-
-
 def register_merge(
     merge: MergeConfig,
     registry: RegistryConfig,
@@ -211,7 +193,7 @@ def register_merge(
     description: str,
     tags: Mapping[str, str],
 ) -> dict[str, str]:
-    """:func:`write_and_verify` then :func:`register` (compare's best merge)."""
+    """:func:`write_and_verify`, then :func:`log_for_registry` and its commit (compare's best merge)."""
     model, tok, _, _ = write_and_verify(
         merge,
         registry,
@@ -225,9 +207,10 @@ def register_merge(
     )
     sources = ",".join(c.ref.text for c in resident.cset.checkpoints)
     try:
-        return register(
+        pending = log_for_registry(
             registry, tracker, model, tok, weights, objective, session, description, {"sources": sources, **tags}
         )
+        return pending.commit(tracker)
     except BaseException:
         import shutil
 
