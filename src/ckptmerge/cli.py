@@ -316,18 +316,13 @@ def hydra_main(cfg: DictConfig) -> None:
 def _composition_error(e: Exception) -> str:
     """One line for an override Hydra could not apply: an unknown key names the nearest known one (from
     the schema), a value where a section is expected says how to set the section's keys."""
-    from hydra.errors import OverrideParseException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
     from ckptmerge.config import known_keys
     from ckptmerge.registry import did_you_mean
 
+    # (an override Hydra cannot parse is caught before, with how to quote it: _check_override_syntax)
     first = str(e).splitlines()[0] if str(e) else type(e).__name__
-    if isinstance(e, OverrideParseException):
-        return (
-            f"cannot parse the command line ({first}); quote a value holding spaces, non-ASCII or special "
-            "characters, e.g. 'eval.tasks=[\"tâche\"]'"
-        )
     cause = e.__cause__
     full_key = str(getattr(cause, "full_key", "") or "")
     if full_key and isinstance(cause, (ConfigAttributeError, ConfigKeyError)):

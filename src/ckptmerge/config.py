@@ -36,16 +36,17 @@ from ckptmerge.plugins import load_plugins  # noqa: F401  - re-exported: config_
 from ckptmerge.registry import did_you_mean  # noqa: F401  - re-exported: older imports take it from here
 from ckptmerge.schema import Number, Text, key, section
 
-MODEL_SOURCES = ("embedded", "local", "hub")
-DEVICES = ("cpu", "cuda", "auto")
-DTYPES = ("auto", "float32", "float16", "bfloat16")
-BACKENDS = ("single", "deepspeed")
-TRAJECTORY_PRESETS = ("default", "tiny")
-# model.order: check that known training steps increase oldest → newest, or take the order as given.
-MODEL_ORDERS = ("check", "given")
-
 Dtype = Literal["auto", "float32", "float16", "bfloat16"]
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*$"  # registry aliases: what MLflow accepts in models:/NAME@ALIAS
+
+
+def _non_empty(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+NonEmptyText = Annotated[Text, AfterValidator(_non_empty)]
 
 
 @section("model.trajectory")
@@ -200,7 +201,7 @@ class SearchConfig:
     min_distance: Number = key(1e-3, "in (0, 0.5)", gt=0.0, lt=0.5)
     # auto: continue the newest unfinished search with the same resume key (same command again);
     # never: always start afresh; or an MLflow run id to continue that search.
-    resume: Annotated[Text, AfterValidator(lambda v: _non_empty(v))] = key("auto", "auto, never or an MLflow run id")
+    resume: NonEmptyText = key("auto", "auto, never or an MLflow run id")
     # Which evaluated point is the result: the best of the GP's posterior mean over the evaluated points
     # (robust to a lucky draw of the noise), or the best single observation.
     select: Literal["posterior_mean", "observed"] = "posterior_mean"
@@ -223,12 +224,6 @@ class SearchConfig:
                 f"search.budget={self.budget} exceeds the {max_points} distinct λ that fit in "
                 f"[{self.alpha}, 1] at search.min_distance={self.min_distance}"
             )
-
-
-def _non_empty(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must not be empty")
-    return value
 
 
 @section("eval")
@@ -273,7 +268,7 @@ class TrackingConfig:
     """MLflow tracking. ``uri`` None means a sqlite file ``mlflow.db`` in the working directory."""
 
     uri: Text | None = None
-    experiment: Annotated[Text, AfterValidator(lambda v: _non_empty(v))] = key("ckptmerge", "a non-empty name")
+    experiment: NonEmptyText = key("ckptmerge", "a non-empty name")
     artifact_location: Text | None = None
     log_plots: bool = True
 
@@ -358,7 +353,7 @@ class CompareConfig:
 class WatchConfig:
     """``action=watch``: search each new adjacent pair of checkpoints a trainer writes into ``dir``."""
 
-    dir: Annotated[Text, AfterValidator(lambda v: _non_empty(v))] | None = key(None, "a folder path")
+    dir: NonEmptyText | None = key(None, "a folder path")
     poll_s: Number = key(30, "a number of seconds > 0", gt=0)
     # exit 0 after this long with nothing new (no new checkpoint, no pending one changing); null: until stopped
     idle_exit_s: Number | None = key(None, "a number of seconds >= 0 or null", ge=0)
@@ -515,10 +510,6 @@ def config_from_dict(data: Mapping[str, Any]) -> Config:
     check_action(cfg)
     check_names(cfg)
     return cfg
-
-
-# Keys of a section that hold free-form settings (checked against a registry entry's settings class later)
-_SETTINGS_OF = {"merge": MergeConfig, "search.space": SpaceConfig}
 
 
 def _section(cls: type, data: Any, prefix: str) -> Any:

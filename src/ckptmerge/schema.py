@@ -54,7 +54,7 @@ def section(prefix: str = "") -> Any:
                 try:
                     validate(self, *args, **kwargs)
                 except pydantic.ValidationError as e:
-                    raise ConfigError(message(checked, e, prefix, kwargs)) from None
+                    raise ConfigError(message(checked, e, prefix)) from None
 
             checked.__init__ = __init__
         checked.config_prefix = prefix
@@ -90,12 +90,12 @@ def build(cls: type[C], values: Mapping[str, Any], prefix: str) -> C:
     try:
         return cls(**values)
     except pydantic.ValidationError as e:
-        raise ConfigError(message(cls, e, prefix, values)) from None
+        raise ConfigError(message(cls, e, prefix)) from None
     except TypeError as e:  # a positional/keyword mismatch pydantic leaves to Python
         raise ConfigError(f"{prefix}: {e}") from None
 
 
-def message(cls: type, error: pydantic.ValidationError, prefix: str, values: Mapping[str, Any]) -> str:
+def message(cls: type, error: pydantic.ValidationError, prefix: str) -> str:
     """The first error of ``error`` as "KEY must be ..., got VALUE" (or a section rule's own sentence)."""
     first = error.errors(include_url=False)[0]
     loc = [str(p) for p in first.get("loc", ())]
@@ -198,11 +198,6 @@ def _choices(annotation: Any) -> tuple[Any, ...]:
             if found:
                 return found
     return ()
-
-
-def choices(cls: type, name: str) -> tuple[Any, ...]:
-    """The choices a section's key accepts (empty when it is not a choice)."""
-    return _choices(_annotation(cls, name))
 
 
 def fields_of(cls: type) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from ckptmerge.checkpoints.atomic import check_target, refuse_inputs
 from ckptmerge.checkpoints.dcp_writer import write_merged_dcp
 from ckptmerge.checkpoints.stream import StreamStats
 from ckptmerge.checkpoints.writer import write_merged
-from ckptmerge.config import Config, parse_size
+from ckptmerge.config import Config
 from ckptmerge.errors import ConfigError
 from ckptmerge.interop import folder_files
 from ckptmerge.interop.facts import MergeFacts, checkpoint_entries, floating_dtype
@@ -89,7 +89,7 @@ def run_merge(cfg: Config) -> dict[str, Any]:
     target = Path(cfg.merge.output_dir).expanduser().resolve()  # type: ignore[arg-type]
     refuse_inputs(target, local_checkpoint_folders(cfg.model))  # before "exists": no overwrite may replace an input
     check_target(target, cfg.merge.overwrite)
-    shard_bytes = parse_size(cfg.merge.shard_size, "merge.shard_size")
+    shard_bytes = cfg.merge.shard_bytes
     cset = resolve_sources(cfg.model, cfg.eval, Purpose(merge=True, allow_nonfinite=cfg.merge.allow_nonfinite)).cset
     refuse_inputs(target, [c.folder for c in cset.checkpoints])
     weights = list(cfg.merge.weights or ())

@@ -24,7 +24,7 @@ import torch
 from ckptmerge import signals
 from ckptmerge.checkpoints.atomic import check_target, folder_owner, refuse_inputs
 from ckptmerge.checkpoints.writer import check_space, merged_size
-from ckptmerge.config import Config, parse_size
+from ckptmerge.config import Config
 from ckptmerge.errors import CheckpointError, EvaluationError
 from ckptmerge.evaluation.doc_scores import scores_json
 from ckptmerge.interop import folder_files, update_card
@@ -101,7 +101,6 @@ class SearchRun:
         cfg = self.cfg
         seed_everything(cfg.search.seed, cfg.runtime.threads)
         searchable(cfg.merge.method)  # unknown names, or a method trials cannot run, fail before anything expensive
-        parse_size(cfg.merge.shard_size, "merge.shard_size")
         # An output folder that an earlier search wrote may be that search's own, to be resumed; which
         # search is known once the parent run is, so its folder is checked again then.
         refuse_inputs(

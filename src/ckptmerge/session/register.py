@@ -20,7 +20,7 @@ import torch
 
 from ckptmerge.checkpoints.atomic import OWNER_FILE, atomic_folder
 from ckptmerge.checkpoints.writer import write_merged
-from ckptmerge.config import MergeConfig, RegistryConfig, parse_size
+from ckptmerge.config import MergeConfig, RegistryConfig
 from ckptmerge.errors import EvaluationError
 from ckptmerge.merge import get_method
 from ckptmerge.resident import ResidentModel
@@ -61,7 +61,7 @@ def write_and_verify(
                 list(weights.values()),
                 target,
                 get_method(merge.method, merge.settings),
-                parse_size(merge.shard_size, "merge.shard_size"),
+                merge.shard_bytes,
                 out_dtype=out_dtype,
                 overwrite=merge.overwrite,
                 extra_files=extra,

@@ -69,6 +69,20 @@ def registered_version(client: Any, registry_name: str, run_id: str, alias: str)
     return RegisteredVersion(name=registry_name, version=str(mv.version), alias=alias, model_uri=mv.source)
 
 
+def _already_registered(client: Any, registry_name: str, run_id: str, alias: str) -> RegisteredVersion | None:
+    """The version this run registered before, if any (a rerun after a crash that came after
+    registration: one version per run), said in the log."""
+    done = registered_version(client, registry_name, run_id, alias)
+    if done is not None:
+        log.info(
+            "Run %s is already registered as %s version %s; not registering it again",
+            run_id,
+            registry_name,
+            done.version,
+        )
+    return done
+
+
 @dataclass(frozen=True)
 class LoggedModel:
     """A merge logged as an MLflow model under its run, not yet a registered version."""
@@ -122,14 +136,8 @@ def register_logged(
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
-    done = registered_version(client, registry_name, run_id, alias)
-    if done is not None:  # a rerun after a crash that came after registration: one version per run
-        log.info(
-            "Run %s is already registered as %s version %s; not registering it again",
-            run_id,
-            registry_name,
-            done.version,
-        )
+    done = _already_registered(client, registry_name, run_id, alias)
+    if done is not None:
         return done
     if logged is None:
         raise TrackingError(
@@ -174,14 +182,8 @@ def log_and_register(
     """Log ``model`` under ``run_id`` as model artifact ``model`` and register it as a new version."""
     from mlflow.tracking import MlflowClient
 
-    done = registered_version(MlflowClient(tracking_uri), registry_name, run_id, alias)
-    if done is not None:  # a rerun after a crash that came after registration: one version per run
-        log.info(
-            "Run %s is already registered as %s version %s; not registering it again",
-            run_id,
-            registry_name,
-            done.version,
-        )
+    done = _already_registered(MlflowClient(tracking_uri), registry_name, run_id, alias)
+    if done is not None:  # nothing to log again
         return done
     logged = log_model(run_id, model, tokenizer, registry_name, description, tracking_uri)
     return register_logged(run_id, logged, registry_name, alias, tags, description, tracking_uri)
