@@ -78,10 +78,8 @@ def test_compare_without_calibration_text_fails_before_any_method(tmp_path, tiny
     assert not (tmp_path / "run" / "compare.md").exists()
 
 
-@pytest.mark.parametrize("action", ["search", "merge"])
-def test_an_output_name_too_long_for_its_partial_folder_fails_at_once(action, tmp_path, tiny_trajectory, pair):
-    # 250 characters fit the file system (255) but ".NAME.partial-HOST-PID-XXXXXXXX" beside it does not
-    out = tmp_path / ("m" * 250)
+def _writing_to(out, action, tmp_path, tiny_trajectory, pair):
+    """``action`` (search or merge) of the pair with ``merge.output_dir=out``: the process and its store."""
     db = tmp_path / "mlflow.db"
     extra = ["action=merge", "merge.weights=[0.5,0.5]"] if action == "merge" else []
     proc = run_main(
@@ -94,6 +92,14 @@ def test_an_output_name_too_long_for_its_partial_folder_fails_at_once(action, tm
         ],
         cwd=tmp_path,
     )
+    return proc, db
+
+
+@pytest.mark.parametrize("action", ["search", "merge"])
+def test_an_output_name_too_long_for_its_partial_folder_fails_at_once(action, tmp_path, tiny_trajectory, pair):
+    # 250 characters fit the file system (255) but ".NAME.partial-HOST-PID-XXXXXXXX" beside it does not
+    out = tmp_path / ("m" * 250)
+    proc, db = _writing_to(out, action, tmp_path, tiny_trajectory, pair)
     _fails_at_once(proc, db, "merge.output_dir", "255")
     assert not out.exists() and not list(tmp_path.glob(".m*.partial-*"))
 
@@ -111,18 +117,7 @@ def test_a_run_folder_inside_an_input_checkpoint_is_refused(tmp_path, tiny_traje
 
 @pytest.mark.parametrize("action", ["search", "merge"])
 def test_output_equal_to_an_input_does_not_advise_overwrite(action, tmp_path, tiny_trajectory, pair):
-    db = tmp_path / "mlflow.db"
-    extra = ["action=merge", "merge.weights=[0.5,0.5]"] if action == "merge" else []
-    proc = run_main(
-        [
-            *_local(tiny_trajectory, pair),
-            *extra,
-            f"merge.output_dir={pair[1]}",
-            f"tracking.uri=sqlite:///{db}",
-            f"hydra.run.dir={tmp_path / 'run'}",
-        ],
-        cwd=tmp_path,
-    )
+    proc, db = _writing_to(pair[1], action, tmp_path, tiny_trajectory, pair)
     line = _fails_at_once(proc, db, "is the input checkpoint")
     assert "overwrite" not in line  # merge.overwrite=true would still be refused
 
