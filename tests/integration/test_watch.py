@@ -210,10 +210,8 @@ def test_two_watchers_on_one_folder_search_each_pair_once(tmp_path, tiny_traject
         assert sorted(_history(client, r["mlflow"]["run_id"], "gain")) == [60, 90]
 
 
-def test_sigterm_ends_the_watch_killed_with_one_line(tmp_path):
-    watch = tmp_path / "ckpts"
-    watch.mkdir()
-    (watch / "checkpoint-10").mkdir()  # a folder the trainer has only started
+def _start_watcher(watch, tmp_path, *settings):
+    """``action=watch`` on ``watch`` as a process with piped output, once it has said it is watching."""
     p = subprocess.Popen(
         [
             sys.executable,
@@ -221,7 +219,7 @@ def test_sigterm_ends_the_watch_killed_with_one_line(tmp_path):
             "action=watch",
             "model=local",
             f"watch.dir={watch}",
-            "watch.poll_s=0.3",
+            *settings,
             f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
             f"hydra.run.dir={tmp_path / 'run'}",
         ],
@@ -233,6 +231,14 @@ def test_sigterm_ends_the_watch_killed_with_one_line(tmp_path):
     )
     first = p.stdout.readline()
     assert first.startswith(f"watching {watch}"), first + p.stderr.read()
+    return p
+
+
+def test_sigterm_ends_the_watch_killed_with_one_line(tmp_path):
+    watch = tmp_path / "ckpts"
+    watch.mkdir()
+    (watch / "checkpoint-10").mkdir()  # a folder the trainer has only started
+    p = _start_watcher(watch, tmp_path, "watch.poll_s=0.3")
     assert p.stdout.readline().strip() == "waiting for checkpoint-10: config.json is missing"
     p.send_signal(signal.SIGTERM)
     rest, err = p.communicate(timeout=60)
@@ -347,26 +353,7 @@ def test_a_watch_dir_deleted_mid_watch_is_a_wait_and_one_warning(tmp_path):
     back; not a FileNotFoundError traceback and a FAILED watch run."""
     watch = tmp_path / "ckpts"
     watch.mkdir()
-    p = subprocess.Popen(
-        [
-            sys.executable,
-            str(MAIN),
-            "action=watch",
-            "model=local",
-            f"watch.dir={watch}",
-            "watch.poll_s=0.2",
-            "watch.idle_exit_s=6",
-            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
-            f"hydra.run.dir={tmp_path / 'run'}",
-        ],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=os.environ.copy(),
-    )
-    first = p.stdout.readline()
-    assert first.startswith(f"watching {watch}"), first + p.stderr.read()
+    p = _start_watcher(watch, tmp_path, "watch.poll_s=0.2", "watch.idle_exit_s=6")
     watch.rmdir()
     time.sleep(2)  # several polls while it is gone
     watch.mkdir()
