@@ -73,6 +73,15 @@ def _run(cfg_dict: dict, run_dir: Path, cwd: Path, config_yaml: str) -> dict:
 
     cfg = config_from_dict(cfg_dict)
     world = distributed.launched_world_size()
+    if cfg.runtime.backend == "ray":
+        if world > 1:  # a model partitioned over ranks (ZeRO) and whole models on Ray workers do not combine
+            raise ConfigError(
+                f"started as {world} processes (a distributed launcher) but runtime=ray runs whole models on Ray "
+                "workers from one process; ZeRO partitioning is runtime=deepspeed: use one or the other"
+            )
+        from ckptmerge.runtime.ray_workers import check_address
+
+        check_address(cfg.runtime)  # an unreachable cluster: one line, exit 2, before any MLflow run
     if cfg.runtime.backend != "deepspeed":
         if world > 1:
             raise ConfigError(

@@ -314,9 +314,25 @@ class RuntimeConfig:
     # ``deepspeed``: the resident model is partitioned over the ranks of the ``deepspeed`` launcher
     # (ZeRO stage 3); rank 0 searches and tracks, every rank merges its own partition and evaluates
     # its share of the requests.
-    backend: Literal["single", "deepspeed"] = "single"
+    # ``ray``: trials run in parallel, one whole resident model per Ray actor (docs/parallel.md).
+    backend: Literal["single", "deepspeed", "ray"] = "single"
     deepspeed_config: Text | None = None  # a DeepSpeed JSON whose keys override ours (e.g. offload)
     timeout_s: int = key(1800, "a positive number of seconds", ge=1)  # a collective waiting longer fails the run
+    # runtime=ray: how many workers (null: one per visible GPU on CUDA, 2 on the CPU) and where Ray runs:
+    # empty starts a local instance (stopped at exit); ``auto`` or ``HOST:PORT`` or ``ray://HOST:PORT``
+    # joins a running cluster (``ray start --head``).
+    workers: int | None = key(None, "a positive integer or null", ge=1)
+    address: Text = ""
+
+    def __post_init__(self) -> None:
+        if self.backend == "ray" and self.deepspeed_config:
+            raise ConfigError(
+                "runtime.deepspeed_config partitions one model over DeepSpeed ranks (ZeRO); runtime=ray runs "
+                "a whole model per worker: use one or the other"
+            )
+        if self.backend != "ray" and (self.workers is not None or self.address):
+            which = "runtime.workers" if self.workers is not None else "runtime.address"
+            raise ConfigError(f"{which} is read by runtime=ray only (runtime={self.name} runs no Ray workers)")
 
 
 @section("pilot")

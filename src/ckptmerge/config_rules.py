@@ -75,6 +75,12 @@ def check_names(cfg: Config) -> None:
             f"action={cfg.action} does not run under runtime=deepspeed (it supports "
             f"{supported}); use runtime=cpu or runtime=cuda"
         )
+    if cfg.runtime.backend == "ray" and not action.ray:
+        supported = ", ".join(n for n in ACTIONS if ACTIONS.get(n).ray)
+        raise ConfigError(
+            f"action={cfg.action} does not run under runtime=ray (it supports {supported}); "
+            "use runtime=cpu or runtime=cuda"
+        )
     _check_search(cfg)
     _check_merge(cfg)
     _check_compare(cfg)

@@ -39,6 +39,7 @@ class Action:
     target: str  # "module:function", the function is run(cfg, context) -> dict
     summary: str
     deepspeed: bool = False  # runs under runtime=deepspeed (its model partitioned over the ranks)
+    ray: bool = False  # runs under runtime=ray (its independent evaluations spread over Ray workers)
 
     def load(self) -> Callable[..., dict[str, Any]]:
         module, _, function = self.target.partition(":")
@@ -48,13 +49,19 @@ class Action:
 ACTIONS: Registry[Action] = Registry("action", "action")
 
 
-def _add(name: str, target: str, summary: str, deepspeed: bool = False) -> None:
-    ACTIONS.register(name)(Action(name, target, summary, deepspeed))
+def _add(name: str, target: str, summary: str, deepspeed: bool = False, ray: bool = False) -> None:
+    ACTIONS.register(name)(Action(name, target, summary, deepspeed, ray))
 
 
-_add("search", "ckptmerge.actions.search:run", "search the merge weights, write, verify and register the best", True)
+_add(
+    "search",
+    "ckptmerge.actions.search:run",
+    "search the merge weights, write, verify and register the best",
+    True,
+    ray=True,
+)
 _add("merge", "ckptmerge.actions.merge:run", "write the merge at given weights (streamed, atomic)", True)
-_add("pilot", "ckptmerge.actions.pilot:run", "every checkpoint alone and every pair at one λ")
+_add("pilot", "ckptmerge.actions.pilot:run", "every checkpoint alone and every pair at one λ", ray=True)
 _add("compare", "ckptmerge.actions.compare:run", "every baseline and search space on the same budget")
 _add("promote", "ckptmerge.actions.promote:run", "candidate vs champion on the same documents; move the alias", True)
 _add("watch", "ckptmerge.actions.watch:run", "search each new pair of complete checkpoints while training runs")

@@ -36,6 +36,7 @@ from ckptmerge.runtime.distributed import Channel
 from ckptmerge.search.searchers import Searcher, make_searcher, warm_start_left_out
 from ckptmerge.session import cost, evidence, finish
 from ckptmerge.session.evaluation import EvalSession
+from ckptmerge.session.executor import Executor, InProcessExecutor
 from ckptmerge.session.finish import HeldOutReport, Selection, Written
 from ckptmerge.session.register import PendingVersion, log_for_registry, published_by, write_and_verify
 from ckptmerge.session.setup import Sources, local_checkpoint_folders, resolve_search_sources, search_space
@@ -88,6 +89,8 @@ class SearchRun:
         self._written = False
         self._committed = False  # the finish committed (see _commit): nothing undoes it from then on
         self._lock: search_lock.SearchLock | None = None
+        self.redo: list[resume.Unfinished] = []  # a resumed parallel search's unfinished trials
+        self.workers = 1  # trials evaluated at once
 
     # -- the whole thing ---------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -166,8 +169,13 @@ class SearchRun:
         # From here the parent run is ours: any end (error, signal) closes it through finishing().
         with tracker.finishing():
             self.owner = f"{OWNER_SEARCH}{run_id}"
-            past = []
-            if resume_id:
+            past: list[resume.PastTrial] = []
+            if resume_id and cfg.runtime.backend == "ray":  # trials finish out of order: keep every finished one
+                past, self.redo = resume.read_parallel_trials(
+                    tracker.client, tracker.experiment_id, run_id, self.space.coordinates
+                )
+                log.info("Resuming search %s: %d trials done, %d to run again", run_id, len(past), len(self.redo))
+            elif resume_id:
                 past = resume.read_trials(tracker.client, tracker.experiment_id, run_id, self.space.coordinates)
                 log.info("Resuming search %s: %d trials done", run_id, len(past))
             else:
@@ -216,11 +224,24 @@ class SearchRun:
             },
         )
 
+    def _executor(self, session: EvalSession, resident: ResidentModel) -> Executor:
+        """Where the trials' evaluations run: this process (and its DeepSpeed ranks), or Ray workers."""
+        if self.cfg.runtime.backend == "ray":
+            from ckptmerge.runtime.ray_workers import RayExecutor
+
+            executor: Executor = RayExecutor(self.cfg)
+        else:
+            executor = InProcessExecutor(resident, session)
+        self.workers = executor.workers
+        return executor
+
     def _runtime_info(self, resident: ResidentModel) -> dict[str, Any]:
-        """Where the trials ran: backend, ranks (a partitioned model's world size), device, dtype."""
+        """Where the trials ran: backend, ranks (a partitioned model's world size), workers (trials at
+        once), device, dtype."""
         return {
             "backend": self.cfg.runtime.backend,
             "world_size": self.channel.ranks.world_size if self.channel else 1,
+            "workers": self.workers,
             "device": resident.device,
             "dtype": str(resident.dtype).replace("torch.", ""),
         }
@@ -350,7 +371,10 @@ class SearchRun:
         loop = TrialLoop(resident, session, tracker, searcher, self.space, parent_run_id=tracker.run_id)
         loop.replay(past)
         over = "" if self.space.is_pair else f" over {self.space.name}"
-        self.trials = loop.run(cfg.search.budget, desc=f"search ({cfg.search.kind}{over})")
+        with self._executor(session, resident) as executor:  # a Ray instance of ours stops with the trials
+            self.trials = loop.run(
+                cfg.search.budget, desc=f"search ({cfg.search.kind}{over})", executor=executor, redo=self.redo
+            )
         if loop.best is None:
             raise EvaluationError(f"every trial failed, nothing to merge; the first failure: {self.trials[0].error}")
         if loop.stopped.get("reason") == "converged":

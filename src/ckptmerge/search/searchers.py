@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -144,8 +145,18 @@ class Searcher:
             )
         return self._clip(cands[best])
 
-    def ask(self) -> Proposal:
-        return self._initial_proposal() or self._next()
+    def ask(self, pending: Sequence[Point] = ()) -> Proposal:
+        """The next point to evaluate. ``pending``: points being evaluated now (parallel trials,
+        ``runtime=ray``); none of them, nor a point within ``min_distance`` of one, is proposed: while
+        the proposal is made they count as seen, as failed points do."""
+        if not pending:
+            return self._initial_proposal() or self._next()
+        failed = list(self.failed)
+        self.failed.extend(tuple(float(v) for v in x) for x in pending)
+        try:
+            return self._initial_proposal() or self._next()
+        finally:
+            self.failed[:] = failed
 
     def _next(self) -> Proposal:
         raise NotImplementedError

@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import logging
 import math
-import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ckptmerge.errors import EvaluationError
-from ckptmerge.evaluation.doc_scores import DocScores, documents, scores_from_json, scores_json
+from ckptmerge.evaluation.doc_scores import DocScores, scores_from_json, scores_json
 from ckptmerge.evaluation.uncertainty import relative_standard_errors
 from ckptmerge.resident import ResidentModel
-from ckptmerge.search.searchers import Convergence, Proposal, Searcher, SearchExhausted
+from ckptmerge.search.searchers import Convergence, Point, Proposal, Searcher, SearchExhausted
 from ckptmerge.search.space import SearchSpace
 from ckptmerge.session import cost
 from ckptmerge.session.evaluation import EvalSession
+from ckptmerge.session.executor import Evaluation, Executor, InProcessExecutor
 from ckptmerge.tracking import names
 from ckptmerge.tracking.datasets import CONTEXT_DEV
 from ckptmerge.tracking.mlflow_run import SearchTracker
+from ckptmerge.tracking.resume import Unfinished
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,8 @@ class Trial:
     eval_seconds: float | None = None
     docs_evaluated: int | None = None
     tokens_evaluated: int | None = None
+    pending: int = 0  # trials in flight when this one was proposed (parallel trials)
+    merge_seconds: float | None = None  # the in-place merge alone (where it ran)
 
     @property
     def lam(self) -> float | None:
@@ -51,6 +55,7 @@ class Trial:
 
     def as_json(self) -> dict[str, Any]:
         out = {
+            "trial": self.index,  # its place in proposal order (parallel trials finish out of order)
             "lambda": self.lam,
             "weights": self.weights,
             "objective": self.objective,
@@ -62,6 +67,7 @@ class Trial:
             cost.METRIC_EVAL_SECONDS: None if self.eval_seconds is None else round(self.eval_seconds, 3),
             cost.METRIC_DOCS: self.docs_evaluated,
             cost.METRIC_TOKENS: self.tokens_evaluated,
+            names.PARAM_PENDING_AT_PROPOSAL: self.pending,
         }
         if self.error:
             out["error"] = self.error
@@ -181,38 +187,59 @@ class TrialLoop:
         except Exception:  # noqa: BLE001 - an older run without the artifact: the noise is filled in
             return None
 
-    def run(self, budget: int, desc: str = "search") -> list[Trial]:
-        """Evaluate trials until ``budget`` (replayed trials count)."""
+    def run(
+        self,
+        budget: int,
+        desc: str = "search",
+        executor: Executor | None = None,
+        redo: Sequence[Unfinished] = (),
+    ) -> list[Trial]:
+        """Evaluate trials until ``budget`` (replayed trials count).
+
+        ``executor``: where the evaluations run (default: in this process, one at a time). With several
+        workers every one is kept busy: each frees, the searcher is asked for the next point given the
+        ones in flight, and results are told as they arrive; trial indices follow the proposals.
+        ``redo``: trials a killed asynchronous search left unfinished, run again first at their recorded
+        points and indices (each counted once)."""
         from tqdm.auto import tqdm
 
         from ckptmerge.progress import interactive
 
+        executor = executor or InProcessExecutor(self.resident, self.session)
         bar = tqdm(
             total=budget, initial=min(len(self.trials), budget), desc=desc, unit="trial", disable=not interactive()
         )
         self.stopped = {"reason": "budget", "after": min(len(self.trials), budget), "of": budget, "criterion": None}
-        for index in range(len(self.trials), budget):
-            check = self._check_convergence()
-            if check is not None and check.converged:
-                self.stopped_reason = (
-                    f"converged after {index} of {budget} evaluations: no point is expected to beat the best "
-                    f"by {self.searcher.stop_margin:g} paired standard errors ({self.searcher.patience} in a row)"
-                )
-                self.stopped = {"reason": "converged", "after": index, "of": budget, "criterion": self._criterion()}
-                log.info("Search %s", self.stopped_reason)
+        in_flight: dict[int, Trial] = {}
+        # the next new trial's index: after every finished and unfinished one
+        index = max([len(self.trials) + len(redo)] + [t.index + 1 for t in self.trials] + [r.index + 1 for r in redo])
+        todo = list(redo)
+        proposing = True
+        while True:
+            while executor.in_flight < executor.workers and (todo or (proposing and index < budget)):
+                if todo:
+                    again = todo.pop(0)
+                    trial = self._begin(again.index, Proposal(again.x, again.source), again.pending)
+                else:
+                    proposal = self._propose(index, budget, [t.x for t in in_flight.values()])
+                    if proposal is None:
+                        proposing = False
+                        break
+                    trial = self._begin(index, proposal, len(in_flight))
+                    index += 1
+                in_flight[trial.index] = trial
+                executor.submit(trial.index, self.full_weights(trial))
+            if not in_flight:
                 break
-            try:
-                proposal = self.searcher.ask()
-            except SearchExhausted as e:  # the box holds no more points at min_distance: end with these
-                self.stopped_reason = f"stopped after {index} of {budget} evaluations: {e}"
-                self.stopped = {"reason": "exhausted", "after": index, "of": budget, "criterion": self._criterion()}
-                log.warning("Search %s", self.stopped_reason)
-                break
-            self._record(self._trial(index, proposal))
+            key, evaluation = executor.next_done()
+            trial = in_flight.pop(key)  # type: ignore[call-overload]
+            self._record(self._finish(trial, evaluation))
             self._log_line(self.trials[-1], budget, desc)
             if self.best is not None and self.best.objective is not None:
                 self.tracker.log_metrics(
-                    {names.METRIC_BEST_OBJECTIVE: self.best.objective}, step=index, run_id=self.best_metric_run_id
+                    {names.METRIC_BEST_OBJECTIVE: self.best.objective},
+                    step=len(self.trials) - 1,
+                    run_id=self.best_metric_run_id,
                 )
                 bar.set_postfix(
                     best_newest_weight=f"{list(self.best.weights.values())[-1]:.3f}", best=f"{self.best.objective:.4f}"
@@ -221,6 +248,26 @@ class TrialLoop:
             self.stopped.update(after=len(self.trials), criterion=self._criterion())
         bar.close()
         return self.trials
+
+    def _propose(self, index: int, budget: int, pending: list[Point]) -> Proposal | None:
+        """The searcher's next point, or None when the search stops before its budget (converged,
+        or no point left); trials in flight are still waited for."""
+        check = self._check_convergence()
+        if check is not None and check.converged:
+            self.stopped_reason = (
+                f"converged after {index} of {budget} evaluations: no point is expected to beat the best "
+                f"by {self.searcher.stop_margin:g} paired standard errors ({self.searcher.patience} in a row)"
+            )
+            self.stopped = {"reason": "converged", "after": index, "of": budget, "criterion": self._criterion()}
+            log.info("Search %s", self.stopped_reason)
+            return None
+        try:
+            return self.searcher.ask(pending=pending) if pending else self.searcher.ask()
+        except SearchExhausted as e:  # the box holds no more points at min_distance: end with these
+            self.stopped_reason = f"stopped after {index} of {budget} evaluations: {e}"
+            self.stopped = {"reason": "exhausted", "after": index, "of": budget, "criterion": self._criterion()}
+            log.warning("Search %s", self.stopped_reason)
+            return None
 
     def _check_convergence(self) -> Convergence | None:
         check = self.searcher.check_convergence()
@@ -269,41 +316,50 @@ class TrialLoop:
             trial.seconds,
         )
 
-    def _trial(self, index: int, prop: Proposal) -> Trial:
-        tracker, session, resident, searcher = self.tracker, self.session, self.resident, self.searcher
+    def _begin(self, index: int, prop: Proposal, pending: int) -> Trial:
+        """The trial's child run, opened (params, datasets) before its evaluation is sent off."""
+        tracker, session = self.tracker, self.session
         weights = self.space.weights(prop.x)
         named = dict(zip(self._names, weights))
-        trial = Trial(index=index, x=prop.x, weights=named, source=prop.source)
-        params: dict[str, Any] = {names.PARAM_TRIAL: index, names.PARAM_PROPOSED_BY: prop.source}
+        trial = Trial(index=index, x=prop.x, weights=named, source=prop.source, pending=pending)
+        params: dict[str, Any] = {
+            names.PARAM_TRIAL: index,
+            names.PARAM_PROPOSED_BY: prop.source,
+            names.PARAM_PENDING_AT_PROPOSAL: pending,
+        }
         params.update(zip(self.space.coordinates, prop.x))  # λ for a pair; u1.., beta, window, shape otherwise
         params.update({names.weight_param(n): w for n, w in named.items()})
         trial.run_id = tracker.start_trial(index, params, parent_run_id=self.parent_run_id)
         tracker.log_datasets(trial.run_id, session.datasets("dev"), CONTEXT_DEV)  # what this trial evaluated
-        t0 = time.perf_counter()
-        try:
-            resident.apply([0.0] * self._pad + weights)
-            t_eval = time.perf_counter()
-            try:
-                trial.metrics, trial.scores = session.evaluate_with_scores("dev")
-            finally:  # a failed evaluation was paid for too
-                trial.eval_seconds = time.perf_counter() - t_eval
-            trial.docs_evaluated = documents(trial.scores)
-            trial.tokens_evaluated = session.dev.last_tokens
+        return trial
+
+    def _finish(self, trial: Trial, ev: Evaluation) -> Trial:
+        """Tell the searcher what the evaluation gave and close the trial's child run."""
+        tracker, session, searcher, index = self.tracker, self.session, self.searcher, trial.index
+        assert trial.run_id is not None
+        trial.metrics, trial.scores = ev.metrics, ev.scores
+        trial.eval_seconds, trial.docs_evaluated, trial.tokens_evaluated = ev.eval_seconds, ev.docs, ev.tokens
+        trial.merge_seconds = ev.merge_seconds
+        error, objective = ev.error, float("nan")
+        if error is None:
+            assert trial.scores is not None  # an evaluation without an error scored every document
             objective = session.objective(trial.metrics)
             if not math.isfinite(objective):
-                raise EvaluationError(f"objective is not finite ({objective}) at weights {named}")
-            trial.draws = session.bootstrap.objective_draws(session.objective, trial.scores)
-            trial.objective_se = float(np.std(trial.draws, ddof=1))
-        except EvaluationError as e:
-            trial.error = str(e)
-            trial.seconds = time.perf_counter() - t0
-            searcher.mark_failed(prop.x)
+                error = f"objective is not finite ({objective}) at weights {trial.weights}"
+            else:
+                trial.draws = session.bootstrap.objective_draws(session.objective, trial.scores)
+                trial.objective_se = float(np.std(trial.draws, ddof=1))
+        trial.seconds = ev.seconds
+        if error is not None:
+            trial.error = error
+            searcher.mark_failed(trial.x)
             if self._bill(trial):  # what the failed evaluation spent, when it got as far as evaluating
                 tracker.log_metrics(self._bill(trial), step=index, run_id=trial.run_id)
             tracker.set_tags({names.TAG_TRIAL_STATUS: "failed", "ckptmerge.error": trial.error[:4000]}, trial.run_id)
             tracker.end_trial(trial.run_id, "FAILED")
-            log.warning("Trial %d at %s failed: %s", index, named, trial.error, exc_info=e.__cause__ is not None)
-            if e.__cause__ is not None and not self.trials:
+            traceback = ev.exception if ev.task_failed and ev.exception is not None else False
+            log.warning("Trial %d at %s failed: %s", index, trial.weights, trial.error, exc_info=traceback)
+            if ev.task_failed and not self.trials:
                 # The task code itself raised (not a NaN score) on the very first evaluation: it does not
                 # depend on λ, so every trial would fail the same way; stop now, not after the budget.
                 raise EvaluationError(
@@ -311,10 +367,10 @@ class TrialLoop:
                 ) from None
             return trial
         trial.objective = objective
-        trial.seconds = time.perf_counter() - t0
+        assert trial.scores is not None and trial.objective_se is not None
         self._tell(trial)
         state = searcher.state()
-        metrics = {
+        metrics: dict[str, float] = {
             names.METRIC_OBJECTIVE: objective,
             names.METRIC_OBJECTIVE_SE: trial.objective_se,
             **trial.metrics,

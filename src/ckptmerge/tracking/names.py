@@ -10,6 +10,7 @@ PARAM_WEIGHT_PREFIX = "weight."  # weight.<checkpoint name>, for every checkpoin
 PARAM_TRIAL = "trial"
 PARAM_POINT_PREFIX = "u"  # u1..u{k-1}: the searched point for k > 2 (see search/space.py)
 PARAM_PROPOSED_BY = "proposed_by"  # initial | EI | LCB | PI | grid | random | gap
+PARAM_PENDING_AT_PROPOSAL = "pending_at_proposal"  # trials in flight when this one was proposed (runtime=ray)
 METRIC_OBJECTIVE = "objective"  # oriented so that higher is better
 METRIC_OBJECTIVE_SE = "objective_se"  # its bootstrap standard error over documents
 # a trial's bill (session/cost.py): seconds of dev evaluation, documents and tokens the model read

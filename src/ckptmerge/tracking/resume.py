@@ -123,23 +123,58 @@ def read_trials(client: Any, experiment_id: str, parent_id: str, coordinates: Se
     A trial still RUNNING died with its process (SIGKILL, a lost node): it is marked FAILED,
     ``interrupted``. One a signal stopped was already ended KILLED, ``interrupted``; it keeps that.
     """
+    done, _ = _scan(client, experiment_id, parent_id, coordinates)
+    indices = sorted(done)
+    if indices != list(range(len(indices))):
+        # a gap means a trial in the middle never finished: keep the contiguous prefix, redo the rest
+        n = next(i for i, j in enumerate(indices) if i != j)
+        indices = indices[:n]
+    return [done[i] for i in indices]
+
+
+@dataclass(frozen=True)
+class Unfinished:
+    """A trial that was proposed and started but never finished (its process was killed)."""
+
+    index: int
+    x: tuple[float, ...]
+    source: str
+    pending: int
+
+
+def read_parallel_trials(
+    client: Any, experiment_id: str, parent_id: str, coordinates: Sequence[str]
+) -> tuple[list[PastTrial], list[Unfinished]]:
+    """A parallel search's finished and failed trials by index, gaps and all (trials finish out of
+    order), and the unfinished ones to run again at their recorded points and indices."""
+    done, interrupted = _scan(client, experiment_id, parent_id, coordinates)
+    redo = [interrupted[i] for i in sorted(interrupted) if i not in done]
+    return [done[i] for i in sorted(done)], redo
+
+
+def _scan(
+    client: Any, experiment_id: str, parent_id: str, coordinates: Sequence[str]
+) -> tuple[dict[int, PastTrial], dict[int, Unfinished]]:
     runs = client.search_runs(
         [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'", max_results=10000
     )
     done: dict[int, PastTrial] = {}
+    interrupted: dict[int, Unfinished] = {}
     for run in runs:
         p, tags = run.data.params, run.data.tags
         if names.PARAM_TRIAL not in p:
             continue
         index = int(p[names.PARAM_TRIAL])
         status = tags.get(names.TAG_TRIAL_STATUS)
+        x = tuple(float(p[c]) for c in coordinates)  # the space's own coordinate params (λ for a pair)
         if run.info.status == "RUNNING" or status not in ("ok", "failed"):
             if run.info.status == "RUNNING" or status != "interrupted":
                 client.set_tag(run.info.run_id, names.TAG_TRIAL_STATUS, "interrupted")
                 client.set_terminated(run.info.run_id, status="FAILED")
             log.info("Trial %d (run %s) was interrupted; it will be evaluated again", index, run.info.run_id)
+            pending = int(p.get(names.PARAM_PENDING_AT_PROPOSAL, 0))
+            interrupted[index] = Unfinished(index, x, p.get(names.PARAM_PROPOSED_BY, "resumed"), pending)
             continue
-        x = tuple(float(p[c]) for c in coordinates)  # the space's own coordinate params (λ for a pair)
         metrics = {k: v for k, v in run.data.metrics.items() if "/" in k and not k.startswith("gp.")}
         objective = run.data.metrics.get(names.METRIC_OBJECTIVE) if status == "ok" else None
         done[index] = PastTrial(
@@ -154,9 +189,4 @@ def read_trials(client: Any, experiment_id: str, parent_id: str, coordinates: Se
             _int_or_none(run.data.metrics.get(names.METRIC_DOCS_EVALUATED)),
             _int_or_none(run.data.metrics.get(names.METRIC_TOKENS_EVALUATED)),
         )
-    indices = sorted(done)
-    if indices != list(range(len(indices))):
-        # a gap means a trial in the middle never finished: keep the contiguous prefix, redo the rest
-        n = next(i for i, j in enumerate(indices) if i != j)
-        indices = indices[:n]
-    return [done[i] for i in indices]
+    return done, interrupted

@@ -1,0 +1,219 @@
+"""``runtime=ray``: trials in parallel, one whole resident model per Ray actor (docs/parallel.md).
+
+The driver (this process) keeps the searcher, MLflow and the finish; each :class:`TrialWorker` actor
+builds its own resident model once from the checkpoints' paths (shared storage: tensors never pass
+through the driver) and evaluates trials in place, returning the metrics and per-document scores.
+
+Ray's own conventions: an empty ``runtime.address`` starts a local instance that :meth:`RayExecutor.close`
+stops; ``auto``, ``HOST:PORT`` or ``ray://HOST:PORT`` joins a cluster started with ``ray start --head``,
+where closing kills only this run's actors. A worker that dies (a lost node, the OOM killer) is
+restarted by Ray (``max_restarts``) and the driver submits its trial again: it runs once more and is
+counted once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+from collections.abc import Hashable
+from typing import Any
+
+from ckptmerge.config import Config, RuntimeConfig
+from ckptmerge.errors import ConfigError, EvaluationError
+from ckptmerge.session.executor import Evaluation, Executor, evaluate_weights
+
+log = logging.getLogger(__name__)
+
+MAX_RESTARTS = 3  # a worker process that dies is started again this many times (Ray's max_restarts)
+MAX_RESUBMITS = 3  # a trial whose worker died runs again at most this many times
+POLL_S = 1.0  # ray.wait returns this often, so that a stop (SIGTERM) is raised promptly in the driver
+CPU_WORKERS = 2  # runtime.workers=null on the CPU
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    rest = address.removeprefix("ray://")
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    return host or "127.0.0.1", int(port)
+
+
+def check_address(runtime: RuntimeConfig, timeout_s: float = 5.0) -> None:
+    """Fail in one line (exit 2) when ``runtime.address`` names a cluster that cannot be reached: before
+    any work, and in seconds (``ray.init`` itself waits a minute on an address where no one listens)."""
+    address = runtime.address
+    if runtime.backend != "ray" or not address:
+        return
+    if address == "auto":
+        from ray._private.services import find_gcs_addresses
+
+        if not os.environ.get("RAY_ADDRESS") and not find_gcs_addresses():
+            raise ConfigError(
+                "runtime.address=auto: no running Ray cluster on this machine (start one with `ray start "
+                "--head`, or name it: runtime.address=HOST:PORT)"
+            )
+        return
+    hp = _host_port(address)
+    if hp is None:
+        raise ConfigError(f"runtime.address must be empty, auto, HOST:PORT or ray://HOST:PORT, got {address!r}")
+    try:
+        socket.create_connection(hp, timeout=timeout_s).close()
+    except OSError as e:
+        raise ConfigError(f"runtime.address={address}: no Ray cluster answers there ({e.strerror or e})") from None
+
+
+def connect(runtime: RuntimeConfig) -> bool:
+    """Start (empty address) or join a Ray instance; True when this process started it (and so stops
+    it). Ray's own SIGTERM handler (``ray.init`` installs one) is replaced by ours again afterwards."""
+    import ray
+
+    check_address(runtime)
+    if ray.is_initialized():
+        return False
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        if runtime.address:
+            ray.init(address=runtime.address, log_to_driver=False)
+            return False
+        ray.init(
+            num_cpus=max(os.cpu_count() or 1, runtime.workers or CPU_WORKERS),
+            include_dashboard=False,
+            log_to_driver=False,
+        )
+        return True
+    finally:
+        for s, h in before.items():
+            if h is not None:
+                signal.signal(s, h)
+
+
+def worker_count(runtime: RuntimeConfig) -> int:
+    """``runtime.workers``, or one per GPU of the Ray instance on CUDA, or 2 on the CPU."""
+    if runtime.workers:
+        return runtime.workers
+    if runtime.device == "cuda":
+        import ray
+
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        if gpus < 1:
+            raise ConfigError("runtime.device=cuda with runtime=ray, but the Ray instance has no GPU")
+        return gpus
+    return CPU_WORKERS
+
+
+class TrialWorker:
+    """One Ray actor: its own resident model, built once, evaluated in place at each trial's weights.
+
+    ``last``: None builds what a search resolves (its pair or space); an integer, a study's newest
+    ``last`` checkpoints of the whole trajectory (pilot, compare). ``threads``: torch's intra-op
+    threads (on the CPU, this worker's share of the cores)."""
+
+    def __init__(self, cfg: Config, last: int | None, threads: int | None) -> None:
+        from ckptmerge.runtime import seed_everything
+        from ckptmerge.session.evaluation import EvalSession
+        from ckptmerge.session.setup import newest_of, resolve_search_sources, resolve_sources
+
+        seed_everything(cfg.search.seed, threads)
+        # the driver built any embedded trajectory and checked the checkpoints' content already
+        if last is None:
+            sources = resolve_search_sources(cfg.model, cfg.eval, cfg.search.space, progress=False, check=False)
+        else:
+            sources = resolve_sources(cfg.model, cfg.eval, all_checkpoints=True, progress=False, check=False)
+            sources = newest_of(sources, last)
+        self.session, self.resident = EvalSession.with_resident(
+            cfg.eval, cfg.search.seed, cfg.runtime, cfg.merge, sources
+        )
+
+    def evaluate(self, weights: list[float]) -> Evaluation:
+        out = evaluate_weights(self.resident, self.session, weights)
+        out.exception = None  # its traceback stays here; the text and the kind go back
+        return out
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class RayExecutor(Executor):
+    """``runtime.workers`` :class:`TrialWorker` actors; each job goes to a free one."""
+
+    name = "ray"
+
+    def __init__(self, cfg: Config, last: int | None = None) -> None:
+        import ray
+
+        runtime = cfg.runtime
+        self._started = connect(runtime)
+        self.workers = worker_count(runtime)
+        gpu = runtime.device == "cuda"
+        threads = runtime.threads or (None if gpu else max(1, (os.cpu_count() or 1) // self.workers))
+        remote = ray.remote(TrialWorker).options(
+            num_gpus=1 if gpu else 0,
+            num_cpus=1,
+            max_restarts=MAX_RESTARTS,
+            max_task_retries=0,  # the driver re-submits a lost trial itself, and counts it once
+        )
+        self.actors: list[Any] = [remote.remote(cfg, last, threads) for _ in range(self.workers)]
+        self._idle = list(range(self.workers))
+        self._jobs: dict[Any, tuple[Hashable, int, list[float], int]] = {}  # ref -> key, actor, weights, tries
+        self._closed = False
+        log.info(
+            "Ray: %d workers (%s, %s), %s",
+            self.workers,
+            "one GPU each" if gpu else f"{threads} torch threads each",
+            runtime.address or "a local instance",
+            ray.get_runtime_context().get_node_id()[:8],
+        )
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._jobs)
+
+    def submit(self, key: Hashable, weights: list[float], tries: int = 0) -> None:
+        if not self._idle:
+            raise RuntimeError("no free worker: wait for next_done() first")
+        actor = self._idle.pop(0)
+        ref = self.actors[actor].evaluate.remote(list(weights))
+        self._jobs[ref] = (key, actor, list(weights), tries)
+
+    def next_done(self) -> tuple[Hashable, Evaluation]:
+        import ray
+        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+        while True:
+            ready, _ = ray.wait(list(self._jobs), num_returns=1, timeout=POLL_S)
+            if not ready:
+                continue  # a signal handler runs between waits
+            ref = ready[0]
+            key, actor, weights, tries = self._jobs.pop(ref)
+            try:
+                result = ray.get(ref)
+            except (ActorDiedError, ActorUnavailableError, RayActorError) as e:
+                if tries >= MAX_RESUBMITS:
+                    raise EvaluationError(
+                        f"Ray worker {actor} died {tries + 1} times evaluating trial {key}: {str(e).splitlines()[0]}"
+                    ) from None
+                log.warning("Ray worker %d died during trial %s; Ray restarts it and the trial runs again", actor, key)
+                self._idle.insert(0, actor)
+                self.submit(key, weights, tries + 1)
+                continue
+            self._idle.append(actor)
+            return key, result
+
+    def close(self) -> None:
+        """Kill this run's actors; stop the Ray instance when this process started it."""
+        if self._closed:
+            return
+        self._closed = True
+        import ray
+
+        if not ray.is_initialized():
+            return
+        for a in self.actors:
+            try:
+                ray.kill(a, no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        # a local instance stops with it; a joined cluster goes on running (only our actors were killed)
+        ray.shutdown()

@@ -1,0 +1,114 @@
+"""Where a trial's evaluation runs: one interface, three places.
+
+The trial loop (session/trials.py) proposes points, logs child runs and tells the searcher; an
+:class:`Executor` only merges the resident model in place at given weights and evaluates it
+(:func:`evaluate_weights`, the one evaluation call of a trial), returning an :class:`Evaluation`:
+
+- :class:`InProcessExecutor`: this process's resident model, one trial at a time (``runtime=cpu|cuda``);
+- the same over DeepSpeed ranks (``runtime=deepspeed``): the resident model is a ZeRO partition and its
+  ``apply``/``evaluate`` calls drive the other ranks through the launch's channel, so rank 0 runs it in
+  process too (``name`` says ``deepspeed``);
+- :class:`ckptmerge.runtime.ray_workers.RayExecutor` (``runtime=ray``): one whole resident model per
+  Ray actor, several trials at once.
+
+A job is ``submit(key, weights)``; ``next_done()`` blocks until one job has finished and returns its key
+and evaluation (in completion order, which for several workers is not submission order).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+
+from ckptmerge.errors import EvaluationError
+from ckptmerge.evaluation.doc_scores import DocScores, documents
+from ckptmerge.resident import ResidentModel
+from ckptmerge.session.evaluation import EvalSession
+
+
+@dataclass
+class Evaluation:
+    """What one evaluation of the resident model at some weights gave (the worker side of a trial)."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    scores: DocScores | None = None  # per-document dev scores
+    eval_seconds: float | None = None  # the evaluation alone (not the merge); set when it started
+    docs: int | None = None
+    tokens: int | None = None
+    seconds: float = 0.0  # merge + evaluation, where it ran
+    merge_seconds: float | None = None  # the in-place merge alone
+    error: str | None = None  # an EvaluationError's text: the trial failed
+    task_failed: bool = False  # the task code itself raised (not a non-finite score): every trial would
+    # the exception itself, in process only (its traceback is logged); never sent between processes
+    exception: BaseException | None = field(default=None, repr=False, compare=False)
+
+
+def evaluate_weights(resident: ResidentModel, session: EvalSession, weights: list[float]) -> Evaluation:
+    """Merge ``resident`` in place at ``weights`` (every checkpoint, oldest first) and evaluate it on the
+    dev tasks: the single evaluation call of a trial, wherever it runs. An :class:`EvaluationError` is
+    returned as the evaluation's error (the trial failed); anything else propagates."""
+    out = Evaluation()
+    t0 = time.perf_counter()
+    try:
+        resident.apply(weights)
+        t_eval = time.perf_counter()
+        out.merge_seconds = t_eval - t0
+        try:
+            out.metrics, out.scores = session.evaluate_with_scores("dev")
+        finally:  # a failed evaluation was paid for too
+            out.eval_seconds = time.perf_counter() - t_eval
+        out.docs = documents(out.scores)
+        out.tokens = session.dev.last_tokens
+    except EvaluationError as e:
+        out.error, out.task_failed, out.exception = str(e), e.__cause__ is not None, e
+    out.seconds = time.perf_counter() - t0
+    return out
+
+
+class Executor:
+    """Runs evaluation jobs; ``workers`` of them at once."""
+
+    name = "base"
+    workers = 1
+
+    def submit(self, key: Hashable, weights: list[float]) -> None:
+        raise NotImplementedError
+
+    def next_done(self) -> tuple[Hashable, Evaluation]:
+        """Block until a submitted job has finished; its key and evaluation."""
+        raise NotImplementedError
+
+    @property
+    def in_flight(self) -> int:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stop the workers (idempotent)."""
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class InProcessExecutor(Executor):
+    """This process's resident model (a ZeRO partition under ``runtime=deepspeed``: the other ranks
+    follow through the channel), one job at a time: a job runs when its result is asked for."""
+
+    def __init__(self, resident: ResidentModel, session: EvalSession) -> None:
+        self.resident, self.session = resident, session
+        self.name = "deepspeed" if session.partitioned else "in-process"
+        self._jobs: list[tuple[Hashable, list[float]]] = []
+
+    def submit(self, key: Hashable, weights: list[float]) -> None:
+        self._jobs.append((key, list(weights)))
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._jobs)
+
+    def next_done(self) -> tuple[Hashable, Evaluation]:
+        key, weights = self._jobs.pop(0)
+        return key, evaluate_weights(self.resident, self.session, weights)
