@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 
 from ckptmerge.config import Config
+from ckptmerge.errors import EvaluationError
+from ckptmerge.session.executor import Evaluation, run_all, study_executor
 from ckptmerge.session.study import start_study
 from ckptmerge.tracking import names
 
@@ -62,29 +64,44 @@ def run_pilot(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") -> d
         # a resumed pilot's evaluations are its run's metrics: each one logged is reused, not evaluated again
         done = tracker.client.get_run(run_id).data.metrics if study.resumed else {}
         reused = 0
+        objectives: dict[str, float] = {}
 
-        def evaluate(key: str, weights: list[float]) -> float:
-            nonlocal reused
-            if names.safe_key(key) in done:
-                reused += 1
-                return float(done[names.safe_key(key)])
-            resident.apply(weights)
-            objective = session.objective(session.evaluate_dev())
-            tracker.log_metrics({key: objective})
-            return objective
+        def single(i: int) -> str:
+            return f"single.{cset.names[i]}.objective"
 
-        bar = tqdm(total=total, desc="pilot", unit="eval")
-        singles: list[float] = []
-        for i in range(n):
-            singles.append(evaluate(f"single.{cset.names[i]}.objective", [1.0 if j == i else 0.0 for j in range(n)]))
-            bar.update(1)
-        gains = np.full((n, n), np.nan)
-        rows = []
+        def pair(i: int, j: int) -> str:
+            return f"pair.{cset.names[i]}.{cset.names[j]}.objective"
+
+        jobs: list[tuple[str, list[float]]] = [
+            (single(i), [1.0 if j == i else 0.0 for j in range(n)]) for i in range(n)
+        ]
         for j in range(n):
             for i in range(j):
                 w = [0.0] * n
                 w[i], w[j] = 1.0 - lam, lam
-                obj = evaluate(f"pair.{cset.names[i]}.{cset.names[j]}.objective", w)
+                jobs.append((pair(i, j), w))
+        for key, _ in jobs:
+            if names.safe_key(key) in done:
+                reused += 1
+                objectives[key] = float(done[names.safe_key(key)])
+        bar = tqdm(total=total, initial=reused, desc="pilot", unit="eval")
+
+        def finished(key: Any, ev: Evaluation) -> None:
+            if ev.error is not None:
+                raise EvaluationError(f"pilot: evaluating {key} failed: {ev.error}")
+            objectives[key] = session.objective(ev.metrics)
+            tracker.log_metrics({key: objectives[key]})
+            bar.update(1)
+
+        # independent evaluations: spread over the workers under runtime=ray, one after another otherwise
+        with study_executor(cfg, resident, session) as executor:
+            run_all(executor, [job for job in jobs if job[0] not in objectives], finished)
+        singles = [objectives[single(i)] for i in range(n)]
+        gains = np.full((n, n), np.nan)
+        rows = []
+        for j in range(n):
+            for i in range(j):
+                obj = objectives[pair(i, j)]
                 gains[i, j] = obj - singles[j]
                 rows.append(
                     {
@@ -97,7 +114,6 @@ def run_pilot(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") -> d
                     }
                 )
                 tracker.log_metrics({f"pair.{cset.names[i]}.{cset.names[j]}.gain": gains[i, j]})
-                bar.update(1)
         bar.close()
         if study.resumed:
             log.info(

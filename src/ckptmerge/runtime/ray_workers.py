@@ -106,22 +106,23 @@ def worker_count(runtime: RuntimeConfig) -> int:
 class TrialWorker:
     """One Ray actor: its own resident model, built once, evaluated in place at each trial's weights.
 
-    ``last``: None builds what a search resolves (its pair or space); an integer, a study's newest
-    ``last`` checkpoints of the whole trajectory (pilot, compare). ``threads``: torch's intra-op
+    ``study``: False builds what a search resolves (its pair or space); True, a study's whole
+    trajectory (pilot, compare), or its newest ``last`` checkpoints. ``threads``: torch's intra-op
     threads (on the CPU, this worker's share of the cores)."""
 
-    def __init__(self, cfg: Config, last: int | None, threads: int | None) -> None:
+    def __init__(self, cfg: Config, study: bool, last: int | None, threads: int | None) -> None:
         from ckptmerge.runtime import seed_everything
         from ckptmerge.session.evaluation import EvalSession
         from ckptmerge.session.setup import newest_of, resolve_search_sources, resolve_sources
 
         seed_everything(cfg.search.seed, threads)
         # the driver built any embedded trajectory and checked the checkpoints' content already
-        if last is None:
+        if not study:
             sources = resolve_search_sources(cfg.model, cfg.eval, cfg.search.space, progress=False, check=False)
         else:
             sources = resolve_sources(cfg.model, cfg.eval, all_checkpoints=True, progress=False, check=False)
-            sources = newest_of(sources, last)
+            if last is not None:
+                sources = newest_of(sources, last)
         self.session, self.resident = EvalSession.with_resident(
             cfg.eval, cfg.search.seed, cfg.runtime, cfg.merge, sources
         )
@@ -140,7 +141,7 @@ class RayExecutor(Executor):
 
     name = "ray"
 
-    def __init__(self, cfg: Config, last: int | None = None) -> None:
+    def __init__(self, cfg: Config, study: bool = False, last: int | None = None) -> None:
         import ray
 
         runtime = cfg.runtime
@@ -154,7 +155,7 @@ class RayExecutor(Executor):
             max_restarts=MAX_RESTARTS,
             max_task_retries=0,  # the driver re-submits a lost trial itself, and counts it once
         )
-        self.actors: list[Any] = [remote.remote(cfg, last, threads) for _ in range(self.workers)]
+        self.actors: list[Any] = [remote.remote(cfg, study, last, threads) for _ in range(self.workers)]
         self._idle = list(range(self.workers))
         self._jobs: dict[Any, tuple[Hashable, int, list[float], int]] = {}  # ref -> key, actor, weights, tries
         self._closed = False

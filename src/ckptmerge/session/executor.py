@@ -18,9 +18,10 @@ and evaluation (in completion order, which for several workers is not submission
 from __future__ import annotations
 
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 
+from ckptmerge.config import Config
 from ckptmerge.errors import EvaluationError
 from ckptmerge.evaluation.doc_scores import DocScores, documents
 from ckptmerge.resident import ResidentModel
@@ -112,3 +113,24 @@ class InProcessExecutor(Executor):
     def next_done(self) -> tuple[Hashable, Evaluation]:
         key, weights = self._jobs.pop(0)
         return key, evaluate_weights(self.resident, self.session, weights)
+
+
+def run_all(
+    executor: Executor, jobs: Sequence[tuple[Hashable, list[float]]], done: Callable[[Hashable, Evaluation], None]
+) -> None:
+    """Evaluate independent jobs (a pilot's singles and pairs), every worker busy until all are done;
+    ``done`` is called in the driver as each one finishes (in completion order)."""
+    todo = list(jobs)
+    while todo or executor.in_flight:
+        while todo and executor.in_flight < executor.workers:
+            executor.submit(*todo.pop(0))
+        done(*executor.next_done())
+
+
+def study_executor(cfg: Config, resident: ResidentModel, session: EvalSession, last: int | None = None) -> Executor:
+    """Where a study's (pilot's, compare's) evaluations run: Ray workers under ``runtime=ray``, else here."""
+    if cfg.runtime.backend == "ray":
+        from ckptmerge.runtime.ray_workers import RayExecutor
+
+        return RayExecutor(cfg, study=True, last=last)
+    return InProcessExecutor(resident, session)
