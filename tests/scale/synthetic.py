@@ -38,6 +38,7 @@ class NeoXShape:
 
 SHAPES = {
     "tiny": NeoXShape(hidden=64, layers=2, heads=4, intermediate=256, vocab=96, max_pos=64),
+    "pythia-160m": NeoXShape(hidden=768, layers=12, heads=12, intermediate=3072, vocab=50304, max_pos=2048),
     "pythia-70m": NeoXShape(hidden=512, layers=6, heads=8, intermediate=2048, vocab=50304, max_pos=2048),
     "pythia-1b": NeoXShape(hidden=2048, layers=16, heads=8, intermediate=8192, vocab=50304, max_pos=2048),
     "pythia-6.9b": NeoXShape(hidden=4096, layers=32, heads=32, intermediate=16384, vocab=50432, max_pos=2048),

@@ -68,6 +68,7 @@ class Trial:
             cost.METRIC_DOCS: self.docs_evaluated,
             cost.METRIC_TOKENS: self.tokens_evaluated,
             names.PARAM_PENDING_AT_PROPOSAL: self.pending,
+            names.METRIC_MERGE_SECONDS: None if self.merge_seconds is None else round(self.merge_seconds, 3),
         }
         if self.error:
             out["error"] = self.error
@@ -376,6 +377,7 @@ class TrialLoop:
             **trial.metrics,
             "trial_seconds": trial.seconds,
             **self._bill(trial),
+            **({} if trial.merge_seconds is None else {names.METRIC_MERGE_SECONDS: trial.merge_seconds}),
         }
         tracker.log_text(trial.run_id, scores_json(trial.scores), names.ARTIFACT_DOC_SCORES)
         metrics.update({k: v for k, v in state.items() if isinstance(v, float)})

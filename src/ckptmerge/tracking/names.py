@@ -13,6 +13,7 @@ PARAM_PROPOSED_BY = "proposed_by"  # initial | EI | LCB | PI | grid | random | g
 PARAM_PENDING_AT_PROPOSAL = "pending_at_proposal"  # trials in flight when this one was proposed (runtime=ray)
 METRIC_OBJECTIVE = "objective"  # oriented so that higher is better
 METRIC_OBJECTIVE_SE = "objective_se"  # its bootstrap standard error over documents
+METRIC_MERGE_SECONDS = "merge_seconds"  # a trial's in-place merge alone, where it ran (its evaluation: eval_seconds)
 # a trial's bill (session/cost.py): seconds of dev evaluation, documents and tokens the model read
 METRIC_EVAL_SECONDS = "eval_seconds"
 METRIC_DOCS_EVALUATED = "docs_evaluated"
