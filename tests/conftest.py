@@ -29,6 +29,7 @@ E2E_SEARCH_MODULES = (
 # xdist they start first, so that they do not start last and leave the other workers idle at the end.
 # A name missing here only costs the order, never a test.
 LONGEST_MODULES = (
+    "tests/integration/test_ray.py",
     "tests/integration/test_finish_signals.py",
     "tests/integration/test_native_checkpoints.py",
     "tests/ops/test_server_promotion.py",

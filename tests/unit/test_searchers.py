@@ -212,3 +212,20 @@ def test_lcb_weighs_the_gp_std_by_the_searchers_kappa():
     by_kappa = {k: float(grid[np.argmin(mean - k * std)]) for k in (BayesSearcher.KAPPA, 1.96)}
     assert abs(by_kappa[BayesSearcher.KAPPA] - by_kappa[1.96]) > 0.03
     assert s.next_point()[0] == pytest.approx(by_kappa[BayesSearcher.KAPPA], abs=0.01)
+
+
+@pytest.mark.parametrize("kind", ["bo", "grid", "random"])
+def test_points_in_flight_are_not_proposed_again(kind):
+    """Parallel trials (runtime=ray): two workers, each asks with the other's point pending; no proposal
+    lands within min_distance of a point evaluated or in flight, and the pending ones are not kept."""
+    s = make_searcher(SearchConfig(kind=kind, budget=10, alpha=0.1, seed=0))
+    in_flight = [s.ask()]
+    seen = []
+    for _ in range(8):
+        p = s.ask(pending=[q.x for q in in_flight])
+        assert all(abs(p.lam - q.lam) >= s.min_distance for q in in_flight + seen), (p, in_flight)
+        in_flight.append(p)
+        done = in_flight.pop(0)  # the older one finishes first
+        s.tell(done.x, bumpy(done.lam))
+        seen.append(done)
+    assert s.failed == []  # the pending points counted as seen only while each proposal was made

@@ -110,6 +110,7 @@ def test_the_walk_finds_every_section_and_the_settings():
     keys = {k for k, _, _ in KEYS}
     assert {"merge.overwrite", "registry.enabled", "tracking.log_plots", "eval.limit", "watch.promote"} <= keys
     assert {"model.trajectory.seed", "search.space.last", "merge.floor", "merge.k", "search.space.beta_max"} <= keys
+    assert {"runtime.workers", "runtime.address", "runtime.backend"} <= keys  # runtime=ray's keys
     assert len(keys) >= 70
 
 
@@ -309,6 +310,7 @@ def test_importing_and_validating_the_config_loads_no_torch_and_no_extension_mod
         ["search/space=ema", "search.space.beta_max=0.9"],
         ["search=grid", "model=local", "model.checkpoints=[/a,/b]"],
         ["action=watch", "model=local", "model.checkpoints=[]", "watch.dir=/w"],
+        ["runtime=ray", "runtime.workers=2", "runtime.address=auto"],
     ]
     proc = subprocess.run(
         [sys.executable, "-c", VALIDATE_ONLY, str(REPO / "conf"), json.dumps(cases)],
@@ -318,7 +320,7 @@ def test_importing_and_validating_the_config_loads_no_torch_and_no_extension_mod
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     loaded = set(json.loads(proc.stdout))
-    heavy = {"torch", "transformers", "lm_eval", "skopt", "sklearn", "scipy", "numpy", "mlflow", "deepspeed"}
+    heavy = {"torch", "transformers", "lm_eval", "skopt", "sklearn", "scipy", "numpy", "mlflow", "deepspeed", "ray"}
     assert not heavy & {m.split(".")[0] for m in loaded}
     extension_modules = {
         "ckptmerge.search.space",
