@@ -106,19 +106,25 @@ def cluster():
         _stop(_tree(ours))
 
 
-def _cluster_workers(temp: Path) -> list[psutil.Process]:
-    """Our TrialWorker actors' processes on the cluster (children of its raylet)."""
-    raylets = [
-        p.pid
+def _raylet(temp: Path) -> psutil.Process:
+    """The cluster's raylet: our actors' worker processes are its children."""
+    (raylet,) = [
+        p
         for p in psutil.process_iter(["name", "cmdline"])
         if p.info["name"] == "raylet" and any(str(temp) in a for a in p.info["cmdline"] or [])
     ]
+    return raylet
+
+
+def _cluster_workers(raylet: psutil.Process, busy: bool = False) -> list[psutil.Process]:
+    """Our TrialWorker actors' processes on the cluster (``busy``: those evaluating a trial now)."""
+    title = "ray::TrialWorker.evaluate" if busy else "ray::TrialWorker"
     out = []
-    for p in _tree(raylets):
+    for p in raylet.children():
         try:
-            if p.cmdline() and p.cmdline()[0].startswith("ray::TrialWorker"):
+            if p.cmdline()[0].startswith(title):
                 out.append(p)
-        except psutil.NoSuchProcess:
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, IndexError):
             pass
     return out
 
@@ -225,25 +231,22 @@ def test_local_instance_search_keeps_two_workers_busy(tmp_path, traj_cache, tiny
 
 def test_worker_killed_mid_trial_reruns_it_once(tmp_path, traj_cache, tiny_trajectory, cluster):
     address, temp = cluster
+    raylet = _raylet(temp)
+    args = _args(tmp_path, traj_cache, tmp_path / "run", f"runtime.address={address}", "eval.limit=48")
     p = subprocess.Popen(
-        [sys.executable, str(MAIN), *_args(tmp_path, traj_cache, tmp_path / "run", f"runtime.address={address}")],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+        [sys.executable, str(MAIN), *args], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
     killed = None
     deadline = time.monotonic() + 600
     while p.poll() is None and time.monotonic() < deadline and killed is None:
-        for w in _cluster_workers(temp):
+        for w in _cluster_workers(raylet, busy=True):  # a worker evaluating a trial: kill it there
             try:
-                if w.cmdline()[0].startswith("ray::TrialWorker.evaluate"):  # busy with a trial
-                    w.kill()
-                    killed = w.pid
-                    break
-            except (psutil.NoSuchProcess, IndexError):
+                w.kill()
+                killed = w.pid
+                break
+            except psutil.NoSuchProcess:
                 pass
-        time.sleep(0.02)
+        time.sleep(0.01)
     _, err = p.communicate(timeout=600)
     assert killed is not None, "no worker was seen evaluating a trial"
     assert p.returncode == 0, err[-3000:]
@@ -251,7 +254,7 @@ def test_worker_killed_mid_trial_reruns_it_once(tmp_path, traj_cache, tiny_traje
     assert "died during trial" in log + err, "the driver saw the worker die and ran its trial again"
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     _check_counted_once(tmp_path, result)
-    assert _gone({w.pid for w in _cluster_workers(temp)}) == [], "the joined cluster keeps none of our actors"
+    assert _gone({w.pid for w in _cluster_workers(raylet)}) == [], "the joined cluster keeps none of our actors"
 
 
 def test_sigkill_driver_then_same_command_resumes(tmp_path, traj_cache, tiny_trajectory, cluster):
@@ -305,3 +308,38 @@ def test_sigterm_leaves_nothing_running(tmp_path, traj_cache, tiny_trajectory):
     exp = client.get_experiment_by_name("ckptmerge")
     running = client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'")
     assert running == [], [r.info.run_name for r in running]
+
+
+def test_pilot_on_workers_gives_the_serial_numbers(tmp_path, traj_cache, tiny_trajectory, cluster):
+    """The pilot's evaluations spread over the workers score what one process scores: same documents,
+    same models, built by each worker from the checkpoints' paths."""
+    address, _ = cluster
+    common = [
+        "action=pilot",
+        "model.trajectory.preset=tiny",
+        f"model.trajectory.cache_dir={traj_cache}",
+        "eval.limit=12",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+    ]
+    serial = run_main([*common, "runtime=cpu", f"hydra.run.dir={tmp_path / 'serial'}"], cwd=tmp_path, timeout=600)
+    assert serial.returncode == 0, serial.stderr[-3000:]
+    parallel = run_main(
+        [
+            *common,
+            "runtime=ray",
+            "runtime.workers=2",
+            f"runtime.address={address}",
+            f"hydra.run.dir={tmp_path / 'ray'}",
+        ],
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert parallel.returncode == 0, parallel.stderr[-3000:]
+    a = json.loads((tmp_path / "serial" / "result.json").read_text())
+    b = json.loads((tmp_path / "ray" / "result.json").read_text())
+    assert a["singles"].keys() == b["singles"].keys() and len(a["pairs"]) == len(b["pairs"]) >= 1
+    for name, value in a["singles"].items():
+        assert b["singles"][name] == pytest.approx(value, rel=1e-6, abs=1e-9)
+    for x, y in zip(a["pairs"], b["pairs"]):
+        assert (x["older"], x["newer"]) == (y["older"], y["newer"])
+        assert y["objective"] == pytest.approx(x["objective"], rel=1e-6, abs=1e-9)

@@ -18,7 +18,8 @@ import numpy as np
 
 from ckptmerge.config import Config
 from ckptmerge.errors import EvaluationError
-from ckptmerge.session.executor import Evaluation, run_all, study_executor
+from ckptmerge.session.executor import Evaluation, run_all
+from ckptmerge.session.executors import make_executor
 from ckptmerge.session.study import start_study
 from ckptmerge.tracking import names
 
@@ -94,7 +95,7 @@ def run_pilot(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") -> d
             bar.update(1)
 
         # independent evaluations: spread over the workers under runtime=ray, one after another otherwise
-        with study_executor(cfg, resident, session) as executor:
+        with make_executor(cfg, resident, session, study=True) as executor:
             run_all(executor, [job for job in jobs if job[0] not in objectives], finished)
         singles = [objectives[single(i)] for i in range(n)]
         gains = np.full((n, n), np.nan)

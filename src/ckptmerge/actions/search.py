@@ -36,7 +36,8 @@ from ckptmerge.runtime.distributed import Channel
 from ckptmerge.search.searchers import Searcher, make_searcher, warm_start_left_out
 from ckptmerge.session import cost, evidence, finish
 from ckptmerge.session.evaluation import EvalSession
-from ckptmerge.session.executor import Executor, InProcessExecutor
+from ckptmerge.session.executor import Executor
+from ckptmerge.session.executors import make_executor
 from ckptmerge.session.finish import HeldOutReport, Selection, Written
 from ckptmerge.session.register import PendingVersion, log_for_registry, published_by, write_and_verify
 from ckptmerge.session.setup import Sources, local_checkpoint_folders, resolve_search_sources, search_space
@@ -226,12 +227,7 @@ class SearchRun:
 
     def _executor(self, session: EvalSession, resident: ResidentModel) -> Executor:
         """Where the trials' evaluations run: this process (and its DeepSpeed ranks), or Ray workers."""
-        if self.cfg.runtime.backend == "ray":
-            from ckptmerge.runtime.ray_workers import RayExecutor
-
-            executor: Executor = RayExecutor(self.cfg)
-        else:
-            executor = InProcessExecutor(resident, session)
+        executor = make_executor(self.cfg, resident, session)
         self.workers = executor.workers
         return executor
 

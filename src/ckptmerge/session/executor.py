@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 
-from ckptmerge.config import Config
 from ckptmerge.errors import EvaluationError
 from ckptmerge.evaluation.doc_scores import DocScores, documents
 from ckptmerge.resident import ResidentModel
@@ -125,12 +124,3 @@ def run_all(
         while todo and executor.in_flight < executor.workers:
             executor.submit(*todo.pop(0))
         done(*executor.next_done())
-
-
-def study_executor(cfg: Config, resident: ResidentModel, session: EvalSession, last: int | None = None) -> Executor:
-    """Where a study's (pilot's, compare's) evaluations run: Ray workers under ``runtime=ray``, else here."""
-    if cfg.runtime.backend == "ray":
-        from ckptmerge.runtime.ray_workers import RayExecutor
-
-        return RayExecutor(cfg, study=True, last=last)
-    return InProcessExecutor(resident, session)
