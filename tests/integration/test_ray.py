@@ -28,6 +28,9 @@ pytestmark = pytest.mark.slow
 
 BUDGET = 4
 RAY = str(Path(sys.executable).parent / "ray")
+# Ray 2.60's `ray start` turns token authentication on; a process joining the cluster needs the same mode
+# (the token itself is ~/.ray/auth_token, which `ray start` wrote).
+AUTH = {"RAY_AUTH_MODE": "token"}
 
 
 def _args(work: Path, traj_cache: Path, run_dir: Path, *extra: str) -> list[str]:
@@ -95,7 +98,7 @@ def cluster():
         capture_output=True,
         text=True,
         timeout=180,
-        env=os.environ.copy(),  # PYTHONPATH included: the workers import this checkout's ckptmerge
+        env={**os.environ, **AUTH},  # PYTHONPATH included: the workers import this checkout's ckptmerge
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     address = (temp / "ray_current_cluster").read_text().strip()
@@ -234,7 +237,12 @@ def test_worker_killed_mid_trial_reruns_it_once(tmp_path, traj_cache, tiny_traje
     raylet = _raylet(temp)
     args = _args(tmp_path, traj_cache, tmp_path / "run", f"runtime.address={address}", "eval.limit=48")
     p = subprocess.Popen(
-        [sys.executable, str(MAIN), *args], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        [sys.executable, str(MAIN), *args],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **AUTH},
     )
     killed = None
     deadline = time.monotonic() + 600
@@ -261,7 +269,11 @@ def test_sigkill_driver_then_same_command_resumes(tmp_path, traj_cache, tiny_tra
     address, _ = cluster
     args = _args(tmp_path, traj_cache, tmp_path / "run1", f"runtime.address={address}")
     p = subprocess.Popen(
-        [sys.executable, str(MAIN), *args], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [sys.executable, str(MAIN), *args],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **AUTH},
     )
     deadline = time.monotonic() + 600
     while p.poll() is None and time.monotonic() < deadline:
@@ -274,7 +286,10 @@ def test_sigkill_driver_then_same_command_resumes(tmp_path, traj_cache, tiny_tra
     before = count_finished_trials(tmp_path / "mlflow.db")
     assert 1 <= before < BUDGET
     proc = run_main(
-        _args(tmp_path, traj_cache, tmp_path / "run2", f"runtime.address={address}"), cwd=tmp_path, timeout=600
+        _args(tmp_path, traj_cache, tmp_path / "run2", f"runtime.address={address}"),
+        cwd=tmp_path,
+        env_extra=AUTH,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "run2" / "result.json").read_text())
@@ -332,6 +347,7 @@ def test_pilot_on_workers_gives_the_serial_numbers(tmp_path, traj_cache, tiny_tr
             f"hydra.run.dir={tmp_path / 'ray'}",
         ],
         cwd=tmp_path,
+        env_extra=AUTH,
         timeout=600,
     )
     assert parallel.returncode == 0, parallel.stderr[-3000:]

@@ -20,6 +20,7 @@ import socket
 from collections.abc import Hashable
 from typing import Any
 
+from ckptmerge import signals
 from ckptmerge.config import Config, RuntimeConfig
 from ckptmerge.errors import ConfigError, EvaluationError
 from ckptmerge.session.executor import Evaluation, Executor, evaluate_weights
@@ -75,7 +76,17 @@ def connect(runtime: RuntimeConfig) -> bool:
     before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         if runtime.address:
-            ray.init(address=runtime.address, log_to_driver=False)
+            try:
+                ray.init(address=runtime.address, log_to_driver=False)
+            except ConnectionError as e:
+                cause = f"{e} {e.__cause__ or ''}"
+                why = (
+                    "it refuses this process's auth token: run with the cluster's RAY_AUTH_MODE (e.g. "
+                    "RAY_AUTH_MODE=token) and its token (~/.ray/auth_token or RAY_AUTH_TOKEN)"
+                    if "Authentication" in cause or "AuthToken" in cause
+                    else str(e).splitlines()[0]
+                )
+                raise ConfigError(f"runtime.address={runtime.address}: cannot join the Ray cluster: {why}") from None
             return False
         ray.init(
             num_cpus=max(os.cpu_count() or 1, runtime.workers or CPU_WORKERS),
@@ -183,7 +194,8 @@ class RayExecutor(Executor):
         from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
         while True:
-            ready, _ = ray.wait(list(self._jobs), num_returns=1, timeout=POLL_S)
+            with signals.holding():  # a stop is raised here, after the wait, not inside Ray's own code
+                ready, _ = ray.wait(list(self._jobs), num_returns=1, timeout=POLL_S)
             if not ready:
                 continue  # a signal handler runs between waits
             ref = ready[0]
@@ -211,10 +223,11 @@ class RayExecutor(Executor):
 
         if not ray.is_initialized():
             return
-        for a in self.actors:
-            try:
-                ray.kill(a, no_restart=True)
-            except Exception:  # noqa: BLE001 - already gone
-                pass
-        # a local instance stops with it; a joined cluster goes on running (only our actors were killed)
-        ray.shutdown()
+        with signals.holding(drop=True):  # the cleanup after a stop: a second signal must not cut it short
+            for a in self.actors:
+                try:
+                    ray.kill(a, no_restart=True)
+                except Exception:  # noqa: BLE001 - already gone
+                    pass
+            # a local instance stops with it; a joined cluster goes on running (only our actors were killed)
+            ray.shutdown()
