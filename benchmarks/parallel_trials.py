@@ -35,7 +35,7 @@ TARGET = 1.6
 
 
 def run(name: str, action: str, runtime: list[str], cache: Path, work: Path, budget: int) -> dict:
-    folder = work / f"{action}-{name}"
+    folder = work / f"{action}-{''.join(c if c.isalnum() else '-' for c in name)}"
     folder.mkdir(parents=True)
     db = folder / "mlflow.db"
     cmd = [

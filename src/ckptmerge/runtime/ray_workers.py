@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from collections.abc import Hashable
 from typing import Any
 
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 MAX_RESTARTS = 3  # a worker process that dies is started again this many times (Ray's max_restarts)
 MAX_RESUBMITS = 3  # a trial whose worker died runs again at most this many times
+RESTART_S = 600  # how long a restarting worker may take to come back (it loads its model again)
 POLL_S = 1.0  # ray.wait returns this often, so that a stop (SIGTERM) is raised promptly in the driver
 CPU_WORKERS = 2  # runtime.workers=null on the CPU
 
@@ -208,11 +210,31 @@ class RayExecutor(Executor):
                         f"Ray worker {actor} died {tries + 1} times evaluating trial {key}: {str(e).splitlines()[0]}"
                     ) from None
                 log.warning("Ray worker %d died during trial %s; Ray restarts it and the trial runs again", actor, key)
+                self._wait_restarted(actor)
                 self._idle.insert(0, actor)
                 self.submit(key, weights, tries + 1)
                 continue
             self._idle.append(actor)
             return key, result
+
+    def _wait_restarted(self, actor: int) -> None:
+        """Block until Ray has restarted worker ``actor`` (it builds its model again): a task sent to an
+        actor that is still restarting fails at once, which would count as one more death."""
+        import ray
+        from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
+
+        deadline = time.monotonic() + RESTART_S
+        while True:
+            try:
+                with signals.holding():
+                    ray.get(self.actors[actor].pid.remote(), timeout=POLL_S * 5)
+                return
+            except (ActorUnavailableError, GetTimeoutError, RayActorError) as e:
+                if time.monotonic() > deadline:
+                    raise EvaluationError(
+                        f"Ray worker {actor} did not come back within {RESTART_S} s: {str(e).splitlines()[0]}"
+                    ) from None
+            time.sleep(POLL_S)
 
     def close(self) -> None:
         """Kill this run's actors; stop the Ray instance when this process started it."""
