@@ -45,17 +45,20 @@ from unseen import make_task, unseen_trajectory  # noqa: E402
 
 class Objective:
     """f(weights) on the resident model: real lm-eval evaluations, cached by weights, with the bootstrap
-    draws a search uses to tell its GP each point's noise."""
+    draws a search uses to tell its GP each point's noise and the per-document scores (from which a
+    raced evaluation, which scores the documents chunk by chunk, is replayed exactly: racing.py)."""
 
     def __init__(self, session, resident, k: int, store: Path | None = None) -> None:  # type: ignore[no-untyped-def]
         self.session, self.resident, self.resident_k = session, resident, k
-        self.cache: dict[tuple[float, ...], tuple[float, object]] = {}
+        # weights -> (objective, bootstrap draws, per-document scores)
+        self.cache: dict[tuple[float, ...], tuple[float, Any, Any]] = {}
         self.evaluations = 0
         # --cache: evaluations kept across runs of the benchmark (same trajectory, task and limit), so
-        # a changed searcher re-evaluates only the points it newly proposes
+        # a changed searcher re-evaluates only the points it newly proposes. An entry of an older cache
+        # without per-document scores is evaluated again.
         self.store = store
         if store is not None and store.exists():
-            self.cache = pickle.loads(store.read_bytes())
+            self.cache = {k: v for k, v in pickle.loads(store.read_bytes()).items() if len(v) == 3}
 
     def _save(self) -> None:
         if self.store is not None:
@@ -63,16 +66,21 @@ class Objective:
             tmp.write_bytes(pickle.dumps(self.cache))
             tmp.replace(self.store)
 
-    def evaluate(self, weights: list[float]) -> tuple[float, object]:
+    def full(self, weights: list[float]) -> tuple[float, Any, Any]:
+        """(objective, bootstrap draws, per-document scores) of the merge with ``weights``."""
         key = tuple(round(w, 9) for w in weights)
         if key not in self.cache:
             self.resident.apply(list(weights))
             metrics, scores = self.session.evaluate_with_scores("dev")
             draws = self.session.bootstrap.objective_draws(self.session.objective, scores)
-            self.cache[key] = (float(self.session.objective(metrics)), draws)
+            self.cache[key] = (float(self.session.objective(metrics)), draws, scores)
             self.evaluations += 1
             self._save()
         return self.cache[key]
+
+    def evaluate(self, weights: list[float]) -> tuple[float, Any]:
+        y, draws, _ = self.full(weights)
+        return y, draws
 
     def __call__(self, weights: list[float]) -> float:
         return self.evaluate(weights)[0]
@@ -243,7 +251,7 @@ def main() -> None:
         seen += [e for rs in evaluated[name].values() for run in rs for e in run]
         # the simplex has no dense sweep: its reference is also the best of every space's evaluations,
         # all of which are weightings of the same checkpoints that it can express
-        pool = list(f.cache.values()) if space.dims != 1 else seen
+        pool = [v[:2] for v in f.cache.values()] if space.dims != 1 else seen
         best_point[name] = max(pool, key=lambda e: e[0])
         reference[name] = best_point[name][0] - newest
         print(f"{name}: reference gain {reference[name]:+.5f}", flush=True)

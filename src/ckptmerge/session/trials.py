@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 
 from ckptmerge.errors import EvaluationError
-from ckptmerge.evaluation.doc_scores import DocScores, documents, scores_from_json, scores_json
+from ckptmerge.evaluation.doc_scores import DocScores, scores_from_json, scores_json
+from ckptmerge.evaluation.racing import Incumbent
 from ckptmerge.evaluation.uncertainty import relative_standard_errors
 from ckptmerge.resident import ResidentModel
 from ckptmerge.search.searchers import Convergence, Proposal, Searcher, SearchExhausted
@@ -43,6 +44,10 @@ class Trial:
     eval_seconds: float | None = None
     docs_evaluated: int | None = None
     tokens_evaluated: int | None = None
+    # eval.race: stopped early, significantly worse than the incumbent. Its objective is then an estimate
+    # (the incumbent's plus the paired difference on the documents it scored; objective_se that
+    # difference's error), its metrics and scores cover only those documents, and it is never the result.
+    raced_out: bool = False
 
     @property
     def lam(self) -> float | None:
@@ -62,6 +67,7 @@ class Trial:
             cost.METRIC_EVAL_SECONDS: None if self.eval_seconds is None else round(self.eval_seconds, 3),
             cost.METRIC_DOCS: self.docs_evaluated,
             cost.METRIC_TOKENS: self.tokens_evaluated,
+            names.METRIC_RACED_OUT: self.raced_out,
         }
         if self.error:
             out["error"] = self.error
@@ -111,6 +117,8 @@ class TrialLoop:
 
     def _record(self, trial: Trial) -> None:
         self.trials.append(trial)
+        if trial.raced_out:
+            return  # scored on part of the documents: never the incumbent, never the result
         if trial.objective is not None and (self.best is None or trial.objective > self.best.objective):  # type: ignore[operator]
             self.best = trial
 
@@ -144,9 +152,12 @@ class TrialLoop:
                 eval_seconds=p.eval_seconds,
                 docs_evaluated=p.docs_evaluated,
                 tokens_evaluated=p.tokens_evaluated,
+                raced_out=p.raced_out,
             )
             if p.objective is None:
                 self.searcher.mark_failed(p.x)
+            elif p.raced_out:  # its stored scores are partial: told its estimate and error, as first
+                self._tell(trial)
             else:
                 trial.scores = self._stored_scores(p.run_id)
                 if trial.scores is not None:
@@ -163,11 +174,16 @@ class TrialLoop:
         of documents happens to be) is shared by all trials and cannot change which λ is best. The
         noise each observation gets is its error relative to the other trials on the same resamples
         (the spread of its draws minus the trials' mean draw), recomputed for all points as they come.
+
+        A raced-out trial has no draws on every document: it is left out of the centre, and its noise is
+        the paired standard error of its difference from the incumbent (``objective_se``); the searcher
+        never selects it.
         """
         told = [t for t in self.trials if t.objective is not None] + [trial]
-        relative = relative_standard_errors([t.draws for t in told])
+        relative = relative_standard_errors([None if t.raced_out else t.draws for t in told])
+        relative = [t.objective_se if t.raced_out else r for t, r in zip(told, relative)]
         self.searcher.ses[:] = relative[:-1]
-        self.searcher.tell(trial.x, trial.objective, relative[-1])  # type: ignore[arg-type]
+        self.searcher.tell(trial.x, trial.objective, relative[-1], eligible=not trial.raced_out)  # type: ignore[arg-type]
 
     def _stored_scores(self, run_id: str | None) -> DocScores | None:
         """A past trial's per-document scores from its MLflow artifact (a resumed search), if there."""
@@ -284,16 +300,21 @@ class TrialLoop:
             resident.apply([0.0] * self._pad + weights)
             t_eval = time.perf_counter()
             try:
-                trial.metrics, trial.scores = session.evaluate_with_scores("dev")
+                outcome = session.evaluate_trial(self._incumbent(named))
             finally:  # a failed evaluation was paid for too
                 trial.eval_seconds = time.perf_counter() - t_eval
-            trial.docs_evaluated = documents(trial.scores)
-            trial.tokens_evaluated = session.dev.last_tokens
-            objective = session.objective(trial.metrics)
+            trial.metrics, trial.scores, trial.raced_out = outcome.metrics, outcome.scores, outcome.raced_out
+            trial.docs_evaluated, trial.tokens_evaluated = outcome.docs, outcome.tokens
+            if outcome.raced_out:
+                assert outcome.estimate is not None
+                objective, trial.objective_se = outcome.estimate, outcome.estimate_se
+            else:
+                objective = session.objective(trial.metrics)
             if not math.isfinite(objective):
                 raise EvaluationError(f"objective is not finite ({objective}) at weights {named}")
-            trial.draws = session.bootstrap.objective_draws(session.objective, trial.scores)
-            trial.objective_se = float(np.std(trial.draws, ddof=1))
+            if not outcome.raced_out:
+                trial.draws = session.bootstrap.objective_draws(session.objective, trial.scores)
+                trial.objective_se = float(np.std(trial.draws, ddof=1))
         except EvaluationError as e:
             trial.error = str(e)
             trial.seconds = time.perf_counter() - t0
@@ -314,12 +335,13 @@ class TrialLoop:
         trial.seconds = time.perf_counter() - t0
         self._tell(trial)
         state = searcher.state()
-        metrics = {
+        metrics: dict[str, float] = {
             names.METRIC_OBJECTIVE: objective,
-            names.METRIC_OBJECTIVE_SE: trial.objective_se,
+            names.METRIC_OBJECTIVE_SE: float(trial.objective_se or 0.0),
             **trial.metrics,
             "trial_seconds": trial.seconds,
             **self._bill(trial),
+            names.METRIC_RACED_OUT: float(trial.raced_out),
         }
         tracker.log_text(trial.run_id, scores_json(trial.scores), names.ARTIFACT_DOC_SCORES)
         metrics.update({k: v for k, v in state.items() if isinstance(v, float)})
@@ -329,6 +351,15 @@ class TrialLoop:
         self.log_plot(trial.run_id, index)
         tracker.end_trial(trial.run_id)
         return trial
+
+    def _incumbent(self, weights: dict[str, float]) -> Incumbent | None:
+        """What a trial races against (eval.race): the best trial so far, when its per-document scores
+        are at hand. None, so every document is scored, for the newest checkpoint alone: the baseline
+        of every gain and of the registration decision."""
+        best = self.best
+        if best is None or best.scores is None or best.objective is None or list(weights.values())[-1] == 1.0:
+            return None
+        return Incumbent(best.objective, best.scores)
 
     @staticmethod
     def _bill(trial: Trial) -> dict[str, float]:
