@@ -154,6 +154,89 @@ def run_searcher(
     return ys
 
 
+def run_setting(cfg, k: int, space_name: str, seed: int, f: Objective, stop: str, race: bool) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """One bo search as TrialLoop runs it with ``search.stop=stop`` and racing on or off; a raced trial is
+    replayed from its point's cached per-document scores by evaluation/racing.py (the tool's own code):
+    scoring chunk by chunk gives each document the score a full evaluation gives it.
+
+    Returns the pick (objective and draws of the point ``select`` returns, always fully scored), the
+    documents scored, the evaluations and how many were raced out."""
+
+    from ckptmerge.evaluation import racing
+    from ckptmerge.evaluation.uncertainty import relative_standard_errors
+    from ckptmerge.search.searchers import make_searcher
+    from ckptmerge.session.setup import search_space
+
+    session = f.session
+    cfg = for_space(cfg, space_name)
+    space, initial = search_space(cfg.search, cfg.compare, k, cfg.search.space.name)
+    searcher = make_searcher(replace(cfg.search, seed=seed, stop=stop), space, initial)
+    told: list[tuple[float, Any, float | None, bool]] = []  # objective, full draws, raced se, raced out
+    full: list[tuple[float, Any]] = []  # the full evaluation of each told point (the pick's figures)
+    best: tuple[float, Any] | None = None  # the incumbent: objective and per-document scores
+    docs = raced = 0
+    for _ in range(cfg.search.budget):
+        check = searcher.check_convergence()
+        if check is not None and check.converged:
+            break
+        p = searcher.ask()
+        weights = [0.0] * (f.resident_k - k) + space.weights(p.x)
+        y, draws, scores = f.full(weights)
+        full.append((y, draws))
+        if race and best is not None and weights[-1] != 1.0:  # TrialLoop._incumbent: the newest is never raced
+            out = racing.race(
+                racing.replayed_chunk(scores),
+                session.chunk_plan(),
+                racing.Incumbent(*best),
+                session.bootstrap,
+                session.objective,
+                float(cfg.eval.race.confidence),
+            )
+            docs += out.docs
+        else:
+            out = None
+            docs += racing.documents(scores)
+        if out is not None and out.raced_out:
+            raced += 1
+            told.append((float(out.estimate), None, out.estimate_se, True))  # type: ignore[arg-type]
+        else:
+            told.append((y, draws, None, False))
+            if best is None or y > best[0]:
+                best = (y, scores)
+        rel = relative_standard_errors([d for _, d, _, _ in told])  # as TrialLoop._tell
+        rel = [se if r else v for (_, _, se, r), v in zip(told, rel)]
+        searcher.ses[:] = rel[:-1]
+        searcher.tell(p.x, told[-1][0], rel[-1], eligible=not told[-1][3])
+    index, _ = searcher.select(cfg.search.select)  # type: ignore[misc]
+    return {"pick": full[index], "documents": docs, "evaluations": len(told), "raced": raced}
+
+
+def race_study(a, cfg, f, reference: dict[str, float]) -> None:  # type: ignore[no-untyped-def]
+    """Four settings (today, converged stop, racing, both) per space and seed: documents, the pick's gain
+    as a fraction of the dense-sweep best, its distance from today's pick, the registration decision."""
+    import stopping
+
+    newest = f.evaluate([0.0] * (f.resident_k - 1) + [1.0])
+    settings = {
+        "today": ("budget", False),
+        "stop": ("converged", False),
+        "race": ("budget", True),
+        "both": ("converged", True),
+    }
+    rows: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for name in reference:
+        k = 2 if name.startswith("pair") else f.resident_k
+        rows[name] = {s: [run_setting(cfg, k, name, seed, f, *settings[s]) for seed in a.seeds] for s in settings}
+        print(f"{name}: four settings done ({f.evaluations} evaluations)", flush=True)
+    per_eval = sum(len(v) for v in f.session.dev.doc_ids().values())
+    print(
+        f"\nracing and stopping (bo, budget {a.budget}, {len(a.seeds)} seeds, {per_eval} documents per full "
+        f"evaluation, eval.race.chunks={cfg.eval.race.chunks}, confidence {cfg.eval.race.confidence}):\n"
+    )
+    for line in stopping.settings_table(rows, reference, newest, f.session.bootstrap):
+        print(line)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--traj-seed", type=int, default=7, help="trajectory seed (the embedded default is 0)")
@@ -168,6 +251,11 @@ def main() -> None:
         "--stop-study",
         action="store_true",
         help="also tabulate what search.stop=converged would have done (bo only; benchmarks/stopping.py)",
+    )
+    ap.add_argument(
+        "--race-study",
+        action="store_true",
+        help="also tabulate today / converged stop / racing / both (bo only; benchmarks/stopping.py)",
     )
     ap.add_argument("--json", type=Path, default=None, help="also write the raw runs here")
     ap.add_argument(
@@ -279,6 +367,8 @@ def main() -> None:
             )
     if a.stop_study and "bo" in a.searchers:
         stop_tables(a, cfg, session, f, evaluated, traces, reference, best_point)
+    if a.race_study:
+        race_study(a, cfg, f, {n: reference[n] for n in a.spaces if n in reference})
     print(f"\n{f.evaluations} distinct evaluations in {time.perf_counter() - t0:.0f} s; work folder {work}")
     if a.json:
         a.json.write_text(json.dumps({"newest": newest, "reference": reference, "runs": runs}, indent=1))

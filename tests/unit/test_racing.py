@@ -42,22 +42,23 @@ def _pair(seed: int, shift: float) -> tuple[dict, dict]:
 
 def _race(inc: dict, trial: dict, objective: Objective = ACC, chunks: int = 4, seed: int = 0):  # type: ignore[no-untyped-def]
     boot = Bootstrap(1000, 0.95, seed)
-    sizes = {k.split("/")[0]: N for k in inc}
-    plan = plan_chunks(sizes, chunks, seed)
+    docs = {k.split("/")[0]: list(range(N)) for k in inc}
+    plan = plan_chunks(docs, chunks, seed)
     incumbent = Incumbent(objective({k: s.value() for k, s in inc.items()}), inc)
     return race(replayed_chunk(trial), plan, incumbent, boot, objective, 0.99)
 
 
 def test_the_plan_covers_every_document_once_with_every_task_in_every_chunk():
-    plan = plan_chunks({"a": 10, "b": 7}, 4, seed=3)
+    docs = {"a": list(range(100, 110)), "b": [3, 8, 9, 20, 41, 42, 77]}  # lm-eval doc ids (a sample of each)
+    plan = plan_chunks(docs, 4, seed=3)
     assert len(plan) == 4
-    for task, n in (("a", 10), ("b", 7)):
+    for task, ids in docs.items():
         got = sorted(i for chunk in plan.chunks for i in chunk[task])
-        assert got == list(range(n))
+        assert got == ids
         assert all(chunk[task] for chunk in plan.chunks)
-    assert plan == plan_chunks({"a": 10, "b": 7}, 4, seed=3)  # the same for every trial of a search
-    assert plan != plan_chunks({"a": 10, "b": 7}, 4, seed=4)
-    assert len(plan_chunks({"a": 10, "b": 2}, 4, seed=0)) == 2  # no chunk without a document of each task
+    assert plan == plan_chunks(docs, 4, seed=3)  # the same for every trial of a search
+    assert plan != plan_chunks(docs, 4, seed=4)
+    assert len(plan_chunks({"a": docs["a"], "b": [1, 2]}, 4, seed=0)) == 2  # every chunk has each task
 
 
 def test_a_trial_worse_by_a_known_margin_is_raced_out_early_with_an_honest_estimate():

@@ -146,9 +146,10 @@ class TaskSuite:
         """Run every task on ``lm`` (an lm-eval ``LM``); flat ``{TASK/METRIC: value}``."""
         return self.evaluate_with_scores(lm)[0]
 
-    def positions(self) -> dict[str, list[int]]:
-        """Per task, the documents (indices into its ``eval_docs``) a full evaluation scores, in order: a
-        full evaluation's per-document ids are positions in these lists."""
+    def doc_ids(self) -> dict[str, list[int]]:
+        """Per task, the documents a full evaluation scores: lm-eval's doc ids (indices into the task's
+        ``eval_docs``), which are also the ids of the per-document scores, whether or not a ``samples``
+        list chose them (lm-eval 0.4.13)."""
         if self.samples is not None:
             return {t: list(v) for t, v in self.samples.items()}
         return {name: list(range(len(task.eval_docs))) for name, task in self._task_dict["tasks"].items()}
@@ -158,25 +159,18 @@ class TaskSuite:
     ) -> tuple[dict[str, float], DocScores]:
         """Flat ``{TASK/METRIC: value}`` and, for each metric, its score on every document.
 
-        ``chunk``: score only these positions of each task (racing; every task must have some); the
-        per-document ids are still positions of the full evaluation (lm-eval numbers the chosen
-        documents 0..k-1: mapped back here)."""
+        ``chunk``: score only these doc ids of each task (racing; every task must have some: lm-eval
+        scores every document of a task it is given no list for)."""
         from lm_eval.evaluator import evaluate
 
         samples = self.samples
         if chunk is not None:
-            full = self.positions()
-            samples = {t: [full[t][p] for p in sorted(chunk[t])] for t in full}
+            samples = {t: sorted(chunk[t]) for t in self._task_dict["tasks"]}
         try:
             results = evaluate(lm=lm, task_dict=self._task_dict, samples=samples, bootstrap_iters=0, log_samples=True)
         except Exception as e:
             raise EvaluationError(f"evaluation of {self.names} failed: {describe_exception(e)}") from e
         scores = from_samples((results or {}).get("samples", {}), self._task_dict["tasks"], metric_name)
-        if chunk is not None:
-            import numpy as np
-
-            for name, s in scores.items():
-                s.doc_ids = np.asarray(sorted(chunk[name.split("/", 1)[0]]), dtype=np.int64)[s.doc_ids]
         take = getattr(lm, "take_tokens_read", None)  # the counting wrapper of make_lm; every rank calls it
         self.last_tokens = int(take()) if take is not None else None
         return self._flat(results), scores

@@ -28,9 +28,9 @@ from ckptmerge.evaluation.doc_scores import DocScores, MetricScores, documents
 from ckptmerge.evaluation.objective import Objective
 from ckptmerge.evaluation.uncertainty import Bootstrap
 
-# A chunk: per task, the positions (0..n-1, in the task's full evaluation order) of its documents.
+# A chunk: per task, the lm-eval doc ids of its documents (the ids of the per-document scores).
 Chunk = Mapping[str, Sequence[int]]
-# What scoring one chunk returns: flat metrics on it, per-document scores (ids: positions), tokens read.
+# What scoring one chunk returns: flat metrics on it, per-document scores, tokens read (None: not counted).
 ChunkEvaluation = Callable[[Chunk], tuple[dict[str, float], DocScores, int | None]]
 
 
@@ -44,16 +44,16 @@ class ChunkPlan:
         return len(self.chunks)
 
 
-def plan_chunks(sizes: Mapping[str, int], chunks: int, seed: int) -> ChunkPlan:
-    """``sizes``: documents per task. Each task's positions in a seeded order, in ``chunks`` nearly equal
-    parts (fewer when a task has fewer documents: every chunk holds at least one document of every task,
-    since lm-eval scores every document of a task it is given no list for)."""
-    k = max(1, min([chunks, *sizes.values()]))
+def plan_chunks(docs: Mapping[str, Sequence[int]], chunks: int, seed: int) -> ChunkPlan:
+    """``docs``: per task, the doc ids a full evaluation scores. Each task's in a seeded order, in ``chunks``
+    nearly equal parts (fewer when a task has fewer documents: every chunk holds at least one document of
+    every task, since lm-eval scores every document of a task it is given no list for)."""
+    k = max(1, min([chunks, *(len(v) for v in docs.values())]))
     parts: dict[str, list[np.ndarray]] = {}
-    for task, n in sizes.items():
-        order = np.random.default_rng([seed, zlib.crc32(task.encode()), 21]).permutation(n)
+    for task, ids in docs.items():
+        order = np.random.default_rng([seed, zlib.crc32(task.encode()), 21]).permutation(np.asarray(ids))
         parts[task] = np.array_split(order, k)
-    return ChunkPlan(tuple({t: tuple(sorted(int(i) for i in parts[t][c])) for t in sizes} for c in range(k)))
+    return ChunkPlan(tuple({t: tuple(sorted(int(i) for i in parts[t][c])) for t in docs} for c in range(k)))
 
 
 def _task(name: str) -> str:

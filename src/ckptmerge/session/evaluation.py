@@ -123,8 +123,7 @@ class EvalSession:
         """The dev documents' racing chunks (``eval.race.chunks``), seeded by the search's seed: built once,
         the same for every trial."""
         if self._plan is None:
-            sizes = {t: len(v) for t, v in self.dev.positions().items()}
-            self._plan = racing.plan_chunks(sizes, self.race.chunks, self._seed)
+            self._plan = racing.plan_chunks(self.dev.doc_ids(), self.race.chunks, self._seed)
         return self._plan
 
     @torch.no_grad()
