@@ -171,6 +171,8 @@ def run_setting(cfg, k: int, space_name: str, seed: int, f: Objective, stop: str
     cfg = for_space(cfg, space_name)
     space, initial = search_space(cfg.search, cfg.compare, k, cfg.search.space.name)
     searcher = make_searcher(replace(cfg.search, seed=seed, stop=stop), space, initial)
+    if race:
+        searcher.newest_first()  # as TrialLoop does under eval.race
     told: list[tuple[float, Any, float | None, bool]] = []  # objective, full draws, raced se, raced out
     full: list[tuple[float, Any]] = []  # the full evaluation of each told point (the pick's figures)
     best: tuple[float, Any] | None = None  # the incumbent: objective and per-document scores

@@ -124,3 +124,14 @@ def test_a_raced_out_observation_is_never_selected_nor_the_incumbent():
     for rule in ("posterior_mean", "observed"):
         index, _ = searcher.select(rule)
         assert index == 1, rule
+
+
+def test_under_racing_the_newest_alone_is_scored_first_among_the_same_initial_points():
+    from ckptmerge.search.space import PairSpace
+
+    plain = make_searcher(SearchConfig(budget=6, seed=0), PairSpace(2, 0.0))
+    raced = make_searcher(SearchConfig(budget=6, seed=0), PairSpace(2, 0.0))
+    raced.newest_first()
+    first = [plain.ask().x for _ in range(2)]
+    assert first == [(0.0,), (1.0,)]  # the paper's order: λ=α, then the newest alone
+    assert [raced.ask().x for _ in range(2)] == [(1.0,), (0.0,)]

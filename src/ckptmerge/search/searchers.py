@@ -114,6 +114,13 @@ class Searcher:
                 return p
         return None
 
+    def newest_first(self) -> None:
+        """Evaluate the newest checkpoint alone first among the initial points (under eval.race: it is
+        never raced, so the initial points after it race against it instead of being scored in full for
+        want of an incumbent). The points are the same; only their order changes."""
+        newest = [p for p in self._initial if self.space.weights(p.x)[-1] == 1.0]
+        self._initial = newest + [p for p in self._initial if p not in newest]
+
     @property
     def n_initial(self) -> int:
         """How many initial points remain to be evaluated."""

@@ -110,6 +110,8 @@ class TrialLoop:
             raise ValueError(f"space over {space.k} checkpoints, resident model has {n}")
         self._names = resident.cset.names[n - space.k :]
         self._pad = n - space.k
+        if session.race.enabled:
+            searcher.newest_first()  # so that the other initial points race against it
 
     def full_weights(self, trial: Trial) -> list[float]:
         """The trial's weights over every checkpoint of the resident model (oldest first)."""
