@@ -28,8 +28,9 @@ from tests.helpers import count_finished_trials
 
 pytestmark = pytest.mark.slow
 
-BUDGET = 8
-LIMIT = 40  # documents per dev task; the tiny trajectory has two dev tasks: 80 per full evaluation
+BUDGET = 6
+LIMIT = 32  # documents per dev task; the tiny trajectory has two dev tasks: 64 per full evaluation
+TIMEOUT = 1500  # s per command: the shared 2-core machine can be loaded 10x
 
 
 def _args(work, traj_cache, run_dir):
@@ -100,7 +101,7 @@ def test_a_much_worse_merge_is_raced_out_and_a_better_one_is_scored_on_every_doc
 @pytest.fixture(scope="module")
 def raced(tmp_path_factory, traj_cache, tiny_trajectory):
     work = tmp_path_factory.mktemp("raced")
-    proc = run_main(_args(work, traj_cache, work / "run"), cwd=work)
+    proc = run_main(_args(work, traj_cache, work / "run"), cwd=work, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return work, proc, json.loads((work / "run" / "result.json").read_text())
 
@@ -119,7 +120,7 @@ def test_raced_trials_are_marked_and_never_the_result(raced):
     assert out, "no trial was raced out: the test shows nothing"
     assert all(t["docs_evaluated"] < 2 * LIMIT for t in out)
     assert all(t["docs_evaluated"] == 2 * LIMIT for t in trials if not t["raced_out"])
-    assert not trials[0]["raced_out"] and not trials[1]["raced_out"]  # no incumbent yet; the newest alone
+    assert trials[0]["lambda"] == 1.0 and not trials[0]["raced_out"]  # the newest alone first, never raced
     chosen = [t for t in trials if t["weights"] == result["weights"]]
     assert len(chosen) == 1 and not chosen[0]["raced_out"]
     _, children = _children(f"sqlite:///{work / 'mlflow.db'}", result)
@@ -169,7 +170,7 @@ def test_killed_during_a_raced_trial_the_same_command_rescores_it_once(tmp_path,
         env=os.environ.copy(),
     )
     db = tmp_path / "mlflow.db"
-    deadline = time.time() + 500
+    deadline = time.time() + TIMEOUT
     while time.time() < deadline and p.poll() is None:
         time.sleep(0.1)
         if count_finished_trials(db) == target and _running_trial(db) == target:
@@ -180,7 +181,7 @@ def test_killed_during_a_raced_trial_the_same_command_rescores_it_once(tmp_path,
     assert p.returncode == -signal.SIGKILL, "the search finished before it could be killed"
     assert count_finished_trials(db) == target
 
-    proc = run_main(_args(tmp_path, traj_cache, tmp_path / "run2"), cwd=tmp_path)  # the same command
+    proc = run_main(_args(tmp_path, traj_cache, tmp_path / "run2"), cwd=tmp_path, timeout=TIMEOUT)  # same command
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "run2" / "result.json").read_text())
     assert "Resumed" in proc.stdout + proc.stderr
