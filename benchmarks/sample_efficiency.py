@@ -45,17 +45,20 @@ from unseen import make_task, unseen_trajectory  # noqa: E402
 
 class Objective:
     """f(weights) on the resident model: real lm-eval evaluations, cached by weights, with the bootstrap
-    draws a search uses to tell its GP each point's noise."""
+    draws a search uses to tell its GP each point's noise and the per-document scores (from which a
+    raced evaluation, which scores the documents chunk by chunk, is replayed exactly: racing.py)."""
 
     def __init__(self, session, resident, k: int, store: Path | None = None) -> None:  # type: ignore[no-untyped-def]
         self.session, self.resident, self.resident_k = session, resident, k
-        self.cache: dict[tuple[float, ...], tuple[float, object]] = {}
+        # weights -> (objective, bootstrap draws, per-document scores)
+        self.cache: dict[tuple[float, ...], tuple[float, Any, Any]] = {}
         self.evaluations = 0
         # --cache: evaluations kept across runs of the benchmark (same trajectory, task and limit), so
-        # a changed searcher re-evaluates only the points it newly proposes
+        # a changed searcher re-evaluates only the points it newly proposes. An entry of an older cache
+        # without per-document scores is evaluated again.
         self.store = store
         if store is not None and store.exists():
-            self.cache = pickle.loads(store.read_bytes())
+            self.cache = {k: v for k, v in pickle.loads(store.read_bytes()).items() if len(v) == 3}
 
     def _save(self) -> None:
         if self.store is not None:
@@ -63,16 +66,21 @@ class Objective:
             tmp.write_bytes(pickle.dumps(self.cache))
             tmp.replace(self.store)
 
-    def evaluate(self, weights: list[float]) -> tuple[float, object]:
+    def full(self, weights: list[float]) -> tuple[float, Any, Any]:
+        """(objective, bootstrap draws, per-document scores) of the merge with ``weights``."""
         key = tuple(round(w, 9) for w in weights)
         if key not in self.cache:
             self.resident.apply(list(weights))
             metrics, scores = self.session.evaluate_with_scores("dev")
             draws = self.session.bootstrap.objective_draws(self.session.objective, scores)
-            self.cache[key] = (float(self.session.objective(metrics)), draws)
+            self.cache[key] = (float(self.session.objective(metrics)), draws, scores)
             self.evaluations += 1
             self._save()
         return self.cache[key]
+
+    def evaluate(self, weights: list[float]) -> tuple[float, Any]:
+        y, draws, _ = self.full(weights)
+        return y, draws
 
     def __call__(self, weights: list[float]) -> float:
         return self.evaluate(weights)[0]
@@ -146,6 +154,91 @@ def run_searcher(
     return ys
 
 
+def run_setting(cfg, k: int, space_name: str, seed: int, f: Objective, stop: str, race: bool) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """One bo search as TrialLoop runs it with ``search.stop=stop`` and racing on or off; a raced trial is
+    replayed from its point's cached per-document scores by evaluation/racing.py (the tool's own code):
+    scoring chunk by chunk gives each document the score a full evaluation gives it.
+
+    Returns the pick (objective and draws of the point ``select`` returns, always fully scored), the
+    documents scored, the evaluations and how many were raced out."""
+
+    from ckptmerge.evaluation import racing
+    from ckptmerge.evaluation.uncertainty import relative_standard_errors
+    from ckptmerge.search.searchers import make_searcher
+    from ckptmerge.session.setup import search_space
+
+    session = f.session
+    cfg = for_space(cfg, space_name)
+    space, initial = search_space(cfg.search, cfg.compare, k, cfg.search.space.name)
+    searcher = make_searcher(replace(cfg.search, seed=seed, stop=stop), space, initial)
+    if race:
+        searcher.newest_first()  # as TrialLoop does under eval.race
+    told: list[tuple[float, Any, float | None, bool]] = []  # objective, full draws, raced se, raced out
+    full: list[tuple[float, Any]] = []  # the full evaluation of each told point (the pick's figures)
+    best: tuple[float, Any] | None = None  # the incumbent: objective and per-document scores
+    docs = raced = 0
+    for _ in range(cfg.search.budget):
+        check = searcher.check_convergence()
+        if check is not None and check.converged:
+            break
+        p = searcher.ask()
+        weights = [0.0] * (f.resident_k - k) + space.weights(p.x)
+        y, draws, scores = f.full(weights)
+        full.append((y, draws))
+        if race and best is not None and weights[-1] != 1.0:  # TrialLoop._incumbent: the newest is never raced
+            out = racing.race(
+                racing.replayed_chunk(scores),
+                session.chunk_plan(),
+                racing.Incumbent(*best),
+                session.bootstrap,
+                session.objective,
+                float(cfg.eval.race.confidence),
+            )
+            docs += out.docs
+        else:
+            out = None
+            docs += racing.documents(scores)
+        if out is not None and out.raced_out:
+            raced += 1
+            told.append((float(out.estimate), None, out.estimate_se, True))  # type: ignore[arg-type]
+        else:
+            told.append((y, draws, None, False))
+            if best is None or y > best[0]:
+                best = (y, scores)
+        rel = relative_standard_errors([d for _, d, _, _ in told])  # as TrialLoop._tell
+        rel = [se if r else v for (_, _, se, r), v in zip(told, rel)]
+        searcher.ses[:] = rel[:-1]
+        searcher.tell(p.x, told[-1][0], rel[-1], eligible=not told[-1][3])
+    index, _ = searcher.select(cfg.search.select)  # type: ignore[misc]
+    return {"pick": full[index], "documents": docs, "evaluations": len(told), "raced": raced}
+
+
+def race_study(a, cfg, f, reference: dict[str, float]) -> None:  # type: ignore[no-untyped-def]
+    """Four settings (today, converged stop, racing, both) per space and seed: documents, the pick's gain
+    as a fraction of the dense-sweep best, its distance from today's pick, the registration decision."""
+    import stopping
+
+    newest = f.evaluate([0.0] * (f.resident_k - 1) + [1.0])
+    settings = {
+        "today": ("budget", False),
+        "stop": ("converged", False),
+        "race": ("budget", True),
+        "both": ("converged", True),
+    }
+    rows: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for name in reference:
+        k = 2 if name.startswith("pair") else f.resident_k
+        rows[name] = {s: [run_setting(cfg, k, name, seed, f, *settings[s]) for seed in a.seeds] for s in settings}
+        print(f"{name}: four settings done ({f.evaluations} evaluations)", flush=True)
+    per_eval = sum(len(v) for v in f.session.dev.doc_ids().values())
+    print(
+        f"\nracing and stopping (bo, budget {a.budget}, {len(a.seeds)} seeds, {per_eval} documents per full "
+        f"evaluation, eval.race.chunks={cfg.eval.race.chunks}, confidence {cfg.eval.race.confidence}):\n"
+    )
+    for line in stopping.settings_table(rows, reference, newest, f.session.bootstrap):
+        print(line)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--traj-seed", type=int, default=7, help="trajectory seed (the embedded default is 0)")
@@ -160,6 +253,11 @@ def main() -> None:
         "--stop-study",
         action="store_true",
         help="also tabulate what search.stop=converged would have done (bo only; benchmarks/stopping.py)",
+    )
+    ap.add_argument(
+        "--race-study",
+        action="store_true",
+        help="also tabulate today / converged stop / racing / both (bo only; benchmarks/stopping.py)",
     )
     ap.add_argument("--json", type=Path, default=None, help="also write the raw runs here")
     ap.add_argument(
@@ -243,7 +341,7 @@ def main() -> None:
         seen += [e for rs in evaluated[name].values() for run in rs for e in run]
         # the simplex has no dense sweep: its reference is also the best of every space's evaluations,
         # all of which are weightings of the same checkpoints that it can express
-        pool = list(f.cache.values()) if space.dims != 1 else seen
+        pool = [v[:2] for v in f.cache.values()] if space.dims != 1 else seen
         best_point[name] = max(pool, key=lambda e: e[0])
         reference[name] = best_point[name][0] - newest
         print(f"{name}: reference gain {reference[name]:+.5f}", flush=True)
@@ -271,6 +369,8 @@ def main() -> None:
             )
     if a.stop_study and "bo" in a.searchers:
         stop_tables(a, cfg, session, f, evaluated, traces, reference, best_point)
+    if a.race_study:
+        race_study(a, cfg, f, {n: reference[n] for n in a.spaces if n in reference})
     print(f"\n{f.evaluations} distinct evaluations in {time.perf_counter() - t0:.0f} s; work folder {work}")
     if a.json:
         a.json.write_text(json.dumps({"newest": newest, "reference": reference, "runs": runs}, indent=1))

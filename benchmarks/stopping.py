@@ -128,3 +128,35 @@ def pure_noise(
         reg = registers(ys[idx], newest, boot)
         lines.append(f"seed {seed}: stopped after {stopped} of {cfg.search.budget}; registers: {reg}")
     return lines
+
+
+def settings_table(
+    rows: dict[str, dict[str, list[dict[str, Any]]]], reference: dict[str, float], newest: tuple[float, Any], boot: Any
+) -> list[str]:
+    """Markdown rows: per space and setting (sample_efficiency.run_setting per seed), the median documents
+    (and % of today's), the median gain / dense best, how many picks are within one paired s.e. of today's
+    pick, and how many make today's registration decision."""
+    lines = [
+        "| space | setting | documents (median; % of today) | evaluations per seed | raced out per seed "
+        "| gain / dense best (median) | within 1 paired s.e. of today's pick | same decision as today |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, by_setting in rows.items():
+        ref = reference[name]
+        today = by_setting["today"]
+        full = statistics.median(r["documents"] for r in today)
+        for label, runs in by_setting.items():
+            docs = statistics.median(r["documents"] for r in runs)
+            fracs = [(r["pick"][0] - newest[0]) / ref if ref > 0 else float("nan") for r in runs]
+            within = sum(paired_distance(r["pick"], t["pick"]) <= 1.0 for r, t in zip(runs, today))
+            same = sum(
+                registers(r["pick"], newest, boot) == registers(t["pick"], newest, boot) for r, t in zip(runs, today)
+            )
+            k = len(runs)
+            evals = ", ".join(str(r["evaluations"]) for r in runs)
+            raced = ", ".join(str(r["raced"]) for r in runs)
+            lines.append(
+                f"| {name} | {label} | {docs:g} ({docs / full:.0%}) | {evals} | {raced} "
+                f"| {statistics.median(fracs):.2f} | {within}/{k} | {same}/{k} |"
+            )
+    return lines

@@ -45,6 +45,7 @@ LONGEST_MODULES = (
     "tests/integration/test_resume.py",
     "tests/integration/test_study_resume.py",
     "tests/integration/test_converged_search.py",
+    "tests/integration/test_raced_search.py",
     "tests/unit/test_strict_config.py",
 )
 

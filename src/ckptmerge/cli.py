@@ -383,6 +383,26 @@ def _check_moved_keys(argv: list[str]) -> None:
             sys.exit(EXIT_USER_ERROR)
 
 
+def _race_switch(argv: list[str]) -> list[str]:
+    """``eval.race=true|false`` (the issue's and the docs' shorthand) is ``eval.race.enabled=...``: Hydra
+    cannot put a boolean where the section ``eval.race`` is. Any other value is one line naming the key."""
+    out = []
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        if eq and key.lstrip("+~") == "eval.race":
+            choices = value.split(",")  # a multirun sweep: eval.race=true,false
+            if not all(c.strip().lower() in ("true", "false") for c in choices):
+                print(
+                    f"error: eval.race must be true or false (or set eval.race.enabled, eval.race.chunks, "
+                    f"eval.race.confidence), got {redact(value)!r}",
+                    file=sys.stderr,
+                )
+                sys.exit(EXIT_USER_ERROR)
+            arg = f"{key}.enabled={value}"
+        out.append(arg)
+    return out
+
+
 def _checkpoint_holding(folder: Path) -> Path | None:
     """The checkpoint folder (a ``config.json`` beside model weights) that is ``folder`` or holds it."""
     for f in (folder, *folder.parents):
@@ -460,6 +480,7 @@ def main() -> None:
     if "--version" in sys.argv[1:]:  # ckptmerge's version (Hydra's own --version would print Hydra's)
         print(f"ckptmerge {__version__}")
         sys.exit(0)
+    sys.argv[1:] = _race_switch(sys.argv[1:])
     _check_group_choices(sys.argv[1:])
     _check_moved_keys(sys.argv[1:])
     _check_override_syntax(sys.argv[1:])

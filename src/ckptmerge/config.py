@@ -226,6 +226,18 @@ class SearchConfig:
             )
 
 
+@section("eval.race")
+class RaceConfig:
+    """Racing (evaluation/racing.py): a trial scores its dev documents in ``chunks`` (a seeded order, the
+    same chunks for every trial of a search) and stops as soon as a paired one-sided bootstrap says it is
+    worse than the incumbent at level ``confidence``. ``eval.race=true|false`` on the command line sets
+    ``enabled``."""
+
+    enabled: bool = False
+    chunks: int = key(4, "an integer >= 2", ge=2)
+    confidence: Number = key(0.99, "in (0.5, 1)", gt=0.5, lt=1.0)
+
+
 @section("eval")
 class EvalConfig:
     """lm-eval tasks: ``tasks`` form the objective (dev), ``test_tasks`` are reported only.
@@ -249,6 +261,7 @@ class EvalConfig:
     # `confidence`.
     confidence: Number = key(0.95, "in [0.5, 1)", ge=0.5, lt=1.0)
     bootstrap: int = key(1000, "an integer in [100, 100000]", ge=100, le=100_000)
+    race: RaceConfig = field(default_factory=RaceConfig)
 
     def __post_init__(self) -> None:
         for name, tasks in (("eval.tasks", self.tasks), ("eval.test_tasks", self.test_tasks)):
@@ -436,7 +449,7 @@ def known_keys(path: str) -> list[str]:
     from ckptmerge.search import SPACES
     from ckptmerge.search.space_settings import space_settings_of
 
-    nested = {"model.trajectory": TrajectoryConfig, "search.space": SpaceConfig, **SECTIONS}
+    nested = {"model.trajectory": TrajectoryConfig, "search.space": SpaceConfig, "eval.race": RaceConfig, **SECTIONS}
     if not path:
         return [*SECTIONS, "action", "plugins"]
     cls = nested.get(path)
@@ -533,6 +546,8 @@ def _section(cls: type, data: Any, prefix: str) -> Any:
     tuples, nested sections are built with their own prefix; types and ranges are the schema's."""
     import dataclasses
 
+    if cls is RaceConfig and isinstance(data, bool):  # eval.race=true: the switch alone
+        data = {"enabled": data}
     if cls is SpaceConfig and isinstance(data, str):  # search.space=ema where search/space=ema was meant
         data = {"name": data}
     if not isinstance(data, Mapping):
@@ -551,6 +566,8 @@ def _section(cls: type, data: Any, prefix: str) -> Any:
             raise ConfigError(f"unknown config key {prefix}.{name}{did_you_mean(name, fields)}")
         if cls is ModelConfig and name == "trajectory":
             value = _section(TrajectoryConfig, value or {}, f"{prefix}.trajectory")
+        elif cls is EvalConfig and name == "race":
+            value = _section(RaceConfig, value if value is not None else {}, f"{prefix}.race")
         elif cls is SearchConfig and name == "space":
             value = _section(SpaceConfig, value if value is not None else {}, f"{prefix}.space")
         elif value is None and cls in (EvalConfig, ModelConfig) and name in ("metrics", "weights", "dev_weights"):

@@ -40,8 +40,9 @@ def cost_line(cost: dict[str, Any]) -> str:
     saved = cost.get("saved_fraction")
     tail = f"; saved {saved:.0%} of the full budget on every document" if saved is not None else ""
     note = f" ({cost['incomplete']} trials without a record)" if cost.get("incomplete") else ""
+    raced = f" ({cost['raced_out']} raced out)" if cost.get("raced_out") else ""
     return (
-        f"[bold]cost[/bold]: {cost['evaluations']} evaluations, {cost['documents']:,} documents, "
+        f"[bold]cost[/bold]: {cost['evaluations']} evaluations{raced}, {cost['documents']:,} documents, "
         f"{cost['tokens']:,} tokens, {cost['seconds']:.1f} s of evaluation{tail}{note}"
     )
 

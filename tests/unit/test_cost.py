@@ -28,6 +28,7 @@ def test_cost_sums_the_trials_and_compares_with_the_full_budget():
         "tokens": 4900,
         "seconds": 4.0,
         "saved_fraction": pytest.approx(1 - 240 / 1000),
+        "raced_out": 0,
     }
     assert cost_metrics(cost)["cost.documents"] == 240.0
     line = cost_line(cost)
@@ -49,3 +50,18 @@ def test_compare_md_has_a_documents_column():
     md, csv_text, header, table = _tables(rows, -2.0, "-bpb", 0.95)
     assert header[-1] == "documents" and [r[-1] for r in table] == ["50", "300"]
     assert "| documents |" in md and csv_text.splitlines()[0].endswith(",documents")
+
+
+def test_raced_out_trials_are_counted_and_said_in_the_line():
+    from dataclasses import dataclass
+
+    @dataclass
+    class R:
+        eval_seconds: float
+        docs_evaluated: int
+        tokens_evaluated: int
+        raced_out: bool
+
+    cost = search_cost([R(2.0, 100, 2000, False), R(0.5, 25, 500, True)], budget=2, full_docs=100)
+    assert cost["raced_out"] == 1 and cost["documents"] == 125
+    assert "2 evaluations (1 raced out), 125 documents" in cost_line(cost)

@@ -16,7 +16,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import pytest
 
-from ckptmerge.config import SECTIONS, SpaceConfig, TrajectoryConfig, config_from_dict
+from ckptmerge.config import SECTIONS, RaceConfig, SpaceConfig, TrajectoryConfig, config_from_dict
 from ckptmerge.errors import ConfigError
 from ckptmerge.merge.registry import METHODS, settings_of
 from ckptmerge.schema import fields_of
@@ -57,7 +57,9 @@ def _kind(annotation: Any) -> str:
 
 
 def _nested(section: type) -> dict[str, type]:
-    return {"trajectory": TrajectoryConfig} if section.__name__ == "ModelConfig" else {"space": SpaceConfig}
+    return {"ModelConfig": {"trajectory": TrajectoryConfig}, "EvalConfig": {"race": RaceConfig}}.get(
+        section.__name__, {"space": SpaceConfig}
+    )
 
 
 def schema_keys() -> list[tuple[str, str, list[str]]]:
@@ -70,7 +72,7 @@ def schema_keys() -> list[tuple[str, str, list[str]]]:
         for name, info in fields_of(cls).items():
             if name == "settings" and prefix in ("merge", "search.space"):
                 continue  # free-form here: each method's / space's settings are walked below
-            if name in nested and prefix in ("model", "search"):
+            if name in nested and prefix in ("model", "search", "eval"):
                 walk(nested[name], f"{prefix}.{name}")
                 continue
             out.append((f"{prefix}.{name}", _kind(info.annotation), []))
@@ -111,7 +113,45 @@ def test_the_walk_finds_every_section_and_the_settings():
     assert {"merge.overwrite", "registry.enabled", "tracking.log_plots", "eval.limit", "watch.promote"} <= keys
     assert {"model.trajectory.seed", "search.space.last", "merge.floor", "merge.k", "search.space.beta_max"} <= keys
     assert {"runtime.workers", "runtime.address", "runtime.backend"} <= keys  # runtime=ray's keys
+    assert {"eval.race.enabled", "eval.race.chunks", "eval.race.confidence"} <= keys
     assert len(keys) >= 70
+
+
+def test_eval_race_takes_a_switch_alone_and_checks_its_settings():
+    base = {"model": {"source": "local", "name": "local", "checkpoints": ["/no/a", "/no/b"]}}
+    assert config_from_dict({**base, "eval": {"race": True}}).eval.race.enabled is True
+    race = config_from_dict({**base, "eval": {"race": {"chunks": 8, "confidence": 0.995}}}).eval.race
+    assert (race.enabled, race.chunks, race.confidence) == (RaceConfig.enabled, 8, 0.995)
+    for bad, key in [
+        ({"chunks": 1}, "eval.race.chunks"),
+        ({"confidence": 0.5}, "eval.race.confidence"),
+        ({"confidence": 1.0}, "eval.race.confidence"),
+        ({"chunk": 4}, "eval.race.chunk"),
+    ]:
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            config_from_dict({**base, "eval": {"race": bad}})
+
+
+def test_the_command_line_takes_eval_race_true_and_refuses_anything_else_in_one_line(tmp_path):
+    common = ["model=local", "model.checkpoints=[/no/such/a,/no/such/b]", f"hydra.run.dir={tmp_path / 'run'}"]
+    ok = subprocess.run(
+        [sys.executable, str(MAIN), *common, "eval.race=true", "eval.race.chunks=3", "--cfg", "job"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "race:\n    enabled: true\n    chunks: 3" in ok.stdout, ok.stdout
+    bad = subprocess.run(
+        [sys.executable, str(MAIN), *common, "eval.race=maybe"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    lines = [ln for ln in bad.stderr.splitlines() if ln.strip()]
+    assert bad.returncode == 2 and len(lines) == 1 and "eval.race must be true or false" in lines[0], bad.stderr
 
 
 @pytest.mark.parametrize("key, kind, select", KEYS, ids=[k for k, _, s in KEYS])

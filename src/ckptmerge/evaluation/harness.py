@@ -146,14 +146,28 @@ class TaskSuite:
         """Run every task on ``lm`` (an lm-eval ``LM``); flat ``{TASK/METRIC: value}``."""
         return self.evaluate_with_scores(lm)[0]
 
-    def evaluate_with_scores(self, lm: Any) -> tuple[dict[str, float], DocScores]:
-        """Flat ``{TASK/METRIC: value}`` and, for each metric, its score on every document."""
+    def doc_ids(self) -> dict[str, list[int]]:
+        """Per task, the documents a full evaluation scores: lm-eval's doc ids (indices into the task's
+        ``eval_docs``), which are also the ids of the per-document scores, whether or not a ``samples``
+        list chose them (lm-eval 0.4.13)."""
+        if self.samples is not None:
+            return {t: list(v) for t, v in self.samples.items()}
+        return {name: list(range(len(task.eval_docs))) for name, task in self._task_dict["tasks"].items()}
+
+    def evaluate_with_scores(
+        self, lm: Any, chunk: dict[str, list[int]] | None = None
+    ) -> tuple[dict[str, float], DocScores]:
+        """Flat ``{TASK/METRIC: value}`` and, for each metric, its score on every document.
+
+        ``chunk``: score only these doc ids of each task (racing; every task must have some: lm-eval
+        scores every document of a task it is given no list for)."""
         from lm_eval.evaluator import evaluate
 
+        samples = self.samples
+        if chunk is not None:
+            samples = {t: sorted(chunk[t]) for t in self._task_dict["tasks"]}
         try:
-            results = evaluate(
-                lm=lm, task_dict=self._task_dict, samples=self.samples, bootstrap_iters=0, log_samples=True
-            )
+            results = evaluate(lm=lm, task_dict=self._task_dict, samples=samples, bootstrap_iters=0, log_samples=True)
         except Exception as e:
             raise EvaluationError(f"evaluation of {self.names} failed: {describe_exception(e)}") from e
         scores = from_samples((results or {}).get("samples", {}), self._task_dict["tasks"], metric_name)

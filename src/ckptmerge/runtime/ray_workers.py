@@ -24,6 +24,7 @@ from typing import Any
 from ckptmerge import signals
 from ckptmerge.config import Config, RuntimeConfig
 from ckptmerge.errors import ConfigError, EvaluationError
+from ckptmerge.evaluation.racing import Incumbent
 from ckptmerge.session.executor import Evaluation, Executor, evaluate_weights
 
 log = logging.getLogger(__name__)
@@ -140,8 +141,8 @@ class TrialWorker:
             cfg.eval, cfg.search.seed, cfg.runtime, cfg.merge, sources
         )
 
-    def evaluate(self, weights: list[float]) -> Evaluation:
-        out = evaluate_weights(self.resident, self.session, weights)
+    def evaluate(self, weights: list[float], incumbent: Incumbent | None = None) -> Evaluation:
+        out = evaluate_weights(self.resident, self.session, weights, incumbent)
         out.exception = None  # its traceback stays here; the text and the kind go back
         return out
 
@@ -170,7 +171,8 @@ class RayExecutor(Executor):
         )
         self.actors: list[Any] = [remote.remote(cfg, study, last, threads) for _ in range(self.workers)]
         self._idle = list(range(self.workers))
-        self._jobs: dict[Any, tuple[Hashable, int, list[float], int]] = {}  # ref -> key, actor, weights, tries
+        # ref -> key, actor, weights, incumbent, tries
+        self._jobs: dict[Any, tuple[Hashable, int, list[float], Incumbent | None, int]] = {}
         self._closed = False
         log.info(
             "Ray: %d workers (%s, %s), %s",
@@ -184,12 +186,14 @@ class RayExecutor(Executor):
     def in_flight(self) -> int:
         return len(self._jobs)
 
-    def submit(self, key: Hashable, weights: list[float], tries: int = 0) -> None:
+    def submit(self, key: Hashable, weights: list[float], incumbent: Incumbent | None = None, tries: int = 0) -> None:
         if not self._idle:
             raise RuntimeError("no free worker: wait for next_done() first")
         actor = self._idle.pop(0)
-        ref = self.actors[actor].evaluate.remote(list(weights))
-        self._jobs[ref] = (key, actor, list(weights), tries)
+        # the incumbent's per-document scores go with the job: the worker races against what the driver
+        # knew when it proposed the trial
+        ref = self.actors[actor].evaluate.remote(list(weights), incumbent)
+        self._jobs[ref] = (key, actor, list(weights), incumbent, tries)
 
     def next_done(self) -> tuple[Hashable, Evaluation]:
         import ray
@@ -201,7 +205,7 @@ class RayExecutor(Executor):
             if not ready:
                 continue  # a signal handler runs between waits
             ref = ready[0]
-            key, actor, weights, tries = self._jobs.pop(ref)
+            key, actor, weights, incumbent, tries = self._jobs.pop(ref)
             try:
                 result = ray.get(ref)
             except (ActorDiedError, ActorUnavailableError, RayActorError) as e:
@@ -212,7 +216,7 @@ class RayExecutor(Executor):
                 log.warning("Ray worker %d died during trial %s; Ray restarts it and the trial runs again", actor, key)
                 self._wait_restarted(actor)
                 self._idle.insert(0, actor)
-                self.submit(key, weights, tries + 1)
+                self.submit(key, weights, incumbent, tries + 1)
                 continue
             self._idle.append(actor)
             return key, result

@@ -90,6 +90,9 @@ class Searcher:
         self.ys: list[float] = []
         self.failed: list[Point] = []  # points whose evaluation failed: never proposed again, never told to a model
         self.ses: list[float | None] = []  # standard error of each ys (None: unknown)
+        # indices of ys that may not be the result (a raced-out trial's estimate, eval.race): told to the
+        # model like any observation, never returned by select nor taken as the incumbent
+        self.ineligible: set[int] = set()
         # the points evaluated before any model proposes: the space's own, or a warm start's
         self._initial = list(initial) if initial else [Proposal(x, "initial") for x in self.space.initial()]
         self._rng = np.random.default_rng(self.seed)
@@ -111,6 +114,13 @@ class Searcher:
             if self.is_new(p.x):
                 return p
         return None
+
+    def newest_first(self) -> None:
+        """Evaluate the newest checkpoint alone first among the initial points (under eval.race: it is
+        never raced, so the initial points after it race against it instead of being scored in full for
+        want of an incumbent). The points are the same; only their order changes."""
+        newest = [p for p in self._initial if self.space.weights(p.x)[-1] == 1.0]
+        self._initial = newest + [p for p in self._initial if p not in newest]
 
     @property
     def n_initial(self) -> int:
@@ -161,8 +171,11 @@ class Searcher:
     def _next(self) -> Proposal:
         raise NotImplementedError
 
-    def tell(self, x: Point, objective: float, se: float | None = None) -> None:
-        """Record an evaluation (objective oriented so that higher is better) and its standard error."""
+    def tell(self, x: Point, objective: float, se: float | None = None, eligible: bool = True) -> None:
+        """Record an evaluation (objective oriented so that higher is better) and its standard error;
+        ``eligible=False``: an estimate that may inform the model but never be the result."""
+        if not eligible:
+            self.ineligible.add(len(self.ys))
         self.xs.append(tuple(float(v) for v in x))
         self.ys.append(float(objective))
         self.ses.append(float(se) if se is not None and np.isfinite(se) else None)
@@ -174,16 +187,24 @@ class Searcher:
         weighs each observation against its neighbours and its noise (the best single score, under
         noise, is partly the luckiest draw); searchers without a model fall back to ``observed``.
         """
-        if not self.ys:
+        if not self.ys or len(self.ineligible) == len(self.ys):
             return None
+        ys = self._eligible(np.asarray(self.ys, dtype=float))
         if rule == "posterior_mean":
             means = self.posterior_mean_at(self.xs)
             if means is not None:
+                means = self._eligible(np.asarray(means, dtype=float))
                 # A GP that explains every difference as noise has a flat mean: among (near) ties the
                 # best observation decides, rather than the first point evaluated.
                 top = np.flatnonzero(means >= means.max() - 1e-9 * max(1.0, abs(float(means.max()))))
-                return int(top[np.argmax(np.asarray(self.ys)[top])]), "posterior_mean"
-        return int(np.argmax(self.ys)), "observed"
+                return int(top[np.argmax(ys[top])]), "posterior_mean"
+        return int(np.argmax(ys)), "observed"
+
+    def _eligible(self, values: np.ndarray) -> np.ndarray:
+        """``values`` (one per observation) with the ineligible ones at -inf."""
+        values = values.copy()
+        values[list(self.ineligible)] = -np.inf
+        return values
 
     def posterior_mean_at(self, points: list[Point]) -> np.ndarray | None:
         """The model's posterior mean (higher is better) at ``points``; None without a model."""
@@ -307,8 +328,8 @@ class BayesSearcher(Searcher):
             return None
         return Proposal((left + width / 2,), "initial:gap-midpoint")
 
-    def tell(self, x: Point, objective: float, se: float | None = None) -> None:
-        super().tell(x, objective, se)
+    def tell(self, x: Point, objective: float, se: float | None = None, eligible: bool = True) -> None:
+        super().tell(x, objective, se, eligible)
         self._set_noise()
         kappa = self.KAPPA if self.space.dims == 1 else self.SKOPT_KAPPA  # where there is more to explore
         self.opt.acq_func_kwargs = {"xi": self.XI * float(np.std(self.ys)), "kappa": kappa}
@@ -380,7 +401,7 @@ class BayesSearcher(Searcher):
 
         means = self.posterior_mean_at(self.xs)
         assert means is not None
-        incumbent = int(np.argmax(means))
+        incumbent = int(np.argmax(self._eligible(np.asarray(means, dtype=float))))
         se = self.ses[incumbent] if self.ses[incumbent] else float(np.median(known))
         lo, hi = np.array(self.bounds).T
         if self.space.dims == 1:

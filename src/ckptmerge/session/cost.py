@@ -42,6 +42,8 @@ def search_cost(trials: Sequence[Billed], budget: int, full_docs: int | None) ->
         "tokens": tokens,
         "seconds": round(seconds, 3),
         "saved_fraction": (round(1.0 - documents / (budget * full_docs), 4) if full_docs and budget > 0 else None),
+        # eval.race: trials stopped after part of their documents (their documents are in the sums above)
+        "raced_out": sum(1 for t in trials if getattr(t, "raced_out", False)),
     }
     missing = len(trials) - len(evaluated)
     if missing or any(t.tokens_evaluated is None for t in evaluated):

@@ -10,8 +10,9 @@ import torch
 
 from ckptmerge.config import EvalConfig, MergeConfig, RuntimeConfig
 from ckptmerge.errors import CheckpointError, ConfigError
-from ckptmerge.evaluation import TaskSuite, build_objective, make_lm
-from ckptmerge.evaluation.doc_scores import DocScores
+from ckptmerge.evaluation import TaskSuite, build_objective, make_lm, racing
+from ckptmerge.evaluation.doc_scores import DocScores, documents
+from ckptmerge.evaluation.racing import ChunkPlan, Incumbent, RaceOutcome
 from ckptmerge.evaluation.uncertainty import Bootstrap, Gain, gains_by_metric
 from ckptmerge.merge import searchable
 from ckptmerge.resident import ResidentModel, SingleResidentModel
@@ -37,6 +38,9 @@ class EvalSession:
             else None
         )
         self.bootstrap = Bootstrap(e.bootstrap, e.confidence, seed)
+        self.race = e.race
+        self._seed = seed
+        self._plan: ChunkPlan | None = None
         self._lm: Any = None
         self._resident: ResidentModel | None = None
         self._channel: Channel | None = None  # the command flow to the other ranks under runtime=deepspeed
@@ -114,6 +118,45 @@ class EvalSession:
 
             self._channel.send(distributed.EVAL, which)
         return suite.evaluate_with_scores(lm or self._lm)
+
+    def chunk_plan(self) -> ChunkPlan:
+        """The dev documents' racing chunks (``eval.race.chunks``), seeded by the search's seed: built once,
+        the same for every trial."""
+        if self._plan is None:
+            self._plan = racing.plan_chunks(self.dev.doc_ids(), self.race.chunks, self._seed)
+        return self._plan
+
+    @torch.no_grad()
+    def evaluate_chunk(self, chunk: racing.Chunk) -> tuple[dict[str, float], DocScores, int | None]:
+        """The resident model's dev metrics and per-document scores on one chunk, and the tokens read."""
+        metrics, scores = self.dev.evaluate_with_scores(self._lm, {t: list(v) for t, v in chunk.items()})
+        return metrics, scores, self.dev.last_tokens
+
+    def evaluate_trial(self, incumbent: Incumbent | None) -> RaceOutcome:
+        """The resident model's dev evaluation for a trial: raced against ``incumbent`` chunk by chunk
+        when ``eval.race.enabled`` (evaluation/racing.py), else (no incumbent yet, a partitioned model, an
+        objective without per-document scores) every document in one call."""
+        if (
+            self.race.enabled
+            and incumbent is not None
+            and not self.partitioned  # the other ranks' serve loop evaluates whole suites only
+            and racing.covers(self.objective, incumbent.scores)
+        ):
+            return racing.race(
+                self.evaluate_chunk,
+                self.chunk_plan(),
+                incumbent,
+                self.bootstrap,
+                self.objective,
+                float(self.race.confidence),
+            )
+        import time
+
+        t0 = time.perf_counter()
+        metrics, scores = self.evaluate_with_scores("dev")
+        return RaceOutcome(
+            metrics, scores, False, None, None, 1, documents(scores), self.dev.last_tokens, time.perf_counter() - t0
+        )
 
     def datasets(self, which: str) -> list[Any]:
         """The ``dev`` or ``test`` tasks as MLflow datasets (the documents scored), built once."""

@@ -22,7 +22,8 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 
 from ckptmerge.errors import EvaluationError
-from ckptmerge.evaluation.doc_scores import DocScores, documents
+from ckptmerge.evaluation.doc_scores import DocScores
+from ckptmerge.evaluation.racing import Incumbent
 from ckptmerge.resident import ResidentModel
 from ckptmerge.session.evaluation import EvalSession
 
@@ -32,7 +33,10 @@ class Evaluation:
     """What one evaluation of the resident model at some weights gave (the worker side of a trial)."""
 
     metrics: dict[str, float] = field(default_factory=dict)
-    scores: DocScores | None = None  # per-document dev scores
+    scores: DocScores | None = None  # per-document dev scores (of the documents evaluated)
+    raced_out: bool = False  # eval.race: stopped early, significantly worse than the incumbent
+    estimate: float | None = None  # raced out: the incumbent's objective + the paired difference
+    estimate_se: float | None = None  # raced out: that difference's paired standard error
     eval_seconds: float | None = None  # the evaluation alone (not the merge); set when it started
     docs: int | None = None
     tokens: int | None = None
@@ -44,10 +48,14 @@ class Evaluation:
     exception: BaseException | None = field(default=None, repr=False, compare=False)
 
 
-def evaluate_weights(resident: ResidentModel, session: EvalSession, weights: list[float]) -> Evaluation:
+def evaluate_weights(
+    resident: ResidentModel, session: EvalSession, weights: list[float], incumbent: Incumbent | None = None
+) -> Evaluation:
     """Merge ``resident`` in place at ``weights`` (every checkpoint, oldest first) and evaluate it on the
-    dev tasks: the single evaluation call of a trial, wherever it runs. An :class:`EvaluationError` is
-    returned as the evaluation's error (the trial failed); anything else propagates."""
+    dev tasks: the single evaluation call of a trial, wherever it runs. Under ``eval.race`` with an
+    ``incumbent`` the documents are scored chunk by chunk and the evaluation may stop early
+    (evaluation/racing.py). An :class:`EvaluationError` is returned as the evaluation's error (the trial
+    failed); anything else propagates."""
     out = Evaluation()
     t0 = time.perf_counter()
     try:
@@ -55,11 +63,11 @@ def evaluate_weights(resident: ResidentModel, session: EvalSession, weights: lis
         t_eval = time.perf_counter()
         out.merge_seconds = t_eval - t0
         try:
-            out.metrics, out.scores = session.evaluate_with_scores("dev")
+            raced = session.evaluate_trial(incumbent)
         finally:  # a failed evaluation was paid for too
             out.eval_seconds = time.perf_counter() - t_eval
-        out.docs = documents(out.scores)
-        out.tokens = session.dev.last_tokens
+        out.metrics, out.scores, out.docs, out.tokens = raced.metrics, raced.scores, raced.docs, raced.tokens
+        out.raced_out, out.estimate, out.estimate_se = raced.raced_out, raced.estimate, raced.estimate_se
     except EvaluationError as e:
         out.error, out.task_failed, out.exception = str(e), e.__cause__ is not None, e
     out.seconds = time.perf_counter() - t0
@@ -72,7 +80,8 @@ class Executor:
     name = "base"
     workers = 1
 
-    def submit(self, key: Hashable, weights: list[float]) -> None:
+    def submit(self, key: Hashable, weights: list[float], incumbent: Incumbent | None = None) -> None:
+        """Evaluate at ``weights``; ``incumbent``: what the trial races against (eval.race), if anything."""
         raise NotImplementedError
 
     def next_done(self) -> tuple[Hashable, Evaluation]:
@@ -100,18 +109,18 @@ class InProcessExecutor(Executor):
     def __init__(self, resident: ResidentModel, session: EvalSession) -> None:
         self.resident, self.session = resident, session
         self.name = "deepspeed" if session.partitioned else "in-process"
-        self._jobs: list[tuple[Hashable, list[float]]] = []
+        self._jobs: list[tuple[Hashable, list[float], Incumbent | None]] = []
 
-    def submit(self, key: Hashable, weights: list[float]) -> None:
-        self._jobs.append((key, list(weights)))
+    def submit(self, key: Hashable, weights: list[float], incumbent: Incumbent | None = None) -> None:
+        self._jobs.append((key, list(weights), incumbent))
 
     @property
     def in_flight(self) -> int:
         return len(self._jobs)
 
     def next_done(self) -> tuple[Hashable, Evaluation]:
-        key, weights = self._jobs.pop(0)
-        return key, evaluate_weights(self.resident, self.session, weights)
+        key, weights, incumbent = self._jobs.pop(0)
+        return key, evaluate_weights(self.resident, self.session, weights, incumbent)
 
 
 def run_all(

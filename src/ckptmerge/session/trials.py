@@ -12,6 +12,7 @@ import numpy as np
 
 from ckptmerge.errors import EvaluationError
 from ckptmerge.evaluation.doc_scores import DocScores, scores_from_json, scores_json
+from ckptmerge.evaluation.racing import Incumbent
 from ckptmerge.evaluation.uncertainty import relative_standard_errors
 from ckptmerge.resident import ResidentModel
 from ckptmerge.search.searchers import Convergence, Point, Proposal, Searcher, SearchExhausted
@@ -47,6 +48,10 @@ class Trial:
     tokens_evaluated: int | None = None
     pending: int = 0  # trials in flight when this one was proposed (parallel trials)
     merge_seconds: float | None = None  # the in-place merge alone (where it ran)
+    # eval.race: stopped early, significantly worse than the incumbent. Its objective is then an estimate
+    # (the incumbent's plus the paired difference on the documents it scored; objective_se that
+    # difference's error), its metrics and scores cover only those documents, and it is never the result.
+    raced_out: bool = False
 
     @property
     def lam(self) -> float | None:
@@ -69,6 +74,7 @@ class Trial:
             cost.METRIC_TOKENS: self.tokens_evaluated,
             names.PARAM_PENDING_AT_PROPOSAL: self.pending,
             names.METRIC_MERGE_SECONDS: None if self.merge_seconds is None else round(self.merge_seconds, 3),
+            names.METRIC_RACED_OUT: self.raced_out,
         }
         if self.error:
             out["error"] = self.error
@@ -111,6 +117,8 @@ class TrialLoop:
             raise ValueError(f"space over {space.k} checkpoints, resident model has {n}")
         self._names = resident.cset.names[n - space.k :]
         self._pad = n - space.k
+        if session.race.enabled:
+            searcher.newest_first()  # so that the other initial points race against it
 
     def full_weights(self, trial: Trial) -> list[float]:
         """The trial's weights over every checkpoint of the resident model (oldest first)."""
@@ -118,6 +126,8 @@ class TrialLoop:
 
     def _record(self, trial: Trial) -> None:
         self.trials.append(trial)
+        if trial.raced_out:
+            return  # scored on part of the documents: never the incumbent, never the result
         if trial.objective is not None and (self.best is None or trial.objective > self.best.objective):  # type: ignore[operator]
             self.best = trial
 
@@ -151,9 +161,12 @@ class TrialLoop:
                 eval_seconds=p.eval_seconds,
                 docs_evaluated=p.docs_evaluated,
                 tokens_evaluated=p.tokens_evaluated,
+                raced_out=p.raced_out,
             )
             if p.objective is None:
                 self.searcher.mark_failed(p.x)
+            elif p.raced_out:  # its stored scores are partial: told its estimate and error, as first
+                self._tell(trial)
             else:
                 trial.scores = self._stored_scores(p.run_id)
                 if trial.scores is not None:
@@ -170,11 +183,16 @@ class TrialLoop:
         of documents happens to be) is shared by all trials and cannot change which λ is best. The
         noise each observation gets is its error relative to the other trials on the same resamples
         (the spread of its draws minus the trials' mean draw), recomputed for all points as they come.
+
+        A raced-out trial has no draws on every document: it is left out of the centre, and its noise is
+        the paired standard error of its difference from the incumbent (``objective_se``); the searcher
+        never selects it.
         """
         told = [t for t in self.trials if t.objective is not None] + [trial]
-        relative = relative_standard_errors([t.draws for t in told])
+        relative = relative_standard_errors([None if t.raced_out else t.draws for t in told])
+        relative = [t.objective_se if t.raced_out else r for t, r in zip(told, relative)]
         self.searcher.ses[:] = relative[:-1]
-        self.searcher.tell(trial.x, trial.objective, relative[-1])  # type: ignore[arg-type]
+        self.searcher.tell(trial.x, trial.objective, relative[-1], eligible=not trial.raced_out)  # type: ignore[arg-type]
 
     def _stored_scores(self, run_id: str | None) -> DocScores | None:
         """A past trial's per-document scores from its MLflow artifact (a resumed search), if there."""
@@ -229,7 +247,7 @@ class TrialLoop:
                     trial = self._begin(index, proposal, len(in_flight))
                     index += 1
                 in_flight[trial.index] = trial
-                executor.submit(trial.index, self.full_weights(trial))
+                executor.submit(trial.index, self.full_weights(trial), self._incumbent(trial.weights))
             if not in_flight:
                 break
             key, evaluation = executor.next_done()
@@ -340,14 +358,18 @@ class TrialLoop:
         assert trial.run_id is not None
         trial.metrics, trial.scores = ev.metrics, ev.scores
         trial.eval_seconds, trial.docs_evaluated, trial.tokens_evaluated = ev.eval_seconds, ev.docs, ev.tokens
-        trial.merge_seconds = ev.merge_seconds
+        trial.merge_seconds, trial.raced_out = ev.merge_seconds, ev.raced_out
         error, objective = ev.error, float("nan")
         if error is None:
-            assert trial.scores is not None  # an evaluation without an error scored every document
-            objective = session.objective(trial.metrics)
+            assert trial.scores is not None  # an evaluation without an error has per-document scores
+            if ev.raced_out:  # scored on part of the documents: the estimate against the incumbent
+                assert ev.estimate is not None
+                objective, trial.objective_se = ev.estimate, ev.estimate_se
+            else:
+                objective = session.objective(trial.metrics)
             if not math.isfinite(objective):
                 error = f"objective is not finite ({objective}) at weights {trial.weights}"
-            else:
+            elif not ev.raced_out:
                 trial.draws = session.bootstrap.objective_draws(session.objective, trial.scores)
                 trial.objective_se = float(np.std(trial.draws, ddof=1))
         trial.seconds = ev.seconds
@@ -373,11 +395,12 @@ class TrialLoop:
         state = searcher.state()
         metrics: dict[str, float] = {
             names.METRIC_OBJECTIVE: objective,
-            names.METRIC_OBJECTIVE_SE: trial.objective_se,
+            names.METRIC_OBJECTIVE_SE: float(trial.objective_se or 0.0),
             **trial.metrics,
             "trial_seconds": trial.seconds,
             **self._bill(trial),
             **({} if trial.merge_seconds is None else {names.METRIC_MERGE_SECONDS: trial.merge_seconds}),
+            names.METRIC_RACED_OUT: float(trial.raced_out),
         }
         tracker.log_text(trial.run_id, scores_json(trial.scores), names.ARTIFACT_DOC_SCORES)
         metrics.update({k: v for k, v in state.items() if isinstance(v, float)})
@@ -387,6 +410,15 @@ class TrialLoop:
         self.log_plot(trial.run_id, index)
         tracker.end_trial(trial.run_id)
         return trial
+
+    def _incumbent(self, weights: dict[str, float]) -> Incumbent | None:
+        """What a trial races against (eval.race): the best trial so far, when its per-document scores
+        are at hand. None, so every document is scored, for the newest checkpoint alone: the baseline
+        of every gain and of the registration decision."""
+        best = self.best
+        if best is None or best.scores is None or best.objective is None or list(weights.values())[-1] == 1.0:
+            return None
+        return Incumbent(best.objective, best.scores)
 
     @staticmethod
     def _bill(trial: Trial) -> dict[str, float]:

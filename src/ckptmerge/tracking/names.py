@@ -18,6 +18,9 @@ METRIC_MERGE_SECONDS = "merge_seconds"  # a trial's in-place merge alone, where 
 METRIC_EVAL_SECONDS = "eval_seconds"
 METRIC_DOCS_EVALUATED = "docs_evaluated"
 METRIC_TOKENS_EVALUATED = "tokens_evaluated"
+# 1: the trial was raced out (eval.race): scored on part of the documents, significantly worse than the
+# incumbent there; its objective is an estimate and it is never the result. 0: scored on every document.
+METRIC_RACED_OUT = "raced_out"
 ARTIFACT_DOC_SCORES = "doc_scores.json"  # per-document dev scores of the trial (see evaluation/doc_scores.py)
 TAG_NEXT_ACQUISITION = "gp.next_acquisition"
 TAG_TRIAL_STATUS = "ckptmerge.trial_status"

@@ -111,6 +111,7 @@ class PastTrial:
     eval_seconds: float | None = None  # the bill of its evaluation (None: a run from before it was logged)
     docs_evaluated: int | None = None
     tokens_evaluated: int | None = None
+    raced_out: bool = False  # eval.race: its objective is an estimate, its stored scores partial
 
 
 def _int_or_none(v: float | None) -> int | None:
@@ -188,5 +189,6 @@ def _scan(
             run.data.metrics.get(names.METRIC_EVAL_SECONDS),
             _int_or_none(run.data.metrics.get(names.METRIC_DOCS_EVALUATED)),
             _int_or_none(run.data.metrics.get(names.METRIC_TOKENS_EVALUATED)),
+            bool(run.data.metrics.get(names.METRIC_RACED_OUT, 0.0)),
         )
     return done, interrupted
