@@ -222,6 +222,11 @@ class MergeStream:
         return [(s, min(s + self.chunk, p.numel)) for s in range(0, p.numel, self.chunk)]
 
     def _read(self) -> None:
+        # The content checks' sums run here: one torch thread, as the arithmetic (see default_threads).
+        # A multi-threaded op on a busy machine stalls at its barrier: measured on the loaded 2-core VM,
+        # a Pythia-1B merge's stream took 38-50 s with this thread's sums on 2 threads, against 9-10 s
+        # for the merge without them.
+        torch.set_num_threads(1)
         try:
             for shard in self.shards:
                 for p in shard.tensors:
