@@ -332,7 +332,7 @@ def report(
     ours = by["ckptmerge"]
     if ours.engine_s:
         print(
-            f"(ckptmerge's merge itself, its content checks included, without interpreter start-up: {ours.engine_s:.2f} s)"
+            f"(ckptmerge's merge itself, content checks included, without interpreter start-up: {ours.engine_s:.2f} s)"
         )
     rss_target = RSS_TARGET[args.shape] if args.shape in RSS_TARGET else None
     verdicts = []
