@@ -14,7 +14,7 @@ The two merges are compared tensor by tensor (within one ulp of fp16), then outp
 three runs are repeated (``--repeat``, default 3 rounds on a warm cache, where one run takes seconds
 and a shared VM's noise is of the same order; 1 on a cold cache) and each one's median is reported. It
 prints wall time, peak RSS, other processes' CPU use during each run (the machine's noise) and the
-ratios against the targets (>= 5x faster than mergekit, <= 2x the copy floor, peak RSS <= 1 GB; with
+ratios against the targets (>= 5x faster than mergekit, <= 1.2x the copy floor, peak RSS <= 1 GB; with
 ``--shape pythia-6.9b``, peak RSS <= 2 GB).
 
     python benchmarks/merge_throughput.py                        # Pythia-1B shape, ~2 GB per checkpoint
@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -45,6 +46,7 @@ from tests.scale.synthetic import SHAPES, drop_from_page_cache, folder_bytes, ne
 GENERATOR_VERSION = 1
 WEIGHTS = (0.3, 0.7)
 RSS_TARGET = {"pythia-1b": 1e9, "pythia-6.9b": 2e9}
+COPY_TARGET = 1.2  # issue 23: within 1.2x of a plain copy of the inputs' bytes (was 2x)
 
 
 @dataclass
@@ -216,17 +218,19 @@ def main() -> None:
 def run_all(args: argparse.Namespace, srcs: list[Path], work: Path, cold: bool) -> tuple[list[Measured], int, int]:
     """``--repeat`` rounds of the three timed runs (median of each); the two merges are compared once."""
     rounds = args.repeat or (1 if cold else 3)
-    names = ["ckptmerge"] + ([] if args.no_mergekit else ["mergekit"]) + ["copy"]
+    names = ["ckptmerge"] + ([] if args.no_mergekit else ["mergekit"]) + ["copy", "copy-both"]
     runs: dict[str, list[Measured]] = {n: [] for n in names}
     out_bytes = copied = 0
     for i in range(rounds):
-        m, mk, cp, out_bytes, copied = one_round(args, srcs, work, cold, compare_outputs=(i == 0))
-        for r in (m, mk, cp):
+        m, mk, cp, cp2, out_bytes, copied = one_round(args, srcs, work, cold, compare_outputs=(i == 0))
+        for r in (m, mk, cp, cp2):
             if r is not None:
                 runs[r.name].append(r)
         if rounds > 1:
             print(
-                f"round {i + 1}/{rounds}: " + ", ".join(f"{r.name} {r.wall_s:.2f} s" for r in (m, mk, cp) if r),
+                f"round {i + 1}/{rounds}: "
+                + ", ".join(f"{r.name} {r.wall_s:.2f} s" for r in (m, mk, cp, cp2) if r)
+                + f"; load {os.getloadavg()[0]:.1f}",
                 flush=True,
             )
     return [median_run(runs[n]) for n in names], out_bytes, copied
@@ -234,7 +238,7 @@ def run_all(args: argparse.Namespace, srcs: list[Path], work: Path, cold: bool) 
 
 def one_round(
     args: argparse.Namespace, srcs: list[Path], work: Path, cold: bool, compare_outputs: bool
-) -> tuple[Measured, Measured | None, Measured, int, int]:
+) -> tuple[Measured, Measured | None, Measured, Measured, int, int]:
     """The three timed runs (and, once, the comparison of the two merges); outputs are deleted as they go."""
     mergekit = shutil.which("mergekit-yaml") or str(Path(sys.executable).with_name("mergekit-yaml"))
     ours_out, mk_out, cp_out = work / "ours", work / "mergekit", work / "copy"
@@ -289,7 +293,18 @@ def one_round(
     copied = folder_bytes(cp_out)
     shutil.rmtree(cp_out)
     os.sync()
-    return m, mk, cp, out_bytes, copied
+    # issue 23's wording, "a plain copy of the inputs' bytes": both inputs copied (twice the writes)
+    warm(srcs, cold)
+    cmds = []
+    for i, src in enumerate(srcs):
+        (cp_out / str(i)).mkdir(parents=True)
+        files = " ".join(shlex.quote(str(p)) for p in sorted(src.glob("*.safetensors")))
+        cmds.append(f"cp --reflink=never {files} {shlex.quote(str(cp_out / str(i)))}")
+    script = "set -e; " + "; ".join(cmds)
+    cp2 = measure("copy-both", ["sh", "-c", script], work / "copy-both.log")
+    shutil.rmtree(cp_out)
+    os.sync()
+    return m, mk, cp, cp2, out_bytes, copied
 
 
 def report(
@@ -316,21 +331,26 @@ def report(
         )
     ours = by["ckptmerge"]
     if ours.engine_s:
-        print(f"(ckptmerge's merge itself, without interpreter start-up and checks: {ours.engine_s:.2f} s)")
+        print(
+            f"(ckptmerge's merge itself, content checks included, without interpreter start-up: {ours.engine_s:.2f} s)"
+        )
     rss_target = RSS_TARGET[args.shape] if args.shape in RSS_TARGET else None
     verdicts = []
     if "mergekit" in by and not by["mergekit"].failed:
         speedup = by["mergekit"].wall_s / ours.wall_s
         verdicts.append(("speed-up vs mergekit", f"{speedup:.1f}x", ">= 5x", speedup >= 5))
     floor = ours.wall_s / by["copy"].wall_s
-    verdicts.append(("time / copy floor", f"{floor:.2f}x", "<= 2x", floor <= 2))
+    verdicts.append(("time / copy floor", f"{floor:.2f}x", f"<= {COPY_TARGET}x", floor <= COPY_TARGET))
+    if "copy-both" in by and not by["copy-both"].failed:
+        both = ours.wall_s / by["copy-both"].wall_s
+        verdicts.append(("time / copy of both inputs", f"{both:.2f}x", f"<= {COPY_TARGET}x", both <= COPY_TARGET))
     if ours.engine_s:
         verdicts.append(
             (
                 "merge itself / copy floor",
                 f"{ours.engine_s / by['copy'].wall_s:.2f}x",
-                "<= 2x",
-                ours.engine_s / by["copy"].wall_s <= 2,
+                f"<= {COPY_TARGET}x",
+                ours.engine_s / by["copy"].wall_s <= COPY_TARGET,
             )
         )
     if rss_target:
@@ -344,6 +364,7 @@ def report(
         )
     for name, got, target, ok in verdicts:
         print(f"{name:<28} {got:>10}   target {target:<8} {'ok' if ok else 'MISSED'}")
+    print(f"load average at the end (1, 5, 15 min): {os.getloadavg()}; {os.cpu_count()} CPUs")
     if args.json:
         args.json.write_text(
             json.dumps(

@@ -16,6 +16,8 @@ Target (issue 23): ``peak - tiny <= 2 x the largest tensor``.
 
     python benchmarks/native_memory.py --cache /tmp/native-bench            # DCP
     python benchmarks/native_memory.py --cache /tmp/native-bench --zero     # and ZeRO-3
+    git archive OLD src conf | tar -x -C /tmp/old    # then, the old tree measured in the same run:
+    python benchmarks/native_memory.py --zero --baseline-src /tmp/old/src
 """
 
 from __future__ import annotations
@@ -45,9 +47,9 @@ print("@@rusage " + json.dumps({"rc": os.waitstatus_to_exitcode(st), "maxrss_kb"
 """
 
 
-def measure(name: str, cmd: list[str], cwd: Path) -> dict:
+def measure(name: str, cmd: list[str], cwd: Path, src: Path = REPO / "src") -> dict:
     t0 = time.perf_counter()
-    env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}:{REPO}", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "PYTHONPATH": f"{src}:{REPO}", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-c", _WRAP, *cmd], cwd=cwd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("@@rusage ")]
@@ -85,6 +87,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cache", type=Path, default=Path("/tmp/ckptmerge-native-bench"))
     ap.add_argument("--zero", action="store_true", help="also ZeRO-3 (two gloo ranks write it; minutes)")
+    ap.add_argument(
+        "--baseline-src",
+        type=Path,
+        help="another ckptmerge source tree (e.g. `git archive OLD src`) whose merge is measured in the same run",
+    )
+    ap.add_argument("--skip-full", action="store_true", help="skip the libraries' full conversions")
     args = ap.parse_args()
     from tests.native_writers import write_dcp, write_zero
 
@@ -109,6 +117,7 @@ def main() -> None:
         )
 
     from ckptmerge.checkpoints.reader import CheckpointReader
+    from ckptmerge.checkpoints.stream import DEFAULT_WRITE_BYTES
 
     meta = CheckpointReader(hf[1]).meta()
     largest = max(m.nbytes for m in meta.values())
@@ -118,23 +127,27 @@ def main() -> None:
     rows = []
     for fmt, (big, small) in fmts.items():
         runs = {}
-        for name, inputs, config in (("merge", big, hf[1]), ("tiny", small, tiny[1])):
-            out = work / f"{fmt}-{name}"
-            shutil.rmtree(out, ignore_errors=True)
-            cmd = [
-                sys.executable,
-                str(REPO / "src" / "main.py"),
-                "action=merge",
-                "model=local",
-                f"model.checkpoints=[{','.join(map(str, inputs))}]",
-                f"model.config={config}",
-                "merge.weights=[0.3,0.7]",
-                f"merge.output_dir={out}",
-                f"hydra.run.dir={work / ('run-' + fmt + '-' + name)}",
-            ]
-            runs[name] = measure(f"ckptmerge {fmt} {name}", cmd, cache)
-            shutil.rmtree(out, ignore_errors=True)
-        if fmt == "dcp":
+        trees = [("", REPO / "src")] + ([("baseline ", args.baseline_src.resolve())] if args.baseline_src else [])
+        for label, src in trees:
+            for name, inputs, config in (("merge", big, hf[1]), ("tiny", small, tiny[1])):
+                out = work / f"{fmt}-{name}"
+                shutil.rmtree(out, ignore_errors=True)
+                cmd = [
+                    sys.executable,
+                    str(src / "main.py"),
+                    "action=merge",
+                    "model=local",
+                    f"model.checkpoints=[{','.join(map(str, inputs))}]",
+                    f"model.config={config}",
+                    "merge.weights=[0.3,0.7]",
+                    f"merge.output_dir={out}",
+                    f"hydra.run.dir={work / ('run-' + fmt + '-' + name)}",
+                ]
+                runs[label + name] = measure(f"ckptmerge {label}{fmt} {name}", cmd, cache, src)
+                shutil.rmtree(out, ignore_errors=True)
+        if args.skip_full:
+            pass
+        elif fmt == "dcp":
             conv = [
                 sys.executable,
                 "-c",
@@ -144,7 +157,7 @@ def main() -> None:
                 str(work / "full.pt"),
             ]
             runs["full"] = measure("dcp_to_torch_save (one checkpoint)", conv, cache)
-        else:
+        else:  # zero3
             conv = [
                 sys.executable,
                 "-c",
@@ -156,14 +169,20 @@ def main() -> None:
             runs["full"] = measure("zero_to_fp32 (one checkpoint)", conv, cache)
         shutil.rmtree(work / "full", ignore_errors=True)
         (work / "full.pt").unlink(missing_ok=True)
-        extra = runs["merge"]["peak_rss_mb"] - runs["tiny"]["peak_rss_mb"]
         for r in runs.values():
             rows.append(r)
-            print(f"{r['name']:<40} rc={r['rc']} wall {r['wall_s']:>6.1f} s  peak RSS {r['peak_rss_mb']:>8.1f} MB")
-        print(
-            f"{fmt}: merge peak - fixed overhead = {extra:.1f} MB = {extra * 1e6 / largest:.2f} x the largest tensor "
-            f"(target <= 2); full conversion of one checkpoint: {runs['full']['peak_rss_mb']:.1f} MB"
-        )
+            print(f"{r['name']:<44} rc={r['rc']} wall {r['wall_s']:>6.1f} s  peak RSS {r['peak_rss_mb']:>8.1f} MB")
+        for label, _ in trees:
+            extra = runs[label + "merge"]["peak_rss_mb"] - runs[label + "tiny"]["peak_rss_mb"]
+            print(
+                f"{fmt} {label or 'this tree '}: merge peak - fixed overhead = {extra:.1f} MB = "
+                f"{extra * 1e6 / largest:.2f} x the largest tensor (target <= 2); beyond 2 x the largest: "
+                f"{extra - 2 * largest / 1e6:.1f} MB (the stream's merged chunks waiting for the writer are "
+                f"bounded by its write budget, {DEFAULT_WRITE_BYTES / 2**20:.0f} MiB, whatever the model size)"
+            )
+        if "full" in runs:
+            print(f"{fmt}: full conversion of one checkpoint: {runs['full']['peak_rss_mb']:.1f} MB")
+    print(f"load average (1, 5, 15 min): {os.getloadavg()}")
     (cache / "native_memory.json").write_text(json.dumps({"largest_bytes": largest, "params": params, "runs": rows}))
 
 

@@ -32,6 +32,7 @@ LONGEST_MODULES = (
     "tests/integration/test_ray.py",
     "tests/integration/test_finish_signals.py",
     "tests/integration/test_native_checkpoints.py",
+    "tests/integration/test_dcp_sharded.py",
     "tests/ops/test_server_promotion.py",
     "tests/integration/test_deepspeed.py",
     "tests/integration/test_wheel_install.py",

@@ -61,6 +61,46 @@ def write_dcp(
     return out
 
 
+def write_dcp_sharded(folder: Path, out: Path, nproc: int = 2, timeout: int = 600) -> Path:
+    """A DCP of ``folder``'s weights as FSDP2 or torchtitan saves it: ``nproc`` gloo ranks (CPU), every
+    weight a DTensor sharded on dim 0 over a 1-D device mesh (uneven shards where the rows do not
+    divide), each rank writing its own shards (``__R_0.distcp``), with optimizer moments beside them."""
+    from ckptmerge.runtime.distributed import free_port
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc)]
+    cmd += ["--master_port", str(free_port()), __file__, "dcp-sharded", str(out), str(folder)]
+    env = {**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'src'}", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return out
+
+
+def _dcp_sharded_main(out: Path, folder: Path) -> None:
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+    from transformers import AutoModelForCausalLM
+
+    dist.init_process_group("gloo")
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    sd = {
+        # FSDP2's layout: dim-0 shards; a 0-d buffer cannot be sharded and is replicated (saved once)
+        k: distribute_tensor(v.detach().clone(), mesh, [Shard(0) if v.dim() else Replicate()])
+        for k, v in model.state_dict().items()
+    }
+    optim = {
+        "state": {
+            k: {"exp_avg": distribute_tensor(torch.zeros_like(v.full_tensor()), mesh, v.placements)}
+            for k, v in sd.items()
+        }
+    }
+    dcp.save({"model": sd, "optimizer": optim}, checkpoint_id=str(out))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def _step(name: str) -> int:
     m = re.search(r"(\d+)$", name)
     return int(m.group(1)) if m else 0
@@ -92,4 +132,7 @@ def _main(stages: list[int], out: Path, folders: list[Path]) -> None:
 
 if __name__ == "__main__":
     args = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]
+    if args[0] == "dcp-sharded":
+        _dcp_sharded_main(Path(args[1]), Path(args[2]))
+        sys.exit(0)
     _main([int(s) for s in args[0].split(",")], Path(args[1]), [Path(a) for a in args[2:]])

@@ -90,7 +90,8 @@ def run_merge(cfg: Config) -> dict[str, Any]:
     refuse_inputs(target, local_checkpoint_folders(cfg.model))  # before "exists": no overwrite may replace an input
     check_target(target, cfg.merge.overwrite)
     shard_bytes = cfg.merge.shard_bytes
-    cset = resolve_sources(cfg.model, cfg.eval, Purpose(merge=True, allow_nonfinite=cfg.merge.allow_nonfinite)).cset
+    sources = resolve_sources(cfg.model, cfg.eval, Purpose(merge=True, allow_nonfinite=cfg.merge.allow_nonfinite))
+    cset = sources.cset
     refuse_inputs(target, [c.folder for c in cset.checkpoints])
     weights = list(cfg.merge.weights or ())
     if len(weights) != len(cset):
@@ -126,6 +127,7 @@ def run_merge(cfg: Config) -> dict[str, Any]:
             },
             progress=True,
             stats=stats,
+            checks=sources.checks,  # finite and distinct inputs, checked on the merge's one read of each
         )
 
     if fmt == "dcp":

@@ -59,6 +59,7 @@ _TOKENIZER_SIDE = ("tokenizer_config.json", "special_tokens_map.json", "added_to
 MIN_VOCAB = 8
 
 CHUNK_ELEMS = 1 << 20
+SUM_ROW = 1 << 14  # below torch's parallel grain (32768): one thread sums each row
 
 # Training steps in folder names and hub revisions: step00250, checkpoint-500, global_step500, iter_0000500.
 _STEP_RE = re.compile(r".*?(?:global_step|checkpoint|step|iter)[-_]?(\d+)", re.IGNORECASE)
@@ -278,38 +279,74 @@ def scan(cset: CheckpointSet, allow_nonfinite: bool, nonfinite_hint: str) -> lis
         for c, h in zip(cset.checkpoints, digests):
             finite = True
             for part in _chunks(c, key):
-                # One vectorised pass that serves both checks: a sum is finite iff every value is, unless
-                # finite values overflow it (then the exact test decides, as in stream.all_finite).
-                total = float(part.sum()) if part.numel() else 0.0
-                if m.dtype.is_floating_point and not math.isfinite(total):
-                    finite = finite and bool(torch.isfinite(part).all())
+                total, ok = chunk_sum(part, m.dtype)
+                finite = finite and ok
                 h.update(struct.pack("<d", total))
                 pages.release([part])
             if not finite:
                 bad.append(c)
-        if not bad:
-            continue
-        if _same_everywhere(cset, key):
+        if bad and judge_nonfinite(cset, key, bad, allow_nonfinite, nonfinite_hint):
             kept.append(key)
-            continue
-        if allow_nonfinite:
-            log.warning(
-                "Checkpoint %s has NaN or Inf in tensor %s; merged as it is (merge.allow_nonfinite=true)",
-                bad[0].name,
-                key,
-            )
-            continue
-        raise CheckpointError(
-            f"checkpoint {_label(bad[0])} has NaN or Inf in tensor {key}: every merge that gives "
-            f"it weight is NaN there{nonfinite_hint}"
+    log_kept(kept)
+    return [h.hexdigest() for h in digests]
+
+
+def chunk_sum(part: torch.Tensor, dtype: torch.dtype) -> tuple[float, bool]:
+    """One chunk's term of the content digest, and whether the chunk is finite.
+
+    One vectorised pass that serves both checks: a sum is finite iff every value is, unless finite
+    values overflow it (then the exact test decides, as in stream.all_finite). The merge's own stream
+    (:mod:`ckptmerge.checkpoints.inline_checks`) calls this too, so its digests are the scan's.
+    """
+    n = part.numel()
+    if n == 0:
+        return 0.0, True
+    # A whole-tensor sum splits its work by the number of threads, so its rounding depends on the thread
+    # that runs it (the merge stream's reader thread and the caller's need not agree). Rows of SUM_ROW
+    # elements are each summed by one thread, and their few totals by one: the same bits on any thread.
+    k = n // SUM_ROW
+    terms = [part[: k * SUM_ROW].reshape(k, SUM_ROW).sum(dim=1)] if k else []
+    if n % SUM_ROW:
+        terms.append(part[k * SUM_ROW :].sum().reshape(1))
+    total = float(torch.cat(terms).sum())
+    if dtype.is_floating_point and not math.isfinite(total):
+        return total, bool(torch.isfinite(part).all())
+    return total, True
+
+
+def judge_nonfinite(
+    cset: CheckpointSet,
+    key: str,
+    bad: list[Checkpoint],
+    allow_nonfinite: bool,
+    nonfinite_hint: str,
+    same: bool | None = None,
+) -> bool:
+    """Tensor ``key`` is NaN/Inf somewhere in ``bad`` (in checkpoint order): True when it is a constant
+    buffer (the same in every checkpoint, ``same`` when the caller already knows), False when
+    ``allow_nonfinite`` lets it through, else one-line refusal naming the first such checkpoint."""
+    if _same_everywhere(cset, key) if same is None else same:
+        return True
+    if allow_nonfinite:
+        log.warning(
+            "Checkpoint %s has NaN or Inf in tensor %s; merged as it is (merge.allow_nonfinite=true)",
+            bad[0].name,
+            key,
         )
+        return False
+    raise CheckpointError(
+        f"checkpoint {_label(bad[0])} has NaN or Inf in tensor {key}: every merge that gives "
+        f"it weight is NaN there{nonfinite_hint}"
+    )
+
+
+def log_kept(kept: list[str]) -> None:
     if kept:
         log.info(
             "%d tensors hold the same NaN/Inf in every checkpoint (constant buffers, merged as they are): %s",
             len(kept),
             kept[:3],
         )
-    return [h.hexdigest() for h in digests]
 
 
 def check_distinct_content(cset: CheckpointSet, digests: list[str]) -> None:
@@ -339,6 +376,16 @@ def check_content(
     with ``merge.allow_nonfinite=true``); ``nonfinite_hint`` ends the NaN error (how to override, if one can).
     ``tokenizer_required``: see :func:`check_tokenizers`.
     """
+    steps = check_before_reading(cset, order=order, tokenizer_required=tokenizer_required)
+    digests = scan(cset, allow_nonfinite, nonfinite_hint)
+    check_after_reading(cset, digests, steps)
+
+
+def check_before_reading(
+    cset: CheckpointSet, *, order: str = "check", tokenizer_required: bool = True
+) -> list[int] | None:
+    """The checks that read no tensor data (dtypes, folders, order, tokenizers); returns the training
+    steps (None when unknown or ``order=given``) for :func:`check_after_reading`."""
     if order not in ORDERS:
         raise CheckpointError(f"model.order={order!r} is not valid (choose from: {', '.join(ORDERS)})")
     check_dtypes(cset)
@@ -346,7 +393,11 @@ def check_content(
     steps = training_steps(cset) if order == "check" else None
     check_order(cset, steps, allow_equal=True)
     check_tokenizers(cset, required=tokenizer_required)
-    digests = scan(cset, allow_nonfinite, nonfinite_hint)
+    return steps
+
+
+def check_after_reading(cset: CheckpointSet, digests: list[str], steps: list[int] | None) -> None:
+    """The checks that need the content digests of one pass over the data (the scan's or the merge's)."""
     check_distinct_content(cset, digests)
     check_order(cset, steps, allow_equal=False)
     log.info(

@@ -5,7 +5,8 @@ A DCP folder holds ``__R_W.distcp`` data files and a ``.metadata`` file that the
 lists every entry's global shape and dtype and where each of its shards' bytes are. Only that file is
 read to list the tensors; a tensor is read when asked for (``dcp.load`` of that one name into a tensor
 of its full shape, assembled from however many ranks wrote it), so optimizer state is never loaded and
-memory holds one tensor (plus the reader's copy of one shard's bytes) at a time.
+memory holds one tensor (plus, for a tensor sharded over ranks, one shard) at a time: each record is
+loaded from its byte range, not through ``dcp.load``, which would hold a second copy of the tensor.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import pickle
 import warnings
 from pathlib import Path
+from typing import IO, Any, cast
 
 import torch
 
@@ -37,7 +39,7 @@ class DcpReader:
 
     def __init__(self, folder: Path, label: str) -> None:
         from torch.distributed.checkpoint import FileSystemReader
-        from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+        from torch.distributed.checkpoint.metadata import MetadataIndex, TensorStorageMetadata
 
         self.folder, self.label = Path(folder), label
         if not (self.folder / METADATA).is_file():
@@ -56,6 +58,18 @@ class DcpReader:
             if isinstance(v, TensorStorageMetadata)
         }
         self._files = self._check_storage(md)
+        # tensor name -> its records: (offsets, sizes) of each saved shard and where its bytes are
+        self._records: dict[str, list[tuple[tuple[int, ...], tuple[int, ...], Any]]] = {}
+        for k, v in md.state_dict_metadata.items():
+            if isinstance(v, TensorStorageMetadata):
+                recs = []
+                for chunk in v.chunks:
+                    info = (md.storage_data or {}).get(MetadataIndex(k, chunk.offsets))
+                    if info is None:
+                        break
+                    recs.append((tuple(int(o) for o in chunk.offsets), tuple(int(n) for n in chunk.sizes), info))
+                else:
+                    self._records[k] = recs
 
     def _check_storage(self, md) -> list[Path]:
         """Every data file the metadata names exists and is long enough: a missing or truncated rank file
@@ -84,6 +98,44 @@ class DcpReader:
         return list(self._files)
 
     def load(self, key: str) -> torch.Tensor:
+        """Tensor ``key``: its saved records read straight into it, else (transformed records) ``dcp.load``."""
+        try:
+            direct = self._load_records(key)
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as e:
+            msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise CheckpointError(f"checkpoint {self.label}: tensor {key} cannot be read ({msg})") from None
+        return direct if direct is not None else self._dcp_load(key)
+
+    def _load_records(self, key: str) -> torch.Tensor | None:
+        """Each record (one per saving rank's shard) of ``key`` as ``torch.save`` wrote it, loaded from its
+        byte range of the data file (``weights_only``): one saved whole is returned as loaded, shards
+        are copied into the full tensor one at a time. ``dcp.load`` would load each record and then
+        copy it into a preallocated tensor, holding the tensor twice. None when a record is stored
+        with a transform (compression) or not as a plain tensor: ``dcp.load`` reads those."""
+        from torch.distributed.checkpoint.filesystem import _create_file_view
+
+        m, records = self._meta[key], self._records.get(key, [])
+        if not records or any(info.transform_descriptors for _, _, info in records):
+            return None
+        out: torch.Tensor | None = None
+        for offsets, sizes, info in records:
+            with open(self.folder / str(info.relative_path), "rb") as f:
+                record = cast(IO[bytes], _create_file_view(f, info.offset, info.length))
+                t = torch.load(record, map_location="cpu", weights_only=True)
+            if not isinstance(t, torch.Tensor) or tuple(t.shape) != sizes or t.dtype != m.dtype:
+                return None
+            if len(records) == 1 and sizes == m.shape and t.is_contiguous():
+                return t
+            if out is None:
+                out = torch.empty(m.shape, dtype=m.dtype)
+            view = out
+            for dim, (o, n) in enumerate(zip(offsets, sizes)):
+                view = view.narrow(dim, o, n)
+            view.copy_(t)
+            del t
+        return out
+
+    def _dcp_load(self, key: str) -> torch.Tensor:
         import torch.distributed.checkpoint as dcp
 
         m = self._meta[key]

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -37,6 +37,9 @@ from ckptmerge.checkpoints import pages
 from ckptmerge.checkpoints.layout import Placement, Shard
 from ckptmerge.checkpoints.reader import CheckpointReader, TensorReader
 from ckptmerge.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from ckptmerge.checkpoints.inline_checks import InlineChecks
 
 log = logging.getLogger(__name__)
 
@@ -170,8 +173,11 @@ class MergeStream:
         prefetch_bytes: int = DEFAULT_PREFETCH_BYTES,
         write_bytes: int = DEFAULT_WRITE_BYTES,
         progress: Any = None,
+        checks: InlineChecks | None = None,
     ) -> None:
         self.sources, self.weights, self.fn = list(sources), list(weights), merge_fn
+        # The content checks of action=merge, fed by this stream's reads (each input is read once).
+        self.checks = checks
         self.shards, self.folder = list(shards), Path(folder)
         self.elementwise = is_elementwise(merge_fn)
         self.chunk = max(1, int(chunk_elems))
@@ -216,6 +222,11 @@ class MergeStream:
         return [(s, min(s + self.chunk, p.numel)) for s in range(0, p.numel, self.chunk)]
 
     def _read(self) -> None:
+        # The content checks' sums run here: one torch thread, as the arithmetic (see default_threads).
+        # A multi-threaded op on a busy machine stalls at its barrier: measured on the loaded 2-core VM,
+        # a Pythia-1B merge's stream took 38-50 s with this thread's sums on 2 threads, against 9-10 s
+        # for the merge without them.
+        torch.set_num_threads(1)
         try:
             for shard in self.shards:
                 for p in shard.tensors:
@@ -223,24 +234,42 @@ class MergeStream:
                     # reading, not after, so that no second tensor is read while the budget is spent.
                     if self._in_memory and not self.read_budget.acquire(self._source_bytes(p.key)):
                         return
-                    views = [r.get(p.key) for r in self.sources]
-                    for r, v in zip(self.sources, views):
-                        if tuple(v.shape) != p.shape:
-                            raise CheckpointError(
-                                f"{r.folder}: tensor {p.key} has shape {list(v.shape)}, expected {list(p.shape)}"
-                            )
-                    # An elementwise method sees flat 1-D chunks; any other method whole tensors.
-                    flats = [v.reshape(-1) for v in views] if self.elementwise else views
-                    for s, e in self._units(p):
-                        parts = [f[s:e] for f in flats] if self.elementwise else flats
-                        n = sum(x.numel() * x.element_size() for x in parts)
-                        if not self._in_memory and not self.read_budget.acquire(n):
-                            return
-                        pages.populate(parts)
-                        self.inq.put((p, s, e, parts, n))
+                    if not self._read_tensor(p):
+                        return
             self.inq.put(_DONE)
         except BaseException as e:  # surfaces in the calling thread
             self._fail(e)
+
+    def _read_tensor(self, p: Placement) -> bool:
+        """Queue tensor ``p``'s merge units; False when the stream stopped meanwhile."""
+        views = [r.get(p.key) for r in self.sources]  # the one read of this tensor from each source
+        for r, v in zip(self.sources, views):
+            if tuple(v.shape) != p.shape:
+                raise CheckpointError(f"{r.folder}: tensor {p.key} has shape {list(v.shape)}, expected {list(p.shape)}")
+        flats = [v.reshape(-1) for v in views]
+        units = self._units(p)
+        i = 0
+        while i < len(units):
+            # Units are faulted in a batch that covers whole digest chunks of the content checks, so
+            # each chunk is summed while its pages are resident (before the writer drops them).
+            j = i + 1
+            if self.checks is not None:
+                end = self.checks.span_end(units[i][1])
+                while j < len(units) and units[j - 1][1] < end:
+                    j += 1
+            # An elementwise method sees flat 1-D chunks; any other method whole tensors.
+            batch = [(s, e, [f[s:e] for f in flats] if self.elementwise else views) for s, e in units[i:j]]
+            sizes = [sum(x.numel() * x.element_size() for x in parts) for _, _, parts in batch]
+            if not self._in_memory and not self.read_budget.acquire(sum(sizes)):
+                return False
+            for _, _, parts in batch:
+                pages.populate(parts)
+            if self.checks is not None:
+                self.checks.tensor(p.key, flats, batch[-1][1])
+            for (s, e, parts), n in zip(batch, sizes):
+                self.inq.put((p, s, e, parts, n))
+            i = j
+        return True
 
     def _source_bytes(self, key: str) -> int:
         return sum(m[key].nbytes for m in self._metas)
@@ -294,6 +323,10 @@ class MergeStream:
                 self.pool.give(out)
                 del out
                 pages.release(parts)
+                # Drop this unit's source tensors before returning their budget: an in-memory source
+                # (ZeRO, DCP) is freed with its last unit, before the reader reads the next tensor,
+                # rather than kept alive by these names while the next one is read.
+                item = parts = None
                 self.read_budget.release(src_bytes)
                 self.write_budget.release(n)
                 done = self._written.get(p.key, 0) + n
@@ -338,6 +371,7 @@ class MergeStream:
                     if item is _DONE:
                         break
                     p, s, end, parts, n = item
+                    item = None  # no reference to the sources may outlive their unit (see _write)
                     out = self._merge_unit(p, s, end, parts)
                     if not self.write_budget.acquire(out.numel() * out.element_size()):
                         break

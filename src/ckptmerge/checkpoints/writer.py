@@ -16,6 +16,7 @@ import os
 import shutil
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -32,6 +33,9 @@ from ckptmerge.checkpoints.stream import (
     all_finite,
 )
 from ckptmerge.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from ckptmerge.checkpoints.inline_checks import InlineChecks
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +173,7 @@ def write_merged(
     reread: bool = False,
     fsync: bool = False,
     stats: StreamStats | None = None,
+    checks: InlineChecks | None = None,
 ) -> Path:
     """Stream ``merge_fn`` over every tensor of ``sources`` into sharded safetensors at ``target``.
 
@@ -180,7 +185,9 @@ def write_merged(
     checkpoint). Before the folder is renamed into place it is verified: every tensor present with its
     shape and dtype (headers re-read from disk), every byte written, no NaN or Inf (checked on each
     merged chunk as it is written, or, with ``reread``, by reading the files back). ``stats``, when
-    given, receives what the merge did. ``owner``, when given, is recorded in ``ckptmerge.json`` and
+    given, receives what the merge did. ``checks``, when given, are the inputs' content checks, fed by
+    the stream's reads and finished before the folder is published (a refusal leaves nothing).
+    ``owner``, when given, is recorded in ``ckptmerge.json`` and
     lets the same owner replace its own earlier output (see :mod:`ckptmerge.checkpoints.atomic`).
     """
     from tqdm.auto import tqdm
@@ -215,9 +222,12 @@ def write_merged(
                 prefetch_bytes=prefetch_bytes,
                 write_bytes=write_bytes,
                 progress=bar,
+                checks=checks,
             ).run(threads)
         finally:
             bar.close()
+        if checks is not None:
+            checks.finish()
         index = index_json(shards)
         if index is not None:
             (tmp / SAFE_INDEX).write_text(index)

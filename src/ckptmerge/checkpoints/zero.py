@@ -10,7 +10,8 @@ accepted.
 ``model.precision``: ``master`` (default) reads the fp32 master weights, what training continues from;
 ``module`` reads the 16-bit module weights that stage 1/2 keep in ``mp_rank_00_model_states.pt`` (ZeRO-3
 partitions those too and keeps no whole copy). Memory: the partitions are memory-mapped; stage 3
-gathers one parameter at a time; for stage 1/2, DeepSpeed's lazy mode still joins each parameter
+gathers one parameter at a time into its own tensor, dropping each partition slice's pages once
+copied; for stage 1/2, DeepSpeed's lazy mode still joins each parameter
 group's partitions into one vector (a copy of the fp32 weights while the checkpoint is open).
 """
 
@@ -34,6 +35,7 @@ from ckptmerge.errors import CheckpointError
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("master", "module")
+_GATHER_ELEMS = 1 << 20  # a stage-3 gather copies (and then drops the pages of) this many elements at a time
 LATEST = "latest"
 _STEP_TAG = re.compile(r"global_step\d+")
 
@@ -161,6 +163,32 @@ class ZeroReader:
                 self._ranges.append(start)
                 self._partitions.append(t)
 
+    @staticmethod
+    def _gather(g: Any) -> torch.Tensor:
+        """A stage-3 parameter from its ranks' partitions, as DeepSpeed's ``GatheredTensor.contiguous``
+        joins them (each rank's slice of the flat groups it spans, in rank order, padding cut), but
+        copied slice by slice into the one output tensor, each slice's mapped pages dropped once
+        copied: DeepSpeed's ``torch.cat`` holds a padded copy and every page it touched, twice the
+        parameter, where this holds the parameter and one piece of ``_GATHER_ELEMS``."""
+        numel = g.shape.numel()
+        out = torch.empty(numel, dtype=g.dtype)
+        lo_idx, hi_idx, offs = g.offset, g.offset + g.partitioned_numel, g.flat_groups_offset
+        pos = 0
+        for rank in g.flat_groups:
+            for gid in range(len(offs) - 1):
+                lo, hi = offs[gid], offs[gid + 1]
+                if hi <= lo_idx or lo >= hi_idx:
+                    continue
+                src = rank[gid][max(lo_idx, lo) - lo : min(hi_idx, hi) - lo]
+                for s in range(0, src.numel(), _GATHER_ELEMS):
+                    piece = src[s : s + _GATHER_ELEMS]
+                    take = min(piece.numel(), numel - pos)
+                    if take > 0:
+                        out[pos : pos + take].copy_(piece[:take])
+                    pos += piece.numel()
+                    pages.release([piece])
+        return out.view(g.shape)
+
     def raw_meta(self) -> dict[str, TensorMeta]:
         return {k: TensorMeta(tuple(int(d) for d in v.shape), v.dtype) for k, v in self._state.items()}
 
@@ -169,10 +197,10 @@ class ZeroReader:
 
     def load(self, key: str) -> torch.Tensor:
         value = self._state[key]
-        # DeepSpeed's lazy stage-3 tensor gathers its partitions on .contiguous(); the rest are tensors.
-        t = self._deepspeed(f"tensor {key}", value.contiguous)
-        if self._partitions and not isinstance(value, torch.Tensor):
-            pages.release(self._partitions)  # a gather (torch.cat) copied what it needed
+        # DeepSpeed's lazy stage-3 tensor (its partitions, as DeepSpeed found them) is gathered here;
+        # the rest are tensors already.
+        lazy = self._partitions and not isinstance(value, torch.Tensor)
+        t = self._deepspeed(f"tensor {key}", (lambda: self._gather(value)) if lazy else value.contiguous)
         expect = tuple(int(d) for d in value.shape)
         if tuple(t.shape) != expect:
             raise CheckpointError(

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from ckptmerge.checkpoints import CheckpointSet
 from ckptmerge.checkpoints.checkpoint_set import ReadOptions
-from ckptmerge.checkpoints.content import check_content
+from ckptmerge.checkpoints.content import check_before_reading, check_content
+from ckptmerge.checkpoints.inline_checks import InlineChecks
 from ckptmerge.config import CompareConfig, EvalConfig, ModelConfig, SearchConfig, SpaceConfig
 from ckptmerge.errors import ConfigError
 from ckptmerge.search.searchers import Proposal
@@ -36,6 +37,8 @@ class Sources:
     dev_weights: dict[str, float] = field(default_factory=dict)
     calib_path: Path | None = None
     trajectory_root: Path | None = None
+    # action=merge: the finite and digest checks still to run on the merge's own reads
+    checks: InlineChecks | None = None
 
 
 def _embedded_checkpoints(
@@ -74,8 +77,14 @@ class Purpose:
 SCORING = Purpose()
 
 
-def _check_content(model: ModelConfig, purpose: Purpose, cset: CheckpointSet) -> None:
-    """What the checkpoints hold (see :mod:`ckptmerge.checkpoints.content`), before any trial or write."""
+def _check_content(model: ModelConfig, purpose: Purpose, cset: CheckpointSet) -> InlineChecks | None:
+    """What the checkpoints hold (see :mod:`ckptmerge.checkpoints.content`), before any trial or write.
+
+    A written merge (``purpose.merge``) reads each input once: the checks that read no tensor data run
+    here, and the finite and digest checks are returned to run on the merge stream's own reads
+    (:mod:`ckptmerge.checkpoints.inline_checks`). Every other action builds a resident model or scores
+    before anything is merged, so it runs the whole pass here.
+    """
     merge = purpose.merge
     hint = (
         "; set merge.allow_nonfinite=true to write such a merge anyway"
@@ -83,13 +92,11 @@ def _check_content(model: ModelConfig, purpose: Purpose, cset: CheckpointSet) ->
         else "; fix or leave out this checkpoint (only action=merge can take it, with merge.allow_nonfinite=true)"
     )
     # Only actions that score need a tokenizer in every checkpoint; a weights-only merge is legitimate.
-    check_content(
-        cset,
-        order=model.order,
-        allow_nonfinite=merge and purpose.allow_nonfinite,
-        nonfinite_hint=hint,
-        tokenizer_required=not merge,
-    )
+    if merge:
+        steps = check_before_reading(cset, order=model.order, tokenizer_required=False)
+        return InlineChecks(cset, steps, allow_nonfinite=purpose.allow_nonfinite, nonfinite_hint=hint)
+    check_content(cset, order=model.order, nonfinite_hint=hint, tokenizer_required=True)
+    return None
 
 
 def resolve_sources(
@@ -113,10 +120,10 @@ def resolve_sources(
     if model.source == "embedded":
         refs, traj = _embedded_checkpoints(model, progress, all_checkpoints)
         cset = CheckpointSet.from_refs(refs, trust_remote_code=False)
-        if check:
-            _check_content(model, purpose, cset)
+        checks = _check_content(model, purpose, cset) if check else None
         return Sources(
             cset=cset,
+            checks=checks,
             dev_tasks=ev.tasks or model.dev_tasks or traj.dev_tasks,  # type: ignore[attr-defined]
             test_tasks=ev.test_tasks or (() if ev.tasks else (model.test_tasks or traj.test_tasks)),  # type: ignore[attr-defined]
             dev_weights=_weights(model, ev),
@@ -136,11 +143,11 @@ def resolve_sources(
         trust_remote_code=model.trust_remote_code,
         options=ReadOptions(key_map=model.key_map, config=model.config, precision=model.precision),
     )
-    if check:
-        _check_content(model, purpose, cset)
+    checks = _check_content(model, purpose, cset) if check else None
     test_tasks = ev.test_tasks or (() if ev.tasks else model.test_tasks)
     return Sources(
         cset=cset,
+        checks=checks,
         dev_tasks=dev_tasks,
         test_tasks=test_tasks,
         dev_weights=_weights(model, ev),
