@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import heapq
+import json
 import statistics
 import sys
 import time
@@ -86,6 +87,46 @@ def time_to(gains: list[float], times: list[float], target: float) -> float | No
     return times[hit - 1] if hit else None
 
 
+def tabulate(records: list[dict[str, Any]], budget: int) -> list[str]:
+    """The table's lines from the benchmark's records (``--jsonl``): one ``space`` record (the newest's
+    objective and the dense sweep) per space, then one ``run`` record per search; runs not yet made are
+    left out, so a partial file gives a partial table."""
+    B, lines = budget, []
+    lines.append(
+        "| space | workers | lie | evals to 90% | rounds to 90% | evals to 99% | rounds to 99% | "
+        f"gain at {B} | reference | per seed: evals/rounds to 90%, to 99% |"
+    )
+    lines.append("|---|---|---|---|---|---|---|---|---|---|")
+    spaces = [r for r in records if r["kind"] == "space"]
+    for sp in spaces:
+        runs = [r for r in records if r["kind"] == "run" and r["space"] == sp["space"]]
+        newest = sp["newest"]
+        ref = max(sp["sweep"] + [y for r in runs for y, _, _ in r["run"]]) - newest
+        configs: dict[tuple[int, str], list[list[Any]]] = {}
+        for r in runs:
+            configs.setdefault((r["workers"], r["liar"]), []).append(r["run"])
+        for (w, liar), rs in configs.items():
+            per = []
+            for run in rs:
+                gains, times = [y - newest for y, _, _ in run], [t for _, t, _ in run]
+                cells: list[float] = []
+                for q in (0.9, 0.99):
+                    e, t = evaluations_to(gains, q * ref), time_to(gains, times, q * ref)
+                    cells += [e if e else B + 1, round(t, 2) if t is not None else round(times[-1] + 1, 2)]
+                per.append((cells, max(gains)))
+            med = [statistics.median(c[i] for c, _ in per) for i in range(4)]
+            shown = [f"{m:g}" if m <= B else f">{B}" for m in med[::2]]
+            seeds = ", ".join(
+                f"{c[0] if c[0] <= B else f'>{B}'}/{c[1]:g} {c[2] if c[2] <= B else f'>{B}'}/{c[3]:g}" for c, _ in per
+            )
+            gain = statistics.median(g for _, g in per)
+            lines.append(
+                f"| {sp['space']} | {w} | {liar if w > 1 else '-'} | {shown[0]} | {med[1]:.2f} | {shown[1]} | "
+                f"{med[3]:.2f} | {gain:+.5f} | {ref:+.5f} | {seeds} ({len(per)} seeds) |"
+            )
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--traj-seed", type=int, default=7, help="trajectory seed (the embedded default is 0)")
@@ -93,13 +134,19 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=10, help="trials per search, whatever the workers")
     ap.add_argument("--dense", type=int, default=21, help="sweep points over a one-coordinate space")
     ap.add_argument("--spaces", nargs="+", default=["pair", "decay"])
-    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4], help="in this order")
     ap.add_argument("--liars", nargs="+", default=None, help="bo's lies to compare (default: BayesSearcher.LIAR)")
+    ap.add_argument("--liars-for", type=int, nargs="+", default=None, help="compare the lies only at these workers")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--jitter", type=float, default=0.2, help="trial durations uniform in [1-j, 1+j]")
     ap.add_argument("--limit", type=int, default=None, help="eval.limit: a seeded sample of the task's documents")
     ap.add_argument("--cache", type=Path, default=None, help="evaluations kept across runs (sample_efficiency.py's)")
+    ap.add_argument("--jsonl", type=Path, default=None, help="append every run here as it finishes")
+    ap.add_argument("--tabulate", type=Path, default=None, help="only print the table of a --jsonl file")
     a = ap.parse_args()
+    if a.tabulate:
+        print("\n".join(tabulate([json.loads(line) for line in a.tabulate.read_text().splitlines()], a.budget)))
+        return
 
     cfg, session, f, ckpts, newest = bench_setup(a.traj_seed, a.last, a.budget, a.limit, a.cache)
     import os
@@ -111,8 +158,14 @@ def main() -> None:
 
     liars = a.liars or [BayesSearcher.LIAR]
     t0 = time.perf_counter()
-    B = a.budget
-    rows = []
+    records: list[dict[str, Any]] = []
+
+    def record(r: dict[str, Any]) -> None:
+        records.append(r)
+        if a.jsonl:
+            with a.jsonl.open("a") as out:
+                out.write(json.dumps(r) + "\n")
+
     for name in a.spaces:
         k = 2 if name == "pair" else len(ckpts)
         scfg = for_space(cfg, name)
@@ -120,46 +173,28 @@ def main() -> None:
         pad = [0.0] * (len(ckpts) - k)
         ((lo, hi),) = space.bounds()
         sweep = [(float(x),) for x in np.linspace(lo, hi, a.dense)] + [p.x for p in (initial or [])]
-        seen = [f.evaluate(pad + space.weights(x))[0] for x in sweep]
-        runs: dict[tuple[str, int], list[list[tuple[float, float, int]]]] = {}
+        record(
+            {
+                "kind": "space",
+                "space": name,
+                "newest": newest,
+                "sweep": [f.evaluate(pad + space.weights(x))[0] for x in sweep],
+            }
+        )
         for w in a.workers:
-            for liar in liars if w > 1 else liars[:1]:
+            compare = w > 1 and (a.liars_for is None or w in a.liars_for)
+            for liar in liars if compare else liars[:1]:
                 BayesSearcher.LIAR = liar
-                runs[(liar, w)] = [run_async(cfg, k, name, s, w, a.jitter, f) for s in a.seeds]
+                for s in a.seeds:
+                    run = run_async(cfg, k, name, s, w, a.jitter, f)
+                    record({"kind": "run", "space": name, "workers": w, "liar": liar, "seed": s, "run": run})
                 print(
                     f"{name}: {w} workers, {liar}: {len(a.seeds)} seeds ({f.evaluations} evaluations, "
                     f"{time.perf_counter() - t0:.0f} s, load {os.getloadavg()[0]:.1f})",
                     flush=True,
                 )
-        seen += [y for rs in runs.values() for run in rs for y, _, _ in run]
-        ref = max(seen) - newest
-        print(f"{name}: reference gain {ref:+.5f} (dense sweep alone {max(seen[: len(sweep)]) - newest:+.5f})")
-        for (liar, w), rs in runs.items():
-            per = []
-            for run in rs:
-                gains, times = [y - newest for y, _, _ in run], [t for _, t, _ in run]
-                cells: list[float] = []
-                for q in (0.9, 0.99):
-                    e, t = evaluations_to(gains, q * ref), time_to(gains, times, q * ref)
-                    cells += [e if e else B + 1, round(t, 2) if t is not None else round(times[-1] + 1, 2)]
-                per.append((cells, max(gains), max(p for _, _, p in run)))
-            med = [statistics.median(c[0][i] for c in per) for i in range(4)]
-            rows.append((name, w, liar if w > 1 else "-", med, statistics.median(g for _, g, _ in per), ref, per))
-    print(f"\n{f.evaluations} distinct evaluations in {time.perf_counter() - t0:.0f} s; load {os.getloadavg()}")
-    print(
-        "\n| space | workers | lie | evals to 90% | rounds to 90% | evals to 99% | rounds to 99% | "
-        f"gain at {B} | reference | per seed: evals/rounds to 90%, to 99% |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for name, w, liar, med, gain, ref, per in rows:
-        shown = [f"{m:g}" if m <= B else f">{B}" for m in med[::2]]
-        seeds = ", ".join(
-            f"{c[0] if c[0] <= B else f'>{B}'}/{c[1]:g} {c[2] if c[2] <= B else f'>{B}'}/{c[3]:g}" for c, _, _ in per
-        )
-        print(
-            f"| {name} | {w} | {liar} | {shown[0]} | {med[1]:.2f} | {shown[1]} | {med[3]:.2f} | {gain:+.5f} | "
-            f"{ref:+.5f} | {seeds} |"
-        )
+    print(f"\n{f.evaluations} distinct evaluations in {time.perf_counter() - t0:.0f} s; load {os.getloadavg()}\n")
+    print("\n".join(tabulate(records, a.budget)))
 
 
 if __name__ == "__main__":
