@@ -67,7 +67,8 @@ def run_async(
 
     while started < min(workers, cfg.search.budget):
         start(0.0)
-    out, draws = [], []
+    out: list[tuple[float, float, int]] = []
+    draws: list[Any] = []
     while inflight:
         t, _, x, pending = heapq.heappop(inflight)
         y, d = f.evaluate(pad + space.weights(x))

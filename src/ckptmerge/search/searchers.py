@@ -385,8 +385,9 @@ class BayesSearcher(Searcher):
             assert means is not None  # a model exists: _next_with_pending checked
             lies = [float(m) for m in means]
         else:
-            pick = {"cl_min": max, "cl_max": min, "cl_mean": lambda v: float(np.mean(v))}[liar]  # ys: higher is better
-            lies = [float(pick(self.ys))] * len(pending)
+            # skopt's names are for the minimised -objective; ys are oriented so that higher is better
+            lie = {"cl_min": max(self.ys), "cl_max": min(self.ys), "cl_mean": float(np.mean(self.ys))}[liar]
+            lies = [float(lie)] * len(pending)
         for x, lie in zip(pending, lies):
             Searcher.tell(self, x, lie, None)
         self._prepare_model()
