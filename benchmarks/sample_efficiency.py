@@ -239,6 +239,44 @@ def race_study(a, cfg, f, reference: dict[str, float]) -> None:  # type: ignore[
         print(line)
 
 
+def bench_setup(traj_seed: int, last: int, budget: int, limit: int | None, cache: Path | None):  # type: ignore[no-untyped-def]
+    """The config, evaluation session and cached objective of the benchmark: the trajectory ``traj_seed``'s
+    newest ``last`` checkpoints, scored on ``bench_unseen_bpb``; and the objective of the newest alone."""
+    traj = unseen_trajectory(traj_seed)  # also sets the offline switches before the libraries load
+    from ckptmerge.config import config_from_dict
+    from ckptmerge.runtime import seed_everything
+    from ckptmerge.session.evaluation import EvalSession
+    from ckptmerge.session.setup import resolve_sources
+
+    work = Path(tempfile.mkdtemp(prefix="ckptmerge-sample-eff-"))
+    tasks = make_task(traj, work / "tasks")
+    ckpts = [str(c) for c in traj.checkpoints[-last:]]
+    cfg = config_from_dict(
+        {
+            "model": {"name": "local", "source": "local", "checkpoints": ckpts},
+            "eval": {
+                "tasks": ["bench_unseen_bpb"],
+                "include_path": str(tasks),
+                "max_length": traj.max_length,
+                "limit": limit,
+            },
+            "search": {"budget": budget, "space": {"name": "pair", "last": last}},
+            "registry": {"enabled": False},
+        }
+    )
+    seed_everything(0)
+    sources = resolve_sources(cfg.model, cfg.eval, progress=False)
+    session, resident = EvalSession.with_resident(cfg.eval, cfg.search.seed, cfg.runtime, cfg.merge, sources)
+    f = Objective(session, resident, len(ckpts), cache)
+    newest = f([0.0] * (len(ckpts) - 1) + [1.0])
+    print(
+        f"trajectory seed {traj_seed}, checkpoints {[Path(c).name for c in ckpts]}, objective "
+        f"{session.objective.describe()}; newest alone {newest:.5f}; work folder {work}",
+        flush=True,
+    )
+    return cfg, session, f, ckpts, newest
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--traj-seed", type=int, default=7, help="trajectory seed (the embedded default is 0)")
@@ -268,40 +306,10 @@ def main() -> None:
     )
     a = ap.parse_args()
 
-    traj = unseen_trajectory(a.traj_seed)  # also sets the offline switches before the libraries load
+    cfg, session, f, ckpts, newest = bench_setup(a.traj_seed, a.last, a.budget, a.limit, a.cache)
     import numpy as np
 
-    from ckptmerge.config import config_from_dict
-    from ckptmerge.runtime import seed_everything
-    from ckptmerge.session.evaluation import EvalSession
-    from ckptmerge.session.setup import resolve_sources, search_space
-
-    work = Path(tempfile.mkdtemp(prefix="ckptmerge-sample-eff-"))
-    tasks = make_task(traj, work / "tasks")
-    ckpts = [str(c) for c in traj.checkpoints[-a.last :]]
-    cfg = config_from_dict(
-        {
-            "model": {"name": "local", "source": "local", "checkpoints": ckpts},
-            "eval": {
-                "tasks": ["bench_unseen_bpb"],
-                "include_path": str(tasks),
-                "max_length": traj.max_length,
-                "limit": a.limit,
-            },
-            "search": {"budget": a.budget, "space": {"name": "pair", "last": a.last}},
-            "registry": {"enabled": False},
-        }
-    )
-    seed_everything(0)
-    sources = resolve_sources(cfg.model, cfg.eval, progress=False)
-    session, resident = EvalSession.with_resident(cfg.eval, cfg.search.seed, cfg.runtime, cfg.merge, sources)
-    f = Objective(session, resident, len(ckpts), a.cache)
-    newest = f([0.0] * (len(ckpts) - 1) + [1.0])
-    print(
-        f"trajectory seed {a.traj_seed}, checkpoints {[Path(c).name for c in ckpts]}, objective "
-        f"{session.objective.describe()}; newest alone {newest:.5f}",
-        flush=True,
-    )
+    from ckptmerge.session.setup import search_space
 
     t0 = time.perf_counter()
     runs: dict[str, dict[str, list[list[float]]]] = {}  # gains over the newest, per space, searcher, seed
@@ -371,7 +379,7 @@ def main() -> None:
         stop_tables(a, cfg, session, f, evaluated, traces, reference, best_point)
     if a.race_study:
         race_study(a, cfg, f, {n: reference[n] for n in a.spaces if n in reference})
-    print(f"\n{f.evaluations} distinct evaluations in {time.perf_counter() - t0:.0f} s; work folder {work}")
+    print(f"\n{f.evaluations} distinct evaluations in {time.perf_counter() - t0:.0f} s")
     if a.json:
         a.json.write_text(json.dumps({"newest": newest, "reference": reference, "runs": runs}, indent=1))
 
