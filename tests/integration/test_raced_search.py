@@ -98,6 +98,26 @@ def test_a_much_worse_merge_is_raced_out_and_a_better_one_is_scored_on_every_doc
         assert np.array_equal(s.doc_ids, good.scores[key].doc_ids), key
 
 
+def test_the_executor_races_the_trials_it_is_given_an_incumbent_for(session):
+    """The trial loop's one evaluation call (session/executor.py, which Ray workers run too) races a trial
+    sent with an incumbent and scores one sent without on every document."""
+    from ckptmerge.session.executor import InProcessExecutor
+
+    session, resident = session
+    n = len(resident.cset)
+    newest, oldest = [0.0] * (n - 1) + [1.0], [1.0] + [0.0] * (n - 1)
+    good = _full(session, resident, newest)
+    executor = InProcessExecutor(resident, session)
+    executor.submit("raced", oldest, good)
+    executor.submit("full", oldest)
+    (k1, raced), (k2, full) = executor.next_done(), executor.next_done()
+    assert (k1, k2) == ("raced", "full") and executor.in_flight == 0
+    assert raced.error is None and raced.raced_out and raced.docs < 2 * LIMIT
+    assert raced.estimate is not None and raced.estimate_se is not None and raced.estimate < good.objective
+    assert full.error is None and not full.raced_out and full.docs == 2 * LIMIT and full.estimate is None
+    assert raced.estimate == pytest.approx(session.objective(full.metrics), abs=4 * raced.estimate_se + 0.02)
+
+
 @pytest.fixture(scope="module")
 def raced(tmp_path_factory, traj_cache, tiny_trajectory):
     work = tmp_path_factory.mktemp("raced")
@@ -194,3 +214,20 @@ def test_killed_during_a_raced_trial_the_same_command_rescores_it_once(tmp_path,
     ]
     assert res["cost"]["documents"] == ref["cost"]["documents"]  # the killed attempt is not billed twice
     assert res["lambda"] == ref["lambda"]
+
+
+def test_a_ray_worker_races_as_the_driver_process_does(tmp_path, traj_cache, raced):
+    """runtime=ray with one worker makes the serial search's proposals; the worker, sent the incumbent
+    with each trial, races exactly the trials the in-process search raced, on the same documents."""
+    _, _, ref = raced
+    args = [*_args(tmp_path, traj_cache, tmp_path / "run"), "runtime=ray", "runtime.workers=1"]
+    proc = run_main(args, cwd=tmp_path, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert res["runtime"]["backend"] == "ray" and res["runtime"]["workers"] == 1
+    assert any(t["raced_out"] for t in ref["trials"]), "the reference raced nothing: the test shows nothing"
+    assert [(t["raced_out"], t["docs_evaluated"]) for t in res["trials"]] == [
+        (t["raced_out"], t["docs_evaluated"]) for t in ref["trials"]
+    ]
+    assert [t["lambda"] for t in res["trials"]] == pytest.approx([t["lambda"] for t in ref["trials"]], abs=1e-4)
+    assert res["cost"]["documents"] == ref["cost"]["documents"]

@@ -92,6 +92,9 @@ def connect(runtime: RuntimeConfig) -> bool:
                 raise ConfigError(f"runtime.address={runtime.address}: cannot join the Ray cluster: {why}") from None
             return False
         ray.init(
+            # "local": a new instance of our own even where RAY_ADDRESS is set or a `ray start` cluster runs
+            # on this machine (a bare ray.init() would join that one, and our exit would not stop it)
+            address="local",
             num_cpus=max(os.cpu_count() or 1, runtime.workers or CPU_WORKERS),
             include_dashboard=False,
             log_to_driver=False,
