@@ -30,6 +30,8 @@ E2E_SEARCH_MODULES = (
 # A name missing here only costs the order, never a test.
 LONGEST_MODULES = (
     "tests/integration/test_ray.py",
+    "tests/integration/test_ray_local.py",
+    "tests/integration/test_raced_search.py",
     "tests/integration/test_finish_signals.py",
     "tests/integration/test_native_checkpoints.py",
     "tests/integration/test_dcp_sharded.py",
@@ -46,7 +48,6 @@ LONGEST_MODULES = (
     "tests/integration/test_resume.py",
     "tests/integration/test_study_resume.py",
     "tests/integration/test_converged_search.py",
-    "tests/integration/test_raced_search.py",
     "tests/unit/test_strict_config.py",
 )
 
