@@ -194,7 +194,8 @@ def test_killed_during_a_raced_trial_the_same_command_rescores_it_once(tmp_path,
     while time.time() < deadline and p.poll() is None:
         time.sleep(0.1)
         if count_finished_trials(db) == target and _running_trial(db) == target:
-            time.sleep(1.0)  # inside its chunks (each takes seconds)
+            # at once: on an idle machine a raced trial's chunks take well under a second, so a wait here
+            # could let it finish (its child run is opened just before its evaluation starts)
             p.send_signal(signal.SIGKILL)
             break
     p.wait(timeout=60)
