@@ -19,6 +19,7 @@ before the commit undoes the search (KILLED, nothing registered); one after it c
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import signal
@@ -86,6 +87,22 @@ def settle(note: Callable[[str], None]) -> None:
         signal.signal(sig, after)
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
         signal.signal(signal.SIGHUP, after)
+    global _ignore_at_exit
+    if not _ignore_at_exit:
+        _ignore_at_exit = True
+        atexit.register(_ignore_stops)
+
+
+_ignore_at_exit = False
+
+
+def _ignore_stops() -> None:
+    """The last atexit call (registered last, run first): stop signals are ignored from here to the end of
+    the process. The interpreter's finalization puts a signal with a Python handler back to the default
+    action, which for SIGTERM ends the process: a stop in that last window would turn a finished run's
+    exit status 0 into "killed by SIGTERM". An ignored signal stays ignored."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def install_stop_handlers() -> None:
