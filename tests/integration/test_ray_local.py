@@ -51,15 +51,20 @@ def test_unreachable_address_is_one_line_before_any_work(tmp_path, traj_cache, t
     assert not (tmp_path / "run" / "result.json").exists()
 
 
-def test_local_instance_search_keeps_two_workers_busy(tmp_path, traj_cache, tiny_trajectory):
-    """The tool starts its own Ray, runs two trials at once, and stops every Ray process it started."""
-    p = subprocess.Popen(
+def _start_search(tmp_path, traj_cache) -> subprocess.Popen:
+    """The runtime=ray search as a user starts it (its own local instance), stderr kept for the asserts."""
+    return subprocess.Popen(
         [sys.executable, str(MAIN), *ray_args(tmp_path, traj_cache, tmp_path / "run")],
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def test_local_instance_search_keeps_two_workers_busy(tmp_path, traj_cache, tiny_trajectory):
+    """The tool starts its own Ray, runs two trials at once, and stops every Ray process it started."""
+    p = _start_search(tmp_path, traj_cache)
     seen: set[int] = set()
     deadline = time.monotonic() + 600
     while p.poll() is None and time.monotonic() < deadline:
@@ -79,13 +84,7 @@ def test_local_instance_search_keeps_two_workers_busy(tmp_path, traj_cache, tiny
 
 
 def test_sigterm_leaves_nothing_running(tmp_path, traj_cache, tiny_trajectory):
-    p = subprocess.Popen(
-        [sys.executable, str(MAIN), *ray_args(tmp_path, traj_cache, tmp_path / "run")],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    p = _start_search(tmp_path, traj_cache)
     seen: set[int] = set()
     deadline = time.monotonic() + 600
     while p.poll() is None and time.monotonic() < deadline:
