@@ -281,7 +281,7 @@ class TrialLoop:
             log.info("Search %s", self.stopped_reason)
             return None
         try:
-            return self.searcher.ask(pending=pending) if pending else self.searcher.ask()
+            return self.searcher.ask(pending=pending)  # none pending: the serial search's proposal
         except SearchExhausted as e:  # the box holds no more points at min_distance: end with these
             self.stopped_reason = f"stopped after {index} of {budget} evaluations: {e}"
             self.stopped = {"reason": "exhausted", "after": index, "of": budget, "criterion": self._criterion()}
