@@ -122,6 +122,28 @@ def run_main(args: list[str], cwd: Path, env_extra: dict | None = None, timeout:
     )
 
 
+def start_main(
+    args: list[str], cwd: Path, env_extra: dict | None = None, capture: bool = False, from_terminal: bool = False
+):
+    """Start ``python src/main.py ARGS`` in the background, for a test that signals or kills it midway;
+    returns the Popen. ``capture``: stdout and stderr as text pipes (else discarded, so a long run never
+    blocks on a full pipe). ``from_terminal``: SIGHUP at its default action, as from a terminal (a run
+    started under nohup, CI's included, inherits it ignored, and ckptmerge deliberately keeps it so)."""
+    import signal
+    import subprocess
+
+    out = subprocess.PIPE if capture else subprocess.DEVNULL
+    return subprocess.Popen(
+        [sys.executable, str(MAIN), *args],
+        cwd=cwd,
+        stdout=out,
+        stderr=out,
+        text=capture,
+        env={**os.environ, **(env_extra or {})},
+        preexec_fn=(lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL)) if from_terminal else None,
+    )
+
+
 E2E_BUDGET = 4
 E2E_SECRETS = {"HF_TOKEN": "hf_e2eSecretToken123", "AWS_SECRET_ACCESS_KEY": "e2eAwsSecretKey/987"}
 

@@ -5,17 +5,13 @@ resumes to the same result without evaluating another trial."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import MAIN, run_main
-from tests.helpers import count_finished_trials
+from tests.conftest import run_main, start_main
+from tests.helpers import count_finished_trials, sigkill_when
 
 pytestmark = pytest.mark.slow
 
@@ -89,20 +85,9 @@ def test_cost_adds_up_to_the_child_runs(converged):
 def test_killed_after_it_converged_the_same_command_runs_no_more_trials(tmp_path, traj_cache, converged):
     _, _, ref = converged
     n = len(ref["trials"])
-    p = subprocess.Popen(
-        [sys.executable, str(MAIN), *_args(tmp_path, traj_cache, tmp_path / "run1")],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=os.environ.copy(),
-    )
-    deadline = time.time() + 400
-    while time.time() < deadline and p.poll() is None:
-        time.sleep(0.1)
-        if count_finished_trials(tmp_path / "mlflow.db") >= n:  # converged: writing the merge now
-            p.send_signal(signal.SIGKILL)
-            break
-    p.wait(timeout=60)
+    p = start_main(_args(tmp_path, traj_cache, tmp_path / "run1"), cwd=tmp_path)
+    # converged: it is writing the merge now
+    sigkill_when(p, lambda: count_finished_trials(tmp_path / "mlflow.db") >= n, 400)
     assert p.returncode == -signal.SIGKILL, "the search finished before it could be killed"
     assert not (tmp_path / "run1" / "result.json").exists()
 

@@ -165,7 +165,7 @@ def test_a_checkpoint_folder_deleted_during_the_search_is_named_in_one_line(tmp_
     import signal as _signal
     import time
 
-    from tests.integration.test_signals import _running_trial
+    from tests.helpers import running_trial
 
     inputs = []
     for c in tiny_trajectory.checkpoints[-2:]:
@@ -188,7 +188,7 @@ def test_a_checkpoint_folder_deleted_during_the_search_is_named_in_one_line(tmp_
         [sys.executable, str(MAIN), *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     deadline = time.time() + 400
-    while time.time() < deadline and p.poll() is None and _running_trial(tmp_path / "mlflow.db") is None:
+    while time.time() < deadline and p.poll() is None and running_trial(tmp_path / "mlflow.db") is None:
         time.sleep(0.05)
     assert p.poll() is None, "the search ended before its first trial"
     shutil.rmtree(inputs[1])  # the trainer's cleanup removes the newer checkpoint mid-search

@@ -11,18 +11,15 @@ as the search goes, as tests/integration/test_signals.py does.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import MAIN, run_main
+from tests.conftest import run_main, start_main
+from tests.helpers import query_store
 
 pytestmark = pytest.mark.slow
 
@@ -43,20 +40,6 @@ def _args(work: Path, traj_cache: Path) -> list[str]:
     ]
 
 
-def _query(db: Path, sql: str) -> list[tuple]:
-    """Rows from the store, read-only (an MLflow client here would race the search to create the tables)."""
-    if not db.exists():
-        return []
-    try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
-        try:
-            return con.execute(sql).fetchall()
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return []
-
-
 _SEARCH_STATUS = (
     "select r.status from runs r join tags t on r.run_uuid = t.run_uuid "
     "where t.key = 'ckptmerge.kind' and t.value = 'search'"
@@ -67,9 +50,9 @@ MOMENTS = {
     # the merge is in place: being reloaded and re-scored, the test report, the model logged
     "written": lambda work: (work / "run" / "merged").is_dir(),
     # the version exists: its alias, the card, the run's note and result artifact, the run's end
-    "registered": lambda work: bool(_query(work / "mlflow.db", "select 1 from model_versions")),
+    "registered": lambda work: bool(query_store(work / "mlflow.db", "select 1 from model_versions")),
     # the run is FINISHED: the summary, result.json
-    "run-finished": lambda work: ("FINISHED",) in _query(work / "mlflow.db", _SEARCH_STATUS),
+    "run-finished": lambda work: ("FINISHED",) in query_store(work / "mlflow.db", _SEARCH_STATUS),
     # result.json is written: Hydra's shutdown
     "result-written": lambda work: (work / "run" / "result.json").is_file(),
 }
@@ -119,15 +102,7 @@ def test_a_stop_during_the_finish_then_the_same_command_ends_with_one_version(
     tmp_path, traj_cache, tiny_trajectory, moment, sig
 ):
     args = _args(tmp_path, traj_cache)
-    p = subprocess.Popen(
-        [sys.executable, str(MAIN), *args],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=os.environ.copy(),
-        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),  # as from a terminal, not nohup
-    )
+    p = start_main(args, cwd=tmp_path, capture=True, from_terminal=True)
     came = MOMENTS[moment]
     deadline = time.time() + 400
     while time.time() < deadline and p.poll() is None and not came(tmp_path):

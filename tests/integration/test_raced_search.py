@@ -12,19 +12,14 @@ search killed (SIGKILL) during a raced trial re-scores that trial on resume and 
 from __future__ import annotations
 
 import json
-import os
 import signal
-import sqlite3
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import MAIN, run_main
-from tests.helpers import count_finished_trials
+from tests.conftest import run_main, start_main
+from tests.helpers import count_finished_trials, running_trial, sigkill_when
 
 pytestmark = pytest.mark.slow
 
@@ -160,45 +155,19 @@ def test_cost_adds_up_to_the_child_runs_with_raced_trials(raced):
     assert cost["saved_fraction"] == pytest.approx(1 - sum(docs) / (BUDGET * 2 * LIMIT), abs=1e-4)
 
 
-def _running_trial(db) -> int | None:
-    """The index of the trial run now RUNNING in the sqlite store (read-only), if any."""
-    if not db.exists():
-        return None
-    try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
-        try:
-            row = con.execute(
-                "select p.value from runs r join params p on r.run_uuid = p.run_uuid "
-                "join tags t on r.run_uuid = t.run_uuid where p.key = 'trial' and t.key = 'ckptmerge.kind' "
-                "and t.value = 'trial' and r.status = 'RUNNING'"
-            ).fetchone()
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return None
-    return int(row[0]) if row else None
-
-
 def test_killed_during_a_raced_trial_the_same_command_rescores_it_once(tmp_path, traj_cache, raced):
     _, _, ref = raced
     target = next(i for i, t in enumerate(ref["trials"]) if t["raced_out"])  # the first raced-out trial
-    p = subprocess.Popen(
-        [sys.executable, str(MAIN), *_args(tmp_path, traj_cache, tmp_path / "run1")],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=os.environ.copy(),
-    )
+    p = start_main(_args(tmp_path, traj_cache, tmp_path / "run1"), cwd=tmp_path)
     db = tmp_path / "mlflow.db"
-    deadline = time.time() + TIMEOUT
-    while time.time() < deadline and p.poll() is None:
-        time.sleep(0.1)
-        if count_finished_trials(db) == target and _running_trial(db) == target:
-            # at once: on an idle machine a raced trial's chunks take well under a second, so a wait here
-            # could let it finish (its child run is opened just before its evaluation starts)
-            p.send_signal(signal.SIGKILL)
-            break
-    p.wait(timeout=60)
+
+    def inside_the_raced_trial() -> bool:
+        # at once: on an idle machine a raced trial's chunks take well under a second, so a wait here
+        # could let it finish (its child run is opened just before its evaluation starts)
+        running = running_trial(db)
+        return count_finished_trials(db) == target and running is not None and running.index == target
+
+    sigkill_when(p, inside_the_raced_trial, TIMEOUT)
     assert p.returncode == -signal.SIGKILL, "the search finished before it could be killed"
     assert count_finished_trials(db) == target
 

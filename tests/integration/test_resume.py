@@ -6,15 +6,12 @@ import json
 import os
 import random
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import MAIN, run_main
-from tests.helpers import count_finished_trials
+from tests.conftest import run_main, start_main
+from tests.helpers import count_finished_trials, sigkill_when
 
 pytestmark = pytest.mark.slow
 
@@ -52,20 +49,8 @@ def test_sigkill_then_same_command_resumes(tmp_path, traj_cache, tiny_trajectory
     work = tmp_path / "killed"
     work.mkdir()
     kill_after = random.Random(os.getpid()).randint(1, BUDGET - 2)  # a random trial
-    p = subprocess.Popen(
-        [sys.executable, str(MAIN), *_args(work, traj_cache, work / "run1")],
-        cwd=work,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=os.environ.copy(),
-    )
-    deadline = time.time() + 300
-    while time.time() < deadline and p.poll() is None:
-        time.sleep(0.2)
-        if count_finished_trials(work / "mlflow.db") >= kill_after:
-            p.send_signal(signal.SIGKILL)
-            break
-    p.wait(timeout=60)
+    p = start_main(_args(work, traj_cache, work / "run1"), cwd=work)
+    sigkill_when(p, lambda: count_finished_trials(work / "mlflow.db") >= kill_after, 300, poll=0.2)
     assert p.returncode == -signal.SIGKILL, "the search finished before it could be killed"
     client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
     exp = client.get_experiment_by_name("ckptmerge")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -14,7 +13,8 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import MAIN, run_main
+from tests.conftest import MAIN, run_main, start_main
+from tests.helpers import running_trial
 
 pytestmark = pytest.mark.slow
 
@@ -36,45 +36,17 @@ def _args(work, traj_cache):
     ]
 
 
-def _running_trial(db) -> str | None:
-    """The id of a RUNNING trial child run, read from the store read-only (an MLflow client here would
-    race the search to create the tables)."""
-    if not db.exists():
-        return None
-    try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
-        try:
-            row = con.execute(
-                "select r.run_uuid from runs r join tags t on r.run_uuid = t.run_uuid "
-                "where t.key = 'ckptmerge.kind' and t.value = 'trial' and r.status = 'RUNNING'"
-            ).fetchone()
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return None
-    return row[0] if row else None
-
-
 @pytest.mark.parametrize(
     "sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)], ids=["SIGTERM", "SIGINT", "SIGHUP"]
 )
 def test_a_signal_ends_the_runs_killed_and_the_same_command_resumes(tmp_path, traj_cache, tiny_trajectory, sig, code):
     args = _args(tmp_path, traj_cache)
-    p = subprocess.Popen(
-        [sys.executable, str(MAIN), *args],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=os.environ.copy(),
-        # as from a terminal: a run started under nohup (CI under nohup, too) inherits SIGHUP ignored, and
-        # ckptmerge deliberately keeps ignoring it then
-        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),
-    )
+    p = start_main(args, cwd=tmp_path, capture=True, from_terminal=True)
     deadline, seen = time.time() + 240, None
     while time.time() < deadline and p.poll() is None and seen is None:
         time.sleep(0.05)
-        seen = _running_trial(tmp_path / "mlflow.db")
+        running = running_trial(tmp_path / "mlflow.db")
+        seen = running.run_id if running else None
     assert seen is not None, "no trial started before the search ended"
     signalled_ms = int(time.time() * 1000)
     p.send_signal(sig)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -15,22 +14,15 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import MAIN, run_main
+from tests.helpers import query_store
 
 pytestmark = pytest.mark.slow
 
 
-def _query(db: Path, sql: str) -> int:
-    """A count read from the sqlite store read-only (an MLflow client here would race the study)."""
-    if not db.exists():
-        return 0
-    try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
-        try:
-            return con.execute(sql).fetchone()[0]
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return 0
+def _count(db: Path, sql: str) -> int:
+    """A count read from the store, read-only (an MLflow client here would race the study)."""
+    rows = query_store(db, sql)
+    return rows[0][0] if rows else 0
 
 
 def _kill_when(args: list[str], cwd: Path, db: Path, sql: str, at_least: int) -> None:
@@ -39,7 +31,7 @@ def _kill_when(args: list[str], cwd: Path, db: Path, sql: str, at_least: int) ->
         [sys.executable, str(MAIN), *args], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
     deadline = time.time() + 600
-    while _query(db, sql) < at_least and proc.poll() is None and time.time() < deadline:
+    while _count(db, sql) < at_least and proc.poll() is None and time.time() < deadline:
         time.sleep(0.1)
     assert proc.poll() is None, f"it ended before it could be killed midway:\n{proc.stderr.read()[-3000:]}"
     proc.send_signal(signal.SIGKILL)
@@ -73,7 +65,7 @@ PILOT_DONE = (
 def test_pilot_killed_midway_resumes_and_reuses_what_it_evaluated(tmp_path, traj_cache, tiny_trajectory):
     db, args = tmp_path / "mlflow.db", ["action=pilot", *_common(tmp_path, traj_cache)]
     _kill_when(args, tmp_path, db, PILOT_DONE, 2)
-    before = _query(db, PILOT_DONE)
+    before = _count(db, PILOT_DONE)
     proc = run_main(args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     n = len(tiny_trajectory.checkpoints)
@@ -90,7 +82,7 @@ def test_pilot_killed_midway_resumes_and_reuses_what_it_evaluated(tmp_path, traj
         if k.endswith(".objective") and k.startswith(("single.", "pair."))
     ]
     assert len(history) == total and all(len(h) == 1 for h in history)
-    assert _query(db, PILOT_DONE) == total and before >= 2
+    assert _count(db, PILOT_DONE) == total and before >= 2
     _no_running(uri)
 
 
@@ -111,7 +103,7 @@ def test_compare_killed_midway_resumes_and_reuses_finished_methods(tmp_path, tra
         "+compare.settings.lawa.k=2",
     ]
     _kill_when(args, tmp_path, db, COMPARE_DONE, 2)
-    finished_before = _query(db, COMPARE_DONE)
+    finished_before = _count(db, COMPARE_DONE)
     uri = f"sqlite:///{db}"
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("ckptmerge").experiment_id
