@@ -6,11 +6,13 @@ same result, as over the transformers folders; broken inputs are one line, exit 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
 from ckptmerge.checkpoints.checkpoint_set import CheckpointSet, ReadOptions
@@ -165,9 +167,9 @@ def test_watch_takes_a_zero_tag_once_latest_names_it_and_every_rank_saved(native
     assert "a rank is still saving" in why_not_ready(tag, 90, 99.0, 60.0, None)
 
 
-def _search(native: dict, name: str, folders: list[Path], traj) -> dict:
+def _search_args(native: dict, name: str, folders: list[Path], traj) -> list[str]:
     tmp = native["tmp"]
-    args = [
+    return [
         "model=local",
         f"model.checkpoints=[{','.join(map(str, folders))}]",
         f"model.config={native['config']}",
@@ -180,14 +182,25 @@ def _search(native: dict, name: str, folders: list[Path], traj) -> dict:
         "registry.require_significant_gain=false",
         f"hydra.run.dir={tmp / ('search_' + name)}",
     ]
-    proc = run_main(args, cwd=tmp, timeout=900)
+
+
+def _search(native: dict, name: str, folders: list[Path], traj) -> dict:
+    proc = run_main(_search_args(native, name, folders, traj), cwd=native["tmp"], timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads((tmp / f"search_{name}" / "result.json").read_text())
+    return json.loads((native["tmp"] / f"search_{name}" / "result.json").read_text())
 
 
-def test_search_over_zero3_and_dcp_gives_the_transformers_result(native, tiny_trajectory):
-    """Same trials, same objective to the last bit, same chosen weights; the written merge the same tensors."""
-    ref = _search(native, "hf", native["hf"], tiny_trajectory)
+@pytest.fixture(scope="module")
+def hf_search(native, tiny_trajectory) -> dict:
+    """The search over the transformers folders: the reference of every search over native checkpoints."""
+    return _search(native, "hf", native["hf"], tiny_trajectory)
+
+
+def test_search_over_zero3_and_dcp_gives_the_transformers_result(native, hf_search, tiny_trajectory):
+    """Same trials, same objective to the last bit, same chosen weights; the written merge the same tensors.
+    Then ``action=promote`` of the ZeRO-3 search's candidate: the search's logged config (model.config,
+    native checkpoints) is read back and its registered merge is scored and made the first champion."""
+    ref = hf_search
     for fmt in ("zero3", "dcp"):
         got = _search(native, fmt, native[fmt], tiny_trajectory)
         assert [(t["lambda"], t["objective"]) for t in got["trials"]] == [
@@ -196,6 +209,87 @@ def test_search_over_zero3_and_dcp_gives_the_transformers_result(native, tiny_tr
         assert got["objective"] == ref["objective"] and got["weights"] == ref["weights"], fmt
         assert got["rescored_objective"] == ref["rescored_objective"], fmt
         _assert_same_tensors(native["tmp"] / f"search_{fmt}" / "merged", native["tmp"] / "search_hf" / "merged")
+        if fmt == "zero3":
+            _assert_promoted(native, got, tiny_trajectory)
+
+
+def test_runtime_deepspeed_over_zero3_runs_the_transformers_trials(native, hf_search, tiny_trajectory):
+    """``runtime=deepspeed``: two ranks (CPU, gloo), each reading every ZeRO-3 tensor and keeping its own
+    partition of it, run the trials of the one-process search over the transformers folders."""
+    from tests.integration.test_deepspeed import run_deepspeed
+
+    args = _search_args(native, "ds_zero3", native["zero3"], tiny_trajectory)
+    proc = run_deepspeed(["runtime=deepspeed", *args], cwd=native["tmp"], timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    got = json.loads((native["tmp"] / "search_ds_zero3" / "result.json").read_text())
+    assert got["runtime"]["backend"] == "deepspeed" and got["runtime"]["world_size"] == 2
+    assert len(got["trials"]) == len(hf_search["trials"])
+    for a, b in zip(hf_search["trials"], got["trials"]):
+        assert b["lambda"] == pytest.approx(a["lambda"], abs=1e-9)
+        assert b["objective"] == pytest.approx(a["objective"], rel=1e-9, abs=1e-12)
+    assert got["rescored_objective"] == pytest.approx(hf_search["rescored_objective"], rel=1e-9)
+    _assert_same_tensors(native["tmp"] / "search_ds_zero3" / "merged", native["tmp"] / "search_hf" / "merged")
+
+
+def _assert_promoted(native: dict, search: dict, traj) -> None:
+    tmp = native["tmp"]
+    uri = f"sqlite:///{tmp / 'zero3.db'}"
+    args = [
+        "action=promote",
+        "registry.name=native-zero3",
+        f"tracking.uri={uri}",
+        "eval.test_tasks=[ckptmerge_test_bpb]",
+        f"eval.include_path={traj.tasks_dir}",
+        "eval.limit=6",
+        f"hydra.run.dir={tmp / 'promote_zero3'}",
+    ]
+    proc = run_main(args, cwd=tmp, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp / "promote_zero3" / "result.json").read_text())
+    version = search["registered_model"]["version"]
+    assert result["decision"] == "first" and result["candidate"]["version"] == version
+    assert math.isfinite(result["candidate"]["metrics"]["ckptmerge_test_bpb/bits_per_byte"])
+    champion = MlflowClient(uri).get_model_version_by_alias("native-zero3", "champion")
+    assert str(champion.version) == version
+
+
+def _compare(native: dict, name: str, folders: list[Path], traj) -> dict:
+    tmp = native["tmp"]
+    args = [
+        "action=compare",
+        "model=local",
+        f"model.checkpoints=[{','.join(map(str, folders))}]",
+        f"model.config={native['config']}",
+        "eval.tasks=[ckptmerge_dev_bpb]",
+        "eval.test_tasks=[ckptmerge_test_bpb]",
+        f"eval.include_path={traj.tasks_dir}",
+        "eval.limit=6",
+        "search.budget=2",
+        # a weighting rule, a calibration method (reads each checkpoint's tensors) and a search
+        "compare.methods=[newest,uniform,fisher,bo]",
+        "+compare.settings.fisher.tokens=256",
+        f"compare.calibration_path={traj.calib_path}",
+        f"tracking.uri=sqlite:///{tmp / ('compare_' + name + '.db')}",
+        f"hydra.run.dir={tmp / ('compare_' + name)}",
+    ]
+    proc = run_main(args, cwd=tmp, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((tmp / f"compare_{name}" / "compare.json").read_text())
+
+
+def test_compare_over_zero3_gives_the_transformers_rows(native, tiny_trajectory):
+    """Every method's row (objective, weights, evaluations, dev and test metrics, paired gains) is the
+    same to the last bit over ZeRO-3 fp32 masters as over the transformers folders; only timings differ."""
+    ref = _compare(native, "hf", native["hf"], tiny_trajectory)
+    got = _compare(native, "zero3", native["zero3"], tiny_trajectory)
+
+    def rows(out: dict) -> list[dict]:
+        return [{k: v for k, v in m.items() if k not in ("seconds", "run_id")} for m in out["methods"]]
+
+    assert got["checkpoints"] == ref["checkpoints"]
+    assert [m["method"] for m in got["methods"]] == ["newest", "uniform", "fisher", "bo"]
+    assert rows(got) == rows(ref)
+    assert got["best_method"] == ref["best_method"]
 
 
 def test_watch_over_a_deepspeed_run_folder_searches_its_zero3_tags(native, tiny_trajectory):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import weakref
 from pathlib import Path
 
 import pytest
@@ -218,3 +219,47 @@ def test_merge_written_as_dcp_loads_back_under_the_inputs_names_and_trains(folde
     loss.backward()
     opt.step()
     assert torch.isfinite(loss) and all(torch.isfinite(p).all() for p in model.parameters())
+
+
+class _Watched:
+    """A native reader whose tensors are watched (each one owns a numpy buffer, weakly referenced) so the
+    test sees which tensors the merge stream still holds when it reads the next one."""
+
+    def __init__(self, inner, live: dict) -> None:
+        self.inner, self.live = inner, live
+        self.folder, self.format = inner.folder, inner.format
+        self.held_at_read: list[tuple[str, list[str]]] = []
+
+    def get(self, key: str) -> torch.Tensor:
+        held = sorted({k for (k, _), ref in self.live.items() if ref() is not None and k != key})
+        self.held_at_read.append((key, held))
+        arr = self.inner.get(key).numpy().copy()
+        self.live[(key, id(self))] = weakref.ref(arr)
+        return torch.from_numpy(arr)
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+
+def test_stream_reads_no_tensor_while_a_larger_in_memory_one_is_still_held(folders, tmp_path):
+    """A ZeRO or DCP tensor is read into memory and freed with its last merged unit: the read budget goes
+    back then, so the next tensor is not read while the previous one is still whole in memory (it was
+    returned unit by unit, letting the reader run ahead of the memory actually freed)."""
+    from ckptmerge.checkpoints.writer import write_merged
+    from ckptmerge.merge import linear_merge
+
+    cset = CheckpointSet.from_refs(
+        [str(folders["dcp0"]), str(folders["dcp1"])], options=ReadOptions(config=str(folders["hf1"]))
+    )
+    live: dict = {}
+    sources = [_Watched(c.reader, live) for c in cset.checkpoints]
+    meta = sources[-1].meta()
+    pair = {k: 2 * m.nbytes for k, m in meta.items()}
+    budget = max(pair.values())  # the largest tensor's pair fits; nothing else beside it
+    write_merged(
+        sources, folders["hf1"], [0.3, 0.7], tmp_path / "out", linear_merge, 1 << 30,
+        chunk_elems=16, prefetch_bytes=budget, write_bytes=1 << 10,
+    )  # fmt: skip
+    for key, held in sources[0].held_at_read:
+        assert sum(pair[k] for k in held) + pair[key] <= max(budget, pair[key]), (key, held)
+    assert len(sources[0].held_at_read) == len(meta)

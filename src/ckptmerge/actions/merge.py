@@ -131,7 +131,7 @@ def run_merge(cfg: Config) -> dict[str, Any]:
         )
 
     if fmt == "dcp":
-        write_merged_dcp(write, target, names, cfg.merge.overwrite)
+        write_merged_dcp(write, target, names, cfg.merge.overwrite, getattr(cset.newest.reader, "permutes", None))
     else:
         write(target)
     rate = stats.bytes_written / max(stats.seconds, 1e-9) / 1e9

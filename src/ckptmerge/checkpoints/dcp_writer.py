@@ -27,15 +27,29 @@ log = logging.getLogger(__name__)
 OUTPUT_FORMATS = ("hf", "dcp")
 
 
-def save_dcp(folder: Path, target: Path, names: Mapping[str, str], overwrite: bool, side_files: list[Path]) -> Path:
-    """The transformers-folder merge in ``folder`` as a DCP at ``target``, tensor ``k`` saved as ``names[k]``."""
+def save_dcp(
+    folder: Path,
+    target: Path,
+    names: Mapping[str, str],
+    overwrite: bool,
+    side_files: list[Path],
+    permutes: Mapping[str, int] | None = None,
+) -> Path:
+    """The transformers-folder merge in ``folder`` as a DCP at ``target``, tensor ``k`` saved as ``names[k]``
+    (the rows of a tensor in ``permutes`` put back in the input's rotary order: a copy of that tensor)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import FileSystemReader
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
+    from ckptmerge.checkpoints.names import rotary_rows
+
     reader = CheckpointReader(folder)
     meta = reader.meta()
-    state = {names.get(k, k): reader.get(k) for k in meta}
+    permutes = permutes or {}
+    state = {
+        names.get(k, k): rotary_rows(reader.get(k), permutes[k], inverse=True) if k in permutes else reader.get(k)
+        for k in meta
+    }
     expected = {names.get(k, k): m for k, m in meta.items()}
     with atomic_folder(target, overwrite=overwrite) as tmp:
         with warnings.catch_warnings():  # "assuming the intent is to save in a single process": it is
@@ -62,6 +76,7 @@ def write_merged_dcp(
     target: Path,
     names: Mapping[str, str],
     overwrite: bool,
+    permutes: Mapping[str, int] | None = None,
 ) -> Path:
     """Run ``write_hf(staging_target)`` (the streaming merge into a transformers folder), then save that
     folder as a DCP at ``target`` under ``names``; nothing is left but the published target."""
@@ -71,7 +86,7 @@ def write_merged_dcp(
         hf = staging / "merged"
         write_hf(hf)
         side = [f for f in sorted(hf.iterdir()) if f.is_file() and not f.name.startswith("model")]
-        out = save_dcp(hf, target, names, overwrite, side)
+        out = save_dcp(hf, target, names, overwrite, side, permutes)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("Wrote merged Distributed Checkpoint %s (%d tensors, the input's own names)", out, len(names))

@@ -10,6 +10,13 @@ them match. Any other layout (torchtitan, Megatron) needs ``model.key_map=FILE``
     rename:                    # ordered [regex, replacement] pairs; the first full match renames a name
       - ['tok_embeddings\\.weight', 'model.embed_tokens.weight']
       - ['layers\\.(\\d+)\\.attention\\.wq\\.weight', 'model.layers.\\1.self_attn.q_proj.weight']
+    permute:                   # [regex of a model name, heads]: q/k rows in Meta's rotary order
+      - ['model\\.layers\\.\\d+\\.self_attn\\.q_proj\\.weight', num_attention_heads]
+      - ['model\\.layers\\.\\d+\\.self_attn\\.k_proj\\.weight', num_key_value_heads]
+
+``heads`` is a number or a ``config.json`` field naming one. A permuted tensor is read in transformers'
+row order (the permutation transformers' own Llama conversion applies) and written back in the
+checkpoint's own (``merge.output_format=dcp``).
 
 Names left unmatched, or model parameters left without a tensor, end the run with one line naming the
 first few, so a wrong map never merges half a model. Optimizer and other training state (names under
@@ -22,8 +29,12 @@ import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ckptmerge.errors import CheckpointError
+
+if TYPE_CHECKING:
+    import torch
 
 # Top-level entries of a training state that are not the model (torchtitan, accelerate, OLMo-core).
 TRAINING_STATE_PREFIXES = (
@@ -44,11 +55,12 @@ WRAPPER_PREFIXES = ("model.", "module.", "_orig_mod.", "model.module.", "app.mod
 
 @dataclass(frozen=True)
 class KeyMap:
-    """Ordered rename rules and names to drop, from ``model.key_map``."""
+    """Ordered rename rules, names to drop and rotary rows to permute, from ``model.key_map``."""
 
     rename: tuple[tuple[re.Pattern, str], ...]
     drop: tuple[re.Pattern, ...]
     source: str
+    permute: tuple[tuple[re.Pattern, int | str], ...] = ()
 
     @classmethod
     def load(cls, path: str | Path) -> KeyMap:
@@ -62,9 +74,9 @@ class KeyMap:
             raise CheckpointError(f"{label} cannot be read ({e.strerror or e})") from None
         except yaml.YAMLError as e:
             raise CheckpointError(f"{label} is not valid YAML ({str(e).splitlines()[0]})") from None
-        if not isinstance(data, dict) or set(data) - {"rename", "drop"} or not data:
+        if not isinstance(data, dict) or set(data) - {"rename", "drop", "permute"} or not data:
             raise CheckpointError(
-                f"{label} must be a mapping with 'rename' (a list of [regex, replacement]) and 'drop'"
+                f"{label} must be a mapping with 'rename' (a list of [regex, replacement]), 'drop' and 'permute'"
             )
         rename, drop = [], []
         for i, rule in enumerate(data.get("rename") or []):
@@ -75,7 +87,36 @@ class KeyMap:
             if not isinstance(rule, str):
                 raise CheckpointError(f"{label}: drop[{i}] must be a regex, got {rule!r}")
             drop.append(_compile(rule, f"{label}: drop[{i}]"))
-        return cls(tuple(rename), tuple(drop), str(path))
+        permute: list[tuple[re.Pattern, int | str]] = []
+        for i, rule in enumerate(data.get("permute") or []):
+            ok = isinstance(rule, (list, tuple)) and len(rule) == 2 and isinstance(rule[0], str)
+            heads = rule[1] if ok else None
+            if (
+                not ok
+                or isinstance(heads, bool)
+                or not (isinstance(heads, str) or (isinstance(heads, int) and heads > 0))
+            ):
+                raise CheckpointError(
+                    f"{label}: permute[{i}] must be [regex, heads] (a number or a config.json field), got {rule!r}"
+                )
+            permute.append((_compile(rule[0], f"{label}: permute[{i}]"), heads))
+        return cls(tuple(rename), tuple(drop), str(path), tuple(permute))
+
+    def heads(self, model_keys: Collection[str], config: dict, config_path: str) -> dict[str, int]:
+        """Model name → attention heads of every tensor a ``permute`` rule matches (the first rule wins)."""
+        out: dict[str, int] = {}
+        for key in model_keys:
+            for pattern, heads in self.permute:
+                if pattern.fullmatch(key):
+                    n = config.get(heads) if isinstance(heads, str) else heads
+                    if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+                        raise CheckpointError(
+                            f"model.key_map={self.source}: permute heads {heads!r} is not a positive number "
+                            f"in {config_path}"
+                        )
+                    out[key] = n
+                    break
+        return out
 
     def apply(self, key: str) -> str | None:
         """The model name of checkpoint name ``key``; None when it is dropped."""
@@ -86,6 +127,18 @@ class KeyMap:
             if m:
                 return m.expand(repl)
         return key
+
+
+def rotary_rows(t: torch.Tensor, heads: int, inverse: bool = False) -> torch.Tensor:
+    """Rows of a q/k projection from Meta's interleaved rotary order to transformers' (each head's
+    pairs (0, 1), (2, 3), ... become halves), as transformers' Llama conversion permutes them; ``inverse``
+    goes back. A copy of the tensor (the transpose is not a view of contiguous rows)."""
+    rows = t.shape[0]
+    if t.dim() != 2 or rows % (2 * heads):
+        raise CheckpointError(f"cannot permute a tensor of shape {list(t.shape)} over {heads} heads")
+    half = rows // heads // 2
+    shape = (heads, 2, half, t.shape[1]) if inverse else (heads, half, 2, t.shape[1])
+    return t.reshape(shape).transpose(1, 2).reshape(rows, t.shape[1]).contiguous()
 
 
 def _compile(text: str, where: str) -> re.Pattern:

@@ -10,6 +10,7 @@ safetensors view, a tensor here is read into memory, so a caller holds as few as
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
@@ -17,7 +18,7 @@ from typing import Protocol
 import torch
 
 from ckptmerge.checkpoints.dcp import DcpReader, is_dcp
-from ckptmerge.checkpoints.names import KeyMap, match_names
+from ckptmerge.checkpoints.names import KeyMap, match_names, rotary_rows
 from ckptmerge.checkpoints.reader import TensorMeta
 from ckptmerge.checkpoints.zero import ZeroReader, find_tag
 from ckptmerge.errors import CheckpointError
@@ -59,8 +60,10 @@ def model_names(config_dir: Path, trust_remote_code: bool) -> tuple[list[str], l
 class NativeReader:
     """A ZeRO or DCP checkpoint under the model's tensor names (training state left out)."""
 
-    def __init__(self, raw: _Raw, names: dict[str, str]) -> None:
+    def __init__(self, raw: _Raw, names: dict[str, str], permutes: dict[str, int] | None = None) -> None:
         self._raw, self.format, self.folder = raw, raw.format, raw.folder
+        # Model name -> heads: tensors whose rows are stored in Meta's rotary order (key map ``permute``).
+        self.permutes = dict(permutes or {})
         meta = raw.raw_meta()
         self._to_raw = {model: key for key, model in names.items()}
         self._meta = {model: meta[key] for key, model in names.items()}
@@ -86,6 +89,8 @@ class NativeReader:
                 f"{self.folder}: tensor {key} reads as {list(t.shape)} {t.dtype}, "
                 f"its metadata says {list(m.shape)} {m.dtype}"
             )
+        if key in self.permutes:
+            t = rotary_rows(t, self.permutes[key])
         return t
 
     def byte_range(self, key: str) -> None:
@@ -149,4 +154,8 @@ def open_native(
         cache[sig] = model_names(config_dir, trust_remote_code)
     model_keys, params = cache[sig]
     mapping = match_names(list(raw.raw_meta()), model_keys, params, key_map, label)
-    return NativeReader(raw, mapping)
+    permutes: dict[str, int] = {}
+    if key_map is not None and key_map.permute:
+        path = Path(config_dir) / "config.json"
+        permutes = key_map.heads(mapping.values(), json.loads(sig), str(path))
+    return NativeReader(raw, mapping, permutes)

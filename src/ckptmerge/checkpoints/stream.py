@@ -259,9 +259,18 @@ class MergeStream:
                     j += 1
             # An elementwise method sees flat 1-D chunks; any other method whole tensors.
             batch = [(s, e, [f[s:e] for f in flats] if self.elementwise else views) for s, e in units[i:j]]
-            sizes = [sum(x.numel() * x.element_size() for x in parts) for _, _, parts in batch]
-            if not self._in_memory and not self.read_budget.acquire(sum(sizes)):
-                return False
+            if self._in_memory:
+                # A tensor read into memory is freed with its last unit (every unit is a view of it), so
+                # its whole budget goes back then, not unit by unit: returned early, it let the reader
+                # read up to the whole read budget of next tensors while this one (the largest, at the
+                # peak) was still whole in memory.
+                sizes = [0] * len(batch)
+                if j == len(units):
+                    sizes[-1] = self._source_bytes(p.key)
+            else:
+                sizes = [sum(x.numel() * x.element_size() for x in parts) for _, _, parts in batch]
+                if not self.read_budget.acquire(sum(sizes)):
+                    return False
             for _, _, parts in batch:
                 pages.populate(parts)
             if self.checks is not None:
