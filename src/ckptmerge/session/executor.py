@@ -149,7 +149,8 @@ def run_all(
     :data:`Job`), every worker busy until all are done. ``started`` is called in the driver as each
     one is sent off, ``done`` as each one finishes (in completion order)."""
     todo = list(jobs)
-    while todo or executor.in_flight:
+
+    def fill() -> None:
         while todo and executor.in_flight < executor.workers:
             key, what = todo.pop(0)
             if started is not None:
@@ -158,4 +159,9 @@ def run_all(
                 executor.submit_job(key, what)
             else:
                 executor.submit(key, what)
-        done(*executor.next_done())
+
+    fill()
+    while executor.in_flight:
+        key, result = executor.next_done()
+        fill()  # the freed worker gets its next job before the driver logs this one
+        done(key, result)
