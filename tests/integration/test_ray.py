@@ -1,12 +1,14 @@
 """runtime=ray on a cluster this module starts with ``ray start --head`` and joins through
 ``runtime.address`` (started once for the module): a worker actor killed mid-trial has its trial run
-again, counted once; a SIGKILLed driver resumes with the same command; a pilot on the workers scores
-what one process scores. (tests/integration/test_ray_local.py: the tool's own local instance.)"""
+again, counted once; a SIGKILLed driver resumes with the same command; a pilot, a compare and a watch on
+the workers score what one process scores. (tests/integration/test_ray_local.py: the tool's own local instance.)"""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -189,3 +191,124 @@ def test_pilot_on_workers_gives_the_serial_numbers(tmp_path, traj_cache, tiny_tr
     for x, y in zip(a["pairs"], b["pairs"]):
         assert (x["older"], x["newer"]) == (y["older"], y["newer"])
         assert y["objective"] == pytest.approx(x["objective"], rel=1e-6, abs=1e-9)
+
+
+def _close(a: float | None, b: float | None) -> bool:
+    return (a is None and b is None) or (a is not None and b == pytest.approx(a, rel=1e-6, abs=1e-9))
+
+
+def _same_cell(a: str, b: str) -> bool:
+    """Two CSV cells: the same text, or numbers within the tolerance (printed to 6 digits, so the last
+    digit may round the other way)."""
+    try:
+        return a == b or float(b) == pytest.approx(float(a), rel=1e-5, abs=2e-6)
+    except ValueError:
+        return False
+
+
+def test_compare_on_workers_gives_the_serial_table(tmp_path, traj_cache, tiny_trajectory, cluster):
+    """action=compare under runtime=ray: the baselines (a weighting rule, a greedy soup that scores on
+    the way, a calibration method that reads Fisher statistics on the worker's own model) go out at
+    once, the search's trials over both workers; the table is the serial one. At search.budget=2 the
+    pair's search evaluates its two initial points (λ=α, λ=1) serially and in parallel alike."""
+    address, _ = cluster
+    methods = ["newest", "uniform", "greedy", "fisher", "bo"]
+    common = [
+        "action=compare",
+        "model.trajectory.preset=tiny",
+        f"model.trajectory.cache_dir={traj_cache}",
+        f"compare.methods=[{','.join(methods)}]",
+        "search.budget=2",
+        "+compare.settings.fisher.tokens=256",
+        "eval.limit=12",
+        "tracking.log_plots=false",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+    ]
+    serial = run_main([*common, "runtime=cpu", f"hydra.run.dir={tmp_path / 'serial'}"], cwd=tmp_path, timeout=600)
+    assert serial.returncode == 0, serial.stderr[-3000:]
+    parallel = run_main(
+        [
+            *common,
+            "runtime=ray",
+            "runtime.workers=2",
+            f"runtime.address={address}",
+            f"hydra.run.dir={tmp_path / 'ray'}",
+        ],
+        cwd=tmp_path,
+        env_extra=AUTH,
+        timeout=600,
+    )
+    assert parallel.returncode == 0, parallel.stderr[-3000:]
+    a = json.loads((tmp_path / "serial" / "compare.json").read_text())
+    b = json.loads((tmp_path / "ray" / "compare.json").read_text())
+    assert [m["method"] for m in a["methods"]] == [m["method"] for m in b["methods"]] == methods
+    assert a["best_method"] == b["best_method"]
+    for x, y in zip(a["methods"], b["methods"]):
+        m = x["method"]
+        assert (x["evaluations"], x["documents"]) == (y["evaluations"], y["documents"]), m
+        assert _close(x["objective"], y["objective"]), (m, x["objective"], y["objective"])
+        assert (x["weights"] is None) == (y["weights"] is None), m
+        for name, w in (x["weights"] or {}).items():
+            assert _close(w, y["weights"][name]), m
+        for part in ("dev_metrics", "test_metrics"):
+            assert x[part].keys() == y[part].keys() and x[part], (m, part)
+            assert all(_close(v, y[part][k]) for k, v in x[part].items()), (m, part, x[part], y[part])
+        for key in ("value", "ci_low", "ci_high"):
+            assert _close(x["gain"][key], y["gain"][key]), (m, key)
+    # the CSV rows too, but for the wall time (numbers within the tolerance: a worker's 1 torch thread sums
+    # a Fisher statistic in another order than the driver's 2)
+    rows_a = list(csv.DictReader((tmp_path / "serial" / "compare.csv").open()))
+    rows_b = list(csv.DictReader((tmp_path / "ray" / "compare.csv").open()))
+    assert [list(r) for r in rows_a] == [list(r) for r in rows_b] and len(rows_a) == len(methods)
+    for x, y in zip(rows_a, rows_b):
+        for column, value in x.items():
+            if column != "seconds":
+                assert _same_cell(value, y[column]), (x["method"], column, value, y[column])
+    # the search's two trials ran at once on the two workers: the second was proposed with one in flight
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    bo_run = b["methods"][methods.index("bo")]["run_id"]
+    exp = b["mlflow"]["experiment_id"]
+    trials = client.search_runs([exp], f"tags.mlflow.parentRunId = '{bo_run}'")
+    assert sorted(int(t.data.params["pending_at_proposal"]) for t in trials) == [0, 1]
+    assert "Ray: 2 workers" in "".join(f.read_text() for f in (tmp_path / "ray").glob("*.log"))
+
+
+def test_watch_on_workers_searches_the_serial_pairs(tmp_path, tiny_trajectory, cluster):
+    """action=watch under runtime=ray over a folder that holds the trajectory: each pair's search runs
+    its trials on the workers, and the watch ends with the serial watch's searches and records."""
+    from tests.integration.test_watch import _args as watch_args
+
+    address, _ = cluster
+    watch = tmp_path / "ckpts"
+    watch.mkdir()
+    for c in tiny_trajectory.checkpoints:
+        shutil.copytree(c, watch / c.name)
+    results = {}
+    for name, extra, env in (
+        ("serial", ["runtime=cpu"], {}),
+        ("ray", ["runtime=ray", "runtime.workers=2", f"runtime.address={address}"], AUTH),
+    ):
+        work = tmp_path / name  # a store each: the same watch key in one store would skip the searched pairs
+        work.mkdir()
+        proc = run_main(
+            [*watch_args(work, tiny_trajectory, watch, 1, work / "run", budget=2), *extra],
+            cwd=work,
+            env_extra=env,
+            timeout=600,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results[name] = json.loads((work / "run" / "result.json").read_text())
+    a, b = results["serial"], results["ray"]
+    assert a["searched_by_this_process"] == b["searched_by_this_process"] and len(a["searched_by_this_process"]) == 2
+    assert [r["step"] for r in a["pairs"]] == [r["step"] for r in b["pairs"]]
+    for label in sorted(p.name for p in (tmp_path / "serial" / "run" / "pairs").iterdir()):
+        x = json.loads((tmp_path / "serial" / "run" / "pairs" / label / "result.json").read_text())
+        y = json.loads((tmp_path / "ray" / "run" / "pairs" / label / "result.json").read_text())
+        assert (x["runtime"]["backend"], y["runtime"]["backend"], y["runtime"]["workers"]) == ("single", "ray", 2)
+        assert _close(x["lambda"], y["lambda"]) and _close(x["objective"], y["objective"]), label
+        tx = sorted(x["trials"], key=lambda t: t["trial"])
+        ty = sorted(y["trials"], key=lambda t: t["trial"])
+        assert [t["weights"] for t in tx] == [t["weights"] for t in ty]
+        assert all(_close(s["objective"], t["objective"]) for s, t in zip(tx, ty)), label
+        assert sorted(t["pending_at_proposal"] for t in ty) == [0, 1]  # both trials at once on the workers
+        assert (x["registered_model"] is None) == (y["registered_model"] is None), label

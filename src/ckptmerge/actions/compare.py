@@ -22,7 +22,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,16 +32,18 @@ import torch
 from ckptmerge.calibration import read_texts
 from ckptmerge.config import Config, ConfigError, searched_method
 from ckptmerge.errors import EvaluationError
-from ckptmerge.evaluation.doc_scores import DocScores, documents, scores_from_json, scores_json
+from ckptmerge.evaluation.doc_scores import DocScores, scores_from_json, scores_json
 from ckptmerge.evaluation.uncertainty import Gain, gains_by_metric
-from ckptmerge.merge import baseline_names, linear_merge
+from ckptmerge.merge import baseline_names
 from ckptmerge.merge import method as merge_method
-from ckptmerge.merge.soups import uniform_weights
 from ckptmerge.resident import ResidentModel
 from ckptmerge.runtime import seed_everything
 from ckptmerge.search.searchers import make_searcher
 from ckptmerge.session.evaluation import EvalSession
+from ckptmerge.session.executor import Executor, InProcessExecutor, run_all
+from ckptmerge.session.executors import make_executor
 from ckptmerge.session.head_to_head import head_to_heads
+from ckptmerge.session.methods import BaselineJob, MethodMerger, MethodOutcome, TestReportJob
 from ckptmerge.session.setup import search_space
 from ckptmerge.session.study import start_study
 from ckptmerge.session.trials import TrialLoop
@@ -131,7 +133,8 @@ def finished_methods(tracker: SearchTracker, parent: str) -> dict[str, MethodRes
 
 
 class Comparison:
-    """Runs each method into the resident model, scores it, and keeps the table."""
+    """Runs each method on the executor (its evaluations where the resident models are), logs its child
+    run and keeps the table."""
 
     def __init__(
         self,
@@ -145,89 +148,23 @@ class Comparison:
         self.names = resident.cset.names
         self.k = len(self.names)
         self.calib_path = calib_path
-        self._texts: list[str] | None = None
-        self.evaluations = 0
-        self.documents = 0  # dev documents scored for the current method
-        self.scores: DocScores | None = None  # per-document dev scores of the method's merge
 
-    # -- helpers -------------------------------------------------------------------------------
-    def _score(self) -> tuple[float, dict[str, float]]:
-        metrics, self.scores = self.session.evaluate_with_scores("dev")
-        self.evaluations += 1
-        self.documents += documents(self.scores)
-        return self.session.objective(metrics), metrics
+    def baseline(self, method: str) -> BaselineJob:
+        """Baseline ``method`` as a job: merged and scored wherever the executor runs it."""
+        return BaselineJob(self.cfg, method, self.calib_path)
 
-    def _onehot(self, i: int) -> list[float]:
-        return [1.0 if j == i else 0.0 for j in range(self.k)]
-
-    def _calibration(self, method: str) -> list[str]:
-        if self._texts is None:
-            path = self.cfg.compare.calibration_path or self.calib_path
-            if path is None:
-                raise ConfigError(
-                    f"compare.calibration_path is needed for {method} (a JSONL file with a 'text' "
-                    "field, never dev or test text)"
-                )
-            self._texts = read_texts(Path(path))
-        return self._texts
-
-    def _max_length(self) -> int:
-        configured = getattr(self.resident.model.config, "max_position_embeddings", None)
-        return int(self.session.sources.max_length or configured or 512)
-
-    def _per_checkpoint(self, method: str, statistic: Callable[..., dict], tokens: int) -> list[dict]:
-        """``statistic(model, tokenizer, texts, tokens, max_length)`` of each checkpoint, loaded in turn."""
-        texts = self._calibration(method)
-        out = []
-        for i in range(self.k):
-            self.resident.apply(self._onehot(i))
-            out.append(statistic(self.resident.model, self.resident.tokenizer, texts, tokens, self._max_length()))
-        return out
-
-    # -- a registered merge method, by its form ------------------------------------------------
     def registered(self, name: str) -> tuple[list[float] | None, float, dict]:
-        """Merge method ``name`` from the registry into the resident model, scored on dev."""
-        m = merge_method(name)
-        settings = self.cfg.compare.method_settings(name)
-        uniform = uniform_weights(self.k)
-        if m.weighting is not None:
-            return self._weighting(m.weighting, settings)
-        if m.calibration is not None:
-            cal = m.calibration
-            stats = self._per_checkpoint(name, cal.statistic, settings.tokens)
+        """Merge method ``name`` into this process's resident model, scored on dev (to register a
+        non-linear merge that was made elsewhere: a Ray worker, a resumed run)."""
+        return MethodMerger(self.cfg, self.session, self.resident, self.calib_path).registered(name)
 
-            def merge(key: str, srcs: list[torch.Tensor]) -> torch.Tensor:
-                out = cal.merge(key, srcs, stats, settings)
-                return linear_merge(srcs, uniform) if out is None else out
+    def open(self, method: str) -> str:
+        """The method's child run, opened as its work is sent off."""
+        return self.tracker.start_trial(0, {"method": method}, run_name=method, kind="method")
 
-            self.resident.apply_fn(merge)
-            return (None, *self._score())
-        # a function of the tensors and weights: here with uniform weights over the compared checkpoints
-        fn = m.bind(dataclasses.asdict(settings))
-        self.resident.apply_fn(lambda key, srcs: fn(srcs, uniform, srcs[0].dtype))
-        return (None, *self._score())
-
-    def _weighting(self, rule: Callable[..., list[float]], settings: Any) -> tuple[list[float] | None, float, dict]:
-        """A weighting rule's weights merged linearly; the weightings it scored on the way (greedy soup)
-        are not scored again."""
-        seen: dict[tuple[float, ...], tuple[float, dict[str, float], DocScores | None]] = {}
-
-        def evaluate(weights: list[float]) -> float:
-            self.resident.apply(weights)
-            objective, metrics = self._score()
-            seen[tuple(weights)] = (objective, metrics, self.scores)
-            return objective
-
-        w = [float(x) for x in rule(self.k, settings, evaluate)]
-        if tuple(w) in seen:
-            objective, metrics, self.scores = seen[tuple(w)]
-            self.resident.apply(w)  # the resident model holds the method's merge
-        else:
-            self.resident.apply(w)
-            objective, metrics = self._score()
-        return w, objective, metrics
-
-    def searched(self, method: str, run_id: str) -> tuple[list[float] | None, float, dict]:
+    def searched(self, method: str, run_id: str, executor: Executor) -> MethodOutcome:
+        """Our search ``method`` on the same budget, its trials on the executor's workers; the best
+        observation's test report too."""
         kind, space_name = searched_method(method)  # type: ignore[misc]  # validated with the config
         space, initial = search_space(
             self.cfg.search, self.cfg.compare, 2 if space_name == "pair" else self.k, space_name
@@ -242,61 +179,79 @@ class Comparison:
             parent_run_id=run_id,
             best_metric_run_id=run_id,
         )
-        loop.run(search_cfg.budget, desc=f"compare {method}")
-        self.evaluations += len(loop.trials)  # what the search spent: fewer than the budget once it converged
-        self.documents += sum(t.docs_evaluated or 0 for t in loop.trials)
+        t0 = time.perf_counter()
+        loop.run(search_cfg.budget, desc=f"compare {method}", executor=executor)
+        evaluations = len(loop.trials)  # what the search spent: fewer than the budget once it converged
+        docs = sum(t.docs_evaluated or 0 for t in loop.trials)
         if loop.best is None:
             raise EvaluationError(f"{method}: every trial failed; the first failure: {loop.trials[0].error}")
         # The best observation, as every other method here is ranked by its observed dev objective.
         best = loop.best
         w = loop.full_weights(best)
-        self.resident.apply(w)
-        self.scores = best.scores
-        return w, best.objective, best.metrics  # type: ignore[return-value]
-
-    def run(self, method: str) -> MethodResult:
-        run_id = self.tracker.start_trial(0, {"method": method}, run_name=method, kind="method")
-        self.evaluations, self.documents, self.scores, t0 = 0, 0, None, time.perf_counter()
-        fn: Callable[[], tuple] = (
-            (lambda: self.registered(method))
-            if searched_method(method) is None
-            else (lambda: self.searched(method, run_id))
-        )
-        try:
-            weights, objective, dev = fn()
-        except Exception:
-            self.tracker.end_trial(run_id, "FAILED")
-            raise
         seconds = time.perf_counter() - t0
-        test, test_scores = self.session.evaluate_with_scores("test") if self.session.test else ({}, None)
+        executor.submit_job(method, TestReportJob(w))
+        _, (test, test_scores) = executor.next_done()
+        assert best.objective is not None
+        return MethodOutcome(
+            w, best.objective, best.metrics, best.scores, test, test_scores, evaluations, docs, seconds
+        )
+
+    def record(self, method: str, run_id: str, out: MethodOutcome) -> MethodResult:
+        """The method's result, logged on its child run (with the record a resume reuses), run closed."""
         res = MethodResult(
             method,
-            objective,
-            self.evaluations,
-            seconds,
-            dict(zip(self.names, weights)) if weights is not None else None,
-            dev,
-            test,
+            out.objective,
+            out.evaluations,
+            out.seconds,
+            dict(zip(self.names, out.weights)) if out.weights is not None else None,
+            out.dev_metrics,
+            out.test_metrics,
             run_id,
-            dev_scores=self.scores,
-            test_scores=test_scores,
-            documents=self.documents,
+            dev_scores=out.dev_scores,
+            test_scores=out.test_scores,
+            documents=out.documents,
         )
         metrics = {
-            names.METRIC_OBJECTIVE: objective,
-            "evaluations": self.evaluations,
-            "documents": self.documents,
-            "seconds": seconds,
-            **dev,
-            **{names.PREFIX_TEST + k: v for k, v in test.items()},
+            names.METRIC_OBJECTIVE: out.objective,
+            "evaluations": out.evaluations,
+            "documents": out.documents,
+            "seconds": out.seconds,
+            **out.dev_metrics,
+            **{names.PREFIX_TEST + k: v for k, v in out.test_metrics.items()},
         }
-        if weights is not None:
-            metrics.update({names.weight_param(n): w for n, w in zip(self.names, weights)})
+        if out.weights is not None:
+            metrics.update({names.weight_param(n): w for n, w in zip(self.names, out.weights)})
         self.tracker.log_metrics(metrics, run_id=run_id)
         self.tracker.log_text(run_id, json.dumps(res.as_record()), ARTIFACT_METHOD)  # what a resume reuses
         self.tracker.end_trial(run_id)
-        log.info("%s: objective %.5f, %d evaluations, %.1fs", method, objective, self.evaluations, seconds)
+        log.info("%s: objective %.5f, %d evaluations, %.1fs", method, out.objective, out.evaluations, out.seconds)
         return res
+
+    def run_all(self, methods: list[str], executor: Executor, finished: Callable[[MethodResult], None]) -> None:
+        """Every method: the baselines first, all at once over the workers (independent), then each
+        search in turn, its trials over the workers. ``finished`` is called as each method's result is in.
+        A method that fails ends its child run (and every other open one) FAILED and stops the comparison."""
+        open_runs: dict[str, str] = {}
+
+        def started(method: Hashable) -> None:
+            open_runs[str(method)] = self.open(str(method))
+
+        def done(method: Hashable, out: MethodOutcome) -> None:
+            finished(self.record(str(method), open_runs.pop(str(method)), out))
+
+        try:
+            baselines = [m for m in methods if searched_method(m) is None]
+            run_all(executor, [(m, self.baseline(m)) for m in baselines], done, started)
+            for method in methods:
+                if method in baselines:
+                    continue
+                seed_everything(self.cfg.search.seed, self.cfg.runtime.threads)  # each method from the same seed
+                started(method)
+                done(method, self.searched(method, open_runs[method], executor))
+        except BaseException:
+            for run_id in open_runs.values():
+                self.tracker.end_trial(run_id, "FAILED")
+            raise
 
 
 def _test_higher_is_better(session: EvalSession) -> dict[str, bool]:
@@ -470,22 +425,34 @@ def run_compare(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") ->
     )
     cset = sources.cset
     comp = Comparison(cfg, tracker, session, resident, sources.calib_path)
-    results: list[MethodResult] = []
     snapshot: dict[str, torch.Tensor] | None = None  # the best non-linear merge's parameters, to register it
     snapshot_of = ""  # the method whose merge the snapshot holds
     with tracker.finishing():
         done = finished_methods(tracker, parent) if study.resumed else {}
+        by_method: dict[str, MethodResult] = {}
         for method in cfg.compare.methods:
             if method in done:  # a resumed comparison: this method finished before the process died
-                results.append(done[method])
+                by_method[method] = done[method]
                 log.info("%s: reused from run %s (objective %.5f)", method, done[method].run_id, done[method].objective)
-                continue
-            seed_everything(cfg.search.seed, cfg.runtime.threads)  # each method starts from the same seed
-            results.append(comp.run(method))
-            r = results[-1]
-            if cfg.compare.register and r.weights is None and r.objective >= max(x.objective for x in results):
+        todo = [m for m in cfg.compare.methods if m not in done]
+        in_process = False
+
+        def finished(r: MethodResult) -> None:
+            nonlocal snapshot, snapshot_of
+            by_method[r.method] = r
+            # this process's resident model holds the merge only when it ran here (not on a Ray worker)
+            best_so_far = r.objective >= max(x.objective for x in by_method.values())
+            if cfg.compare.register and r.weights is None and in_process and best_so_far:
                 snapshot = {k: v.detach().clone() for k, v in resident.model.state_dict().items()}
-                snapshot_of = method
+                snapshot_of = r.method
+
+        if todo:
+            # the baselines at once over the workers, then each search's trials over them (runtime=ray);
+            # one after another in this process otherwise
+            with make_executor(cfg, resident, session, study=True, last=cfg.compare.last) as executor:
+                in_process = isinstance(executor, InProcessExecutor)
+                comp.run_all(todo, executor, finished)
+        results = [by_method[m] for m in cfg.compare.methods]  # the table's rows in the configured order
         if done:
             log.info("Resumed compare %s: %d of %d methods reused", parent, len(done), len(cfg.compare.methods))
         baseline = next((r.objective for r in results if r.method == "newest"), None)

@@ -62,6 +62,11 @@ _add(
 )
 _add("merge", "ckptmerge.actions.merge:run", "write the merge at given weights (streamed, atomic)", True)
 _add("pilot", "ckptmerge.actions.pilot:run", "every checkpoint alone and every pair at one λ", ray=True)
-_add("compare", "ckptmerge.actions.compare:run", "every baseline and search space on the same budget")
+_add("compare", "ckptmerge.actions.compare:run", "every baseline and search space on the same budget", ray=True)
 _add("promote", "ckptmerge.actions.promote:run", "candidate vs champion on the same documents; move the alias", True)
-_add("watch", "ckptmerge.actions.watch:run", "search each new pair of complete checkpoints while training runs")
+_add(
+    "watch",
+    "ckptmerge.actions.watch:run",
+    "search each new pair of complete checkpoints while training runs",
+    ray=True,
+)

@@ -399,7 +399,12 @@ class WatchRun:
 
 
 def run_watch(cfg: Config, run_dir: Path, cwd: Path, config_yaml: str = "") -> dict[str, Any]:
-    return WatchRun(cfg, run_dir, cwd, config_yaml).run()
+    from ckptmerge.runtime.ray_workers import ray_session
+
+    watch = WatchRun(cfg, run_dir, cwd, config_yaml)
+    # runtime=ray: one Ray instance for the whole watch (each pair's search starts its own workers on it)
+    with ray_session(cfg.runtime):
+        return watch.run()
 
 
 def run(cfg: Config, context: Any) -> dict[str, Any]:

@@ -13,19 +13,20 @@ counted once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import socket
 import time
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from typing import Any
 
 from ckptmerge import signals
 from ckptmerge.config import Config, RuntimeConfig
 from ckptmerge.errors import ConfigError, EvaluationError
 from ckptmerge.evaluation.racing import Incumbent
-from ckptmerge.session.executor import Evaluation, Executor, evaluate_weights
+from ckptmerge.session.executor import Evaluation, Executor, Job, evaluate_weights
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +150,10 @@ class TrialWorker:
         out.exception = None  # its traceback stays here; the text and the kind go back
         return out
 
+    def run_job(self, job: Job) -> Any:
+        """Any other work on this worker's resident model (a compared baseline: session/methods.py)."""
+        return job(self.resident, self.session)
+
     def pid(self) -> int:
         return os.getpid()
 
@@ -162,7 +167,10 @@ class RayExecutor(Executor):
         import ray
 
         runtime = cfg.runtime
-        self._started = connect(runtime)
+        # a process that holds its own Ray connection across several executors (a watch: ray_session)
+        # keeps it; otherwise this executor connects and disconnects
+        self._owns_connection = not ray.is_initialized()
+        connect(runtime)
         self.workers = worker_count(runtime)
         gpu = runtime.device == "cuda"
         threads = runtime.threads or (None if gpu else max(1, (os.cpu_count() or 1) // self.workers))
@@ -174,8 +182,8 @@ class RayExecutor(Executor):
         )
         self.actors: list[Any] = [remote.remote(cfg, study, last, threads) for _ in range(self.workers)]
         self._idle = list(range(self.workers))
-        # ref -> key, actor, weights, incumbent, tries
-        self._jobs: dict[Any, tuple[Hashable, int, list[float], Incumbent | None, int]] = {}
+        # ref -> key, actor, the actor's method and its arguments, tries
+        self._jobs: dict[Any, tuple[Hashable, int, str, tuple, int]] = {}
         self._closed = False
         log.info(
             "Ray: %d workers (%s, %s), %s",
@@ -189,16 +197,22 @@ class RayExecutor(Executor):
     def in_flight(self) -> int:
         return len(self._jobs)
 
-    def submit(self, key: Hashable, weights: list[float], incumbent: Incumbent | None = None, tries: int = 0) -> None:
+    def submit(self, key: Hashable, weights: list[float], incumbent: Incumbent | None = None) -> None:
+        # the incumbent's per-document scores go with the job: the worker races against what the driver
+        # knew when it proposed the trial
+        self._send(key, "evaluate", (list(weights), incumbent), 0)
+
+    def submit_job(self, key: Hashable, job: Job) -> None:
+        self._send(key, "run_job", (job,), 0)
+
+    def _send(self, key: Hashable, method: str, args: tuple, tries: int) -> None:
         if not self._idle:
             raise RuntimeError("no free worker: wait for next_done() first")
         actor = self._idle.pop(0)
-        # the incumbent's per-document scores go with the job: the worker races against what the driver
-        # knew when it proposed the trial
-        ref = self.actors[actor].evaluate.remote(list(weights), incumbent)
-        self._jobs[ref] = (key, actor, list(weights), incumbent, tries)
+        ref = getattr(self.actors[actor], method).remote(*args)
+        self._jobs[ref] = (key, actor, method, args, tries)
 
-    def next_done(self) -> tuple[Hashable, Evaluation]:
+    def next_done(self) -> tuple[Hashable, Any]:
         import ray
         from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
@@ -208,7 +222,7 @@ class RayExecutor(Executor):
             if not ready:
                 continue  # a signal handler runs between waits
             ref = ready[0]
-            key, actor, weights, incumbent, tries = self._jobs.pop(ref)
+            key, actor, method, args, tries = self._jobs.pop(ref)
             try:
                 result = ray.get(ref)
             except (ActorDiedError, ActorUnavailableError, RayActorError) as e:
@@ -219,7 +233,7 @@ class RayExecutor(Executor):
                 log.warning("Ray worker %d died during trial %s; Ray restarts it and the trial runs again", actor, key)
                 self._wait_restarted(actor)
                 self._idle.insert(0, actor)
-                self.submit(key, weights, incumbent, tries + 1)
+                self._send(key, method, args, tries + 1)
                 continue
             self._idle.append(actor)
             return key, result
@@ -259,4 +273,25 @@ class RayExecutor(Executor):
                 except Exception:  # noqa: BLE001 - already gone
                     pass
             # a local instance stops with it; a joined cluster goes on running (only our actors were killed)
-            ray.shutdown()
+            if self._owns_connection:
+                ray.shutdown()
+
+
+@contextlib.contextmanager
+def ray_session(runtime: RuntimeConfig) -> Iterator[None]:
+    """One Ray connection for a process that runs several executors in turn (``action=watch``: one
+    search per pair): a local instance is started once, not once per pair, and stopped at the end (or on
+    a stop signal); each executor still kills its own actors. Nothing happens unless ``runtime=ray``."""
+    if runtime.backend != "ray":
+        yield
+        return
+    import ray
+
+    owns = not ray.is_initialized()
+    connect(runtime)
+    try:
+        yield
+    finally:
+        if owns and ray.is_initialized():
+            with signals.holding(drop=True):  # the cleanup after a stop: a second signal must not cut it short
+                ray.shutdown()

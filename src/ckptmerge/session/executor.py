@@ -11,8 +11,11 @@ The trial loop (session/trials.py) proposes points, logs child runs and tells th
 - :class:`ckptmerge.runtime.ray_workers.RayExecutor` (``runtime=ray``): one whole resident model per
   Ray actor, several trials at once.
 
-A job is ``submit(key, weights)``; ``next_done()`` blocks until one job has finished and returns its key
-and evaluation (in completion order, which for several workers is not submission order).
+A job is ``submit(key, weights)`` (a trial), or ``submit_job(key, job)`` for any other work on the resident
+model (a compared baseline's merge and scores, session/methods.py): ``job(resident, session)`` runs
+where the model is and its picklable result comes back. ``next_done()`` blocks until one job has
+finished and returns its key and result (in completion order, which for several workers is not
+submission order).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ckptmerge.errors import EvaluationError
 from ckptmerge.evaluation.doc_scores import DocScores
@@ -74,6 +78,9 @@ def evaluate_weights(
     return out
 
 
+Job = Callable[[ResidentModel, EvalSession], Any]  # picklable: it may be sent to a Ray worker
+
+
 class Executor:
     """Runs evaluation jobs; ``workers`` of them at once."""
 
@@ -84,8 +91,13 @@ class Executor:
         """Evaluate at ``weights``; ``incumbent``: what the trial races against (eval.race), if anything."""
         raise NotImplementedError
 
-    def next_done(self) -> tuple[Hashable, Evaluation]:
-        """Block until a submitted job has finished; its key and evaluation."""
+    def submit_job(self, key: Hashable, job: Job) -> None:
+        """Run ``job(resident, session)`` on a worker's resident model; its result is what next_done gives."""
+        raise NotImplementedError
+
+    def next_done(self) -> tuple[Hashable, Any]:
+        """Block until a submitted job has finished; its key and result (an :class:`Evaluation` for
+        ``submit``, the job's return value for ``submit_job``)."""
         raise NotImplementedError
 
     @property
@@ -109,27 +121,47 @@ class InProcessExecutor(Executor):
     def __init__(self, resident: ResidentModel, session: EvalSession) -> None:
         self.resident, self.session = resident, session
         self.name = "deepspeed" if session.partitioned else "in-process"
-        self._jobs: list[tuple[Hashable, list[float], Incumbent | None]] = []
+        self._jobs: list[tuple[Hashable, Job]] = []
 
     def submit(self, key: Hashable, weights: list[float], incumbent: Incumbent | None = None) -> None:
-        self._jobs.append((key, list(weights), incumbent))
+        w = list(weights)
+        self._jobs.append((key, lambda resident, session: evaluate_weights(resident, session, w, incumbent)))
+
+    def submit_job(self, key: Hashable, job: Job) -> None:
+        self._jobs.append((key, job))
 
     @property
     def in_flight(self) -> int:
         return len(self._jobs)
 
-    def next_done(self) -> tuple[Hashable, Evaluation]:
-        key, weights, incumbent = self._jobs.pop(0)
-        return key, evaluate_weights(self.resident, self.session, weights, incumbent)
+    def next_done(self) -> tuple[Hashable, Any]:
+        key, job = self._jobs.pop(0)
+        return key, job(self.resident, self.session)
 
 
 def run_all(
-    executor: Executor, jobs: Sequence[tuple[Hashable, list[float]]], done: Callable[[Hashable, Evaluation], None]
+    executor: Executor,
+    jobs: Sequence[tuple[Hashable, list[float] | Job]],
+    done: Callable[[Hashable, Any], None],
+    started: Callable[[Hashable], None] | None = None,
 ) -> None:
-    """Evaluate independent jobs (a pilot's singles and pairs), every worker busy until all are done;
-    ``done`` is called in the driver as each one finishes (in completion order)."""
+    """Run independent jobs (a pilot's singles and pairs: weights to evaluate; a comparison's baselines:
+    :data:`Job`), every worker busy until all are done. ``started`` is called in the driver as each
+    one is sent off, ``done`` as each one finishes (in completion order)."""
     todo = list(jobs)
-    while todo or executor.in_flight:
+
+    def fill() -> None:
         while todo and executor.in_flight < executor.workers:
-            executor.submit(*todo.pop(0))
-        done(*executor.next_done())
+            key, what = todo.pop(0)
+            if started is not None:
+                started(key)
+            if callable(what):
+                executor.submit_job(key, what)
+            else:
+                executor.submit(key, what)
+
+    fill()
+    while executor.in_flight:
+        key, result = executor.next_done()
+        fill()  # the freed worker gets its next job before the driver logs this one
+        done(key, result)

@@ -234,7 +234,10 @@ class TrialLoop:
         index = max([len(self.trials) + len(redo)] + [t.index + 1 for t in self.trials] + [r.index + 1 for r in redo])
         todo = list(redo)
         proposing = True
-        while True:
+
+        def fill() -> None:
+            """Every free worker gets its next trial: one to run again, or the searcher's next point."""
+            nonlocal index, proposing
             while executor.in_flight < executor.workers and (todo or (proposing and index < budget)):
                 if todo:
                     again = todo.pop(0)
@@ -248,12 +251,23 @@ class TrialLoop:
                     index += 1
                 in_flight[trial.index] = trial
                 executor.submit(trial.index, self.full_weights(trial), self._incumbent(trial.weights))
+
+        while True:
+            fill()
             if not in_flight:
                 break
             key, evaluation = executor.next_done()
             trial = in_flight.pop(key)  # type: ignore[call-overload]
-            self._record(self._finish(trial, evaluation))
-            self._log_line(self.trials[-1], budget, desc)
+            state = self._conclude(trial, evaluation)
+            if executor.workers > 1 and trial.error is None:
+                # the searcher has been told: the freed worker gets its next trial now, and waits neither
+                # for this trial's MLflow logging (metrics, tags, the doc-scores artifact) nor its plot
+                self._record(trial)
+                fill()
+                self._close(trial, evaluation, state)
+            else:  # one worker: nothing waits; a failed trial is logged (and may stop the search) first
+                self._record(self._close(trial, evaluation, state))
+            self._log_line(trial, budget, desc)
             if self.best is not None and self.best.objective is not None:
                 self.tracker.log_metrics(
                     {names.METRIC_BEST_OBJECTIVE: self.best.objective},
@@ -352,10 +366,10 @@ class TrialLoop:
         tracker.log_datasets(trial.run_id, session.datasets("dev"), CONTEXT_DEV)  # what this trial evaluated
         return trial
 
-    def _finish(self, trial: Trial, ev: Evaluation) -> Trial:
-        """Tell the searcher what the evaluation gave and close the trial's child run."""
-        tracker, session, searcher, index = self.tracker, self.session, self.searcher, trial.index
-        assert trial.run_id is not None
+    def _conclude(self, trial: Trial, ev: Evaluation) -> dict[str, Any] | None:
+        """The trial's objective from its evaluation, told to the searcher (or marked failed: ``trial.error``
+        set); the searcher's state right after, for the child run (None for a failed trial)."""
+        session, searcher = self.session, self.searcher
         trial.metrics, trial.scores = ev.metrics, ev.scores
         trial.eval_seconds, trial.docs_evaluated, trial.tokens_evaluated = ev.eval_seconds, ev.docs, ev.tokens
         trial.merge_seconds, trial.raced_out = ev.merge_seconds, ev.raced_out
@@ -376,6 +390,17 @@ class TrialLoop:
         if error is not None:
             trial.error = error
             searcher.mark_failed(trial.x)
+            return None
+        trial.objective = objective
+        assert trial.scores is not None and trial.objective_se is not None
+        self._tell(trial)
+        return searcher.state()
+
+    def _close(self, trial: Trial, ev: Evaluation, state: dict[str, Any] | None) -> Trial:
+        """Log what :meth:`_conclude` found on the trial's child run, and close it."""
+        tracker, index = self.tracker, trial.index
+        assert trial.run_id is not None
+        if trial.error is not None:
             if self._bill(trial):  # what the failed evaluation spent, when it got as far as evaluating
                 tracker.log_metrics(self._bill(trial), step=index, run_id=trial.run_id)
             tracker.set_tags({names.TAG_TRIAL_STATUS: "failed", "ckptmerge.error": trial.error[:4000]}, trial.run_id)
@@ -389,12 +414,9 @@ class TrialLoop:
                     f"the dev tasks fail on the first trial, so every trial would: {trial.error}"
                 ) from None
             return trial
-        trial.objective = objective
-        assert trial.scores is not None and trial.objective_se is not None
-        self._tell(trial)
-        state = searcher.state()
+        assert trial.objective is not None and trial.scores is not None and state is not None
         metrics: dict[str, float] = {
-            names.METRIC_OBJECTIVE: objective,
+            names.METRIC_OBJECTIVE: trial.objective,
             names.METRIC_OBJECTIVE_SE: float(trial.objective_se or 0.0),
             **trial.metrics,
             "trial_seconds": trial.seconds,
