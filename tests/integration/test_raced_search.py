@@ -190,7 +190,12 @@ def test_a_ray_worker_races_as_the_driver_process_does(tmp_path, traj_cache, rac
     """runtime=ray with one worker makes the serial search's proposals; the worker, sent the incumbent
     with each trial, races exactly the trials the in-process search raced, on the same documents."""
     _, _, ref = raced
-    args = [*_args(tmp_path, traj_cache, tmp_path / "run"), "runtime=ray", "runtime.workers=1"]
+    args = [
+        *_args(tmp_path, traj_cache, tmp_path / "run"),
+        "runtime=ray",
+        "runtime.workers=1",
+        "registry.enabled=false",
+    ]
     proc = run_main(args, cwd=tmp_path, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "run" / "result.json").read_text())

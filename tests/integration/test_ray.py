@@ -93,7 +93,11 @@ def _cluster_workers(raylet: psutil.Process, busy: bool = False) -> list[psutil.
 def test_worker_killed_mid_trial_reruns_it_once(tmp_path, traj_cache, tiny_trajectory, cluster):
     address, temp = cluster
     raylet = _raylet(temp)
-    args = ray_args(tmp_path, traj_cache, tmp_path / "run", f"runtime.address={address}", "eval.limit=48")
+    # registry off: what is under test ends with the trials (the finish, registration included, is the
+    # same code as the local instance's search test)
+    args = ray_args(
+        tmp_path, traj_cache, tmp_path / "run", f"runtime.address={address}", "eval.limit=48", "registry.enabled=false"
+    )
     p = subprocess.Popen(
         [sys.executable, str(MAIN), *args],
         cwd=tmp_path,
