@@ -7,12 +7,13 @@ into ``--cache``):
   ``--ray-one`` adds ``runtime=ray runtime.workers=1 runtime.threads=N`` as well);
 * **N workers**: ``runtime=ray runtime.workers=N`` (each worker 1 torch thread: its share of the cores);
 
-for a search at ``search.budget=8`` (``search.stop=budget``: every run does 8 trials) and a pilot (every
-checkpoint alone and every pair: 21 evaluations on the 6 checkpoints). The rate is the steady one:
-(evaluations - 1) / (last completion - first completion), from the MLflow timestamps of the trials'
-child runs (search) or of the pilot's metrics; the end-to-end wall time of each command (Ray's start
-and the workers' model builds included) is printed too. The machine's load average is printed before
-and after: on a shared machine the ratio is noisy.
+for a search at ``search.budget=8`` (``search.stop=budget``: every run does 8 trials), a pilot (every
+checkpoint alone and every pair: 21 evaluations on the 6 checkpoints) and a compare (its baselines and
+each of its searches' trials, at the same budget). The rate is the steady one: (evaluations - 1) /
+(last completion - first completion), from the MLflow timestamps of the trials' child runs (search;
+compare adds its method runs) or of the pilot's metrics; the end-to-end wall time of each command
+(Ray's start and the workers' model builds included) is printed too. The machine's load average is
+printed before and after: on a shared machine the ratio is noisy.
 
     python benchmarks/parallel_trials.py                      # N = 2 (the target: >= 1.6x)
     python benchmarks/parallel_trials.py --workers 2 --ray-one --cache /tmp/traj
@@ -73,8 +74,13 @@ def completions(db: Path, action: str) -> list[float]:
 
     client = MlflowClient(f"sqlite:///{db}")
     exp = client.get_experiment_by_name("ckptmerge")
-    if action == "search":
-        runs = client.search_runs([exp.experiment_id], "tags.`ckptmerge.kind` = 'trial'", max_results=1000)
+    if action in ("search", "compare"):  # compare: its baselines' method runs and its searches' trials
+        kinds = ["trial"] + (["method"] if action == "compare" else [])
+        runs = [
+            r
+            for kind in kinds
+            for r in client.search_runs([exp.experiment_id], f"tags.`ckptmerge.kind` = '{kind}'", max_results=1000)
+        ]
         return sorted(r.info.end_time / 1000 for r in runs)
     (parent,) = client.search_runs([exp.experiment_id], "tags.`ckptmerge.kind` = 'pilot'")
     keys = [k for k in parent.data.metrics if k.endswith(".objective")]
@@ -87,7 +93,7 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=8)
     ap.add_argument("--cache", type=Path, default=None, help="the embedded trajectory's cache (default: a temp dir)")
     ap.add_argument("--ray-one", action="store_true", help="also measure runtime=ray with one worker")
-    ap.add_argument("--actions", default="search,pilot")
+    ap.add_argument("--actions", default="search,pilot,compare")
     args = ap.parse_args()
     n = args.workers
     cores = os.cpu_count() or 1
