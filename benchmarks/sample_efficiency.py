@@ -154,11 +154,12 @@ def run_searcher(
     return ys
 
 
-def run_setting(cfg, k: int, space_name: str, seed: int, f: Objective, stop: str, race: bool) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def run_setting(cfg, k: int, space_name: str, seed: int, f: Any, stop: str, race: bool) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """One bo search as TrialLoop runs it with ``search.stop=stop`` and racing on or off; a raced trial is
     replayed from its point's cached per-document scores by evaluation/racing.py (the tool's own code):
     scoring chunk by chunk gives each document the score a full evaluation gives it.
 
+    ``f``: an :class:`Objective`, or ``stopping.PureNoise`` (its ``full``, ``session`` and ``resident_k``).
     Returns the pick (objective and draws of the point ``select`` returns, always fully scored), the
     documents scored, the evaluations and how many were raced out."""
 

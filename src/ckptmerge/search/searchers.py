@@ -71,8 +71,9 @@ class Convergence:
 
     ``criterion``: the largest expected improvement over the incumbent of any unevaluated point of the
     box, in the incumbent's paired standard errors; ``streak``: how many checks in a row it was below
-    ``search.stop_margin``; ``converged``: the streak reached ``search.patience``. A check with only
-    raced-out trials told since the last one (``eval.race``) leaves the streak as it was.
+    ``search.stop_margin``; ``converged``: the streak reached ``search.patience``. A check with no fully
+    scored trial told since the last check that counted (only raced-out ones, ``eval.race``; or none, when
+    parallel trials fill several free workers in a row) leaves the streak as it was.
     """
 
     criterion: float
