@@ -154,11 +154,12 @@ def run_searcher(
     return ys
 
 
-def run_setting(cfg, k: int, space_name: str, seed: int, f: Objective, stop: str, race: bool) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def run_setting(cfg, k: int, space_name: str, seed: int, f: Any, stop: str, race: bool) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """One bo search as TrialLoop runs it with ``search.stop=stop`` and racing on or off; a raced trial is
     replayed from its point's cached per-document scores by evaluation/racing.py (the tool's own code):
     scoring chunk by chunk gives each document the score a full evaluation gives it.
 
+    ``f``: an :class:`Objective`, or ``stopping.PureNoise`` (its ``full``, ``session`` and ``resident_k``).
     Returns the pick (objective and draws of the point ``select`` returns, always fully scored), the
     documents scored, the evaluations and how many were raced out."""
 
@@ -216,6 +217,7 @@ def run_setting(cfg, k: int, space_name: str, seed: int, f: Objective, stop: str
 def race_study(a, cfg, f, reference: dict[str, float]) -> None:  # type: ignore[no-untyped-def]
     """Four settings (today, converged stop, racing, both) per space and seed: documents, the pick's gain
     as a fraction of the dense-sweep best, its distance from today's pick, the registration decision."""
+    import numpy as np
     import stopping
 
     newest = f.evaluate([0.0] * (f.resident_k - 1) + [1.0])
@@ -237,6 +239,20 @@ def race_study(a, cfg, f, reference: dict[str, float]) -> None:  # type: ignore[
     )
     for line in stopping.settings_table(rows, reference, newest, f.session.bootstrap):
         print(line)
+    # A pure-noise objective under both: every merge is the newest alone plus per-document noise of the
+    # paired standard error a real merge has against it (the median over the evaluated pairs), scored and
+    # raced from those synthetic per-document scores by the same code.
+    pair = [v for key, v in f.cache.items() if key[:-2] == (0.0,) * (len(key) - 2) and key[-1] != 1.0]
+    se = float(statistics.median(float(np.std(v[1] - newest[1], ddof=1)) for v in pair))
+    noise = stopping.PureNoise(f, se)
+    print(f"\npure-noise pair objective (paired s.e. {se:.5f} against the newest), both on:")
+    for seed in a.seeds:
+        r = run_setting(cfg, 2, "pair", seed, noise, "converged", True)
+        reg = stopping.registers(r["pick"], newest, f.session.bootstrap)
+        print(
+            f"seed {seed}: stopped after {r['evaluations']} of {a.budget} evaluations, {r['documents']} documents "
+            f"({r['raced']} raced out); registers: {reg}"
+        )
 
 
 def bench_setup(traj_seed: int, last: int, budget: int, limit: int | None, cache: Path | None):  # type: ignore[no-untyped-def]

@@ -160,3 +160,38 @@ def settings_table(
                 f"| {statistics.median(fracs):.2f} | {within}/{k} | {same}/{k} |"
             )
     return lines
+
+
+class PureNoise:
+    """An objective that is pure noise, with per-document scores (so a raced search can be replayed on it):
+    every merge is the newest alone with each document's score moved by independent noise, scaled so that
+    the paired standard error of its difference from the newest is ``se``. The newest alone is itself.
+    Stands in for sample_efficiency.Objective in ``run_setting`` (``full``, ``session``, ``resident_k``)."""
+
+    def __init__(self, f: Any, se: float, seed: int = 21) -> None:
+        self.session, self.resident_k, self.seed = f.session, f.resident_k, seed
+        self.newest_weights = (0.0,) * (f.resident_k - 1) + (1.0,)
+        self.newest = f.full(list(self.newest_weights))
+        self.se = se
+
+    def full(self, weights: list[float]) -> tuple[float, Any, Any]:
+        import zlib
+
+        from ckptmerge.evaluation.doc_scores import MetricScores
+        from ckptmerge.evaluation.racing import metrics_of
+
+        y0, _, scores0 = self.newest
+        if tuple(round(w, 9) for w in weights) == self.newest_weights:
+            return self.newest
+        key = zlib.crc32(repr(tuple(round(w, 9) for w in weights)).encode())
+        rng = np.random.default_rng([self.seed, key])
+        scores = {}
+        for name, s in scores0.items():
+            # num + den·δ moves the metric by a den-weighted mean of δ: σ so that its error is se (bits per
+            # byte is that mean over ln 2; a mean metric has den 1)
+            sigma = self.se * float(np.sum(s.den)) / float(np.sqrt(np.sum(s.den**2)))
+            if s.aggregation == "bits_per_byte":
+                sigma *= np.log(2)
+            scores[name] = MetricScores(s.aggregation, s.doc_ids, s.num + s.den * rng.normal(0, sigma, s.n), s.den)
+        y = float(self.session.objective(metrics_of(scores)))
+        return y, self.session.bootstrap.objective_draws(self.session.objective, scores), scores

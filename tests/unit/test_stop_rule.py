@@ -91,3 +91,25 @@ def test_the_rule_does_not_change_the_proposals():
 def test_bad_settings_name_their_key(key, value):
     with pytest.raises(ConfigError, match=f"search.{key}"):
         SearchConfig(**{key: value})
+
+
+def test_a_raced_out_trial_is_no_evidence_for_the_stop():
+    """eval.race: a check after raced-out trials only neither grows nor resets the streak, so racing cannot
+    end a search sooner than the fully scored trials justify. (Counting it ended decay's search at its
+    earliest check, 4 evaluations, with 2 of 5 picks more than one paired s.e. from the full search's:
+    docs/benchmarks.md.) On a flat objective every check is below the widest margin, so each counted one
+    grows the streak."""
+    s = make_searcher(SearchConfig(kind="bo", budget=10, seed=0, stop_margin=10.0, patience=2))
+    for _ in range(3):  # the initial design, fully scored
+        p = s.ask()
+        s.tell(p.x, 0.0, SE)
+    first = s.check_convergence()
+    assert first is not None and first.streak == 1 and not first.converged
+    p = s.ask()
+    s.tell(p.x, 0.0, SE / 4, eligible=False)  # raced out: an estimate with a small paired error
+    after_raced = s.check_convergence()
+    assert after_raced is not None and after_raced.streak == 1 and not after_raced.converged
+    p = s.ask()
+    s.tell(p.x, 0.0, SE)  # fully scored: evidence again
+    after_full = s.check_convergence()
+    assert after_full is not None and after_full.streak == 2 and after_full.converged
