@@ -1,14 +1,13 @@
 """runtime=ray on a cluster this module starts with ``ray start --head`` and joins through
 ``runtime.address`` (started once for the module): a worker actor killed mid-trial has its trial run
-again, counted once; a SIGKILLed driver resumes with the same command; a pilot, a compare and a watch on
-the workers score what one process scores. (tests/integration/test_ray_local.py: the tool's own local instance.)"""
+again, counted once; a SIGKILLed driver resumes with the same command; a pilot and a compare on the
+workers score what one process scores. (tests/integration/test_ray_local.py: the tool's own local instance.)"""
 
 from __future__ import annotations
 
 import csv
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from tests.ray_support import (
     BUDGET,
     RAY,
     check_counted_once,
+    close_numbers,
     gone,
     process_tree,
     ray_args,
@@ -197,10 +197,6 @@ def test_pilot_on_workers_gives_the_serial_numbers(tmp_path, traj_cache, tiny_tr
         assert y["objective"] == pytest.approx(x["objective"], rel=1e-6, abs=1e-9)
 
 
-def _close(a: float | None, b: float | None) -> bool:
-    return (a is None and b is None) or (a is not None and b == pytest.approx(a, rel=1e-6, abs=1e-9))
-
-
 def _same_cell(a: str, b: str) -> bool:
     """Two CSV cells: the same text, or numbers within the tolerance (printed to 6 digits, so the last
     digit may round the other way)."""
@@ -250,15 +246,15 @@ def test_compare_on_workers_gives_the_serial_table(tmp_path, traj_cache, tiny_tr
     for x, y in zip(a["methods"], b["methods"]):
         m = x["method"]
         assert (x["evaluations"], x["documents"]) == (y["evaluations"], y["documents"]), m
-        assert _close(x["objective"], y["objective"]), (m, x["objective"], y["objective"])
+        assert close_numbers(x["objective"], y["objective"]), (m, x["objective"], y["objective"])
         assert (x["weights"] is None) == (y["weights"] is None), m
         for name, w in (x["weights"] or {}).items():
-            assert _close(w, y["weights"][name]), m
+            assert close_numbers(w, y["weights"][name]), m
         for part in ("dev_metrics", "test_metrics"):
             assert x[part].keys() == y[part].keys() and x[part], (m, part)
-            assert all(_close(v, y[part][k]) for k, v in x[part].items()), (m, part, x[part], y[part])
+            assert all(close_numbers(v, y[part][k]) for k, v in x[part].items()), (m, part, x[part], y[part])
         for key in ("value", "ci_low", "ci_high"):
-            assert _close(x["gain"][key], y["gain"][key]), (m, key)
+            assert close_numbers(x["gain"][key], y["gain"][key]), (m, key)
     # the CSV rows too, but for the wall time (numbers within the tolerance: a worker's 1 torch thread sums
     # a Fisher statistic in another order than the driver's 2)
     rows_a = list(csv.DictReader((tmp_path / "serial" / "compare.csv").open()))
@@ -275,44 +271,3 @@ def test_compare_on_workers_gives_the_serial_table(tmp_path, traj_cache, tiny_tr
     trials = client.search_runs([exp], f"tags.mlflow.parentRunId = '{bo_run}'")
     assert sorted(int(t.data.params["pending_at_proposal"]) for t in trials) == [0, 1]
     assert "Ray: 2 workers" in "".join(f.read_text() for f in (tmp_path / "ray").glob("*.log"))
-
-
-def test_watch_on_workers_searches_the_serial_pairs(tmp_path, tiny_trajectory, cluster):
-    """action=watch under runtime=ray over a folder that holds the trajectory: each pair's search runs
-    its trials on the workers, and the watch ends with the serial watch's searches and records."""
-    from tests.integration.test_watch import _args as watch_args
-
-    address, _ = cluster
-    watch = tmp_path / "ckpts"
-    watch.mkdir()
-    for c in tiny_trajectory.checkpoints:
-        shutil.copytree(c, watch / c.name)
-    results = {}
-    for name, extra, env in (
-        ("serial", ["runtime=cpu"], {}),
-        ("ray", ["runtime=ray", "runtime.workers=2", f"runtime.address={address}"], AUTH),
-    ):
-        work = tmp_path / name  # a store each: the same watch key in one store would skip the searched pairs
-        work.mkdir()
-        proc = run_main(
-            [*watch_args(work, tiny_trajectory, watch, 1, work / "run", budget=2), *extra],
-            cwd=work,
-            env_extra=env,
-            timeout=600,
-        )
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        results[name] = json.loads((work / "run" / "result.json").read_text())
-    a, b = results["serial"], results["ray"]
-    assert a["searched_by_this_process"] == b["searched_by_this_process"] and len(a["searched_by_this_process"]) == 2
-    assert [r["step"] for r in a["pairs"]] == [r["step"] for r in b["pairs"]]
-    for label in sorted(p.name for p in (tmp_path / "serial" / "run" / "pairs").iterdir()):
-        x = json.loads((tmp_path / "serial" / "run" / "pairs" / label / "result.json").read_text())
-        y = json.loads((tmp_path / "ray" / "run" / "pairs" / label / "result.json").read_text())
-        assert (x["runtime"]["backend"], y["runtime"]["backend"], y["runtime"]["workers"]) == ("single", "ray", 2)
-        assert _close(x["lambda"], y["lambda"]) and _close(x["objective"], y["objective"]), label
-        tx = sorted(x["trials"], key=lambda t: t["trial"])
-        ty = sorted(y["trials"], key=lambda t: t["trial"])
-        assert [t["weights"] for t in tx] == [t["weights"] for t in ty]
-        assert all(_close(s["objective"], t["objective"]) for s, t in zip(tx, ty)), label
-        assert sorted(t["pending_at_proposal"] for t in ty) == [0, 1]  # both trials at once on the workers
-        assert (x["registered_model"] is None) == (y["registered_model"] is None), label

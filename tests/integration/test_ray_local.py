@@ -1,11 +1,13 @@
 """runtime=ray with the tool's own local Ray instance (each test's command starts and stops one, as a
-user's does): two trials at once and every Ray process stopped at the end; SIGTERM leaves no MLflow run
-RUNNING and no Ray process of ours; ZeRO with Ray and an unreachable address are one line before any
-work. (tests/integration/test_ray.py: a joined ``ray start`` cluster.)"""
+user's does): two trials at once and every Ray process stopped at the end; a watch whose pairs search
+on the workers gives the serial watch's records; SIGTERM leaves no MLflow run RUNNING and no Ray process
+of ours; ZeRO with Ray and an unreachable address are one line before any work.
+(tests/integration/test_ray.py: a joined ``ray start`` cluster.)"""
 
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +22,7 @@ from tests.conftest import MAIN, run_main
 from tests.helpers import count_finished_trials
 from tests.ray_support import (
     check_counted_once,
+    close_numbers,
     descendants,
     gone,
     ray_args,
@@ -101,3 +104,45 @@ def test_sigterm_leaves_nothing_running(tmp_path, traj_cache, tiny_trajectory):
     exp = client.get_experiment_by_name("ckptmerge")
     running = client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'")
     assert running == [], [r.info.run_name for r in running]
+
+
+def test_watch_on_workers_searches_the_serial_pairs(tmp_path, tiny_trajectory):
+    """action=watch under runtime=ray over a folder that holds the trajectory, on the tool's own local
+    instance (one for the whole watch): each pair's search runs its trials on the workers, and the watch
+    ends with the serial watch's searches and records. (Here rather than beside the joined cluster's
+    tests, so that the two Ray modules take about as long.)"""
+    from tests.integration.test_watch import _args as watch_args
+
+    watch = tmp_path / "ckpts"
+    watch.mkdir()
+    for c in tiny_trajectory.checkpoints:
+        shutil.copytree(c, watch / c.name)
+    results = {}
+    for name, extra, env in (
+        ("serial", ["runtime=cpu"], {}),
+        ("ray", ["runtime=ray", "runtime.workers=2"], {}),
+    ):
+        work = tmp_path / name  # a store each: the same watch key in one store would skip the searched pairs
+        work.mkdir()
+        proc = run_main(
+            [*watch_args(work, tiny_trajectory, watch, 1, work / "run", budget=2), *extra],
+            cwd=work,
+            env_extra=env,
+            timeout=600,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results[name] = json.loads((work / "run" / "result.json").read_text())
+    a, b = results["serial"], results["ray"]
+    assert a["searched_by_this_process"] == b["searched_by_this_process"] and len(a["searched_by_this_process"]) == 2
+    assert [r["step"] for r in a["pairs"]] == [r["step"] for r in b["pairs"]]
+    for label in sorted(p.name for p in (tmp_path / "serial" / "run" / "pairs").iterdir()):
+        x = json.loads((tmp_path / "serial" / "run" / "pairs" / label / "result.json").read_text())
+        y = json.loads((tmp_path / "ray" / "run" / "pairs" / label / "result.json").read_text())
+        assert (x["runtime"]["backend"], y["runtime"]["backend"], y["runtime"]["workers"]) == ("single", "ray", 2)
+        assert close_numbers(x["lambda"], y["lambda"]) and close_numbers(x["objective"], y["objective"]), label
+        tx = sorted(x["trials"], key=lambda t: t["trial"])
+        ty = sorted(y["trials"], key=lambda t: t["trial"])
+        assert [t["weights"] for t in tx] == [t["weights"] for t in ty]
+        assert all(close_numbers(s["objective"], t["objective"]) for s, t in zip(tx, ty)), label
+        assert sorted(t["pending_at_proposal"] for t in ty) == [0, 1]  # both trials at once on the workers
+        assert (x["registered_model"] is None) == (y["registered_model"] is None), label
