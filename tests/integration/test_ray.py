@@ -161,6 +161,21 @@ def test_sigkill_driver_then_same_command_resumes(tmp_path, traj_cache, tiny_tra
     assert len(versions) <= 1
 
 
+def _run_serial_then_on_workers(common: list[str], tmp_path: Path, address: str) -> None:
+    """``src/main.py COMMON`` in one process (run folder ``serial``), then on 2 workers of the module's
+    cluster (run folder ``ray``); both must succeed."""
+    serial = run_main([*common, "runtime=cpu", f"hydra.run.dir={tmp_path / 'serial'}"], cwd=tmp_path, timeout=600)
+    assert serial.returncode == 0, serial.stderr[-3000:]
+    ray_dir = tmp_path / "ray"
+    parallel = run_main(
+        [*common, "runtime=ray", "runtime.workers=2", f"runtime.address={address}", f"hydra.run.dir={ray_dir}"],
+        cwd=tmp_path,
+        env_extra=AUTH,
+        timeout=600,
+    )
+    assert parallel.returncode == 0, parallel.stderr[-3000:]
+
+
 def test_pilot_on_workers_gives_the_serial_numbers(tmp_path, traj_cache, tiny_trajectory, cluster):
     """The pilot's evaluations spread over the workers score what one process scores: same documents,
     same models, built by each worker from the checkpoints' paths."""
@@ -172,21 +187,7 @@ def test_pilot_on_workers_gives_the_serial_numbers(tmp_path, traj_cache, tiny_tr
         "eval.limit=12",
         f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
     ]
-    serial = run_main([*common, "runtime=cpu", f"hydra.run.dir={tmp_path / 'serial'}"], cwd=tmp_path, timeout=600)
-    assert serial.returncode == 0, serial.stderr[-3000:]
-    parallel = run_main(
-        [
-            *common,
-            "runtime=ray",
-            "runtime.workers=2",
-            f"runtime.address={address}",
-            f"hydra.run.dir={tmp_path / 'ray'}",
-        ],
-        cwd=tmp_path,
-        env_extra=AUTH,
-        timeout=600,
-    )
-    assert parallel.returncode == 0, parallel.stderr[-3000:]
+    _run_serial_then_on_workers(common, tmp_path, address)
     a = json.loads((tmp_path / "serial" / "result.json").read_text())
     b = json.loads((tmp_path / "ray" / "result.json").read_text())
     assert a["singles"].keys() == b["singles"].keys() and len(a["pairs"]) == len(b["pairs"]) >= 1
@@ -224,21 +225,7 @@ def test_compare_on_workers_gives_the_serial_table(tmp_path, traj_cache, tiny_tr
         "tracking.log_plots=false",
         f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
     ]
-    serial = run_main([*common, "runtime=cpu", f"hydra.run.dir={tmp_path / 'serial'}"], cwd=tmp_path, timeout=600)
-    assert serial.returncode == 0, serial.stderr[-3000:]
-    parallel = run_main(
-        [
-            *common,
-            "runtime=ray",
-            "runtime.workers=2",
-            f"runtime.address={address}",
-            f"hydra.run.dir={tmp_path / 'ray'}",
-        ],
-        cwd=tmp_path,
-        env_extra=AUTH,
-        timeout=600,
-    )
-    assert parallel.returncode == 0, parallel.stderr[-3000:]
+    _run_serial_then_on_workers(common, tmp_path, address)
     a = json.loads((tmp_path / "serial" / "compare.json").read_text())
     b = json.loads((tmp_path / "ray" / "compare.json").read_text())
     assert [m["method"] for m in a["methods"]] == [m["method"] for m in b["methods"]] == methods
