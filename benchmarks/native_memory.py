@@ -24,6 +24,8 @@ does not grow with the model: the tiny run (interpreter, libraries, code) plus t
 
     python benchmarks/native_memory.py --cache /tmp/native-bench            # DCP
     python benchmarks/native_memory.py --cache /tmp/native-bench --zero     # and ZeRO-3
+    python benchmarks/native_memory.py --cache /tmp/native-bench --zero --skip-full --sizes 128,256,512
+        # three widths (largest tensor 25.8, 51.5, 103.0 MB): fits peak = a * largest tensor + c per format
     git archive OLD src conf | tar -x -C /tmp/old    # then, the old tree measured in the same run:
     python benchmarks/native_memory.py --zero --baseline-src /tmp/old/src
 """
@@ -44,6 +46,8 @@ sys.path[:0] = [str(REPO), str(REPO / "src")]
 
 # hidden 512, 12 layers, Pythia's vocabulary: 89M parameters, the largest tensors the two 103 MB embeddings.
 SHAPE = {"hidden": 512, "layers": 12, "vocab": 50304}
+# --sizes: other widths, same depth and vocabulary (the embedding, vocab x hidden, stays the largest tensor):
+# 128 -> 25.8 MB, 15.3M parameters; 256 -> 51.5 MB, 35.2M parameters.
 
 _WRAP = """
 import json, os, runpy, sys
@@ -102,52 +106,55 @@ def hf_folder(folder: Path, seed: int, hidden: int, layers: int, vocab: int) -> 
     return folder
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--cache", type=Path, default=Path("/tmp/ckptmerge-native-bench"))
-    ap.add_argument("--zero", action="store_true", help="also ZeRO-3 (two gloo ranks write it; minutes)")
-    ap.add_argument(
-        "--baseline-src",
-        type=Path,
-        help="another ckptmerge source tree (e.g. `git archive OLD src`) whose merge is measured in the same run",
-    )
-    ap.add_argument("--skip-full", action="store_true", help="skip the libraries' full conversions")
-    ap.add_argument(
-        "--small-queue-mib",
-        type=float,
-        default=2.0,
-        help="the write budget of the extra merge run (MiB; 2 = one merged fp32 chunk; 0 skips the run)",
-    )
-    args = ap.parse_args()
+def size_folder(cache: Path, hidden: int) -> Path:
+    """Where a width's checkpoints live: the default width at the cache's root (caches built before
+    ``--sizes`` stay usable), any other in ``h<hidden>/``."""
+    return cache if hidden == SHAPE["hidden"] else cache / f"h{hidden}"
+
+
+def native_versions(root: Path, folders: list[Path], zero: bool, suffix: str = "") -> dict[str, list[Path]]:
+    """The DCP (and with ``zero``, ZeRO-3) versions of ``folders``, written once into ``root/dcp<suffix>``
+    and ``root/zero<suffix>/zero3``."""
     from tests.native_writers import write_dcp, write_zero
 
-    cache = args.cache
-    cache.mkdir(parents=True, exist_ok=True)
-    hf = [hf_folder(cache / f"hf/step{s}", s, SHAPE["hidden"], SHAPE["layers"], SHAPE["vocab"]) for s in (1, 2)]
-    tiny = [hf_folder(cache / f"tiny/step{s}", s, 16, 2, 512) for s in (1, 2)]
-    fmts: dict[str, tuple[list[Path], list[Path]]] = {}
-    dcp = [cache / "dcp" / f.name for f in hf]
-    dcp_tiny = [cache / "dcp_tiny" / f.name for f in tiny]
-    for src, out in zip(hf + tiny, dcp + dcp_tiny):
-        if not (out / ".metadata").is_file():
-            write_dcp(src, out)
-    fmts["dcp"] = (dcp, dcp_tiny)
-    if args.zero:
-        if not (cache / "zero" / "zero3" / hf[1].name / "latest").is_file():
-            write_zero((3,), cache / "zero", hf, timeout=3600)
-            write_zero((3,), cache / "zero_tiny", tiny, timeout=3600)
-        fmts["zero3"] = (
-            [cache / "zero" / "zero3" / f.name for f in hf],
-            [cache / "zero_tiny" / "zero3" / f.name for f in tiny],
-        )
+    out = {"dcp": [root / f"dcp{suffix}" / f.name for f in folders]}
+    for src, dst in zip(folders, out["dcp"]):
+        if not (dst / ".metadata").is_file():
+            write_dcp(src, dst)
+    if zero:
+        out["zero3"] = [root / f"zero{suffix}" / "zero3" / f.name for f in folders]
+        if not (out["zero3"][-1] / "latest").is_file():
+            write_zero((3,), root / f"zero{suffix}", folders, timeout=3600)
+    return out
 
+
+def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
+    """Least-squares ``y = a x + c``: (a, c, largest absolute residual); exact through two points."""
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    a = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+    c = my - a * mx
+    return a, c, max(abs(y - (a * x + c)) for x, y in zip(xs, ys))
+
+
+def measure_size(
+    args: argparse.Namespace,
+    cache: Path,
+    hf: list[Path],
+    tiny: list[Path],
+    fmts: dict[str, tuple[list[Path], list[Path]]],
+    points: dict[str, list[tuple[float, float, float | None]]],
+) -> list[dict]:
+    """Every run at one model size; prints its lines and appends (largest MB, peak MB, small-queue peak MB)
+    per format to ``points``."""
     from ckptmerge.checkpoints.reader import CheckpointReader
     from ckptmerge.checkpoints.stream import DEFAULT_WRITE_BYTES
 
     meta = CheckpointReader(hf[1]).meta()
     largest = max(m.nbytes for m in meta.values())
     params = sum(m.numel for m in meta.values())
-    print(f"model: {params / 1e6:.1f}M parameters, largest tensor {largest / 1e6:.1f} MB (fp32)")
+    print(f"model: {params / 1e6:.1f}M parameters, largest tensor {largest / 1e6:.1f} MB (fp32)", flush=True)
     work = cache / "work"
     rows = []
     for fmt, (big, small) in fmts.items():
@@ -202,7 +209,7 @@ def main() -> None:
         shutil.rmtree(work / "full", ignore_errors=True)
         (work / "full.pt").unlink(missing_ok=True)
         for r in runs.values():
-            rows.append(r)
+            rows.append({**r, "largest_bytes": largest, "params": params})
             print(f"{r['name']:<44} rc={r['rc']} wall {r['wall_s']:>6.1f} s  peak RSS {r['peak_rss_mb']:>8.1f} MB")
         cap = DEFAULT_WRITE_BYTES / 1e6
         for label, _ in trees:
@@ -212,17 +219,70 @@ def main() -> None:
                 f"{(extra - cap) * 1e6 / largest:.2f} (target <= 2); peak - tiny = {extra:.1f} MB = "
                 f"{extra * 1e6 / largest:.2f} x the largest tensor"
             )
+        small_q = None
         if "merge small queue" in runs:
-            small_q = runs["merge small queue"]["peak_rss_mb"] - runs["tiny"]["peak_rss_mb"]
+            small_q = runs["merge small queue"]["peak_rss_mb"]
             print(
-                f"{fmt}: with a {args.small_queue_mib:g} MiB write queue: peak - tiny = {small_q:.1f} MB = "
-                f"{small_q * 1e6 / largest:.2f} x the largest tensor; the 64 MiB queue cost "
-                f"{runs['merge']['peak_rss_mb'] - runs['merge small queue']['peak_rss_mb']:.1f} MB at this size"
+                f"{fmt}: with a {args.small_queue_mib:g} MiB write queue: peak - tiny = "
+                f"{small_q - runs['tiny']['peak_rss_mb']:.1f} MB = "
+                f"{(small_q - runs['tiny']['peak_rss_mb']) * 1e6 / largest:.2f} x the largest tensor; the 64 MiB queue "
+                f"cost {runs['merge']['peak_rss_mb'] - small_q:.1f} MB at this size"
             )
         if "full" in runs:
             print(f"{fmt}: full conversion of one checkpoint: {runs['full']['peak_rss_mb']:.1f} MB")
+        points.setdefault(fmt, []).append((largest / 1e6, runs["merge"]["peak_rss_mb"], small_q))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cache", type=Path, default=Path("/tmp/ckptmerge-native-bench"))
+    ap.add_argument("--zero", action="store_true", help="also ZeRO-3 (two gloo ranks write it; minutes)")
+    ap.add_argument(
+        "--baseline-src",
+        type=Path,
+        help="another ckptmerge source tree (e.g. `git archive OLD src`) whose merge is measured in the same run",
+    )
+    ap.add_argument("--skip-full", action="store_true", help="skip the libraries' full conversions")
+    ap.add_argument(
+        "--small-queue-mib",
+        type=float,
+        default=2.0,
+        help="the write budget of the extra merge run (MiB; 2 = one merged fp32 chunk; 0 skips the run)",
+    )
+    ap.add_argument(
+        "--sizes",
+        default=str(SHAPE["hidden"]),
+        help="comma-separated model widths (hidden size; 12 layers, Pythia's vocabulary each); with two or more, "
+        "peak RSS is fitted as a * largest tensor + c per format (target a <= 2)",
+    )
+    args = ap.parse_args()
+    sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
+    cache = args.cache
+    cache.mkdir(parents=True, exist_ok=True)
+    tiny = [hf_folder(cache / f"tiny/step{s}", s, 16, 2, 512) for s in (1, 2)]
+    points: dict[str, list[tuple[float, float, float | None]]] = {}  # run -> (largest MB, peak MB, small-q MB)
+    rows = []
+    tiny_native = native_versions(cache, tiny, args.zero, "_tiny")
+    for hidden in sizes:
+        root = size_folder(cache, hidden)
+        hf = [hf_folder(root / f"hf/step{s}", s, hidden, SHAPE["layers"], SHAPE["vocab"]) for s in (1, 2)]
+        big = native_versions(root, hf, args.zero)
+        fmts = {f: (big[f], tiny_native[f]) for f in big}
+        rows += measure_size(args, cache, hf, tiny, fmts, points)
+    if len(sizes) > 1:
+        print("\nfit over the widths " + ", ".join(map(str, sizes)) + ": peak RSS = a * largest tensor + c")
+        for run, pts in points.items():
+            for label, ys in (("peak", [p[1] for p in pts]), ("peak, small queue", [p[2] for p in pts])):
+                if any(y is None for y in ys):
+                    continue
+                a, c, res = fit_line([p[0] for p in pts], [float(y) for y in ys])  # type: ignore[arg-type]
+                print(
+                    f"{run:<6} {label:<18} a = {a:.2f} (target <= 2), c = {c:.1f} MB, largest residual {res:.1f} MB; "
+                    + ", ".join(f"{x:.1f} MB -> {y:.1f} MB" for x, y in zip([p[0] for p in pts], ys))
+                )
     print(f"load average (1, 5, 15 min): {os.getloadavg()}")
-    (cache / "native_memory.json").write_text(json.dumps({"largest_bytes": largest, "params": params, "runs": rows}))
+    (cache / "native_memory.json").write_text(json.dumps({"sizes": sizes, "runs": rows, "points": points}))
 
 
 if __name__ == "__main__":

@@ -64,15 +64,14 @@ def _meta_to_hf(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     return w.view(n_heads, dim1 // n_heads // 2, 2, dim2).transpose(1, 2).reshape(dim1, dim2)
 
 
-@pytest.fixture(scope="module")
-def llama(tmp_path_factory) -> dict:
-    """A tiny Llama (grouped-query attention) as transformers holds it, and as torchtitan saves it: the
-    same weights under torchtitan's names, ``wq``/``wk`` rows in Meta's order, in a DCP."""
+def write_titan_llama(hf_dir: Path, titan_dir: Path, seed: int = 0) -> dict:
+    """A tiny Llama (grouped-query attention) as transformers holds it (a folder at ``hf_dir``), and as
+    torchtitan saves it: the same weights under torchtitan's names, ``wq``/``wk`` rows in Meta's order, in
+    a DCP at ``titan_dir``. Returns both state dicts (``hf``, ``titan``: torchtitan's names, no prefix)."""
     import torch.distributed.checkpoint as dcp
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tmp = tmp_path_factory.mktemp("llama")
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     cfg = LlamaConfig(
         vocab_size=64,
         hidden_size=HIDDEN,
@@ -94,11 +93,18 @@ def llama(tmp_path_factory) -> dict:
             hf[name] = meta
         titan[_titan_name(name)] = meta
     model.load_state_dict(hf)
-    model.save_pretrained(tmp / "hf")
-    dcp.save({"model": titan}, checkpoint_id=str(tmp / "titan"), no_dist=True)
+    model.save_pretrained(hf_dir)
+    dcp.save({"model": titan}, checkpoint_id=str(titan_dir), no_dist=True)
+    return {"hf": hf, "titan": titan}
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory) -> dict:
+    tmp = tmp_path_factory.mktemp("llama")
+    states = write_titan_llama(tmp / "hf", tmp / "titan")
     (tmp / "rename.yaml").write_text(KEY_MAP)
     (tmp / "permute.yaml").write_text(KEY_MAP + PERMUTE)
-    return {"tmp": tmp, "hf": hf, "titan": titan}
+    return {"tmp": tmp, **states}
 
 
 def _reader(llama: dict, key_map: str):

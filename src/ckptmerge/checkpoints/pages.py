@@ -107,6 +107,25 @@ def release(tensors: Iterable[torch.Tensor]) -> None:
             _madvise(t, _MADV_DONTNEED)
 
 
+_M_MMAP_THRESHOLD = -3  # mallopt parameter (glibc malloc.h)
+
+
+def return_freed_tensors_at_once(threshold: int = 128 << 10) -> bool:
+    """Have glibc map every allocation above ``threshold`` bytes on its own, so that freeing it returns it.
+
+    By default glibc raises its mmap threshold to the size of each large block freed (up to 32 MiB) and
+    its heap trim threshold to twice that: after the first few tensors, medium ones come from the heap
+    and, freed, stay in the process's resident set. A merge whose sources are read into memory (ZeRO, DCP)
+    frees one tensor after another, so that kept memory grew with the model: peak RSS over three model
+    widths fitted 2.5-2.9x the largest tensor (benchmarks/native_memory.py --sizes), about 2x with the
+    threshold pinned. Pinning it also turns glibc's dynamic adjustment off for the rest of the process:
+    meant for a one-shot process (``action=merge``), not a search's evaluations. False where not glibc.
+    """
+    if _libc is None or not hasattr(_libc, "mallopt"):
+        return False
+    return bool(_libc.mallopt(_M_MMAP_THRESHOLD, int(threshold)))
+
+
 def rss_bytes() -> tuple[int, int]:
     """(current, peak) resident set size of this process, from /proc (0, 0 where unavailable)."""
     try:

@@ -25,7 +25,7 @@ def base_model_id(entry: dict[str, str] | Any) -> str:
 
 
 def _results(facts: MergeFacts) -> list[Any]:
-    from huggingface_hub import EvalResult
+    from huggingface_hub.repocard_data import EvalResult
 
     out = []
     for kind, metrics in (("dev", facts.dev_metrics), ("test", facts.test_metrics)):
@@ -144,8 +144,14 @@ def _body(facts: MergeFacts, model_name: str) -> str:
 
 
 def model_card(facts: MergeFacts) -> str:
-    """The text of ``README.md`` for a merged folder."""
-    from huggingface_hub import ModelCard, ModelCardData
+    """The text of ``README.md`` for a merged folder.
+
+    The metadata block is ``ModelCardData.to_yaml()``, which is what ``huggingface_hub.ModelCard`` writes
+    for it (a fixed point of its parse and re-dump, checked in tests/unit/test_model_card_text.py).
+    ``huggingface_hub.repocard_data`` alone is imported: ``ModelCard``'s module pulls in the hub client
+    (HTTP, file downloads), about a third of a second of every ``action=merge``'s start-up for nothing.
+    """
+    from huggingface_hub.repocard_data import ModelCardData
 
     model_name = "merge of " + " + ".join(facts.weights)
     results = _results(facts)
@@ -158,4 +164,4 @@ def model_card(facts: MergeFacts) -> str:
         eval_results=results or None,
         base_model_relation="merge",
     )
-    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n{_body(facts, model_name)}"))
+    return f"---\n{data.to_yaml()}\n---\n\n{_body(facts, model_name)}"
