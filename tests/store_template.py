@@ -57,7 +57,11 @@ def seed_store(args: list[str], cwd: Path) -> None:
     if uri is None:
         return
     path = Path(uri[len(_SQLITE) :])
-    path = path if path.is_absolute() else cwd / path
+    seed_file(path if path.is_absolute() else cwd / path)
+
+
+def seed_file(path: Path) -> None:
+    """The template copied to the sqlite file ``path``, where there is none yet and its folder exists."""
     if path.exists() or not path.parent.is_dir():
         return
     template = _template()
