@@ -150,13 +150,8 @@ class EvalSession:
                 self.objective,
                 float(self.race.confidence),
             )
-        import time
-
-        t0 = time.perf_counter()
         metrics, scores = self.evaluate_with_scores("dev")
-        return RaceOutcome(
-            metrics, scores, False, None, None, 1, documents(scores), self.dev.last_tokens, time.perf_counter() - t0
-        )
+        return RaceOutcome(metrics, scores, False, None, None, 1, documents(scores), self.dev.last_tokens)
 
     def datasets(self, which: str) -> list[Any]:
         """The ``dev`` or ``test`` tasks as MLflow datasets (the documents scored), built once."""
