@@ -4,6 +4,7 @@ real and added to it (use a copy).
 
 usage: python benchmarks/evidence_rules.py TRAJ CACHE pair,decay,ema,window hold,firstfull,margin
        python benchmarks/evidence_rules.py TRAJ CACHE window x --trace window:stop   (checks, points, pick)
+       python benchmarks/evidence_rules.py TRAJ CACHE pair,decay,ema,window 0.3,0.5,0.75,1 --unit-study
 Variants (how a check that follows only raced-out trials is treated):
   hold      today's code: neither grows nor resets the streak
   always    counts like any check (the rule before session 10)
@@ -139,6 +140,58 @@ def show(space_name, name, runs, today, ref):
         flush=True,
     )
 
+
+def unit_study(space_name: str, margins: list[float]) -> None:
+    """The stop alone with the criterion in another unit: the largest EI over the paired standard error of
+    the incumbent's gain over the newest alone (which every search scores in full), instead of the
+    incumbent's error relative to the other fully scored trials. Read off today's full runs (a converged
+    search is their prefix): per margin (patience 2), documents and picks within one paired s.e. of today's."""
+    k = 2 if space_name == "pair" else 4
+    c = se.for_space(cfg, space_name)
+    space, initial = search_space(c.search, c.compare, k, c.search.space.name)
+    traces = []
+    for seed in seeds:
+        srch = make_searcher(replace(c.search, seed=seed, stop="budget"), space, initial)
+        full, tr = [], []
+        for _ in range(c.search.budget):
+            crit = srch.improvement_criterion()
+            vals = None
+            if crit is not None:
+                means = np.asarray(srch.posterior_mean_at(srch.xs), dtype=float)
+                inc = int(np.argmax(srch._eligible(means)))
+                gse = float(np.std(np.asarray(full[inc][1]) - np.asarray(newest_e[1]), ddof=1))
+                ei = crit * srch.ses[inc]
+                vals = (crit, ei / gse if gse > 0 else float("inf"))
+            p = srch.ask()
+            y, d, _ = f.full([0.0] * (4 - k) + space.weights(p.x))
+            full.append((y, d))
+            rel = relative_standard_errors([e[1] for e in full])
+            srch.ses[:] = rel[:-1]
+            srch.tell(p.x, y, rel[-1])
+            picked = srch.select(c.search.select)
+            tr.append((vals, picked[0] if picked else len(full) - 1))
+        traces.append((full, tr))
+    for unit, j in (("relative", 0), ("gain", 1)):
+        for m in margins if unit == "gain" else [1.0]:
+            spent, within = [], 0
+            for full, tr in traces:
+                n = stopping.stop_index([(v[j] if v else None, i) for v, i in tr], m, 2)
+                n = max(1, n)
+                pick, base = full[tr[n - 1][1]], full[tr[-1][1]]
+                spent.append(n)
+                within += stopping.paired_distance(pick, base) <= 1.0
+            docs = statistics.median(spent) * 50
+            print(
+                f"traj{traj} {space_name:6s} unit {unit:8s} margin {m:<5g} docs {docs:5g} ({docs / 500:4.0%}) "
+                f"evals {spent} within {within}/5",
+                flush=True,
+            )
+
+
+if len(sys.argv) > 5 and sys.argv[5] == "--unit-study":
+    for space_name in spaces:
+        unit_study(space_name, [float(v) for v in variants])
+    sys.exit(0)
 
 if trace_what:
     sp, setting = trace_what.split(":")
