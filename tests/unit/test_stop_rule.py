@@ -119,10 +119,10 @@ def test_a_raced_out_trial_is_no_evidence_for_the_stop():
 def test_a_raced_out_proposal_counts_once_a_proposal_was_scored_in_full():
     """eval.race: once a point the model proposed (not an initial one) has been scored in full, a raced-out
     proposal is evidence for the stop: the model's next best point was significantly worse than the
-    incumbent. (Holding those checks made the README's search with eval.race=true spend all 10 evaluations,
-    5 of them raced out, more documents than the stop alone: docs/benchmarks.md.) Flat objective, widest
-    margin: each counted check grows the streak."""
-    s = make_searcher(SearchConfig(kind="bo", budget=10, seed=0, stop_margin=10.0, patience=3))
+    incumbent. (Holding those checks kept ema's raced searches going: 65% and 63% of the full budget's
+    documents against 53% and 53%, the same picks: docs/benchmarks.md.) Flat objective, widest margin:
+    each counted check grows the streak."""
+    s = make_searcher(SearchConfig(kind="bo", budget=10, seed=0, stop_margin=10.0, patience=4))
     for _ in range(3):  # the initial design, fully scored: it alone does not let a raced check count
         p = s.ask()
         assert p.source.startswith("initial")
@@ -137,4 +137,11 @@ def test_a_raced_out_proposal_counts_once_a_proposal_was_scored_in_full():
     p = s.ask()
     s.tell(p.x, 0.0, SE / 4, eligible=False)  # raced out
     third = s.check_convergence()
-    assert third is not None and third.streak == 3 and third.converged
+    assert third is not None and third.streak == 3 and not third.converged
+    # nothing told since (parallel trials asking for several free workers in a row): no evidence
+    again = s.check_convergence()
+    assert again is not None and again.streak == 3 and not again.converged
+    p = s.ask()
+    s.tell(p.x, 0.0, SE / 4, eligible=False)  # raced out again
+    fourth = s.check_convergence()
+    assert fourth is not None and fourth.streak == 4 and fourth.converged
