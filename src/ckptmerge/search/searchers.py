@@ -71,10 +71,10 @@ class Convergence:
 
     ``criterion``: the largest expected improvement over the incumbent of any unevaluated point of the
     box, in the incumbent's paired standard errors; ``streak``: how many checks in a row it was below
-    ``search.stop_margin``; ``converged``: the streak reached ``search.patience``. Until a point the model
-    proposed (not an initial one) has been scored in full, a check with no fully scored trial told since
-    the last check that counted (only raced-out ones, ``eval.race``; or none, when parallel trials fill
-    several free workers in a row) leaves the streak as it was; after that every check counts.
+    ``search.stop_margin``; ``converged``: the streak reached ``search.patience``. A check with nothing told
+    since the last check that counted (parallel trials filling several free workers in a row) leaves the
+    streak as it was; so does one after raced-out trials only (``eval.race``) until a point the model
+    proposed (not an initial one) has been scored in full.
     """
 
     criterion: float
