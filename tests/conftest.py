@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from tests import store_template
-
 REPO = Path(__file__).resolve().parent.parent
 MAIN = REPO / "src" / "main.py"
 
@@ -114,22 +112,10 @@ def tiny_trajectory(traj_cache):
     return build_trajectory(TrajectorySpec.tiny(), traj_cache, progress=False)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _mlflow_store_template(tmp_path_factory) -> None:
-    """Where ``run_main`` and ``start_main`` find the session's empty MLflow store (tests/store_template.py),
-    made on first use: beside the xdist workers' own folders, so that one of them makes it."""
-    base = tmp_path_factory.getbasetemp()
-    store_template.use_folder(base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base)
-
-
-def run_main(args: list[str], cwd: Path, env_extra: dict | None = None, timeout: int = 600, fresh_store: bool = False):
-    """Run ``python src/main.py ARGS`` as a user would; returns the CompletedProcess. A sqlite store that
-    ``tracking.uri`` names and that does not exist yet starts as a copy of the session's empty one
-    (tests/store_template.py); ``fresh_store``: the command creates it itself."""
+def run_main(args: list[str], cwd: Path, env_extra: dict | None = None, timeout: int = 600):
+    """Run ``python src/main.py ARGS`` as a user would; returns the CompletedProcess."""
     import subprocess
 
-    if not fresh_store:
-        store_template.seed_store(args, cwd)
     env = {**os.environ, **(env_extra or {})}
     return subprocess.run(
         [sys.executable, str(MAIN), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
@@ -137,23 +123,15 @@ def run_main(args: list[str], cwd: Path, env_extra: dict | None = None, timeout:
 
 
 def start_main(
-    args: list[str],
-    cwd: Path,
-    env_extra: dict | None = None,
-    capture: bool = False,
-    from_terminal: bool = False,
-    fresh_store: bool = False,
+    args: list[str], cwd: Path, env_extra: dict | None = None, capture: bool = False, from_terminal: bool = False
 ):
     """Start ``python src/main.py ARGS`` in the background, for a test that signals or kills it midway;
     returns the Popen. ``capture``: stdout and stderr as text pipes (else discarded, so a long run never
     blocks on a full pipe). ``from_terminal``: SIGHUP at its default action, as from a terminal (a run
-    started under nohup, CI's included, inherits it ignored, and ckptmerge deliberately keeps it so).
-    The store as in ``run_main``."""
+    started under nohup, CI's included, inherits it ignored, and ckptmerge deliberately keeps it so)."""
     import signal
     import subprocess
 
-    if not fresh_store:
-        store_template.seed_store(args, cwd)
     out = subprocess.PIPE if capture else subprocess.DEVNULL
     return subprocess.Popen(
         [sys.executable, str(MAIN), *args],
@@ -192,7 +170,6 @@ def e2e_search(tmp_path_factory, traj_cache, tiny_trajectory):
         ],
         cwd=work,
         env_extra=E2E_SECRETS,
-        fresh_store=True,  # as a user's first command: the tool's store is created by this run
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((work / "run" / "result.json").read_text())

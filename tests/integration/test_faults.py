@@ -13,7 +13,6 @@ from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file, save_file
 
 from tests.conftest import MAIN, run_main
-from tests.store_template import seed_store
 
 pytestmark = pytest.mark.slow
 
@@ -185,7 +184,6 @@ def test_a_checkpoint_folder_deleted_during_the_search_is_named_in_one_line(tmp_
         "tracking.log_plots=false",
         f"hydra.run.dir={tmp_path / 'run'}",
     ]
-    seed_store(args, tmp_path)
     p = subprocess.Popen(
         [sys.executable, str(MAIN), *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )

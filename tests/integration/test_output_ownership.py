@@ -20,7 +20,6 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import MAIN, run_main
 from tests.helpers import count_finished_trials
-from tests.store_template import seed_store
 
 pytestmark = pytest.mark.slow
 
@@ -46,10 +45,8 @@ def _error_lines(stderr: str) -> list[str]:
 
 def test_a_folder_created_at_the_output_path_during_the_search_is_never_deleted(tmp_path, traj_cache, tiny_trajectory):
     out = tmp_path / "out"
-    args = _args(tmp_path, traj_cache, tmp_path / "run", out)
-    seed_store(args, tmp_path)
     p = subprocess.Popen(
-        [sys.executable, str(MAIN), *args],
+        [sys.executable, str(MAIN), *_args(tmp_path, traj_cache, tmp_path / "run", out)],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -27,7 +27,6 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import REPO, run_main
-from tests.store_template import seed_file
 
 pytestmark = pytest.mark.slow
 
@@ -130,7 +129,6 @@ def _promote(work: Path, uri: str, tasks_dir: Path, step: str, tasks: list[str],
 def gate_steps(tmp_path_factory, tiny_trajectory):
     work = tmp_path_factory.mktemp("promotion-gate")
     uri = f"sqlite:///{work / 'mlflow.db'}"
-    seed_file(work / "mlflow.db")
     proc = subprocess.run(
         [
             sys.executable,

@@ -32,7 +32,6 @@ from tests.ray_support import (
     ray_args,
     stop_processes,
 )
-from tests.store_template import seed_store
 
 pytestmark = pytest.mark.slow
 
@@ -99,7 +98,6 @@ def test_worker_killed_mid_trial_reruns_it_once(tmp_path, traj_cache, tiny_traje
     args = ray_args(
         tmp_path, traj_cache, tmp_path / "run", f"runtime.address={address}", "eval.limit=48", "registry.enabled=false"
     )
-    seed_store(args, tmp_path)
     p = subprocess.Popen(
         [sys.executable, str(MAIN), *args],
         cwd=tmp_path,
@@ -132,7 +130,6 @@ def test_worker_killed_mid_trial_reruns_it_once(tmp_path, traj_cache, tiny_traje
 def test_sigkill_driver_then_same_command_resumes(tmp_path, traj_cache, tiny_trajectory, cluster):
     address, _ = cluster
     args = ray_args(tmp_path, traj_cache, tmp_path / "run1", f"runtime.address={address}")
-    seed_store(args, tmp_path)
     p = subprocess.Popen(
         [sys.executable, str(MAIN), *args],
         cwd=tmp_path,

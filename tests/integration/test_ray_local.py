@@ -29,7 +29,6 @@ from tests.ray_support import (
     socket_closed,
     trial_runs,
 )
-from tests.store_template import seed_store
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +46,6 @@ def test_unreachable_address_is_one_line_before_any_work(tmp_path, traj_cache, t
             ray_args(tmp_path, traj_cache, tmp_path / "run", f"runtime.address=127.0.0.1:{port}"),
             cwd=tmp_path,
             timeout=120,
-            fresh_store=True,  # what is under test: no store is created
         )
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
@@ -58,10 +56,8 @@ def test_unreachable_address_is_one_line_before_any_work(tmp_path, traj_cache, t
 
 def _start_search(tmp_path, traj_cache) -> subprocess.Popen:
     """The runtime=ray search as a user starts it (its own local instance), stderr kept for the asserts."""
-    args = ray_args(tmp_path, traj_cache, tmp_path / "run")
-    seed_store(args, tmp_path)
     return subprocess.Popen(
-        [sys.executable, str(MAIN), *args],
+        [sys.executable, str(MAIN), *ray_args(tmp_path, traj_cache, tmp_path / "run")],
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -15,7 +15,6 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import MAIN, run_main
 from tests.helpers import query_store
-from tests.store_template import seed_store
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +27,6 @@ def _count(db: Path, sql: str) -> int:
 
 def _kill_when(args: list[str], cwd: Path, db: Path, sql: str, at_least: int) -> None:
     """Start ``src/main.py ARGS``, SIGKILL it once ``sql`` counts ``at_least`` in the store."""
-    seed_store(args, cwd)
     proc = subprocess.Popen(
         [sys.executable, str(MAIN), *args], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )

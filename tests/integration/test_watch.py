@@ -21,7 +21,6 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import MAIN, run_main
 from tests.helpers import count_finished_trials
-from tests.store_template import seed_store
 
 pytestmark = pytest.mark.slow
 
@@ -83,7 +82,6 @@ def test_watch_written_slowly_killed_mid_search_and_restarted(tmp_path, tiny_tra
     watch.mkdir()
     args = _args(tmp_path, tiny_trajectory, watch, 4, tmp_path / "run")
     out1 = open(tmp_path / "watch1.out", "w")
-    seed_store(args, tmp_path)
     p = subprocess.Popen(
         [sys.executable, str(MAIN), *args], cwd=tmp_path, stdout=out1, stderr=subprocess.STDOUT, env=os.environ.copy()
     )
