@@ -144,7 +144,8 @@ def show(space_name, name, runs, today, ref):
 def unit_study(space_name: str, margins: list[float]) -> None:
     """The stop alone with the criterion in another unit: the largest EI over the paired standard error of
     the incumbent's gain over the newest alone (which every search scores in full; "gain"), or of its
-    difference from the nearest other evaluated point ("nearest"), instead of the incumbent's error
+    difference from the nearest other evaluated point ("nearest"), or the incumbent's own bootstrap error
+    ("absolute"), instead of the incumbent's error
     relative to the other fully scored trials ("relative", the rule). Read off today's full runs (a converged
     search is their prefix): per margin (patience 2), documents and picks within one paired s.e. of today's."""
     k = 2 if space_name == "pair" else 4
@@ -166,7 +167,15 @@ def unit_study(space_name: str, margins: list[float]) -> None:
                 others = [i for i in range(len(full)) if i != inc]
                 near = min(others, key=lambda i: max(abs(a - b) for a, b in zip(srch.xs[i], srch.xs[inc])))
                 lse = float(np.std(np.asarray(full[inc][1]) - np.asarray(full[near][1]), ddof=1))
-                vals = (crit, ei / gse if gse > 0 else float("inf"), ei / lse if lse > 0 else float("inf"))
+                # the incumbent's own bootstrap error (absolute: it does not depend on which other trials
+                # were scored in full, so racing them out cannot shrink it)
+                ase = float(np.std(np.asarray(full[inc][1]), ddof=1))
+                vals = (
+                    crit,
+                    ei / gse if gse > 0 else float("inf"),
+                    ei / lse if lse > 0 else float("inf"),
+                    ei / ase if ase > 0 else float("inf"),
+                )
             p = srch.ask()
             y, d, _ = f.full([0.0] * (4 - k) + space.weights(p.x))
             full.append((y, d))
@@ -176,7 +185,7 @@ def unit_study(space_name: str, margins: list[float]) -> None:
             picked = srch.select(c.search.select)
             tr.append((vals, picked[0] if picked else len(full) - 1))
         traces.append((full, tr))
-    for unit, j in (("relative", 0), ("gain", 1), ("nearest", 2)):
+    for unit, j in (("relative", 0), ("gain", 1), ("nearest", 2), ("absolute", 3)):
         for m in margins if unit != "relative" else [1.0]:
             spent, within = [], 0
             for full, tr in traces:
