@@ -14,7 +14,7 @@ import torch
 from ckptmerge.checkpoints import pages
 from ckptmerge.checkpoints.atomic import check_target, refuse_inputs
 from ckptmerge.checkpoints.dcp_writer import write_merged_dcp
-from ckptmerge.checkpoints.reader import CheckpointReader
+from ckptmerge.checkpoints.reader import reads_into_memory
 from ckptmerge.checkpoints.stream import StreamStats
 from ckptmerge.checkpoints.writer import write_merged
 from ckptmerge.config import Config
@@ -95,7 +95,7 @@ def run_merge(cfg: Config) -> dict[str, Any]:
     sources = resolve_sources(cfg.model, cfg.eval, Purpose(merge=True, allow_nonfinite=cfg.merge.allow_nonfinite))
     cset = sources.cset
     refuse_inputs(target, [c.folder for c in cset.checkpoints])
-    if any(not isinstance(c.reader, CheckpointReader) for c in cset.checkpoints):
+    if any(reads_into_memory(c.reader) for c in cset.checkpoints):
         # ZeRO and DCP tensors are read into memory, one after another: each freed one goes back to the OS
         pages.return_freed_tensors_at_once()
     weights = list(cfg.merge.weights or ())

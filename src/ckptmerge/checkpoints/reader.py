@@ -294,3 +294,10 @@ class CheckpointReader:
         """Forget the maps; each is unmapped when the last tensor viewing it is gone."""
         pages.unregister_file_ranges(self._ranges)
         self._open.clear()
+
+
+def reads_into_memory(reader: TensorReader) -> bool:
+    """Whether ``reader.get`` reads a tensor into process memory (ZeRO, DCP readers) rather than giving a
+    zero-copy view of a transformers folder's memory-mapped file: such tensors cost process memory until
+    freed, and a part of one kept alone must be a copy, not a view of the whole."""
+    return not isinstance(reader, CheckpointReader)

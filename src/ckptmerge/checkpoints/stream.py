@@ -35,7 +35,7 @@ import torch
 
 from ckptmerge.checkpoints import pages
 from ckptmerge.checkpoints.layout import Placement, Shard
-from ckptmerge.checkpoints.reader import CheckpointReader, TensorReader
+from ckptmerge.checkpoints.reader import TensorReader, reads_into_memory
 from ckptmerge.errors import CheckpointError
 
 if TYPE_CHECKING:
@@ -197,7 +197,7 @@ class MergeStream:
         self._fds: list[int] = []
         self._total = sum(len(s.tensors) for s in self.shards)
         # Sources whose get() reads into memory rather than viewing a memory map (no byte ranges).
-        self._in_memory = any(not isinstance(r, CheckpointReader) for r in self.sources)
+        self._in_memory = any(reads_into_memory(r) for r in self.sources)
         self._metas = [r.meta() for r in self.sources] if self._in_memory else []
 
     # -- failure handling ----------------------------------------------------------------------

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from ckptmerge.checkpoints.checkpoint_set import CheckpointSet
-from ckptmerge.checkpoints.reader import CheckpointReader, TensorReader
+from ckptmerge.checkpoints.reader import CheckpointReader, TensorReader, reads_into_memory
 from ckptmerge.checkpoints.stream import take_newest, torch_threads
 from ckptmerge.errors import CheckpointError
 from ckptmerge.merge.linear import linear_merge_into
@@ -112,7 +112,7 @@ class Slot:
             return t
         part = t.reshape(-1).narrow(0, self.start, self.count)
         # A ZeRO or DCP tensor was read into memory whole: keep only this partition, not a view of it all.
-        return part if isinstance(reader, CheckpointReader) else part.clone()
+        return part.clone() if reads_into_memory(reader) else part
 
 
 class ResidentModel:
