@@ -129,13 +129,12 @@ def native_versions(root: Path, folders: list[Path], zero: bool, suffix: str = "
 
 
 def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
-    """Least-squares ``y = a x + c``: (a, c, largest absolute residual); exact through two points."""
-    n = len(xs)
-    mx, my = sum(xs) / n, sum(ys) / n
-    sxx = sum((x - mx) ** 2 for x in xs)
-    a = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
-    c = my - a * mx
-    return a, c, max(abs(y - (a * x + c)) for x, y in zip(xs, ys))
+    """Least-squares ``y = a x + c`` (numpy's polyfit): (a, c, largest absolute residual); exact through two
+    points."""
+    import numpy as np
+
+    a, c = np.polyfit(np.asarray(xs, dtype=float), np.asarray(ys, dtype=float), 1)
+    return float(a), float(c), float(max(abs(y - (a * x + c)) for x, y in zip(xs, ys)))
 
 
 def measure_size(
