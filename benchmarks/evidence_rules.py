@@ -30,7 +30,6 @@ variants = sys.argv[4].split(",")
 trace_what = sys.argv[6] if len(sys.argv) > 6 and sys.argv[5] == "--trace" else None
 seeds = [0, 1, 2, 3, 4]
 cfg, session, f, ckpts, newest = se.bench_setup(traj, 4, 10, 50, Path(cachef))
-from ckptmerge.evaluation import racing  # noqa: E402
 from ckptmerge.evaluation.uncertainty import relative_standard_errors  # noqa: E402
 from ckptmerge.search.searchers import make_searcher  # noqa: E402
 from ckptmerge.session.setup import search_space  # noqa: E402
@@ -68,19 +67,8 @@ def run(space_name, seed, stop, race, variant, log=None):
         w = [0.0] * (4 - k) + space.weights(p.x)
         y, d, sc = f.full(w)
         full.append((y, d))
-        out = None
-        if race and best is not None and w[-1] != 1.0:
-            out = racing.race(
-                racing.replayed_chunk(sc),
-                session.chunk_plan(),
-                racing.Incumbent(*best),
-                session.bootstrap,
-                session.objective,
-                float(c.eval.race.confidence),
-            )
-            docs += out.docs
-        else:
-            docs += racing.documents(sc)
+        scored, out = se.race_or_score(session, c, sc, best if race and w[-1] != 1.0 else None)
+        docs += scored
         if out is not None and out.raced_out:
             raced += 1
             told.append((float(out.estimate), None, out.estimate_se, True))

@@ -163,7 +163,6 @@ def run_setting(cfg, k: int, space_name: str, seed: int, f: Any, stop: str, race
     Returns the pick (objective and draws of the point ``select`` returns, always fully scored), the
     documents scored, the evaluations and how many were raced out."""
 
-    from ckptmerge.evaluation import racing
     from ckptmerge.evaluation.uncertainty import relative_standard_errors
     from ckptmerge.search.searchers import make_searcher
     from ckptmerge.session.setup import search_space
@@ -186,19 +185,9 @@ def run_setting(cfg, k: int, space_name: str, seed: int, f: Any, stop: str, race
         weights = [0.0] * (f.resident_k - k) + space.weights(p.x)
         y, draws, scores = f.full(weights)
         full.append((y, draws))
-        if race and best is not None and weights[-1] != 1.0:  # TrialLoop._incumbent: the newest is never raced
-            out = racing.race(
-                racing.replayed_chunk(scores),
-                session.chunk_plan(),
-                racing.Incumbent(*best),
-                session.bootstrap,
-                session.objective,
-                float(cfg.eval.race.confidence),
-            )
-            docs += out.docs
-        else:
-            out = None
-            docs += racing.documents(scores)
+        # TrialLoop._incumbent: the newest is never raced
+        scored, out = race_or_score(session, cfg, scores, best if race and weights[-1] != 1.0 else None)
+        docs += scored
         if out is not None and out.raced_out:
             raced += 1
             told.append((float(out.estimate), None, out.estimate_se, True))  # type: ignore[arg-type]
@@ -212,6 +201,25 @@ def run_setting(cfg, k: int, space_name: str, seed: int, f: Any, stop: str, race
         searcher.tell(p.x, told[-1][0], rel[-1], eligible=not told[-1][3])
     index, _ = searcher.select(cfg.search.select)  # type: ignore[misc]
     return {"pick": full[index], "documents": docs, "evaluations": len(told), "raced": raced}
+
+
+def race_or_score(session, cfg, scores, incumbent):  # type: ignore[no-untyped-def]
+    """One trial's dev evaluation replayed from its per-document ``scores``: raced against ``incumbent``
+    (objective, per-document scores) chunk by chunk as the tool races, or, with no incumbent to race
+    against, scored in full. Returns (documents scored, the race's outcome or None)."""
+    from ckptmerge.evaluation import racing
+
+    if incumbent is None:
+        return racing.documents(scores), None
+    out = racing.race(
+        racing.replayed_chunk(scores),
+        session.chunk_plan(),
+        racing.Incumbent(*incumbent),
+        session.bootstrap,
+        session.objective,
+        float(cfg.eval.race.confidence),
+    )
+    return out.docs, out
 
 
 def race_study(a, cfg, f, reference: dict[str, float]) -> None:  # type: ignore[no-untyped-def]
