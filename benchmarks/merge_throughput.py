@@ -12,6 +12,9 @@ random values, sharded safetensors), then times, each as its own process with it
 * **copy-both**: ``cp`` of both inputs' weight files (issue 23's "a plain copy of the inputs' bytes");
 * **import-torch**: ``python -c "import torch"``: with the copy, the floor of any merge process in Python
   (printed with the speed-up over mergekit it would allow).
+* **numpy** (``--torch-free``): ``benchmarks/numpy_merge.py``, the same linear merge without torch (numpy
+  over memory maps, no checks): whether a torch-free merge path, which would save the ``import torch``
+  above, could be faster at all. Its output is compared with ckptmerge's too.
 
 Ratios are printed for the process (what a user waits for) and for the merge itself (the stream's own
 time from the log line ``Wrote merged checkpoint ... in X s``: interpreter start-up, Hydra and exit
@@ -190,6 +193,7 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path(os.environ.get("CKPTMERGE_BENCH_CACHE", "/tmp/ckptmerge-bench")))
     ap.add_argument("--work", type=Path, help="where outputs go, in a fresh subfolder (default: the cache folder)")
     ap.add_argument("--no-mergekit", action="store_true", help="skip the mergekit run")
+    ap.add_argument("--torch-free", action="store_true", help="also time benchmarks/numpy_merge.py (no torch)")
     ap.add_argument("--cold", action="store_true", help="drop the inputs from the page cache before each run")
     ap.add_argument("--clean", action="store_true", help="delete the cached inputs at the end")
     ap.add_argument("--json", type=Path, help="also write the figures here")
@@ -227,19 +231,20 @@ def run_all(args: argparse.Namespace, srcs: list[Path], work: Path, cold: bool) 
     """``--repeat`` rounds of the three timed runs (median of each); the two merges are compared once."""
     rounds = args.repeat or (1 if cold else 3)
     names = ["ckptmerge"] + ([] if args.no_mergekit else ["mergekit"]) + ["copy", "copy-both", "import-torch"]
+    names += ["numpy"] if args.torch_free else []
     runs: dict[str, list[Measured]] = {n: [] for n in names}
     out_bytes = copied = 0
     for i in range(rounds):
-        m, mk, cp, cp2, out_bytes, copied = one_round(args, srcs, work, cold, compare_outputs=(i == 0))
+        m, mk, cp, cp2, npy, out_bytes, copied = one_round(args, srcs, work, cold, compare_outputs=(i == 0))
         # what any merge process in Python pays before its first byte: the interpreter and `import torch`
         imp = measure("import-torch", [sys.executable, "-c", "import torch"], work / "import.log")
-        for r in (m, mk, cp, cp2, imp):
+        for r in (m, mk, cp, cp2, imp, npy):
             if r is not None:
                 runs[r.name].append(r)
         if rounds > 1:
             print(
                 f"round {i + 1}/{rounds}: "
-                + ", ".join(f"{r.name} {r.wall_s:.2f} s" for r in (m, mk, cp, cp2, imp) if r)
+                + ", ".join(f"{r.name} {r.wall_s:.2f} s" for r in (m, mk, cp, cp2, imp, npy) if r)
                 + f"; load {os.getloadavg()[0]:.1f}",
                 flush=True,
             )
@@ -248,8 +253,8 @@ def run_all(args: argparse.Namespace, srcs: list[Path], work: Path, cold: bool) 
 
 def one_round(
     args: argparse.Namespace, srcs: list[Path], work: Path, cold: bool, compare_outputs: bool
-) -> tuple[Measured, Measured | None, Measured, Measured, int, int]:
-    """The three timed runs (and, once, the comparison of the two merges); outputs are deleted as they go."""
+) -> tuple[Measured, Measured | None, Measured, Measured, Measured | None, int, int]:
+    """The timed runs (and, once, the comparison of the two merges); outputs are deleted as they go."""
     mergekit = shutil.which("mergekit-yaml") or str(Path(sys.executable).with_name("mergekit-yaml"))
     ours_out, mk_out, cp_out = work / "ours", work / "mergekit", work / "copy"
     shutil.rmtree(work / "run", ignore_errors=True)
@@ -294,6 +299,18 @@ def one_round(
             worst, n = compare(ours_out, mk_out)
             print(f"ckptmerge vs mergekit: {n} tensors, largest difference {worst} ulp (fp16)", flush=True)
         shutil.rmtree(mk_out, ignore_errors=True)
+    npy = None
+    if args.torch_free:
+        np_out = work / "numpy"
+        warm(srcs, cold)
+        weights = [str(w) for w in WEIGHTS]
+        script = str(REPO / "benchmarks" / "numpy_merge.py")
+        cmd = [sys.executable, script, *map(str, srcs), str(np_out), "--weights", *weights]
+        npy = measure("numpy", cmd, work / "np.log")
+        if not npy.failed and compare_outputs:
+            worst, n = compare(ours_out, np_out)
+            print(f"ckptmerge vs numpy: {n} tensors, largest difference {worst} ulp (fp16)", flush=True)
+        shutil.rmtree(np_out, ignore_errors=True)
     shutil.rmtree(ours_out)
 
     warm(srcs, cold)
@@ -314,7 +331,7 @@ def one_round(
     cp2 = measure("copy-both", ["sh", "-c", script], work / "copy-both.log")
     shutil.rmtree(cp_out)
     os.sync()
-    return m, mk, cp, cp2, out_bytes, copied
+    return m, mk, cp, cp2, npy, out_bytes, copied
 
 
 def report(
@@ -390,6 +407,14 @@ def report(
             f"{by['copy'].wall_s:.2f} s = {floor:.2f} s = {by['mergekit'].wall_s / floor:.1f}x mergekit at best "
             f"(5x needs {by['mergekit'].wall_s / 5:.2f} s); ckptmerge's start-up and exit (process - merge itself): "
             + (f"{ours.wall_s - ours.engine_s:.2f} s" if ours.engine_s else "n/a")
+        )
+    npy = by.get("numpy")
+    if npy is not None and not npy.failed and imp is not None and not imp.failed:
+        # The torch-free lever: it saves `import torch` but pays numpy's casts, which are not vectorised.
+        print(
+            f"torch-free merge (numpy): {npy.wall_s:.2f} s = {npy.wall_s / ours.wall_s:.2f}x ckptmerge's process"
+            + (f", {by['mergekit'].wall_s / npy.wall_s:.1f}x faster than mergekit" if "mergekit" in by else "")
+            + f"; it would have to beat {ours.wall_s - imp.wall_s:.2f} s (ckptmerge without `import torch`)"
         )
     print(f"load average at the end (1, 5, 15 min): {os.getloadavg()}; {os.cpu_count()} CPUs")
     if args.json:
