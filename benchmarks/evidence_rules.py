@@ -5,6 +5,7 @@ real and added to it (use a copy).
 usage: python benchmarks/evidence_rules.py TRAJ CACHE pair,decay,ema,window hold,firstfull,margin
        python benchmarks/evidence_rules.py TRAJ CACHE window x --trace window:stop   (checks, points, pick)
        python benchmarks/evidence_rules.py TRAJ CACHE pair,decay,ema,window 0.3,0.5,0.75,1 --unit-study
+       python benchmarks/evidence_rules.py TRAJ CACHE window 1 --patience-study   (the rule's unit, patience 2-4)
 Variants (how a check that follows only raced-out trials is treated):
   hold      today's code: neither grows nor resets the streak
   always    counts like any check (the rule before session 10)
@@ -12,6 +13,8 @@ Variants (how a check that follows only raced-out trials is treated):
   margin    counts when the raced estimate is below the incumbent's posterior mean by more than
             stop_margin x the incumbent's s.e. (evidence that the proposal was no improvement)
   code      whatever Searcher.check_convergence does now
+  racealone not a rule: racing with the whole budget (search.stop=budget), no stop at all
+  auto      not a rule: the default search.stop=auto (converged, budget in window), alone and with racing
 """
 
 import statistics
@@ -129,7 +132,7 @@ def show(space_name, name, runs, today, ref):
     )
 
 
-def unit_study(space_name: str, margins: list[float]) -> None:
+def unit_study(space_name: str, margins: list[float], patiences: tuple[int, ...] = (2,)) -> None:
     """The stop alone with the criterion in another unit: the largest EI over the paired standard error of
     the incumbent's gain over the newest alone (which every search scores in full; "gain"), or of its
     difference from the nearest other evaluated point ("nearest"), or the incumbent's own bootstrap error
@@ -173,26 +176,27 @@ def unit_study(space_name: str, margins: list[float]) -> None:
             picked = srch.select(c.search.select)
             tr.append((vals, picked[0] if picked else len(full) - 1))
         traces.append((full, tr))
-    for unit, j in (("relative", 0), ("gain", 1), ("nearest", 2), ("absolute", 3)):
-        for m in margins if unit != "relative" else [1.0]:
+    units = (("relative", 0), ("gain", 1), ("nearest", 2), ("absolute", 3)) if patiences == (2,) else (("relative", 0),)
+    for (unit, j), patience in ((u, p) for u in units for p in patiences):
+        for m in margins if unit != "relative" or patiences != (2,) else [1.0]:
             spent, within = [], 0
             for full, tr in traces:
-                n = stopping.stop_index([(v[j] if v else None, i) for v, i in tr], m, 2)
+                n = stopping.stop_index([(v[j] if v else None, i) for v, i in tr], m, patience)
                 n = max(1, n)
                 pick, base = full[tr[n - 1][1]], full[tr[-1][1]]
                 spent.append(n)
                 within += stopping.paired_distance(pick, base) <= 1.0
             docs = statistics.median(spent) * 50
             print(
-                f"traj{traj} {space_name:6s} unit {unit:8s} margin {m:<5g} docs {docs:5g} ({docs / 500:4.0%}) "
-                f"evals {spent} within {within}/5",
+                f"traj{traj} {space_name:6s} unit {unit:8s} margin {m:<5g} patience {patience} "
+                f"docs {docs:5g} ({docs / 500:4.0%}) evals {spent} within {within}/5",
                 flush=True,
             )
 
 
-if len(sys.argv) > 5 and sys.argv[5] == "--unit-study":
+if len(sys.argv) > 5 and sys.argv[5] in ("--unit-study", "--patience-study"):
     for space_name in spaces:
-        unit_study(space_name, [float(v) for v in variants])
+        unit_study(space_name, [float(v) for v in variants], (2,) if sys.argv[5] == "--unit-study" else (2, 3, 4))
     sys.exit(0)
 
 if trace_what:
@@ -217,6 +221,13 @@ for space_name in spaces:
     today = [run(space_name, s, "budget", False, "code") for s in seeds]
     show(space_name, "stop", [run(space_name, s, "converged", False, "code") for s in seeds], today, ref)
     for v in variants:
+        if v == "racealone":  # racing with the whole budget (search.stop=budget, eval.race=true)
+            show(space_name, "race/budget", [run(space_name, s, "budget", True, "code") for s in seeds], today, ref)
+            continue
+        if v == "auto":  # the default search.stop=auto (the space decides), without and with racing
+            show(space_name, "auto", [run(space_name, s, "auto", False, "code") for s in seeds], today, ref)
+            show(space_name, "auto+race", [run(space_name, s, "auto", True, "code") for s in seeds], today, ref)
+            continue
         show(space_name, f"both/{v}", [run(space_name, s, "converged", True, v) for s in seeds], today, ref)
 for name, (w, n, same) in totals.items():
     print(f"traj{traj} TOTAL {name:16s} within {w}/{n} same {same}/{n}")

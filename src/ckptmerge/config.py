@@ -207,8 +207,9 @@ class SearchConfig:
     select: Literal["posterior_mean", "observed"] = "posterior_mean"
     # converged: a bo search ends once no point of the space is expected to beat the incumbent by more
     # than stop_margin of its paired standard errors, patience proposals in a row (budget stays the cap);
-    # budget: always spend the whole budget (docs/search-spaces.md)
-    stop: Literal["converged", "budget"] = "converged"
+    # budget: always spend the whole budget; auto: converged, except in a space whose converged stop was
+    # measured to lose the pick (window), which spends its budget (docs/search-spaces.md)
+    stop: Literal["auto", "converged", "budget"] = "auto"
     stop_margin: Number = key(1.0, "a number in [0, 10] (paired standard errors)", ge=0.0, le=10.0)
     patience: int = key(2, "an integer >= 1", ge=1)
 

@@ -116,7 +116,15 @@ class Searcher:
         # the points evaluated before any model proposes: the space's own, or a warm start's
         self._initial = list(initial) if initial else [Proposal(x, "initial") for x in self.space.initial()]
         self._rng = np.random.default_rng(self.seed)
-        self.stop = str(getattr(cfg, "stop", "budget"))
+        stop = str(getattr(cfg, "stop", "budget"))
+        # the rule that applies: search.stop=auto is the converged stop where the space keeps its pick with it
+        self.stop = stop if stop != "auto" else ("converged" if self.space.converged_stop else "budget")
+        if stop == "auto" and self.stop == "budget" and cfg.kind == "bo":
+            log.info(
+                "search.stop=auto: a %s search spends its whole budget (its converged stop was measured to lose "
+                "the pick; search.stop=converged asks for it anyway)",
+                self.space.name or type(self.space).__name__,
+            )
         self.stop_margin = float(getattr(cfg, "stop_margin", 0.0))
         self.patience = int(getattr(cfg, "patience", 1))
         self._streak = 0  # consecutive convergence checks below the margin

@@ -44,6 +44,9 @@ class SearchSpace:
 
     name: ClassVar[str] = ""
     Settings: ClassVar[type] = NoSettings
+    # what ``search.stop=auto`` does in this space: the converged stop, unless measurements showed it
+    # ending searches of this space before their pick (then the whole budget)
+    converged_stop: ClassVar[bool] = True
 
     def __init__(self, k: int, alpha: float = 0.0, settings: Any = None) -> None:
         if k < 2:

@@ -228,7 +228,14 @@ class TrialLoop:
         bar = tqdm(
             total=budget, initial=min(len(self.trials), budget), desc=desc, unit="trial", disable=not interactive()
         )
-        self.stopped = {"reason": "budget", "after": min(len(self.trials), budget), "of": budget, "criterion": None}
+        # rule: the stop rule that applied (search.stop=auto resolved by the space: converged or budget)
+        self.stopped = {
+            "reason": "budget",
+            "after": min(len(self.trials), budget),
+            "of": budget,
+            "criterion": None,
+            "rule": self.searcher.stop,
+        }
         in_flight: dict[int, Trial] = {}
         # the next new trial's index: after every finished and unfinished one
         index = max([len(self.trials) + len(redo)] + [t.index + 1 for t in self.trials] + [r.index + 1 for r in redo])
@@ -291,14 +298,26 @@ class TrialLoop:
                 f"converged after {index} of {budget} evaluations: no point is expected to beat the best "
                 f"by {self.searcher.stop_margin:g} paired standard errors ({self.searcher.patience} in a row)"
             )
-            self.stopped = {"reason": "converged", "after": index, "of": budget, "criterion": self._criterion()}
+            self.stopped = {
+                "reason": "converged",
+                "after": index,
+                "of": budget,
+                "criterion": self._criterion(),
+                "rule": self.searcher.stop,
+            }
             log.info("Search %s", self.stopped_reason)
             return None
         try:
             return self.searcher.ask(pending=pending)  # none pending: the serial search's proposal
         except SearchExhausted as e:  # the box holds no more points at min_distance: end with these
             self.stopped_reason = f"stopped after {index} of {budget} evaluations: {e}"
-            self.stopped = {"reason": "exhausted", "after": index, "of": budget, "criterion": self._criterion()}
+            self.stopped = {
+                "reason": "exhausted",
+                "after": index,
+                "of": budget,
+                "criterion": self._criterion(),
+                "rule": self.searcher.stop,
+            }
             log.warning("Search %s", self.stopped_reason)
             return None
 
