@@ -51,7 +51,7 @@ def run(space_name, seed, stop, race, variant, log=None):
     for _ in range(c.search.budget):
         if variant in ("hold", "margin"):
             s._proposal_scored = False  # the rule of commit f83a9c5 (the code's own rule is firstfull)
-        if variant == "always" or (variant == "firstfull" and proposal_full):
+        if variant == "always" or (variant in ("firstfull", "designfull") and proposal_full):
             s._evidence = True
         chk = s.check_convergence()
         if log is not None and chk is not None:
@@ -70,7 +70,9 @@ def run(space_name, seed, stop, race, variant, log=None):
         w = [0.0] * (4 - k) + space.weights(p.x)
         y, d, sc = f.full(w)
         full.append((y, d))
-        scored, out = se.race_or_score(session, c, sc, best if race and w[-1] != 1.0 else None)
+        # designfull: the initial design (and a warm start) is scored in full, only the model's proposals race
+        racing = race and w[-1] != 1.0 and not (variant == "designfull" and p.source.startswith(("initial", "warm")))
+        scored, out = se.race_or_score(session, c, sc, best if racing else None)
         docs += scored
         if out is not None and out.raced_out:
             raced += 1
