@@ -51,6 +51,7 @@ def test_it_stops_after_the_initial_design_and_says_so_in_one_line(converged):
     stopped = result["stopped"]
     n = len(result["trials"])
     assert stopped["reason"] == "converged" and stopped["of"] == BUDGET and stopped["after"] == n
+    assert stopped["rule"] == "converged"  # search.stop=auto on the pair: the converged stop applied
     assert 3 < n < BUDGET  # never inside the initial design (λ=0, 1, ½), and before the budget
     crit = stopped["criterion"]
     assert crit["max_expected_improvement_in_se"] < crit["stop_margin"] and crit["streak"] == crit["patience"]
