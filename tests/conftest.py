@@ -15,6 +15,12 @@ MAIN = REPO / "src" / "main.py"
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# OpenMP threads with no work sleep rather than spin. The suite runs 4 workers, each with subprocesses of
+# 2 torch threads, on CI's 2 cores: there libgomp's default spin-wait burned about half the CPU (three
+# concurrent pilots on this 2-core machine: 68-84 s CPU and 35-43 s wall as default, 39 s and 20 s
+# passive, the same numbers to the last digit; one pilot alone: 12.6-13.5 s CPU either way). Set before
+# torch loads anywhere: every subprocess, Ray's daemons and workers included, inherits it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 # Under pytest-xdist (configured in pyproject.toml: -n 4 --dist loadfile --no-loadscope-reorder) each

@@ -1,7 +1,8 @@
 """runtime=ray on a cluster this module starts with ``ray start --head`` and joins through
-``runtime.address`` (started once for the module): a worker actor killed mid-trial has its trial run
-again, counted once; a SIGKILLed driver resumes with the same command; a pilot and a compare on the
-workers score what one process scores. (tests/integration/test_ray_local.py: the tool's own local instance.)"""
+``runtime.address`` (started once for the module): a SIGKILLed driver resumes with the same command,
+and in that resumed run a worker actor killed mid-trial has its trial run again, counted once; a pilot
+and a compare on the workers score what one process scores. (tests/integration/test_ray_local.py: the
+tool's own local instance.)"""
 
 from __future__ import annotations
 
@@ -90,45 +91,17 @@ def _cluster_workers(raylet: psutil.Process, busy: bool = False) -> list[psutil.
     return out
 
 
-def test_worker_killed_mid_trial_reruns_it_once(tmp_path, traj_cache, tiny_trajectory, cluster):
+def test_sigkill_driver_then_same_command_resumes_and_a_worker_killed_mid_trial_reruns_it_once(
+    tmp_path, traj_cache, tiny_trajectory, cluster
+):
+    """Two faults of one search on the joined cluster (one resumed search serves both, a whole Ray search
+    less than a test each): the driver SIGKILLed after its first finished trial; then, in the same
+    command run again, a worker actor killed while it evaluates a trial. The resumed run reuses the
+    finished trials, runs the unfinished ones and the killed worker's trial once more (Ray restarts the
+    actor), counts each trial once, registers at most one version, and leaves none of its actors on the
+    cluster."""
     address, temp = cluster
     raylet = _raylet(temp)
-    # registry off: what is under test ends with the trials (the finish, registration included, is the
-    # same code as the local instance's search test)
-    args = ray_args(
-        tmp_path, traj_cache, tmp_path / "run", f"runtime.address={address}", "eval.limit=48", "registry.enabled=false"
-    )
-    p = subprocess.Popen(
-        [sys.executable, str(MAIN), *args],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **AUTH},
-    )
-    killed = None
-    deadline = time.monotonic() + 600
-    while p.poll() is None and time.monotonic() < deadline and killed is None:
-        for w in _cluster_workers(raylet, busy=True):  # a worker evaluating a trial: kill it there
-            try:
-                w.kill()
-                killed = w.pid
-                break
-            except psutil.NoSuchProcess:
-                pass
-        time.sleep(0.01)
-    _, err = p.communicate(timeout=600)
-    assert killed is not None, "no worker was seen evaluating a trial"
-    assert p.returncode == 0, err[-3000:]
-    log = "".join(f.read_text() for f in (tmp_path / "run").glob("*.log"))
-    assert "died during trial" in log + err, "the driver saw the worker die and ran its trial again"
-    result = json.loads((tmp_path / "run" / "result.json").read_text())
-    check_counted_once(tmp_path, result)
-    assert gone({w.pid for w in _cluster_workers(raylet)}) == [], "the joined cluster keeps none of our actors"
-
-
-def test_sigkill_driver_then_same_command_resumes(tmp_path, traj_cache, tiny_trajectory, cluster):
-    address, _ = cluster
     args = ray_args(tmp_path, traj_cache, tmp_path / "run1", f"runtime.address={address}")
     p = subprocess.Popen(
         [sys.executable, str(MAIN), *args],
@@ -147,18 +120,47 @@ def test_sigkill_driver_then_same_command_resumes(tmp_path, traj_cache, tiny_tra
     assert p.returncode == -signal.SIGKILL, "the search finished before it could be killed"
     before = count_finished_trials(tmp_path / "mlflow.db")
     assert 1 <= before < BUDGET
-    proc = run_main(
-        ray_args(tmp_path, traj_cache, tmp_path / "run2", f"runtime.address={address}"),
+
+    # The same command again (its own run folder). The killed driver's actors, which Ray ends after their
+    # owner, are neither killed below nor counted at the end: only the resumed run's own workers are.
+    stale = {w.pid for w in _cluster_workers(raylet)}
+    args = ray_args(tmp_path, traj_cache, tmp_path / "run2", f"runtime.address={address}")
+    p = subprocess.Popen(
+        [sys.executable, str(MAIN), *args],
         cwd=tmp_path,
-        env_extra=AUTH,
-        timeout=600,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **AUTH},
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # A worker evaluating one of the resumed run's trials is killed there. At eval.limit=12 a trial takes
+    # a second or more, some hundred polls of the raylet's children; the kill is asserted (``killed``), so
+    # a trial too short to catch fails here rather than passing unkilled.
+    killed = None
+    deadline = time.monotonic() + 600
+    while p.poll() is None and time.monotonic() < deadline and killed is None:
+        for w in _cluster_workers(raylet, busy=True):
+            if w.pid in stale:
+                continue
+            try:
+                w.kill()
+                killed = w.pid
+                break
+            except psutil.NoSuchProcess:
+                pass
+        time.sleep(0.01)
+    _, err = p.communicate(timeout=600)
+    assert killed is not None, "no worker was seen evaluating a trial"
+    assert p.returncode == 0, err[-3000:]
+    log = "".join(f.read_text() for f in (tmp_path / "run2").glob("*.log"))
+    assert "died during trial" in log + err, "the driver saw the worker die and ran its trial again"
     result = json.loads((tmp_path / "run2" / "result.json").read_text())
-    check_counted_once(tmp_path, result)  # the finished ones reused, the unfinished ones run once more
+    check_counted_once(tmp_path, result)  # the finished ones reused, the unfinished and the killed one run once more
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     versions = client.search_model_versions("name='ray-test'")
     assert len(versions) <= 1
+    ours = {w.pid for w in _cluster_workers(raylet)} - stale
+    assert gone(ours) == [], "the joined cluster keeps none of our actors"
 
 
 def _run_serial_then_on_workers(common: list[str], tmp_path: Path, address: str) -> None:
