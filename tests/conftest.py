@@ -21,11 +21,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # passive, the same numbers to the last digit; one pilot alone: 12.6-13.5 s CPU either way). Set before
 # torch loads anywhere: every subprocess, Ray's daemons and workers included, inherits it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-# One intra-op thread where the tool leaves torch's default (a serial search, lm-eval, the test process):
-# 4 workers on 2 cores are already parallel, and a second thread per process only adds synchronisation
-# (4 search modules at -n 4: 216 -> 198 s user CPU, 134 -> 122 s wall, the same results). Where the tool
-# sets threads itself (Ray workers' share, DeepSpeed ranks, the merge stream, runtime.threads) it still does.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 # Under pytest-xdist (configured in pyproject.toml: -n 4 --dist loadfile --no-loadscope-reorder) each
