@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import MAIN, run_main
+from tests.conftest import run_main, start_main
 from tests.helpers import count_finished_trials
 from tests.ray_support import (
     AUTH,
@@ -103,13 +102,7 @@ def test_sigkill_driver_then_same_command_resumes_and_a_worker_killed_mid_trial_
     address, temp = cluster
     raylet = _raylet(temp)
     args = ray_args(tmp_path, traj_cache, tmp_path / "run1", f"runtime.address={address}")
-    p = subprocess.Popen(
-        [sys.executable, str(MAIN), *args],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, **AUTH},
-    )
+    p = start_main(args, tmp_path, env_extra=AUTH)
     deadline = time.monotonic() + 600
     while p.poll() is None and time.monotonic() < deadline:
         if count_finished_trials(tmp_path / "mlflow.db") >= 1:
@@ -125,14 +118,7 @@ def test_sigkill_driver_then_same_command_resumes_and_a_worker_killed_mid_trial_
     # owner, are neither killed below nor counted at the end: only the resumed run's own workers are.
     stale = {w.pid for w in _cluster_workers(raylet)}
     args = ray_args(tmp_path, traj_cache, tmp_path / "run2", f"runtime.address={address}")
-    p = subprocess.Popen(
-        [sys.executable, str(MAIN), *args],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **AUTH},
-    )
+    p = start_main(args, tmp_path, env_extra=AUTH, capture=True)  # its log, for the worker's death
     # A worker evaluating one of the resumed run's trials is killed there. At eval.limit=12 a trial takes
     # a second or more, some hundred polls of the raylet's children; the kill is asserted (``killed``), so
     # a trial too short to catch fails here rather than passing unkilled.
