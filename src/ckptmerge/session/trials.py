@@ -228,14 +228,7 @@ class TrialLoop:
         bar = tqdm(
             total=budget, initial=min(len(self.trials), budget), desc=desc, unit="trial", disable=not interactive()
         )
-        # rule: the stop rule that applied (search.stop=auto resolved by the space: converged or budget)
-        self.stopped = {
-            "reason": "budget",
-            "after": min(len(self.trials), budget),
-            "of": budget,
-            "criterion": None,
-            "rule": self.searcher.stop,
-        }
+        self.stopped = self._stop_record("budget", min(len(self.trials), budget), budget, None)
         in_flight: dict[int, Trial] = {}
         # the next new trial's index: after every finished and unfinished one
         index = max([len(self.trials) + len(redo)] + [t.index + 1 for t in self.trials] + [r.index + 1 for r in redo])
@@ -289,6 +282,11 @@ class TrialLoop:
         bar.close()
         return self.trials
 
+    def _stop_record(self, reason: str, after: int, budget: int, criterion: Any) -> dict[str, Any]:
+        """result.json's ``stopped``; ``rule``: the stop rule that applied (search.stop=auto resolved by the
+        space: converged or budget)."""
+        return {"reason": reason, "after": after, "of": budget, "criterion": criterion, "rule": self.searcher.stop}
+
     def _propose(self, index: int, budget: int, pending: list[Point]) -> Proposal | None:
         """The searcher's next point, or None when the search stops before its budget (converged,
         or no point left); trials in flight are still waited for."""
@@ -298,26 +296,14 @@ class TrialLoop:
                 f"converged after {index} of {budget} evaluations: no point is expected to beat the best "
                 f"by {self.searcher.stop_margin:g} paired standard errors ({self.searcher.patience} in a row)"
             )
-            self.stopped = {
-                "reason": "converged",
-                "after": index,
-                "of": budget,
-                "criterion": self._criterion(),
-                "rule": self.searcher.stop,
-            }
+            self.stopped = self._stop_record("converged", index, budget, self._criterion())
             log.info("Search %s", self.stopped_reason)
             return None
         try:
             return self.searcher.ask(pending=pending)  # none pending: the serial search's proposal
         except SearchExhausted as e:  # the box holds no more points at min_distance: end with these
             self.stopped_reason = f"stopped after {index} of {budget} evaluations: {e}"
-            self.stopped = {
-                "reason": "exhausted",
-                "after": index,
-                "of": budget,
-                "criterion": self._criterion(),
-                "rule": self.searcher.stop,
-            }
+            self.stopped = self._stop_record("exhausted", index, budget, self._criterion())
             log.warning("Search %s", self.stopped_reason)
             return None
 
